@@ -1,0 +1,136 @@
+"""Errors answered in the shape of the API the client speaks, with the right status."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api.formats import WireFormat
+from api.formats.openai_chat import OpenAIChatFormat
+from api.responses import JSONBody
+from shared.errors import InvalidRequest, RequestTooLarge, SpoolError, StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+_OPENAI = OpenAIChatFormat()
+
+
+class RouteNotFound(InvalidRequest):
+    """No such route."""
+
+    status_code = 404
+    code = "not_found"
+
+
+class MethodNotAllowed(InvalidRequest):
+    """Method not allowed on this route."""
+
+    status_code = 405
+    code = "method_not_allowed"
+
+
+class InvalidBody(InvalidRequest):
+    """The request body does not match the schema."""
+
+    status_code = 422
+    code = "invalid_body"
+
+
+def format_for_path(path: str) -> WireFormat:
+    """Every route speaks OpenAI's error shape until another surface claims its prefix."""
+    return _OPENAI
+
+
+def error_response(
+    request: Request, error: SpoolError, headers: dict[str, str] | None = None
+) -> JSONBody:
+    body = format_for_path(request.url.path).error_body(error)
+    return JSONBody(body, status_code=error.status_code, headers=headers)
+
+
+def _describe_validation(exc: RequestValidationError) -> tuple[bool, str]:
+    errors: list[Any] = list(exc.errors())
+    if any(e.get("type") == "json_invalid" for e in errors):
+        return True, "the request body is not valid JSON"
+    parts = []
+    for e in errors[:5]:
+        loc = ".".join(str(p) for p in e.get("loc", ()) if p != "body")
+        parts.append(f"{loc or 'body'}: {e.get('msg')}")
+    return False, "; ".join(parts) or "invalid request"
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(SpoolError)
+    async def spool_error(request: Request, exc: SpoolError):  # type: ignore[no-untyped-def]
+        return error_response(request, exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError):  # type: ignore[no-untyped-def]
+        malformed, message = _describe_validation(exc)
+        error = InvalidRequest(message) if malformed else InvalidBody(message)
+        return error_response(request, error)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException):  # type: ignore[no-untyped-def]
+        error: SpoolError
+        if exc.status_code == 404:
+            error = RouteNotFound(f"no route {request.method} {request.url.path}")
+        elif exc.status_code == 405:
+            error = MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}")
+        else:
+            error = InvalidRequest(str(exc.detail))
+            error.status_code = exc.status_code
+        return error_response(request, error)
+
+    @app.exception_handler(RedisConnectionError)
+    @app.exception_handler(RedisTimeoutError)
+    async def redis_down(request: Request, exc: Exception):  # type: ignore[no-untyped-def]
+        log.warning("redis unavailable: %s", exc)
+        return error_response(request, StoreUnavailable(), headers={"Retry-After": "1"})
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception):  # type: ignore[no-untyped-def]
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(request, SpoolError())
+
+
+class BodySizeLimit:
+    """Refuses bodies over the limit with 413, whether or not Content-Length is sent."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        too_large = RequestTooLarge(f"the request body exceeds {self.max_bytes} bytes")
+        for name, value in scope["headers"]:
+            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
+                await self._reject(scope, receive, send, too_large)
+                return
+        seen = 0
+
+        async def limited_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise too_large
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+    async def _reject(self, scope: Scope, receive: Receive, send: Send, error: SpoolError) -> None:
+        request = Request(scope, receive)
+        response = error_response(request, error)
+        await response(scope, receive, send)

@@ -1,0 +1,127 @@
+"""OpenAI Chat Completions: `chat.completion.chunk` events ending in `data: [DONE]`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from api.formats import Frame
+from shared import events as ev
+from shared.errors import SpoolError
+from shared.store import JobRecord
+from shared.transcript import Transcript
+
+DONE = Frame("[DONE]")
+
+
+def _json(value: dict[str, Any]) -> str:
+    return orjson.dumps(value).decode()
+
+
+def usage_object(usage: ev.Usage | None) -> dict[str, int]:
+    usage = usage or ev.Usage()
+    return {
+        "prompt_tokens": usage.input_tokens,
+        "completion_tokens": usage.output_tokens,
+        "total_tokens": usage.total_tokens,
+    }
+
+
+class OpenAIChatFormat:
+    surface = "openai.chat"
+
+    def _chunk(self, render: dict[str, Any], choices: list[dict[str, Any]]) -> dict[str, Any]:
+        chunk: dict[str, Any] = {
+            "id": render["id"],
+            "object": "chat.completion.chunk",
+            "created": render["created"],
+            "model": render["model"],
+            "system_fingerprint": None,
+            "choices": choices,
+        }
+        if render.get("include_usage"):
+            chunk["usage"] = None
+        return chunk
+
+    def _delta(self, render: dict[str, Any], delta: dict[str, Any]) -> Frame:
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}
+        return Frame(_json(self._chunk(render, [choice])))
+
+    def frames(self, event: ev.Event, render: dict[str, Any]) -> list[Frame]:
+        match event:
+            case ev.Start():
+                return [self._delta(render, {"role": "assistant", "content": ""})]
+            case ev.TextDelta():
+                return [self._delta(render, {"content": event.text})]
+            case ev.ReasoningDelta():
+                return [self._delta(render, {"reasoning_content": event.text})]
+            case ev.ToolCallDelta():
+                call: dict[str, Any] = {"index": event.index}
+                if event.id is not None:
+                    call["id"] = event.id
+                    call["type"] = "function"
+                function: dict[str, str] = {"arguments": event.arguments}
+                if event.name is not None:
+                    function["name"] = event.name
+                call["function"] = function
+                return [self._delta(render, {"tool_calls": [call]})]
+            case ev.Finish():
+                choice = {"index": 0, "delta": {}, "logprobs": None, "finish_reason": event.reason}
+                out = [Frame(_json(self._chunk(render, [choice])))]
+                if render.get("include_usage"):
+                    usage_chunk = self._chunk(render, [])
+                    usage_chunk["usage"] = usage_object(event.usage)
+                    out.append(Frame(_json(usage_chunk)))
+                return [*out, DONE]
+            case ev.Error():
+                error = {
+                    "message": event.message,
+                    "type": _error_type(event.code),
+                    "code": event.code,
+                }
+                return [Frame(_json({"error": error})), DONE]
+            case _:
+                return []
+
+    def response(self, record: JobRecord, transcript: Transcript) -> dict[str, Any]:
+        render = record.render
+        message: dict[str, Any] = {"role": "assistant", "content": transcript.content}
+        if transcript.reasoning:
+            message["reasoning_content"] = transcript.reasoning_content
+        if transcript.tool_calls:
+            message["tool_calls"] = [
+                {
+                    "id": call.id,
+                    "type": "function",
+                    "function": {"name": call.name, "arguments": call.final_arguments()},
+                }
+                for call in sorted(transcript.tool_calls.values(), key=lambda c: c.index)
+            ]
+        return {
+            "id": render["id"],
+            "object": "chat.completion",
+            "created": render["created"],
+            "model": render["model"],
+            "system_fingerprint": None,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": message,
+                    "logprobs": None,
+                    "finish_reason": transcript.finish_reason,
+                }
+            ],
+            "usage": usage_object(transcript.usage),
+        }
+
+    def error_body(self, error: SpoolError) -> dict[str, Any]:
+        return {"error": {"message": error.message, "type": error.type, "code": error.code}}
+
+
+def _error_type(code: str) -> str:
+    if code.startswith("upstream"):
+        return "upstream_error"
+    if code in ("redis_unavailable",):
+        return "service_unavailable"
+    return "server_error"

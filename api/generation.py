@@ -1,0 +1,85 @@
+"""Starting a generation and answering it, shared by every generation surface: create the
+job record, enqueue the job, then stream the tail or wait for the assembled result."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from starlette.responses import Response
+
+from api.deps import Services
+from api.formats import WireFormat
+from api.responses import STREAM_ID_HEADER, EventStream, JSONBody
+from api.tail import Tail, wait_for_transcript
+from shared import events as ev
+from shared.errors import ModelNotFound, SpoolError
+from shared.queue import GENERATE
+from shared.request import GenerationRequest
+from shared.settings import ModelEntry, Settings
+from shared.store import JobRecord
+
+ERROR_STATUS = {"generation_timeout": 504, "internal_error": 500}
+
+
+def new_stream_id() -> str:
+    return uuid.uuid4().hex
+
+
+def resolve_model(settings: Settings, name: str) -> ModelEntry:
+    """A model-table entry, or a `provider/model` name passed through to that provider."""
+    entry = settings.models.get(name)
+    if entry is not None:
+        return entry
+    provider, sep, upstream = name.partition("/")
+    if sep and upstream and provider in ("openai", "demo"):
+        defaults = {"openai": {"api_key_env": "OPENAI_API_KEY"}, "demo": {}}[provider]
+        return ModelEntry.model_validate({"provider": provider, "model": upstream, **defaults})
+    raise ModelNotFound(f"the model {name!r} does not exist")
+
+
+async def start_generation(
+    services: Services,
+    fmt: WireFormat,
+    request: GenerationRequest,
+    render: dict[str, Any],
+    stream_id: str,
+) -> JobRecord:
+    entry = resolve_model(services.settings, request.model)
+    payload = {
+        "request": request.model_dump(mode="json"),
+        # The API resolves the model once, so every worker runs what this replica accepted.
+        "entry": entry.model_dump(mode="json"),
+    }
+    await services.store.create(
+        stream_id, surface=fmt.surface, model=request.model, request=payload, render=render
+    )
+    await services.queue.enqueue(GENERATE, stream_id, stream_id)
+    return await services.store.get(stream_id)
+
+
+def error_from_event(event: ev.Error) -> SpoolError:
+    """A stream's error event as the error a non-streaming request answers with."""
+    error = SpoolError(event.message)
+    error.code = event.code
+    error.status_code = ERROR_STATUS.get(event.code, 502)
+    error.type = "upstream_error" if event.code.startswith("upstream") else "server_error"
+    return error
+
+
+async def respond(services: Services, fmt: WireFormat, record: JobRecord, stream: bool) -> Response:
+    settings = services.settings
+    if stream:
+        tail = Tail(services.store, record, fmt, settings.keepalive_interval_s)
+        return EventStream(tail.stream(*await tail.prepare(None)), record.id)
+    transcript = await wait_for_transcript(
+        services.store, record, settings.nonstream_timeout_s, block_ms=1000
+    )
+    if transcript.error is not None:
+        error = error_from_event(transcript.error)
+        headers = {STREAM_ID_HEADER: record.id}
+        if transcript.error.retry_after is not None:
+            headers["Retry-After"] = str(max(1, round(transcript.error.retry_after)))
+        return JSONBody(fmt.error_body(error), status_code=error.status_code, headers=headers)
+    body = fmt.response(record, transcript)
+    return JSONBody(body, headers={STREAM_ID_HEADER: record.id})

@@ -1,0 +1,31 @@
+"""Liveness and readiness."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter
+from redis.exceptions import RedisError
+
+from api.deps import ServicesDep
+from api.responses import JSONBody
+from shared import keys
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+async def healthz() -> JSONBody:
+    return JSONBody({"status": "ok"})
+
+
+@router.get("/readyz")
+async def readyz(services: ServicesDep) -> JSONBody:
+    try:
+        await services.redis.ping()
+        workers = await services.redis.zcount(keys.WORKERS_KEY, time.time(), "+inf")
+    except RedisError as exc:
+        return JSONBody({"status": "unavailable", "redis": f"unreachable: {exc}"}, status_code=503)
+    ready = workers > 0
+    body = {"status": "ok" if ready else "unavailable", "redis": "ok", "workers": workers}
+    return JSONBody(body, status_code=200 if ready else 503)

@@ -1,0 +1,108 @@
+"""Spool's exceptions. Every one derives from `SpoolError`, whose docstring is its message."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class SpoolError(Exception):
+    """Spool failed to handle the request."""
+
+    status_code: int = 500
+    code: str = "internal_error"
+    type: str = "server_error"
+
+    def __init__(self, message: str | None = None, **details: Any) -> None:
+        self.message = message or (self.__doc__ or self.__class__.__name__).strip()
+        self.details = details
+        super().__init__(self.message)
+
+
+class ConfigError(SpoolError):
+    """Spool's configuration is invalid."""
+
+    code = "config_error"
+
+
+class InvalidRequest(SpoolError):
+    """The request is invalid."""
+
+    status_code = 400
+    code = "invalid_request"
+    type = "invalid_request_error"
+
+
+class RequestTooLarge(InvalidRequest):
+    """The request body is too large."""
+
+    status_code = 413
+    code = "request_too_large"
+
+
+class ModelNotFound(InvalidRequest):
+    """The model does not exist."""
+
+    status_code = 404
+    code = "model_not_found"
+
+
+class StreamNotFound(InvalidRequest):
+    """No stream with that id exists."""
+
+    status_code = 404
+    code = "stream_not_found"
+
+
+class InvalidResumeId(InvalidRequest):
+    """The resume id is not an event id of this stream."""
+
+    code = "invalid_last_event_id"
+
+
+class ResumePointExpired(InvalidRequest):
+    """The resume point has been trimmed or has expired."""
+
+    status_code = 410
+    code = "resume_point_expired"
+
+
+class StoreUnavailable(SpoolError):
+    """Spool's Redis is unreachable; try again shortly."""
+
+    status_code = 503
+    code = "redis_unavailable"
+    type = "service_unavailable"
+
+
+class GenerationTimeout(SpoolError):
+    """The generation did not finish in time."""
+
+    status_code = 504
+    code = "generation_timeout"
+
+
+class UpstreamError(SpoolError):
+    """The upstream provider failed."""
+
+    status_code = 502
+    code = "upstream_error"
+    type = "upstream_error"
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        upstream_status: int | None = None,
+        retry_after: float | None = None,
+        retryable: bool = False,
+    ) -> None:
+        super().__init__(message)
+        self.upstream_status = upstream_status
+        self.retry_after = retry_after
+        self.retryable = retryable
+
+
+class FenceLost(SpoolError):
+    """This worker attempt no longer owns the stream; another attempt took it over."""
+
+    code = "fence_lost"

@@ -1,0 +1,115 @@
+"""The canonical event model: what workers append to a stream and every wire format renders.
+
+An event travels through Redis as one stream entry with a single field, `e`, holding the
+event's JSON. The `type` field discriminates.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "cancelled"]
+FIELD = b"e"
+
+
+class _Event(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Start(_Event):
+    type: Literal["start"] = "start"
+    model: str
+    provider: str
+
+
+class TextDelta(_Event):
+    type: Literal["text"] = "text"
+    text: str
+
+
+class ReasoningDelta(_Event):
+    type: Literal["reasoning"] = "reasoning"
+    text: str
+
+
+class ToolCallDelta(_Event):
+    """A fragment of a tool call. The first fragment of a call carries its id and name;
+    later ones carry the same index and more of the JSON arguments."""
+
+    type: Literal["tool_call"] = "tool_call"
+    index: int = Field(ge=0)
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
+
+
+class Usage(_Event):
+    type: Literal["usage"] = "usage"
+    input_tokens: int = Field(default=0, ge=0)
+    output_tokens: int = Field(default=0, ge=0)
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+
+class Finish(_Event):
+    """The last event of a stream that ended normally (or was cancelled)."""
+
+    type: Literal["finish"] = "finish"
+    reason: FinishReason
+    usage: Usage | None = None
+
+
+class Error(_Event):
+    """The last event of a stream that failed."""
+
+    type: Literal["error"] = "error"
+    code: str
+    message: str
+    retryable: bool = False
+    retry_after: float | None = None
+    status: int | None = None
+
+
+class TaskProgress(_Event):
+    type: Literal["task_progress"] = "task_progress"
+    progress: float = Field(ge=0, le=1)
+    message: str | None = None
+
+
+class TaskResult(_Event):
+    type: Literal["task_result"] = "task_result"
+    outputs: list[dict[str, object]] = Field(default_factory=list)
+
+
+Event = Annotated[
+    Start
+    | TextDelta
+    | ReasoningDelta
+    | ToolCallDelta
+    | Usage
+    | Finish
+    | Error
+    | TaskProgress
+    | TaskResult,
+    Field(discriminator="type"),
+]
+TERMINAL_TYPES = frozenset({"finish", "error", "task_result"})
+
+_adapter: TypeAdapter[Event] = TypeAdapter(Event)
+
+
+def is_terminal(event: Event) -> bool:
+    return event.type in TERMINAL_TYPES
+
+
+def encode(event: Event) -> bytes:
+    return orjson.dumps(event.model_dump(mode="json", exclude_none=True))
+
+
+def decode(raw: bytes | str) -> Event:
+    return _adapter.validate_json(raw)

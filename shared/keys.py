@@ -1,0 +1,31 @@
+"""Every Redis key and channel Spool uses, in one place.
+
+Per-stream keys share the hash tag `{id}` so that a Lua script touching a stream's record
+and its event log stays on one slot in Redis Cluster.
+"""
+
+from __future__ import annotations
+
+PREFIX = "spool"
+
+QUEUE_NAME = f"{PREFIX}:queue"
+"""arq's queue (a sorted set); arq derives its own per-job keys from the job id."""
+
+WAKE_CHANNEL = f"{PREFIX}:wake"
+"""Pub/sub channel on which the API wakes idle workers right after enqueueing."""
+
+CANCEL_CHANNEL = f"{PREFIX}:cancel"
+"""Pub/sub channel on which cancel requests reach the worker running a stream."""
+
+WORKERS_KEY = f"{PREFIX}:workers"
+"""Sorted set of worker ids scored by the time their heartbeat expires."""
+
+
+def job_key(stream_id: str) -> str:
+    """Hash: the job record (status, request, attempt token, lease, output, error)."""
+    return f"{PREFIX}:{{{stream_id}}}:job"
+
+
+def stream_key(stream_id: str) -> str:
+    """Redis Stream of canonical events for one job."""
+    return f"{PREFIX}:{{{stream_id}}}:events"

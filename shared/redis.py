@@ -1,0 +1,34 @@
+"""Building Spool's Redis client from settings."""
+
+from __future__ import annotations
+
+from arq.connections import ArqRedis
+from redis.asyncio import BlockingConnectionPool
+
+from shared.queue import deserialize_job, serialize_job
+from shared.settings import Settings
+
+CONNECT_TIMEOUT_S = 2.0
+
+
+def create_redis(settings: Settings, *, url: str | None = None) -> ArqRedis:
+    """One pooled client per process. It is arq's subclass of `redis.asyncio.Redis`, so the
+    queue and the stream store share the pool. Pool exhaustion waits briefly and then fails
+    as a connection error, which the API answers with 503."""
+    redis_url = url or settings.redis_url
+    if not redis_url:
+        raise ValueError("no Redis URL: set REDIS_URL, or run `spool dev` for an embedded Redis")
+    # Blocking stream reads wait up to one keep-alive interval; the socket timeout must
+    # outlast them, yet still notice a Redis that stopped answering.
+    socket_timeout = settings.keepalive_interval_s + 10.0
+    pool = BlockingConnectionPool.from_url(
+        redis_url,
+        max_connections=settings.redis_max_connections,
+        timeout=5,
+        socket_connect_timeout=CONNECT_TIMEOUT_S,
+        socket_timeout=socket_timeout,
+        socket_keepalive=True,
+    )
+    return ArqRedis(
+        connection_pool=pool, job_serializer=serialize_job, job_deserializer=deserialize_job
+    )

@@ -1,0 +1,104 @@
+"""Spool's settings: one typed object, built once by `load_settings` and passed in."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.errors import ConfigError
+
+ProviderName = Literal["demo", "openai"]
+
+
+class ModelEntry(BaseModel):
+    """One row of the model table: a public model name mapped to an upstream."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    provider: ProviderName
+    model: str | None = Field(default=None, description="upstream model name; defaults to the key")
+    base_url: str | None = None
+    api_key_env: str | None = None
+    # Demo provider knobs: tokens per second (0 = as fast as possible), delay before the
+    # first token, and how many tokens an answer has unless max_tokens cuts it shorter.
+    tokens_per_second: float = Field(default=50.0, ge=0)
+    first_token_delay_ms: float = Field(default=0.0, ge=0)
+    max_output_tokens: int = Field(default=48, ge=1, le=100_000)
+    # OpenAI-compatible knobs.
+    timeout_s: float = Field(default=60.0, gt=0)
+    extra_headers: dict[str, str] = Field(default_factory=dict)
+
+    def api_key(self) -> str | None:
+        return os.environ.get(self.api_key_env) if self.api_key_env else None
+
+
+DEFAULT_MODELS: dict[str, ModelEntry] = {"demo": ModelEntry(provider="demo")}
+
+
+class Settings(BaseSettings):
+    """Every knob of an API or worker process. Environment variables use the `SPOOL_` prefix
+    (except `REDIS_URL`); `SPOOL_CONFIG` names a YAML file with the same keys."""
+
+    model_config = SettingsConfigDict(env_prefix="SPOOL_", extra="forbid")
+
+    redis_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("REDIS_URL", "SPOOL_REDIS_URL", "redis_url")
+    )
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    config: Path | None = None
+    data_dir: Path = Path(".spool")
+    log_level: str = "info"
+
+    models: dict[str, ModelEntry] = Field(default_factory=lambda: dict(DEFAULT_MODELS))
+
+    keepalive_interval_s: float = Field(default=15.0, gt=0)
+    stream_maxlen: int = Field(default=10_000, ge=100)
+    retention_s: int = Field(default=24 * 3600, ge=1)
+    job_timeout_s: int = Field(default=600, ge=1)
+    nonstream_timeout_s: float = Field(default=600.0, gt=0)
+    lease_s: float = Field(default=10.0, gt=0)
+    worker_max_jobs: int = Field(default=200, ge=1)
+    worker_poll_interval_s: float = Field(default=0.5, gt=0)
+    worker_shutdown_grace_s: int = Field(default=30, ge=0)
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    redis_max_connections: int = Field(default=10_000, ge=10)
+
+    @field_validator("models", mode="after")
+    @classmethod
+    def _keep_demo(cls, models: dict[str, ModelEntry]) -> dict[str, ModelEntry]:
+        return {**DEFAULT_MODELS, **models}
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read SPOOL_CONFIG file {path}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"SPOOL_CONFIG file {path} is not valid YAML: {exc}") from exc
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"SPOOL_CONFIG file {path} must hold a mapping at the top level")
+    return raw
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build the settings: flags (`overrides`) beat environment variables, which beat the
+    YAML file named by `SPOOL_CONFIG`, which beats the defaults."""
+    flags = {k: v for k, v in overrides.items() if v is not None}
+    config_path = flags.get("config") or os.environ.get("SPOOL_CONFIG")
+    from_file = _read_yaml(Path(config_path)) if config_path else {}
+    try:
+        env_only = Settings()
+        env_set = env_only.model_fields_set
+        merged = {**from_file, **{k: getattr(env_only, k) for k in env_set}, **flags}
+        return Settings.model_validate(merged)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid settings: {exc}") from exc

@@ -1,0 +1,137 @@
+"""The Server-Sent Events wire format, both ways, per the WHATWG HTML specification.
+
+`format_event` / `format_comment` write events for Spool's clients. `SSEDecoder` reads an
+upstream provider's byte stream incrementally: events split across reads, UTF-8 characters
+split across reads, CRLF / CR / LF line ends, comments and blank keep-alives.
+"""
+
+from __future__ import annotations
+
+import codecs
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+_NEWLINES = ("\r\n", "\r", "\n")
+
+
+def _single_line(value: str, what: str) -> str:
+    if any(c in value for c in ("\r", "\n", "\0")):
+        raise ValueError(f"SSE {what} must not contain CR, LF or NUL: {value!r}")
+    return value
+
+
+def format_event(data: str, *, id: str | None = None, event: str | None = None) -> bytes:
+    """One SSE event. Multi-line data becomes several `data:` lines, as the spec wants."""
+    lines: list[str] = []
+    if event is not None:
+        lines.append(f"event: {_single_line(event, 'event name')}")
+    for line in data.replace("\r\n", "\n").replace("\r", "\n").split("\n"):
+        lines.append(f"data: {line}")
+    if id is not None:
+        lines.append(f"id: {_single_line(id, 'id')}")
+    return ("\n".join(lines) + "\n\n").encode("utf-8")
+
+
+def format_comment(text: str = "") -> bytes:
+    """A comment line: ignored by clients, keeps proxies from timing an idle stream out."""
+    return "".join(f": {line}\n" for line in text.splitlines() or [""]).encode("utf-8") + b"\n"
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSentEvent:
+    data: str
+    event: str = "message"
+    id: str | None = None
+    retry: int | None = None
+
+
+class SSEDecoder:
+    """Incremental SSE parser. Feed it raw bytes as they arrive; it yields whole events."""
+
+    def __init__(self, max_line_chars: int = 8 * 1024 * 1024) -> None:
+        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._buffer = ""
+        self._pending_cr = False
+        self._max_line_chars = max_line_chars
+        self._data: list[str] = []
+        self._event = ""
+        self._id: str | None = None
+        self._retry: int | None = None
+
+    def feed(self, chunk: bytes) -> Iterator[ServerSentEvent]:
+        text = self._utf8.decode(chunk)
+        if not text:
+            return
+        if self._pending_cr and text.startswith("\n"):
+            # The CR of a CRLF ended the previous read; its LF is not another line end.
+            text = text[1:]
+        self._pending_cr = False
+        self._buffer += text
+        yield from self._drain_lines()
+        if len(self._buffer) > self._max_line_chars:
+            raise ValueError("upstream SSE line exceeds the size limit")
+
+    def close(self) -> Iterator[ServerSentEvent]:
+        """End of stream: a final event without its trailing blank line is discarded, per
+        the spec, so a truncated upstream never yields a half-written event."""
+        self._buffer += self._utf8.decode(b"", final=True)
+        yield from self._drain_lines()
+        self._buffer = ""
+        self._reset_event()
+
+    def _drain_lines(self) -> Iterator[ServerSentEvent]:
+        buf = self._buffer
+        start = 0
+        while True:
+            cr = buf.find("\r", start)
+            lf = buf.find("\n", start)
+            if cr == -1 and lf == -1:
+                break
+            if cr == -1 or (lf != -1 and lf < cr):
+                end, nxt = lf, lf + 1
+            elif cr + 1 < len(buf):
+                end, nxt = cr, cr + 2 if buf[cr + 1] == "\n" else cr + 1
+            else:
+                end, nxt = cr, cr + 1
+                self._pending_cr = True
+            event = self._process_line(buf[start:end])
+            if event is not None:
+                yield event
+            start = nxt
+        self._buffer = buf[start:]
+
+    def _process_line(self, line: str) -> ServerSentEvent | None:
+        if not line:
+            return self._dispatch()
+        if line.startswith(":"):
+            return None
+        field, sep, value = line.partition(":")
+        if sep and value.startswith(" "):
+            value = value[1:]
+        if field == "data":
+            self._data.append(value)
+        elif field == "event":
+            self._event = value
+        elif field == "id" and "\0" not in value:
+            self._id = value
+        elif field == "retry" and value.isdigit():
+            self._retry = int(value)
+        return None
+
+    def _dispatch(self) -> ServerSentEvent | None:
+        if not self._data:
+            self._event = ""
+            return None
+        event = ServerSentEvent(
+            data="\n".join(self._data),
+            event=self._event or "message",
+            id=self._id,
+            retry=self._retry,
+        )
+        self._reset_event()
+        return event
+
+    def _reset_event(self) -> None:
+        self._data = []
+        self._event = ""
+        self._retry = None

@@ -1,0 +1,107 @@
+"""Assembles canonical events into the final output of a generation.
+
+The worker keeps one while it streams and stores it when the job ends; the API builds one
+from the stream to answer non-streaming requests and partial `/result` reads. Each wire
+format renders a transcript into its own non-streaming shape.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from shared import events as ev
+
+
+@dataclass(slots=True)
+class ToolCall:
+    index: int
+    id: str = ""
+    name: str = ""
+    arguments: str = ""
+
+    def final_arguments(self) -> str:
+        # A call that streamed no arguments still ends with valid JSON arguments.
+        return self.arguments or "{}"
+
+
+@dataclass(slots=True)
+class Transcript:
+    model: str | None = None
+    provider: str | None = None
+    text: list[str] = field(default_factory=list)
+    reasoning: list[str] = field(default_factory=list)
+    tool_calls: dict[int, ToolCall] = field(default_factory=dict)
+    usage: ev.Usage | None = None
+    finish_reason: ev.FinishReason | None = None
+    error: ev.Error | None = None
+    events: int = 0
+
+    def apply(self, event: ev.Event) -> None:
+        self.events += 1
+        match event:
+            case ev.Start():
+                self.model, self.provider = event.model, event.provider
+            case ev.TextDelta():
+                self.text.append(event.text)
+            case ev.ReasoningDelta():
+                self.reasoning.append(event.text)
+            case ev.ToolCallDelta():
+                call = self.tool_calls.setdefault(event.index, ToolCall(index=event.index))
+                call.id = event.id or call.id
+                call.name = event.name or call.name
+                call.arguments += event.arguments
+            case ev.Usage():
+                self.usage = event
+            case ev.Finish():
+                self.finish_reason = event.reason
+                self.usage = event.usage or self.usage
+            case ev.Error():
+                self.error = event
+            case _:
+                pass
+
+    @property
+    def content(self) -> str:
+        return "".join(self.text)
+
+    @property
+    def reasoning_content(self) -> str:
+        return "".join(self.reasoning)
+
+    @property
+    def has_output(self) -> bool:
+        return bool(self.text or self.reasoning or self.tool_calls)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "provider": self.provider,
+            "text": self.content,
+            "reasoning": self.reasoning_content,
+            "tool_calls": [
+                {"index": c.index, "id": c.id, "name": c.name, "arguments": c.arguments}
+                for c in sorted(self.tool_calls.values(), key=lambda c: c.index)
+            ],
+            "usage": self.usage.model_dump(exclude={"type"}) if self.usage else None,
+            "finish_reason": self.finish_reason,
+            "error": self.error.model_dump(exclude={"type"}, exclude_none=True)
+            if self.error
+            else None,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Transcript:
+        t = cls(model=data.get("model"), provider=data.get("provider"))
+        if data.get("text"):
+            t.text.append(data["text"])
+        if data.get("reasoning"):
+            t.reasoning.append(data["reasoning"])
+        for call in data.get("tool_calls") or []:
+            t.tool_calls[call["index"]] = ToolCall(**call)
+        if data.get("usage"):
+            t.usage = ev.Usage(**data["usage"])
+        t.finish_reason = data.get("finish_reason")
+        if data.get("error"):
+            t.error = ev.Error(**data["error"])
+        return t
