@@ -102,7 +102,11 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 class BodySizeLimit:
-    """Refuses bodies over the limit with 413, whether or not Content-Length is sent."""
+    """Refuses bodies over the limit with 413, whether or not Content-Length is sent.
+
+    A body without Content-Length is read here, up to the limit, and handed on whole: an
+    error raised from inside the app's body parsing would surface as a generic 400.
+    """
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
@@ -113,24 +117,39 @@ class BodySizeLimit:
             await self.app(scope, receive, send)
             return
         too_large = RequestTooLarge(f"the request body exceeds {self.max_bytes} bytes")
-        for name, value in scope["headers"]:
-            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
+        length = next((v for k, v in scope["headers"] if k == b"content-length"), None)
+        if length is not None:
+            if length.isdigit() and int(length) > self.max_bytes:
                 await self._reject(scope, receive, send, too_large)
                 return
-        seen = 0
-
-        async def limited_receive() -> Message:
-            nonlocal seen
+            await self.app(scope, receive, send)
+            return
+        parts: list[bytes] = []
+        size = 0
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise too_large
-            return message
+            if message["type"] != "http.request":
+                await self.app(scope, receive, send)
+                return
+            body = message.get("body", b"")
+            size += len(body)
+            if size > self.max_bytes:
+                await self._reject(scope, receive, send, too_large)
+                return
+            parts.append(body)
+            if not message.get("more_body", False):
+                break
+        replayed = False
 
-        await self.app(scope, limited_receive, send)
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(parts), "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
 
     async def _reject(self, scope: Scope, receive: Receive, send: Send, error: SpoolError) -> None:
-        request = Request(scope, receive)
-        response = error_response(request, error)
+        response = error_response(Request(scope, receive), error)
         await response(scope, receive, send)

@@ -66,6 +66,12 @@ class ResumePointExpired(InvalidRequest):
     code = "resume_point_expired"
 
 
+class StreamExpired(ResumePointExpired):
+    """The stream has expired."""
+
+    code = "stream_expired"
+
+
 class StoreUnavailable(SpoolError):
     """Spool's Redis is unreachable; try again shortly."""
 

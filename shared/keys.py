@@ -29,3 +29,8 @@ def job_key(stream_id: str) -> str:
 def stream_key(stream_id: str) -> str:
     """Redis Stream of canonical events for one job."""
     return f"{PREFIX}:{{{stream_id}}}:events"
+
+
+def tombstone_key(stream_id: str) -> str:
+    """Outlives a finished stream's record so late readers get 410 (expired), not 404."""
+    return f"{PREFIX}:{{{stream_id}}}:gone"

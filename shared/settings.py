@@ -60,6 +60,7 @@ class Settings(BaseSettings):
     keepalive_interval_s: float = Field(default=15.0, gt=0)
     stream_maxlen: int = Field(default=10_000, ge=100)
     retention_s: int = Field(default=24 * 3600, ge=1)
+    tombstone_s: int = Field(default=7 * 24 * 3600, ge=1)
     job_timeout_s: int = Field(default=600, ge=1)
     nonstream_timeout_s: float = Field(default=600.0, gt=0)
     lease_s: float = Field(default=10.0, gt=0)

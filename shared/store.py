@@ -18,7 +18,13 @@ from redis.asyncio import Redis
 
 from shared import events as ev
 from shared import keys
-from shared.errors import FenceLost, InvalidResumeId, ResumePointExpired, StreamNotFound
+from shared.errors import (
+    FenceLost,
+    InvalidResumeId,
+    ResumePointExpired,
+    StreamExpired,
+    StreamNotFound,
+)
 from shared.settings import Settings
 from shared.transcript import Transcript
 
@@ -113,6 +119,7 @@ local ids = {}
 for i = 4, #ARGV do
   ids[#ids + 1] = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'e', ARGV[i])
 end
+redis.call('HINCRBY', KEYS[1], 'appended', #ids)
 if redis.call('TTL', KEYS[2]) < 0 then redis.call('EXPIRE', KEYS[2], ARGV[3]) end
 return ids
 """
@@ -131,10 +138,12 @@ _FINISH = (
     + """
 if redis.call('HGET', KEYS[1], 'attempt') ~= ARGV[1] then return false end
 local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'e', ARGV[5])
+redis.call('HINCRBY', KEYS[1], 'appended', 1)
 redis.call('HSET', KEYS[1], 'status', ARGV[4], 'finished_at', now / 1000, 'output', ARGV[6])
 redis.call('HDEL', KEYS[1], 'lease_until')
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('EXPIRE', KEYS[2], ARGV[3])
+redis.call('SET', KEYS[3], '1', 'EX', ARGV[7])
 return id
 """
 )
@@ -154,10 +163,12 @@ local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return false end
 if status == 'queued' then
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'e', ARGV[1])
+  redis.call('HINCRBY', KEYS[1], 'appended', 1)
   redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', now / 1000,
     'output', ARGV[4], 'cancel', '1')
   redis.call('EXPIRE', KEYS[1], ARGV[3])
   redis.call('EXPIRE', KEYS[2], ARGV[3])
+  redis.call('SET', KEYS[3], '1', 'EX', ARGV[5])
   return 'cancelled'
 end
 if status == 'running' then redis.call('HSET', KEYS[1], 'cancel', '1') end
@@ -183,12 +194,17 @@ class StreamStore:
         # Until a job ends its keys live long enough to outlast any run of it.
         self.pending_ttl_s = settings.retention_s + settings.job_timeout_s
         self.lease_ms = int(settings.lease_s * 1000)
+        self.tombstone_s = settings.tombstone_s
         self._claim = redis.register_script(_CLAIM)
         self._append = redis.register_script(_APPEND)
         self._renew = redis.register_script(_RENEW)
         self._finish = redis.register_script(_FINISH)
         self._cancel = redis.register_script(_CANCEL)
         self._release = redis.register_script(_RELEASE)
+
+    @staticmethod
+    def _keys(stream_id: str) -> list[str]:
+        return [keys.job_key(stream_id), keys.stream_key(stream_id), keys.tombstone_key(stream_id)]
 
     # -- API side -------------------------------------------------------------------------
 
@@ -220,6 +236,8 @@ class StreamStore:
     async def get(self, stream_id: str) -> JobRecord:
         raw: dict[bytes, bytes] = await self.redis.hgetall(keys.job_key(stream_id))  # type: ignore[misc]
         if not raw or b"status" not in raw:
+            if await self.redis.exists(keys.tombstone_key(stream_id)):
+                raise StreamExpired(f"stream {stream_id} has expired")
             raise StreamNotFound(f"no stream with id {stream_id!r}")
         return JobRecord.from_hash(stream_id, raw)
 
@@ -229,8 +247,14 @@ class StreamStore:
         finish = ev.Finish(reason="cancelled")
         output = Transcript(finish_reason="cancelled").to_json()
         result = await self._cancel(
-            keys=[keys.job_key(stream_id), keys.stream_key(stream_id)],
-            args=[ev.encode(finish), self.maxlen, self.retention_s, orjson.dumps(output)],
+            keys=self._keys(stream_id),
+            args=[
+                ev.encode(finish),
+                self.maxlen,
+                self.retention_s,
+                orjson.dumps(output),
+                self.tombstone_s,
+            ],
         )
         if result is None:
             raise StreamNotFound(f"no stream with id {stream_id!r}")
@@ -243,10 +267,13 @@ class StreamStore:
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.xrange(key, min=entry_id, max=entry_id, count=1)
             pipe.xrange(key, count=1)
-            hit, first = await pipe.execute()
+            pipe.xlen(key)
+            pipe.hget(keys.job_key(stream_id), "appended")
+            hit, first, held, appended = await pipe.execute()
         if hit:
             return
-        if first and wanted < parse_entry_id(first[0][0].decode()):
+        trimmed = int(appended or 0) > held
+        if trimmed and first and wanted < parse_entry_id(first[0][0].decode()):
             raise ResumePointExpired(f"event {entry_id} has been trimmed from this stream")
         raise InvalidResumeId(f"{entry_id!r} is not an event id of this stream")
 
@@ -321,7 +348,7 @@ class StreamStore:
         transcript: Transcript,
     ) -> str:
         reply = await self._finish(
-            keys=[keys.job_key(stream_id), keys.stream_key(stream_id)],
+            keys=self._keys(stream_id),
             args=[
                 attempt,
                 self.maxlen,
@@ -329,6 +356,7 @@ class StreamStore:
                 status.value,
                 ev.encode(terminal),
                 orjson.dumps(transcript.to_json()),
+                self.tombstone_s,
             ],
         )
         if reply is None:

@@ -1,0 +1,98 @@
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+
+import pytest
+from redis.asyncio import Redis
+
+from shared.embedded_redis import EmbeddedRedis
+from tests.mock_upstream import MockUpstream
+from tests.processes import SpoolProcess, start_api, start_worker, wait_ready, write_config
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
+    server = EmbeddedRedis(tmp_path_factory.mktemp("redis"), appendonly=False)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def redis(redis_server: EmbeddedRedis) -> AsyncIterator[Redis]:
+    # Database 1: the end-to-end cluster uses database 0 of the same server.
+    client = Redis.from_url(redis_server.url.replace("/0", "/1"))
+    await client.flushdb()
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture(scope="session")
+def mock_upstream() -> Iterator[MockUpstream]:
+    upstream = MockUpstream().start()
+    yield upstream
+    upstream.stop()
+
+
+@dataclass
+class Cluster:
+    apis: list[SpoolProcess]
+    worker: SpoolProcess
+    upstream: MockUpstream
+    redis: EmbeddedRedis
+
+    @property
+    def url(self) -> str:
+        return self.apis[0].url
+
+    @property
+    def other_url(self) -> str:
+        return self.apis[1].url
+
+
+UPSTREAM_KEY = "sk-test-upstream-key"
+E2E_SETTINGS = {"keepalive_interval_s": 0.5, "lease_s": 3}
+
+
+def cluster_models(upstream: MockUpstream) -> dict[str, object]:
+    def mock(upstream_model: str) -> dict[str, object]:
+        return {
+            "provider": "openai",
+            "base_url": upstream.base_url,
+            "model": upstream_model,
+            "api_key_env": "SPOOL_TEST_UPSTREAM_KEY",
+            "timeout_s": 10,
+        }
+
+    return {
+        "demo-fast": {"provider": "demo", "tokens_per_second": 0, "max_output_tokens": 40},
+        "demo-slow": {"provider": "demo", "tokens_per_second": 20, "max_output_tokens": 400},
+        "demo-late": {"provider": "demo", "tokens_per_second": 0, "first_token_delay_ms": 1600},
+        **{f"mock-{name}": mock(name) for name in (
+            "instant", "split-utf8", "slow", "midstream-error", "garbage", "no-finish",
+            "status-429",
+        )},
+    }  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def cluster(
+    tmp_path_factory: pytest.TempPathFactory,
+    redis_server: EmbeddedRedis,
+    mock_upstream: MockUpstream,
+) -> Iterator[Cluster]:
+    """Two API replicas and one worker, real processes, on the session's redis-server."""
+    workdir = tmp_path_factory.mktemp("cluster")
+    config = write_config(workdir / "spool.yaml", cluster_models(mock_upstream), **E2E_SETTINGS)
+    os.environ["SPOOL_TEST_UPSTREAM_KEY"] = UPSTREAM_KEY
+    worker = start_worker(redis_server.url, config, workdir)
+    apis: list[SpoolProcess] = []
+    try:
+        apis = [start_api(redis_server.url, config, workdir) for _ in range(2)]
+        wait_ready(apis[0].url)
+        yield Cluster(apis=apis, worker=worker, upstream=mock_upstream, redis=redis_server)
+    finally:
+        for proc in [*apis, worker]:
+            proc.stop()

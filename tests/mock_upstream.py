@@ -1,0 +1,181 @@
+"""A scriptable OpenAI-compatible upstream for tests and the benchmark.
+
+The upstream model name picks the behaviour (see `SCRIPTS`). It runs in a thread of the
+test process, so tests can read what it saw: requests, headers, and when a client hung up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from shared.embedded_redis import free_port
+
+INSTANT_TEXT = ["Hello", " from", " the", " mock", " upstream", "."]
+SPLIT_TEXT = "héllo wörld, 日本語 ✓ café 🎉"
+
+
+def sse(data: Any) -> bytes:
+    payload = data if isinstance(data, str) else orjson.dumps(data).decode()
+    return f"data: {payload}\n\n".encode()
+
+
+def chunk(model: str, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-mock",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    }
+
+
+def usage_chunk(model: str, completion_tokens: int) -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-mock",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": model,
+        "choices": [],
+        "usage": {
+            "prompt_tokens": 3,
+            "completion_tokens": completion_tokens,
+            "total_tokens": 3 + completion_tokens,
+        },
+    }
+
+
+def text_stream(model: str, pieces: list[str]) -> list[bytes]:
+    out = [sse(chunk(model, {"role": "assistant", "content": ""}))]
+    out += [sse(chunk(model, {"content": p})) for p in pieces]
+    out += [sse(chunk(model, {}, "stop")), sse(usage_chunk(model, len(pieces))), sse("[DONE]")]
+    return out
+
+
+@dataclass
+class Seen:
+    model: str
+    body: dict[str, Any]
+    headers: dict[str, str]
+    started: float = field(default_factory=time.monotonic)
+    closed_early_at: float | None = None
+    closed_early: threading.Event = field(default_factory=threading.Event)
+
+
+class MockUpstream:
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.seen: list[Seen] = []
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def requests_for(self, model: str) -> list[Seen]:
+        return [s for s in self.seen if s.model == model]
+
+    # -- scripts ---------------------------------------------------------------------------
+
+    async def _instant(self, seen: Seen) -> AsyncIterator[bytes]:
+        for frame in text_stream(seen.model, INSTANT_TEXT):
+            yield frame
+
+    async def _split_utf8(self, seen: Seen) -> AsyncIterator[bytes]:
+        pieces = [SPLIT_TEXT[i : i + 3] for i in range(0, len(SPLIT_TEXT), 3)]
+        raw = b"".join(text_stream(seen.model, pieces)).replace(b"\n\n", b"\r\n\r\n", 2)
+        raw = b": keep-alive comment\n\n" + raw
+        step = 0
+        while raw:
+            size = 1 + step % 3
+            yield raw[:size]
+            raw = raw[size:]
+            step += 1
+            if step % 7 == 0:
+                await asyncio.sleep(0.001)
+
+    async def _slow(self, seen: Seen) -> AsyncIterator[bytes]:
+        try:
+            yield sse(chunk(seen.model, {"role": "assistant", "content": ""}))
+            for i in range(400):
+                yield sse(chunk(seen.model, {"content": f" t{i}"}))
+                await asyncio.sleep(0.05)
+            yield sse(chunk(seen.model, {}, "stop"))
+            yield sse("[DONE]")
+        except (asyncio.CancelledError, GeneratorExit):
+            seen.closed_early_at = time.monotonic()
+            seen.closed_early.set()
+            raise
+
+    async def _midstream_error(self, seen: Seen) -> AsyncIterator[bytes]:
+        yield sse(chunk(seen.model, {"role": "assistant", "content": "partial"}))
+        yield sse({"error": {"message": "the model is overloaded", "type": "server_error"}})
+
+    async def _garbage(self, seen: Seen) -> AsyncIterator[bytes]:
+        yield sse(chunk(seen.model, {"role": "assistant", "content": "before"}))
+        yield b"data: {not json at all\n\n"
+        yield b"\xff\xfe garbage line without a field separator\n\n"
+        yield sse(chunk(seen.model, {"content": " after"}))
+        yield sse(chunk(seen.model, {}, "stop"))
+        yield sse("[DONE]")
+
+    async def _no_finish(self, seen: Seen) -> AsyncIterator[bytes]:
+        yield sse(chunk(seen.model, {"role": "assistant", "content": "cut"}))
+
+    async def handle(self, request: Request) -> Response:
+        body = orjson.loads(await request.body())
+        seen = Seen(model=body.get("model", ""), body=body, headers=dict(request.headers))
+        self.seen.append(seen)
+        if seen.model == "status-429":
+            return JSONResponse(
+                {"error": {"message": "rate limited", "type": "rate_limit_error"}},
+                status_code=429,
+                headers={"Retry-After": "7"},
+            )
+        scripts: dict[str, Callable[[Seen], AsyncIterator[bytes]]] = {
+            "instant": self._instant,
+            "split-utf8": self._split_utf8,
+            "slow": self._slow,
+            "midstream-error": self._midstream_error,
+            "garbage": self._garbage,
+            "no-finish": self._no_finish,
+        }
+        script = scripts.get(seen.model)
+        if script is None:
+            return JSONResponse({"error": {"message": "unknown model"}}, status_code=404)
+        return StreamingResponse(script(seen), media_type="text/event-stream")
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> MockUpstream:
+        app = Starlette(routes=[Route("/v1/chat/completions", self.handle, methods=["POST"])])
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off"
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, name="mock-upstream", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            if time.monotonic() > deadline:
+                raise RuntimeError("mock upstream did not start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(5)

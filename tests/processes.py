@@ -1,0 +1,89 @@
+"""Real Spool processes for end-to-end tests and the benchmark."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from shared.embedded_redis import free_port
+
+
+def write_config(path: Path, models: dict[str, Any], **settings: Any) -> Path:
+    path.write_text(yaml.safe_dump({"models": models, **settings}))
+    return path
+
+
+class SpoolProcess:
+    def __init__(
+        self, role: str, redis_url: str, config: Path, log_dir: Path, port: int | None = None
+    ):
+        self.role = role
+        self.port = port
+        self.log_path = log_dir / f"{role}-{port or os.getpid()}-{time.monotonic_ns()}.log"
+        args = [sys.executable, "-m", "shared.cli", "--config", str(config), role]
+        if port is not None:
+            args += ["--port", str(port)]
+        env = {**os.environ, "REDIS_URL": redis_url, "SPOOL_LOG_LEVEL": "warning"}
+        self._log = self.log_path.open("wb")
+        self.process = subprocess.Popen(args, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_healthy(self, timeout_s: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.role} exited early:\n{self.log()}")
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=0.5).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"{self.role} did not become healthy:\n{self.log()}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 10.0) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+
+
+def start_api(redis_url: str, config: Path, log_dir: Path) -> SpoolProcess:
+    proc = SpoolProcess("api", redis_url, config, log_dir, port=free_port())
+    proc.wait_healthy()
+    return proc
+
+
+def start_worker(redis_url: str, config: Path, log_dir: Path) -> SpoolProcess:
+    return SpoolProcess("worker", redis_url, config, log_dir)
+
+
+def wait_ready(api_url: str, timeout_s: float = 20.0) -> None:
+    """Until /readyz says Redis is reachable and at least one worker is alive."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{api_url}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"{api_url} never became ready")
