@@ -119,7 +119,7 @@ class BodySizeLimit:
         too_large = RequestTooLarge(f"the request body exceeds {self.max_bytes} bytes")
         length = next((v for k, v in scope["headers"] if k == b"content-length"), None)
         if length is not None:
-            if length.isdigit() and int(length) > self.max_bytes:
+            if length.isascii() and length.isdigit() and int(length) > self.max_bytes:
                 await self._reject(scope, receive, send, too_large)
                 return
             await self.app(scope, receive, send)

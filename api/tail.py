@@ -37,7 +37,7 @@ class ResumePoint:
     def parse(cls, value: str) -> ResumePoint:
         entry_id, sep, frame = value.strip().partition(":")
         if sep:
-            if not frame.isdigit() or len(frame) > 4:
+            if not (frame.isascii() and frame.isdigit()) or len(frame) > 4:
                 raise InvalidResumeId(f"{value!r} is not an event id of this stream")
             return cls(entry_id, int(frame))
         return cls(entry_id)

@@ -114,7 +114,7 @@ class SSEDecoder:
             self._event = value
         elif field == "id" and "\0" not in value:
             self._id = value
-        elif field == "retry" and value.isdigit():
+        elif field == "retry" and value.isascii() and value.isdigit():
             self._retry = int(value)
         return None
 

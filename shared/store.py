@@ -28,7 +28,7 @@ from shared.errors import (
 from shared.settings import Settings
 from shared.transcript import Transcript
 
-ENTRY_ID = re.compile(r"^(\d{1,20})-(\d{1,20})$")
+ENTRY_ID = re.compile(r"^([0-9]{1,20})-([0-9]{1,20})$")
 
 
 class Status(StrEnum):

@@ -179,3 +179,20 @@ class MockUpstream:
             self._server.should_exit = True
         if self._thread is not None:
             self._thread.join(5)
+
+
+def main() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Spool's mock OpenAI-compatible upstream")
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args()
+    upstream = MockUpstream()
+    upstream.port = args.port
+    app = Starlette(routes=[Route("/v1/chat/completions", upstream.handle, methods=["POST"])])
+    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", lifespan="off",
+                loop="uvloop", http="httptools")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -290,7 +290,9 @@ def test_resume_point_round_trips_frame_ids() -> None:
         assert point.frame == (i if i < 2 else None)
 
 
-@pytest.mark.parametrize("bad", ["5-0:x", "5-0:", "5-0:-1", "5-0:1:2", "5-0:12345", "5-0:1.5"])
+@pytest.mark.parametrize(
+    "bad", ["5-0:x", "5-0:", "5-0:-1", "5-0:1:2", "5-0:12345", "5-0:1.5", "5-0:\u00b2"]
+)
 def test_resume_point_parse_invalid(bad: str) -> None:
     with pytest.raises(InvalidResumeId):
         ResumePoint.parse(bad)
@@ -373,7 +375,11 @@ def test_response_with_reasoning_and_tool_calls() -> None:
                 "type": "function",
                 "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
             },
-            {"id": "call_b", "type": "function", "function": {"name": "no_args", "arguments": "{}"}},
+            {
+                "id": "call_b",
+                "type": "function",
+                "function": {"name": "no_args", "arguments": "{}"},
+            },
         ],
     }
     assert body["choices"][0]["finish_reason"] == "tool_calls"
@@ -396,7 +402,11 @@ def test_response_from_stored_transcript_json() -> None:
 
 def test_error_body() -> None:
     assert FMT.error_body(ModelNotFound("no model 'x'")) == {
-        "error": {"message": "no model 'x'", "type": "invalid_request_error", "code": "model_not_found"}
+        "error": {
+            "message": "no model 'x'",
+            "type": "invalid_request_error",
+            "code": "model_not_found",
+        }
     }
     assert FMT.error_body(StoreUnavailable()) == {
         "error": {

@@ -75,9 +75,7 @@ def chunk(
             "object": "chat.completion.chunk",
             "created": 1,
             "model": "gpt-upstream",
-            "choices": [
-                {"index": index, "delta": delta or {}, "finish_reason": finish_reason}
-            ],
+            "choices": [{"index": index, "delta": delta or {}, "finish_reason": finish_reason}],
         }
     )
 
@@ -376,6 +374,20 @@ async def test_non_json_data_event_is_skipped() -> None:
         ev.TextDelta(text="after"),
         ev.Finish(reason="stop"),
     ]
+
+
+async def test_odd_sse_fields_from_upstream_do_not_break_the_stream() -> None:
+    # "retry: \u00b2" (superscript two) is not an ASCII-digit retry value: it must be
+    # ignored like any other malformed field, not raise out of the provider.
+    upstream = sse_upstream(
+        [
+            b"retry: \xc2\xb2\nevent: x\nid: 1\nfoo: bar\n\n",
+            chunk({"content": "ok"}),
+            chunk({}, "stop"),
+            DONE,
+        ]
+    )
+    assert await run(upstream) == [ev.TextDelta(text="ok"), ev.Finish(reason="stop")]
 
 
 async def test_everything_after_done_is_ignored() -> None:

@@ -171,6 +171,14 @@ def test_decoder_ignores_unknown_and_malformed_lines() -> None:
     assert decode_reads([raw]) == [ServerSentEvent(data="ok", event="message", retry=None)]
 
 
+@pytest.mark.parametrize("value", ["\u00b2", "1\u00b2", "\uff15", "\u0663"])
+def test_decoder_retry_with_non_ascii_digits_is_ignored(value: str) -> None:
+    # The spec: only a value of ASCII digits sets the reconnection time. Unicode "digits"
+    # such as superscript two must be ignored, not crash the decoder.
+    raw = f"retry: {value}\ndata: x\n\n".encode()
+    assert decode_reads([raw]) == [ServerSentEvent(data="x", retry=None)]
+
+
 def test_decoder_retry_with_digits_is_kept() -> None:
     assert decode_reads([b"retry: 3000\ndata: x\n\n"]) == [ServerSentEvent(data="x", retry=3000)]
 
