@@ -26,8 +26,8 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from shared.embedded_redis import EmbeddedRedis, free_port  # noqa: E402
-from tests.processes import SpoolProcess, start_api, start_worker, wait_ready, write_config  # noqa: E402
+from shared.embedded_redis import EmbeddedRedis, free_port
+from tests.processes import SpoolProcess, start_api, start_worker, wait_ready, write_config
 
 PROMPT = [{"role": "user", "content": "benchmark"}]
 
@@ -44,7 +44,12 @@ async def first_token_ms(client: httpx.AsyncClient, url: str, model: str) -> flo
     elapsed: float | None = None
     async with client.stream("POST", url, json=body) as response:
         async for line in response.aiter_lines():
-            if elapsed is None and line.startswith("data: {") and '"content":"' in line and '"content":""' not in line:
+            if (
+                elapsed is None
+                and line.startswith("data: {")
+                and '"content":"' in line
+                and '"content":""' not in line
+            ):
                 elapsed = (time.perf_counter() - start) * 1000
     if elapsed is None:
         raise RuntimeError(f"no content from {url}")
@@ -59,8 +64,12 @@ async def bench_ttft(spool: str, upstream: str, n: int) -> dict[str, Any]:
             await first_token_ms(client, f"{upstream}/v1/chat/completions", "instant")
             await first_token_ms(client, f"{spool}/v1/chat/completions", "bench-mock")
         for _ in range(n):
-            direct.append(await first_token_ms(client, f"{upstream}/v1/chat/completions", "instant"))
-            broker.append(await first_token_ms(client, f"{spool}/v1/chat/completions", "bench-mock"))
+            direct.append(
+                await first_token_ms(client, f"{upstream}/v1/chat/completions", "instant")
+            )
+            broker.append(
+                await first_token_ms(client, f"{spool}/v1/chat/completions", "bench-mock")
+            )
     return {
         "direct_p50": statistics.median(direct),
         "direct_p99": percentile(direct, 0.99),
@@ -124,7 +133,9 @@ async def bench_open_streams(spool: str, api_pid: int, streams: int) -> dict[str
         all_open_s = time.perf_counter() - start
         await asyncio.sleep(1.0)
         rss_open = api.memory_info().rss
-        await asyncio.gather(*(client.post(f"{spool}/v1/streams/{sid}/cancel") for sid in stream_ids))
+        await asyncio.gather(
+            *(client.post(f"{spool}/v1/streams/{sid}/cancel") for sid in stream_ids)
+        )
         received = await asyncio.gather(*tasks)
     return {
         "streams": streams,
@@ -137,7 +148,9 @@ async def bench_open_streams(spool: str, api_pid: int, streams: int) -> dict[str
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     parser.add_argument("--ttft-requests", type=int, default=300)
     parser.add_argument("--streams", type=int, default=500)
     args = parser.parse_args()
@@ -153,7 +166,11 @@ def main() -> None:
         )
         upstream_url = f"http://127.0.0.1:{upstream_port}"
         models = {
-            "bench-mock": {"provider": "openai", "base_url": f"{upstream_url}/v1", "model": "instant"},
+            "bench-mock": {
+                "provider": "openai",
+                "base_url": f"{upstream_url}/v1",
+                "model": "instant",
+            },
             "bench-fast": {"provider": "demo", "tokens_per_second": 0, "max_output_tokens": 5000},
             "bench-slow": {"provider": "demo", "tokens_per_second": 2, "max_output_tokens": 1000},
         }
@@ -187,13 +204,23 @@ def main() -> None:
     print(f"\nSpool benchmark ({args.ttft_requests} TTFT pairs, {args.streams} held streams)\n")
     print("| measure | value |")
     print("|---|---|")
-    print(f"| TTFT direct to mock upstream, p50 / p99 | {ttft['direct_p50']:.2f} / {ttft['direct_p99']:.2f} ms |")
-    print(f"| TTFT through Spool, p50 / p99 | {ttft['spool_p50']:.2f} / {ttft['spool_p99']:.2f} ms |")
-    print(f"| **TTFT added by Spool, p50 / p99** | **{ttft['added_p50']:.2f} / {ttft['added_p99']:.2f} ms** |")
+    print(
+        f"| TTFT direct to mock upstream, p50 / p99 | {ttft['direct_p50']:.2f} / {ttft['direct_p99']:.2f} ms |"
+    )
+    print(
+        f"| TTFT through Spool, p50 / p99 | {ttft['spool_p50']:.2f} / {ttft['spool_p99']:.2f} ms |"
+    )
+    print(
+        f"| **TTFT added by Spool, p50 / p99** | **{ttft['added_p50']:.2f} / {ttft['added_p99']:.2f} ms** |"
+    )
     print(f"| chunks/s end to end, 1 stream | {single:,.0f} |")
     print(f"| chunks/s end to end, 8 concurrent streams | {eight:,.0f} |")
-    print(f"| open streams on one API process | {held['streams']} (all streaming after {held['all_streaming_after_s']:.1f} s) |")
-    print(f"| API memory per open stream | {held['kb_per_stream']:.1f} KiB (RSS {held['rss_before_mb']:.0f} → {held['rss_open_mb']:.0f} MiB) |")
+    print(
+        f"| open streams on one API process | {held['streams']} (all streaming after {held['all_streaming_after_s']:.1f} s) |"
+    )
+    print(
+        f"| API memory per open stream | {held['kb_per_stream']:.1f} KiB (RSS {held['rss_before_mb']:.0f} → {held['rss_open_mb']:.0f} MiB) |"
+    )
 
 
 if __name__ == "__main__":
