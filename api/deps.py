@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Annotated
 
-from arq.connections import ArqRedis
 from fastapi import Depends, Request
+from redis.asyncio import Redis
 
 from api.formats import WireFormat, registry
 from shared.queue import JobQueue
@@ -17,7 +17,7 @@ from shared.store import StreamStore
 @dataclass
 class Services:
     settings: Settings
-    redis: ArqRedis
+    redis: Redis
     store: StreamStore
     queue: JobQueue
     formats: dict[str, WireFormat] = field(default_factory=registry)

@@ -1,17 +1,23 @@
-"""The job queue, behind a small interface so nothing else imports arq.
+"""The job queue, behind a small interface so nothing else imports arq (which is in
+maintenance mode upstream and may one day be swapped).
 
 arq keeps jobs in a sorted set that workers poll. So a fresh job does not wait for the next
-poll, `enqueue` also publishes on the wake channel, which idle workers block on.
+poll, `enqueue` also publishes on the wake channel, and `QueueConsumer` ends its wait
+between polls as soon as that arrives.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import orjson
 from arq.connections import ArqRedis
 from arq.jobs import Job, JobStatus
+from arq.worker import Worker, func
 
 from shared import keys
 
@@ -65,3 +71,72 @@ class ArqJobQueue:
         job = Job(job_id, self.redis, _queue_name=self.queue_name, _deserializer=deserialize_job)
         arq_status: JobStatus = await job.status()
         return QueueStatus(arq_status.value)
+
+
+JobFunction = Callable[..., Awaitable[Any]]
+Hook = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class _WakeableWorker(Worker):
+    def __init__(self, *args: Any, wake: asyncio.Event, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.wake = wake
+
+    async def main(self) -> None:
+        # arq's own loop sleeps `poll_delay` between polls; this one waits on `wake` instead,
+        # with `poll_delay` only as the fallback when a wake-up is missed.
+        self.ctx["redis"] = self.pool
+        if self.on_startup:
+            await self.on_startup(self.ctx)
+        while True:
+            self.wake.clear()
+            await self._poll_iteration()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), self.poll_delay_s)
+
+
+class QueueConsumer:
+    """Runs queued jobs in this process until SIGINT or SIGTERM, then lets running jobs
+    finish for up to `shutdown_grace_s` before cancelling them."""
+
+    def __init__(
+        self,
+        redis: ArqRedis,
+        functions: dict[str, JobFunction],
+        *,
+        wake: asyncio.Event,
+        on_startup: Hook,
+        on_shutdown: Hook,
+        max_jobs: int,
+        job_timeout_s: float,
+        poll_interval_s: float,
+        shutdown_grace_s: int,
+        max_tries: int = 3,
+        ctx: dict[str, Any] | None = None,
+    ) -> None:
+        async def wake_on_free_slot(_: dict[str, Any]) -> None:
+            wake.set()
+
+        self._worker = _WakeableWorker(
+            functions=[
+                func(cast(Any, f), name=name, max_tries=max_tries) for name, f in functions.items()
+            ],
+            queue_name=keys.QUEUE_NAME,
+            redis_pool=redis,
+            on_startup=on_startup,
+            on_shutdown=on_shutdown,
+            after_job_end=wake_on_free_slot,
+            handle_signals=True,
+            job_completion_wait=shutdown_grace_s,
+            max_jobs=max_jobs,
+            job_timeout=job_timeout_s,
+            keep_result=0,
+            poll_delay=poll_interval_s,
+            ctx=ctx or {},
+            job_serializer=serialize_job,
+            job_deserializer=deserialize_job,
+            wake=wake,
+        )
+
+    def run(self) -> None:
+        self._worker.run()
