@@ -11,24 +11,26 @@ from api.deps import Services
 from api.errors import BodySizeLimit, install_error_handlers
 from api.routes import health, models, openai_chat, streams
 from shared.queue import ArqJobQueue
+from shared.reaper import Reaper
 from shared.redis import create_redis
 from shared.settings import Settings
 from shared.store import StreamStore
+from shared.supervise import cancel_and_wait, supervise
 
 
 def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         redis = create_redis(settings)
-        app.state.services = Services(
-            settings=settings,
-            redis=redis,
-            store=StreamStore(redis, settings),
-            queue=ArqJobQueue(redis),
-        )
+        store = StreamStore(redis, settings)
+        queue = ArqJobQueue(redis)
+        app.state.services = Services(settings=settings, redis=redis, store=store, queue=queue)
+        # API replicas reap too, so streams end even when every worker is gone.
+        reaper = supervise("reaper", Reaper(store, queue, settings).run_forever)
         try:
             yield
         finally:
+            await cancel_and_wait(reaper)
             await redis.aclose(close_connection_pool=True)
 
     app = FastAPI(title="Spool", version="0.1.0", lifespan=lifespan)

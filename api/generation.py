@@ -67,11 +67,18 @@ def error_from_event(event: ev.Error) -> SpoolError:
     return error
 
 
-async def respond(services: Services, fmt: WireFormat, record: JobRecord, stream: bool) -> Response:
+async def respond(
+    services: Services,
+    fmt: WireFormat,
+    record: JobRecord,
+    *,
+    stream: bool,
+    cancel_on_disconnect: bool,
+) -> Response:
     settings = services.settings
     if stream:
-        tail = Tail(services.store, record, fmt, settings.keepalive_interval_s)
-        return EventStream(tail.stream(*await tail.prepare(None)), record.id)
+        tail = Tail(services, record, fmt, cancel_on_disconnect=cancel_on_disconnect)
+        return EventStream(tail.stream(await tail.prepare(None)), record.id)
     transcript = await wait_for_transcript(
         services.store, record, settings.nonstream_timeout_s, block_ms=1000
     )

@@ -8,24 +8,44 @@ A canonical event can render to several SSE events (OpenAI's finish chunk, usage
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 from redis.exceptions import RedisError
 
+from api.deps import Services
 from api.formats import Frame, WireFormat
 from shared import events as ev
-from shared import keys
-from shared.errors import GenerationTimeout, InvalidResumeId, StreamNotFound
+from shared.errors import (
+    GenerationTimeout,
+    InvalidResumeId,
+    ResumePointExpired,
+    SpoolError,
+    StreamNotFound,
+)
 from shared.sse import format_comment, format_event
-from shared.store import JobRecord, StreamEntry, StreamStore
+from shared.store import Entry, JobRecord, StreamStore
 from shared.transcript import Transcript
 
 log = logging.getLogger(__name__)
 
 START = "0-0"
+MAX_RESUME_ID_CHARS = 64
+
+
+@dataclass(frozen=True, slots=True)
+class Start:
+    """Where a tail starts: the entry id to read after ("" when there is nothing left to
+    read), the position of the next event, and frames to send before reading."""
+
+    after: str
+    next_seq: int
+    replay: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +55,8 @@ class ResumePoint:
 
     @classmethod
     def parse(cls, value: str) -> ResumePoint:
+        if len(value) > MAX_RESUME_ID_CHARS:
+            raise InvalidResumeId("the resume id is too long to be an event id")
         entry_id, sep, frame = value.strip().partition(":")
         if sep:
             if not (frame.isascii() and frame.isdigit()) or len(frame) > 4:
@@ -57,23 +79,87 @@ def encode_frames(entry_id: str, frames: list[Frame], skip_through: int = -1) ->
     )
 
 
-async def follow(
-    store: StreamStore, stream_id: str, after: str, block_ms: int
-) -> AsyncIterator[StreamEntry | None]:
-    """Entries after `after`, up to and including the terminal one. Yields None each time
-    `block_ms` passes without an event (the caller's cue for a keep-alive)."""
-    while True:
-        entries = await store.read(stream_id, after, block_ms=block_ms)
-        if not entries:
-            if not await store.redis.exists(keys.job_key(stream_id)):
-                raise StreamNotFound("the stream expired while it was being read")
-            yield None
-            continue
-        for entry in entries:
-            yield entry
-            if ev.is_terminal(entry[1]):
-                return
-        after = entries[-1][0]
+READER_MARK_INTERVAL_S = 1.0
+
+
+class Follower:
+    """Reads one stream from a given id to its terminal event, blocking on Redis between
+    events. Marks the stream as read (for the abandoned-stream policy) about once a second,
+    and stops early when `draining` is set (the process is shutting down)."""
+
+    def __init__(
+        self,
+        store: StreamStore,
+        stream_id: str,
+        block_ms: int,
+        draining: asyncio.Event | None = None,
+    ) -> None:
+        self.store = store
+        self.stream_id = stream_id
+        self.block_ms = block_ms
+        self.draining = draining
+        self.drained = False
+
+    async def entries(self, after: str, next_seq: int = 1) -> AsyncIterator[Entry | None]:
+        """Entries after `after` (whose successor is the `next_seq`th event), up to and
+        including the terminal one. Yields None each time `block_ms` passes without an
+        event: the caller's cue for a keep-alive."""
+        drain_wait: asyncio.Future[Any] | None = (
+            asyncio.ensure_future(self.draining.wait()) if self.draining else None
+        )
+        last_mark = -READER_MARK_INTERVAL_S
+        try:
+            while True:
+                now = time.monotonic()
+                if now - last_mark >= READER_MARK_INTERVAL_S:
+                    await self.store.mark_reader(self.stream_id)
+                    last_mark = now
+                entries = await self._read(after, drain_wait)
+                if entries is None:
+                    self.drained = True
+                    return
+                if not entries:
+                    status = await self.store.status(self.stream_id)
+                    if status is None:
+                        raise StreamNotFound("the stream expired while it was being read")
+                    if status.terminal and await self._past_the_end(after):
+                        return
+                    yield None
+                    continue
+                for entry in entries:
+                    if entry.seq != next_seq:
+                        # This reader fell further behind than the stream's length cap.
+                        raise ResumePointExpired("events were trimmed before they could be read")
+                    next_seq += 1
+                    yield entry
+                    if ev.is_terminal(entry.event):
+                        return
+                after = entries[-1].id
+        finally:
+            if drain_wait is not None:
+                drain_wait.cancel()
+
+    async def _past_the_end(self, after: str) -> bool:
+        """Whether a finished stream has nothing after `after` (the terminal event was
+        already delivered), so a reader would otherwise wait forever."""
+        return not await self.store.read(self.stream_id, after, block_ms=None, count=1)
+
+    async def _read(self, after: str, drain_wait: asyncio.Future[Any] | None) -> list[Entry] | None:
+        if drain_wait is None:
+            return await self.store.read(self.stream_id, after, block_ms=self.block_ms)
+        if drain_wait.done():
+            return None
+        read: asyncio.Future[Any] = asyncio.ensure_future(
+            self.store.read(self.stream_id, after, block_ms=self.block_ms)
+        )
+        await asyncio.wait((read, drain_wait), return_when=asyncio.FIRST_COMPLETED)
+        if read.done():
+            entries: list[Entry] = read.result()
+            return entries
+        read.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await read
+        return None
 
 
 class Tail:
@@ -81,61 +167,72 @@ class Tail:
 
     def __init__(
         self,
-        store: StreamStore,
+        services: Services,
         record: JobRecord,
         fmt: WireFormat,
-        keepalive_s: float,
+        *,
+        cancel_on_disconnect: bool = False,
     ) -> None:
-        self.store = store
+        self.services = services
+        self.store = services.store
         self.record = record
         self.fmt = fmt
-        self.block_ms = max(1, int(keepalive_s * 1000))
+        self.cancel_on_disconnect = cancel_on_disconnect
+        self.block_ms = max(1, int(services.settings.keepalive_interval_s * 1000))
 
-    async def prepare(self, resume: ResumePoint | None) -> tuple[str, bytes]:
+    async def prepare(self, resume: ResumePoint | None) -> Start:
         """Validate the resume point before the response starts (so errors get a status),
-        and return the id to read after plus any frames to replay first."""
-        if resume is None:
-            return START, b""
-        await self.store.check_resume_point(self.record.id, resume.entry_id)
-        if resume.frame is None:
-            return resume.entry_id, b""
-        entries = await self.store.redis.xrange(
-            keys.stream_key(self.record.id), min=resume.entry_id, max=resume.entry_id
-        )
-        event = ev.decode(entries[0][1][ev.FIELD])
-        frames = self.fmt.frames(event, self.record.render)
+        and work out where to read from and what to replay first."""
+        point = await self.store.resume_point(self.record.id, resume.entry_id if resume else None)
+        if point is None:
+            return Start(START, 1)
+        if ev.is_terminal(point.event) and resume is not None and resume.frame is None:
+            return Start("", 0)  # the client has everything already
+        if resume is None or resume.frame is None:
+            return Start(point.id, point.seq + 1)
+        frames = self.fmt.frames(point.event, self.record.render)
         if resume.frame >= len(frames) - 1:
             raise InvalidResumeId(
                 f"{resume.entry_id}:{resume.frame} is not an event id of this stream"
             )
-        replay = encode_frames(resume.entry_id, frames, skip_through=resume.frame)
-        if ev.is_terminal(event):
-            return "", replay
-        return resume.entry_id, replay
+        replay = encode_frames(point.id, frames, skip_through=resume.frame)
+        if ev.is_terminal(point.event):
+            return Start("", 0, replay)
+        return Start(point.id, point.seq + 1, replay)
 
-    async def stream(self, after: str, replay: bytes) -> AsyncIterator[bytes]:
-        if replay:
-            yield replay
-        if not after:
+    async def stream(self, start: Start) -> AsyncIterator[bytes]:
+        if start.replay:
+            yield start.replay
+        if not start.after:
             return
         render = self.record.render
+        follower = Follower(self.store, self.record.id, self.block_ms, self.services.draining)
+        ended = False
         try:
-            async for entry in follow(self.store, self.record.id, after, self.block_ms):
+            async for entry in follower.entries(start.after, start.next_seq):
                 if entry is None:
                     yield format_comment("ping")
                     continue
-                entry_id, event = entry
-                frames = self.fmt.frames(event, render)
+                frames = self.fmt.frames(entry.event, render)
                 if frames:
-                    yield encode_frames(entry_id, frames)
-        except (RedisError, StreamNotFound) as exc:
+                    yield encode_frames(entry.id, frames)
+            ended = True
+            if follower.drained:
+                # Shutting down: end at an event boundary; the client resumes elsewhere.
+                yield format_comment("server shutting down; resume with Last-Event-ID")
+        except (RedisError, StreamNotFound, ResumePointExpired) as exc:
+            ended = True
             # The stream cannot go on: say so in the stream's own format instead of hanging.
             log.warning("stream %s: tail ended early: %s", self.record.id, exc)
-            code = "stream_expired" if isinstance(exc, StreamNotFound) else "redis_unavailable"
-            error = ev.Error(code=code, message=str(exc) or "stream storage failed", retryable=True)
+            code = exc.code if isinstance(exc, SpoolError) else "redis_unavailable"
+            message = str(exc) or "stream storage failed"
+            error = ev.Error(code=code, message=message, retryable=isinstance(exc, RedisError))
             yield b"".join(
                 format_event(f.data, event=f.event) for f in self.fmt.frames(error, render)
             )
+        finally:
+            if not ended and self.cancel_on_disconnect:
+                self.services.spawn(self.store.request_cancel(self.record.id), "cancel")
 
 
 async def wait_for_transcript(
@@ -144,9 +241,9 @@ async def wait_for_transcript(
     """Follow a stream to its end and assemble it (non-streaming requests)."""
     transcript = Transcript()
     deadline = time.monotonic() + timeout_s
-    async for entry in follow(store, record.id, START, block_ms):
+    async for entry in Follower(store, record.id, block_ms).entries(START):
         if entry is not None:
-            transcript.apply(entry[1])
+            transcript.apply(entry.event)
         if time.monotonic() > deadline:
             raise GenerationTimeout(f"the generation did not finish within {timeout_s:g}s")
     return transcript

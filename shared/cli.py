@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -27,12 +28,32 @@ def _setup_logging(settings: Settings) -> None:
 
 
 def cmd_api(settings: Settings) -> int:
+    import asyncio
+
     import uvicorn
 
     from api.app import create_app
 
-    uvicorn.run(
-        create_app(settings),
+    app = create_app(settings)
+
+    class DrainingServer(uvicorn.Server):
+        """On SIGTERM/SIGINT, open SSE tails end at their next event boundary (clients
+        resume on another replica) instead of holding the shutdown open."""
+
+        _loop: asyncio.AbstractEventLoop | None = None
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            services = getattr(app.state, "services", None)
+            if services is not None and self._loop is not None:
+                services.begin_drain(self._loop)
+            super().handle_exit(sig, frame)
+
+        async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+            self._loop = asyncio.get_running_loop()
+            await super().serve(sockets)
+
+    config = uvicorn.Config(
+        app,
         host=settings.host,
         port=settings.port,
         loop="uvloop",
@@ -40,6 +61,7 @@ def cmd_api(settings: Settings) -> int:
         log_level=settings.log_level.lower(),
         timeout_graceful_shutdown=5,
     )
+    DrainingServer(config).run()
     return 0
 
 
@@ -55,6 +77,8 @@ def cmd_dev(settings: Settings) -> int:
     Ctrl-C or SIGTERM stops all of them, in order."""
     redis: EmbeddedRedis | None = None
     env = dict(os.environ)
+    if settings.config is not None:
+        env["SPOOL_CONFIG"] = str(settings.config.resolve())
     if not settings.redis_url:
         redis = EmbeddedRedis(settings.data_dir / "redis")
         env["REDIS_URL"] = redis.start()

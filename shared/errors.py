@@ -101,8 +101,11 @@ class UpstreamError(SpoolError):
         upstream_status: int | None = None,
         retry_after: float | None = None,
         retryable: bool = False,
+        code: str | None = None,
     ) -> None:
         super().__init__(message)
+        if code is not None:
+            self.code = code
         self.upstream_status = upstream_status
         self.retry_after = retry_after
         self.retryable = retryable

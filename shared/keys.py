@@ -1,7 +1,8 @@
 """Every Redis key and channel Spool uses, in one place.
 
-Per-stream keys share the hash tag `{id}` so that a Lua script touching a stream's record
-and its event log stays on one slot in Redis Cluster.
+Per-stream keys share the hash tag `{id}`. The scripts that change a job also keep the two
+global indexes (`LEASES_KEY`, `QUEUED_KEY`) in step, so Spool runs on a single Redis
+primary (with replicas or Sentinel), not on Redis Cluster.
 """
 
 from __future__ import annotations
@@ -19,6 +20,12 @@ CANCEL_CHANNEL = f"{PREFIX}:cancel"
 
 WORKERS_KEY = f"{PREFIX}:workers"
 """Sorted set of worker ids scored by the time their heartbeat expires."""
+
+LEASES_KEY = f"{PREFIX}:leases"
+"""Sorted set of running stream ids scored by lease expiry (ms): what the reaper scans."""
+
+QUEUED_KEY = f"{PREFIX}:queued"
+"""Sorted set of queued stream ids scored by when they were queued (ms)."""
 
 
 def job_key(stream_id: str) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Awaitable, Callable
 from enum import StrEnum
 from typing import Any, Protocol, cast
@@ -18,8 +19,12 @@ import orjson
 from arq.connections import ArqRedis
 from arq.jobs import Job, JobStatus
 from arq.worker import Worker, func
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from shared import keys
+
+log = logging.getLogger(__name__)
 
 GENERATE = "generate"
 """Name of the worker function that runs one generation job."""
@@ -51,9 +56,18 @@ def deserialize_job(raw: bytes) -> dict[str, Any]:
     return data
 
 
+def _arq(redis: Redis) -> ArqRedis:
+    """arq's client on the same connection pool as everything else."""
+    return ArqRedis(
+        connection_pool=redis.connection_pool,
+        job_serializer=serialize_job,
+        job_deserializer=deserialize_job,
+    )
+
+
 class ArqJobQueue:
-    def __init__(self, redis: ArqRedis, queue_name: str = keys.QUEUE_NAME) -> None:
-        self.redis = redis
+    def __init__(self, redis: Redis, queue_name: str = keys.QUEUE_NAME) -> None:
+        self.redis = _arq(redis)
         self.queue_name = queue_name
 
     async def enqueue(self, function: str, job_id: str, *args: Any) -> None:
@@ -88,9 +102,18 @@ class _WakeableWorker(Worker):
         self.ctx["redis"] = self.pool
         if self.on_startup:
             await self.on_startup(self.ctx)
+        failures = 0
         while True:
             self.wake.clear()
-            await self._poll_iteration()
+            try:
+                await self._poll_iteration()
+                failures = 0
+            except RedisError as exc:
+                # Redis restarting or failing over: keep the process, poll again shortly.
+                failures += 1
+                log.warning("queue poll failed (%s); retrying", exc)
+                await asyncio.sleep(min(2.0, 0.05 * 2**failures))
+                continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), self.poll_delay_s)
 
@@ -101,7 +124,7 @@ class QueueConsumer:
 
     def __init__(
         self,
-        redis: ArqRedis,
+        redis: Redis,
         functions: dict[str, JobFunction],
         *,
         wake: asyncio.Event,
@@ -122,7 +145,7 @@ class QueueConsumer:
                 func(cast(Any, f), name=name, max_tries=max_tries) for name, f in functions.items()
             ],
             queue_name=keys.QUEUE_NAME,
-            redis_pool=redis,
+            redis_pool=_arq(redis),
             on_startup=on_startup,
             on_shutdown=on_shutdown,
             after_job_end=wake_on_free_slot,

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-from arq.connections import ArqRedis
-from redis.asyncio import BlockingConnectionPool
+from redis.asyncio import BlockingConnectionPool, Redis
 
-from shared.queue import deserialize_job, serialize_job
 from shared.settings import Settings
 
 CONNECT_TIMEOUT_S = 2.0
 
 
-def create_redis(settings: Settings, *, url: str | None = None) -> ArqRedis:
-    """One pooled client per process. It is arq's subclass of `redis.asyncio.Redis`, so the
-    queue and the stream store share the pool. Pool exhaustion waits briefly and then fails
-    as a connection error, which the API answers with 503."""
+def create_redis(settings: Settings, *, url: str | None = None) -> Redis:
+    """One pooled client per process, shared by the queue and the stream store. Pool
+    exhaustion waits briefly and then fails as a connection error (the API answers 503)."""
     redis_url = url or settings.redis_url
     if not redis_url:
         raise ValueError("no Redis URL: set REDIS_URL, or run `spool dev` for an embedded Redis")
@@ -29,6 +26,4 @@ def create_redis(settings: Settings, *, url: str | None = None) -> ArqRedis:
         socket_timeout=socket_timeout,
         socket_keepalive=True,
     )
-    return ArqRedis(
-        connection_pool=pool, job_serializer=serialize_job, job_deserializer=deserialize_job
-    )
+    return Redis(connection_pool=pool)

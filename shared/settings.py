@@ -7,7 +7,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.errors import ConfigError
@@ -29,8 +37,9 @@ class ModelEntry(BaseModel):
     tokens_per_second: float = Field(default=50.0, ge=0)
     first_token_delay_ms: float = Field(default=0.0, ge=0)
     max_output_tokens: int = Field(default=48, ge=1, le=100_000)
-    # OpenAI-compatible knobs.
-    timeout_s: float = Field(default=60.0, gt=0)
+    # OpenAI-compatible knobs: an upstream silent for idle_timeout_s ends the stream.
+    connect_timeout_s: float = Field(default=10.0, gt=0)
+    idle_timeout_s: float = Field(default=60.0, gt=0)
     extra_headers: dict[str, str] = Field(default_factory=dict)
 
     def api_key(self) -> str | None:
@@ -64,11 +73,36 @@ class Settings(BaseSettings):
     job_timeout_s: int = Field(default=600, ge=1)
     nonstream_timeout_s: float = Field(default=600.0, gt=0)
     lease_s: float = Field(default=10.0, gt=0)
+    queue_timeout_s: int = Field(default=600, ge=1)
+    max_requeues: int = Field(default=2, ge=0)
+    upstream_max_attempts: int = Field(default=3, ge=1)
+    upstream_backoff_s: float = Field(default=0.25, ge=0)
+    upstream_backoff_max_s: float = Field(default=8.0, ge=0)
+    upstream_retry_after_max_s: float = Field(default=30.0, ge=0)
+    redis_retry_s: float = Field(default=10.0, ge=0)
+    on_disconnect: Literal["continue", "cancel"] = "continue"
+    abandon_grace_s: float | None = Field(default=None, gt=0)
     worker_max_jobs: int = Field(default=200, ge=1)
     worker_poll_interval_s: float = Field(default=0.5, gt=0)
     worker_shutdown_grace_s: int = Field(default=30, ge=0)
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     redis_max_connections: int = Field(default=10_000, ge=10)
+
+    @field_validator("redis_url", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _grace_outlasts_keepalive(self) -> Settings:
+        # Readers mark themselves at least once per keep-alive interval; a shorter grace
+        # would cancel streams that are still being read.
+        if (
+            self.abandon_grace_s is not None
+            and self.abandon_grace_s <= self.keepalive_interval_s + 1
+        ):
+            raise ValueError("abandon_grace_s must exceed keepalive_interval_s + 1")
+        return self
 
     @field_validator("models", mode="after")
     @classmethod

@@ -52,6 +52,7 @@ class SSEDecoder:
         self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._buffer = ""
         self._pending_cr = False
+        self._at_start = True
         self._max_line_chars = max_line_chars
         self._data: list[str] = []
         self._event = ""
@@ -62,6 +63,10 @@ class SSEDecoder:
         text = self._utf8.decode(chunk)
         if not text:
             return
+        if self._at_start:
+            # A byte order mark at the very start of the stream is not part of any line.
+            text = text.removeprefix("\ufeff")
+            self._at_start = False
         if self._pending_cr and text.startswith("\n"):
             # The CR of a CRLF ended the previous read; its LF is not another line end.
             text = text[1:]

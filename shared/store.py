@@ -8,7 +8,6 @@ attempt (arq re-ran the job, or the worker's lease ran out) can never append.
 from __future__ import annotations
 
 import re
-import time
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -20,6 +19,7 @@ from shared import events as ev
 from shared import keys
 from shared.errors import (
     FenceLost,
+    InvalidRequest,
     InvalidResumeId,
     ResumePointExpired,
     StreamExpired,
@@ -28,7 +28,8 @@ from shared.errors import (
 from shared.settings import Settings
 from shared.transcript import Transcript
 
-ENTRY_ID = re.compile(r"^([0-9]{1,20})-([0-9]{1,20})$")
+ENTRY_ID = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")
+MAX_ID_PART = 2**64 - 1
 
 
 class Status(StrEnum):
@@ -87,18 +88,70 @@ class Claim:
     outcome: str  # "claimed", "lost" (claimed after a dead attempt emitted), "busy", "done"
     status: Status | None = None
     cancel_requested: bool = False
+    appended: int = 0  # events the stream already held
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """A renewed lease: whether the attempt still owns the job, the seconds since a reader
+    last looked at the stream, and whether a cancel was requested."""
+
+    owned: bool
+    since_reader_s: float
+    cancel_requested: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Reaped:
+    """What the reaper found: "requeued" (with the requeue count), "lost" or "expired" (the
+    reaper now holds the attempt token and must end the stream), or nothing to do."""
+
+    outcome: str
+    requeues: int = 0
+    appended: int = 0
 
 
 StreamEntry = tuple[str, ev.Event]
 
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One stream entry: its Redis id, its position in the stream (1-based, counted over
+    everything ever appended, so a gap means trimmed events) and the event."""
+
+    id: str
+    seq: int
+    event: ev.Event
+
+    @classmethod
+    def from_redis(cls, entry_id: bytes, fields: dict[bytes, bytes]) -> Entry:
+        return cls(entry_id.decode(), int(fields[b"n"]), ev.decode(fields[ev.FIELD]))
+
+
 # Server time in ms; scripts use Redis' clock so leases do not depend on worker clocks.
 _NOW_MS = "local t = redis.call('TIME'); local now = t[1] * 1000 + math.floor(t[2] / 1000)\n"
+
+# KEYS: 1 job, 2 events, 3 tombstone, 4 leases index, 5 queued index (see `_keys`).
+
+_CREATE = (
+    _NOW_MS
+    + """
+redis.call('HSET', KEYS[1], 'status', 'queued', 'surface', ARGV[2], 'model', ARGV[3],
+  'created_at', now / 1000, 'queued_at', now, 'request', ARGV[4], 'render', ARGV[5])
+redis.call('EXPIRE', KEYS[1], ARGV[6])
+redis.call('ZADD', KEYS[5], now, ARGV[1])
+"""
+)
 
 _CLAIM = (
     _NOW_MS
     + """
 local status = redis.call('HGET', KEYS[1], 'status')
-if not status then return {'done', 'missing'} end
+if not status then
+  redis.call('ZREM', KEYS[4], ARGV[1])
+  redis.call('ZREM', KEYS[5], ARGV[1])
+  return {'done', 'missing'}
+end
 local outcome = 'claimed'
 if status == 'running' then
   local lease = tonumber(redis.call('HGET', KEYS[1], 'lease_until') or '0')
@@ -107,29 +160,43 @@ if status == 'running' then
 elseif status ~= 'queued' then
   return {'done', status}
 end
-redis.call('HSET', KEYS[1], 'status', 'running', 'attempt', ARGV[1],
-  'lease_until', now + tonumber(ARGV[2]), 'started_at', now / 1000)
-return {outcome, 'running', redis.call('HGET', KEYS[1], 'cancel') or '0'}
+local lease = now + tonumber(ARGV[3])
+redis.call('HSET', KEYS[1], 'status', 'running', 'attempt', ARGV[2], 'lease_until', lease,
+  'started_at', now / 1000, 'worker', ARGV[4])
+if not redis.call('HGET', KEYS[1], 'reader_seen') then
+  redis.call('HSET', KEYS[1], 'reader_seen', now)
+end
+redis.call('ZADD', KEYS[4], lease, ARGV[1])
+redis.call('ZREM', KEYS[5], ARGV[1])
+return {outcome, 'running', redis.call('HGET', KEYS[1], 'cancel') or '0',
+  redis.call('HGET', KEYS[1], 'appended') or '0'}
 """
 )
 
+# ARGV[4] is how many events the stream held before this batch, as the attempt counts
+# them: a batch whose reply was lost and which is sent again is not written twice.
 _APPEND = """
 if redis.call('HGET', KEYS[1], 'attempt') ~= ARGV[1] then return false end
-local ids = {}
-for i = 4, #ARGV do
-  ids[#ids + 1] = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'e', ARGV[i])
+if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return false end
+local held = tonumber(redis.call('HGET', KEYS[1], 'appended') or '0')
+if held > tonumber(ARGV[4]) then return 0 end
+for i = 5, #ARGV do
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'e', ARGV[i], 'n', held + i - 4)
 end
-redis.call('HINCRBY', KEYS[1], 'appended', #ids)
+redis.call('HINCRBY', KEYS[1], 'appended', #ARGV - 4)
 if redis.call('TTL', KEYS[2]) < 0 then redis.call('EXPIRE', KEYS[2], ARGV[3]) end
-return ids
+return #ARGV - 4
 """
 
 _RENEW = (
     _NOW_MS
     + """
-if redis.call('HGET', KEYS[1], 'attempt') ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], 'lease_until', now + tonumber(ARGV[2]))
-return 1
+if redis.call('HGET', KEYS[1], 'attempt') ~= ARGV[1] then return {0, 0, '0'} end
+local lease = now + tonumber(ARGV[2])
+redis.call('HSET', KEYS[1], 'lease_until', lease)
+redis.call('ZADD', KEYS[4], lease, ARGV[3])
+return {1, now - tonumber(redis.call('HGET', KEYS[1], 'reader_seen') or now),
+  redis.call('HGET', KEYS[1], 'cancel') or '0'}
 """
 )
 
@@ -137,24 +204,32 @@ _FINISH = (
     _NOW_MS
     + """
 if redis.call('HGET', KEYS[1], 'attempt') ~= ARGV[1] then return false end
-local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'e', ARGV[5])
-redis.call('HINCRBY', KEYS[1], 'appended', 1)
+if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 'done' end
+local n = redis.call('HINCRBY', KEYS[1], 'appended', 1)
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'e', ARGV[5], 'n', n)
 redis.call('HSET', KEYS[1], 'status', ARGV[4], 'finished_at', now / 1000, 'output', ARGV[6])
 redis.call('HDEL', KEYS[1], 'lease_until')
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('EXPIRE', KEYS[2], ARGV[3])
 redis.call('SET', KEYS[3], '1', 'EX', ARGV[7])
-return id
+redis.call('ZREM', KEYS[4], ARGV[8])
+redis.call('ZREM', KEYS[5], ARGV[8])
+return 'finished'
 """
 )
 
-_RELEASE = """
+_RELEASE = (
+    _NOW_MS
+    + """
 if redis.call('HGET', KEYS[1], 'attempt') ~= ARGV[1] then return 0 end
 if redis.call('XLEN', KEYS[2]) > 0 then return 0 end
-redis.call('HSET', KEYS[1], 'status', 'queued')
-redis.call('HDEL', KEYS[1], 'attempt', 'lease_until', 'started_at')
+redis.call('HSET', KEYS[1], 'status', 'queued', 'queued_at', now)
+redis.call('HDEL', KEYS[1], 'attempt', 'lease_until', 'started_at', 'worker')
+redis.call('ZREM', KEYS[4], ARGV[2])
+redis.call('ZADD', KEYS[5], now, ARGV[2])
 return 1
 """
+)
 
 _CANCEL = (
     _NOW_MS
@@ -162,13 +237,14 @@ _CANCEL = (
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return false end
 if status == 'queued' then
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'e', ARGV[1])
-  redis.call('HINCRBY', KEYS[1], 'appended', 1)
+  local n = redis.call('HINCRBY', KEYS[1], 'appended', 1)
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'e', ARGV[1], 'n', n)
   redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', now / 1000,
     'output', ARGV[4], 'cancel', '1')
   redis.call('EXPIRE', KEYS[1], ARGV[3])
   redis.call('EXPIRE', KEYS[2], ARGV[3])
   redis.call('SET', KEYS[3], '1', 'EX', ARGV[5])
+  redis.call('ZREM', KEYS[5], ARGV[6])
   return 'cancelled'
 end
 if status == 'running' then redis.call('HSET', KEYS[1], 'cancel', '1') end
@@ -176,10 +252,65 @@ return status
 """
 )
 
+# The reaper's look at one job whose lease ran out, or which has waited too long in the
+# queue. Jobs that emitted nothing go back to the queue (a bounded number of times); the
+# others are taken over with the reaper's own attempt token, so it can end them visibly.
+_REAP = (
+    _NOW_MS
+    + """
+local id = ARGV[1]
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then
+  redis.call('ZREM', KEYS[4], id)
+  redis.call('ZREM', KEYS[5], id)
+  return {'gone'}
+end
+local lease = now + tonumber(ARGV[3])
+if status == 'running' then
+  local until_ = tonumber(redis.call('HGET', KEYS[1], 'lease_until') or '0')
+  if until_ > now then
+    redis.call('ZADD', KEYS[4], until_, id)
+    return {'alive'}
+  end
+  local requeues = tonumber(redis.call('HGET', KEYS[1], 'requeues') or '0')
+  if redis.call('XLEN', KEYS[2]) == 0 and requeues < tonumber(ARGV[5]) then
+    redis.call('HSET', KEYS[1], 'status', 'queued', 'queued_at', now)
+    redis.call('HDEL', KEYS[1], 'attempt', 'lease_until', 'started_at', 'worker')
+    redis.call('HINCRBY', KEYS[1], 'requeues', 1)
+    redis.call('ZREM', KEYS[4], id)
+    redis.call('ZADD', KEYS[5], now, id)
+    return {'requeued', tostring(requeues + 1)}
+  end
+  redis.call('HSET', KEYS[1], 'attempt', ARGV[2], 'lease_until', lease)
+  redis.call('ZADD', KEYS[4], lease, id)
+  return {'lost', redis.call('HGET', KEYS[1], 'appended') or '0'}
+end
+if status == 'queued' then
+  local queued_at = tonumber(redis.call('HGET', KEYS[1], 'queued_at') or '0')
+  if now - queued_at < tonumber(ARGV[4]) then return {'waiting'} end
+  redis.call('HSET', KEYS[1], 'status', 'running', 'attempt', ARGV[2], 'lease_until', lease,
+    'started_at', now / 1000)
+  redis.call('ZREM', KEYS[5], id)
+  redis.call('ZADD', KEYS[4], lease, id)
+  return {'expired', redis.call('HGET', KEYS[1], 'appended') or '0'}
+end
+redis.call('ZREM', KEYS[4], id)
+redis.call('ZREM', KEYS[5], id)
+return {'ended'}
+"""
+)
+
+_MARK_READER = (
+    _NOW_MS
+    + """
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'reader_seen', now) end
+"""
+)
+
 
 def parse_entry_id(value: str) -> tuple[int, int]:
-    match = ENTRY_ID.match(value)
-    if not match:
+    match = ENTRY_ID.fullmatch(value)
+    if not match or int(match[1]) > MAX_ID_PART or int(match[2]) > MAX_ID_PART:
         raise InvalidResumeId(f"{value!r} is not an event id of this stream")
     return int(match[1]), int(match[2])
 
@@ -191,20 +322,33 @@ class StreamStore:
         self.redis = redis
         self.maxlen = settings.stream_maxlen
         self.retention_s = settings.retention_s
-        # Until a job ends its keys live long enough to outlast any run of it.
-        self.pending_ttl_s = settings.retention_s + settings.job_timeout_s
-        self.lease_ms = int(settings.lease_s * 1000)
         self.tombstone_s = settings.tombstone_s
+        # Until a job ends its keys live long enough to outlast any run of it.
+        self.pending_ttl_s = (
+            settings.retention_s + settings.job_timeout_s + settings.queue_timeout_s
+        )
+        self.lease_ms = int(settings.lease_s * 1000)
+        self.queue_timeout_ms = int(settings.queue_timeout_s * 1000)
+        self.max_requeues = settings.max_requeues
+        self._create = redis.register_script(_CREATE)
         self._claim = redis.register_script(_CLAIM)
         self._append = redis.register_script(_APPEND)
         self._renew = redis.register_script(_RENEW)
         self._finish = redis.register_script(_FINISH)
         self._cancel = redis.register_script(_CANCEL)
         self._release = redis.register_script(_RELEASE)
+        self._reap = redis.register_script(_REAP)
+        self._mark_reader = redis.register_script(_MARK_READER)
 
     @staticmethod
     def _keys(stream_id: str) -> list[str]:
-        return [keys.job_key(stream_id), keys.stream_key(stream_id), keys.tombstone_key(stream_id)]
+        return [
+            keys.job_key(stream_id),
+            keys.stream_key(stream_id),
+            keys.tombstone_key(stream_id),
+            keys.LEASES_KEY,
+            keys.QUEUED_KEY,
+        ]
 
     # -- API side -------------------------------------------------------------------------
 
@@ -217,21 +361,14 @@ class StreamStore:
         request: dict[str, Any],
         render: dict[str, Any],
     ) -> None:
-        key = keys.job_key(stream_id)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(
-                key,
-                mapping={
-                    "status": Status.QUEUED.value,
-                    "surface": surface,
-                    "model": model,
-                    "created_at": repr(time.time()),
-                    "request": orjson.dumps(request),
-                    "render": orjson.dumps(render),
-                },
-            )
-            pipe.expire(key, self.pending_ttl_s)
-            await pipe.execute()
+        try:
+            encoded = orjson.dumps(request), orjson.dumps(render)
+        except orjson.JSONEncodeError as exc:
+            raise InvalidRequest(f"the request cannot be stored: {exc}") from exc
+        await self._create(
+            keys=self._keys(stream_id),
+            args=[stream_id, surface, model, *encoded, self.pending_ttl_s],
+        )
 
     async def get(self, stream_id: str) -> JobRecord:
         raw: dict[bytes, bytes] = await self.redis.hgetall(keys.job_key(stream_id))  # type: ignore[misc]
@@ -242,8 +379,8 @@ class StreamStore:
         return JobRecord.from_hash(stream_id, raw)
 
     async def request_cancel(self, stream_id: str) -> Status:
-        """Cancel a job. A queued job ends here and now; a running one is flagged for its
-        worker (the caller then publishes on the cancel channel); a finished one is left."""
+        """Cancel a job. A queued job ends here and now; a running one is flagged and its
+        worker told on the cancel channel; a finished one is left as it is."""
         finish = ev.Finish(reason="cancelled")
         output = Transcript(finish_reason="cancelled").to_json()
         result = await self._cancel(
@@ -254,39 +391,57 @@ class StreamStore:
                 self.retention_s,
                 orjson.dumps(output),
                 self.tombstone_s,
+                stream_id,
             ],
         )
         if result is None:
             raise StreamNotFound(f"no stream with id {stream_id!r}")
-        return Status(result.decode())
+        status = Status(result.decode())
+        if status is Status.RUNNING:
+            await self.redis.publish(keys.CANCEL_CHANNEL, stream_id)
+        return status
 
-    async def check_resume_point(self, stream_id: str, entry_id: str) -> None:
-        """Raise unless `entry_id` is an event of this stream (400) that is still held (410)."""
-        wanted = parse_entry_id(entry_id)
+    async def mark_reader(self, stream_id: str) -> None:
+        """Note that someone is reading the stream (abandoned streams can be cancelled)."""
+        await self._mark_reader(keys=[keys.job_key(stream_id)])
+
+    async def resume_point(self, stream_id: str, entry_id: str | None) -> Entry | None:
+        """The entry a reader resumes after: None for "from the start". Raises unless it is
+        an event of this stream (400) that is still held (410); a replay from the start of
+        a stream whose first events were trimmed is a 410 too."""
+        wanted = parse_entry_id(entry_id) if entry_id is not None else (0, 0)
         key = keys.stream_key(stream_id)
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.xrange(key, min=entry_id, max=entry_id, count=1)
+            pipe.xrange(key, min=entry_id or "-", max=entry_id or "+", count=1)
             pipe.xrange(key, count=1)
             pipe.xlen(key)
             pipe.hget(keys.job_key(stream_id), "appended")
             hit, first, held, appended = await pipe.execute()
-        if hit:
-            return
         trimmed = int(appended or 0) > held
+        if entry_id is None:
+            if trimmed:
+                raise ResumePointExpired("the start of this stream has been trimmed")
+            return None
+        if hit:
+            return Entry.from_redis(*hit[0])
         if trimmed and first and wanted < parse_entry_id(first[0][0].decode()):
             raise ResumePointExpired(f"event {entry_id} has been trimmed from this stream")
         raise InvalidResumeId(f"{entry_id!r} is not an event id of this stream")
 
     async def read(
         self, stream_id: str, after: str, *, block_ms: int | None, count: int = 256
-    ) -> list[StreamEntry]:
-        """Events after `after` (an entry id, or "0-0" for the start), waiting up to
+    ) -> list[Entry]:
+        """Entries after `after` (an entry id, or "0-0" for the start), waiting up to
         `block_ms` for the first one when there are none yet."""
         key = keys.stream_key(stream_id)
         reply = await self.redis.xread({key: after}, count=count, block=block_ms)
         if not reply:
             return []
-        return [(eid.decode(), ev.decode(fields[ev.FIELD])) for eid, fields in reply[0][1]]
+        return [Entry.from_redis(eid, fields) for eid, fields in reply[0][1]]
+
+    async def status(self, stream_id: str) -> Status | None:
+        raw = await self.redis.hget(keys.job_key(stream_id), "status")  # type: ignore[misc]
+        return Status(raw.decode()) if raw else None
 
     async def read_all(self, stream_id: str) -> list[StreamEntry]:
         entries = await self.redis.xrange(keys.stream_key(stream_id))
@@ -296,43 +451,48 @@ class StreamStore:
         """The assembled output: stored once the job ended, rebuilt from events before."""
         if record.output is not None:
             return Transcript.from_json(record.output)
+        return await self.rebuild_transcript(record.id)
+
+    async def rebuild_transcript(self, stream_id: str) -> Transcript:
         transcript = Transcript()
-        for _, event in await self.read_all(record.id):
+        for _, event in await self.read_all(stream_id):
             transcript.apply(event)
         return transcript
 
     # -- worker side ----------------------------------------------------------------------
 
-    async def claim(self, stream_id: str, attempt: str) -> Claim:
+    async def claim(self, stream_id: str, attempt: str, worker: str) -> Claim:
         reply = await self._claim(
-            keys=[keys.job_key(stream_id), keys.stream_key(stream_id)],
-            args=[attempt, self.lease_ms],
+            keys=self._keys(stream_id), args=[stream_id, attempt, self.lease_ms, worker]
         )
         outcome, status = reply[0].decode(), reply[1].decode()
         if outcome in ("claimed", "lost"):
-            return Claim(outcome, Status.RUNNING, cancel_requested=reply[2] == b"1")
+            return Claim(
+                outcome, Status.RUNNING, cancel_requested=reply[2] == b"1", appended=int(reply[3])
+            )
         return Claim(outcome, Status(status) if status != "missing" else None)
 
-    async def append(self, stream_id: str, attempt: str, events: list[ev.Event]) -> list[str]:
+    async def append(
+        self, stream_id: str, attempt: str, events: list[ev.Event], *, held: int
+    ) -> None:
+        """Append events, fenced by `attempt`. `held` is how many events the stream held
+        before them, which makes a retried append idempotent."""
         reply = await self._append(
-            keys=[keys.job_key(stream_id), keys.stream_key(stream_id)],
-            args=[attempt, self.maxlen, self.pending_ttl_s, *(ev.encode(e) for e in events)],
+            keys=self._keys(stream_id),
+            args=[attempt, self.maxlen, self.pending_ttl_s, held, *(ev.encode(e) for e in events)],
         )
         if reply is None:
             raise FenceLost()
-        return [i.decode() for i in reply]
 
-    async def renew_lease(self, stream_id: str, attempt: str) -> bool:
-        return bool(
-            await self._renew(keys=[keys.job_key(stream_id)], args=[attempt, self.lease_ms])
+    async def renew_lease(self, stream_id: str, attempt: str) -> Lease:
+        owned, since_reader_ms, cancel = await self._renew(
+            keys=self._keys(stream_id), args=[attempt, self.lease_ms, stream_id]
         )
+        return Lease(bool(owned), int(since_reader_ms) / 1000, cancel == b"1")
 
     async def release(self, stream_id: str, attempt: str) -> bool:
         """Hand a job that emitted nothing back to the queue (worker shutting down)."""
-        reply = await self._release(
-            keys=[keys.job_key(stream_id), keys.stream_key(stream_id)], args=[attempt]
-        )
-        return bool(reply)
+        return bool(await self._release(keys=self._keys(stream_id), args=[attempt, stream_id]))
 
     async def cancel_requested(self, stream_id: str) -> bool:
         flag = await self.redis.hget(keys.job_key(stream_id), "cancel")  # type: ignore[misc]
@@ -346,7 +506,7 @@ class StreamStore:
         status: Status,
         terminal: ev.Finish | ev.Error,
         transcript: Transcript,
-    ) -> str:
+    ) -> None:
         reply = await self._finish(
             keys=self._keys(stream_id),
             args=[
@@ -357,8 +517,36 @@ class StreamStore:
                 ev.encode(terminal),
                 orjson.dumps(transcript.to_json()),
                 self.tombstone_s,
+                stream_id,
             ],
         )
         if reply is None:
             raise FenceLost()
-        return str(reply.decode())
+
+    # -- reaper side ----------------------------------------------------------------------
+
+    async def server_time_ms(self) -> int:
+        seconds, micros = await self.redis.time()
+        return int(seconds) * 1000 + int(micros) // 1000
+
+    async def due_for_reaping(self, now_ms: int, limit: int = 100) -> list[str]:
+        """Running jobs whose lease has run out, and jobs queued for too long."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zrangebyscore(keys.LEASES_KEY, "-inf", now_ms, start=0, num=limit)
+            pipe.zrangebyscore(
+                keys.QUEUED_KEY, "-inf", now_ms - self.queue_timeout_ms, start=0, num=limit
+            )
+            expired, stale = await pipe.execute()
+        return [i.decode() for i in (*expired, *stale)]
+
+    async def reap(self, stream_id: str, attempt: str) -> Reaped:
+        reply = await self._reap(
+            keys=self._keys(stream_id),
+            args=[stream_id, attempt, self.lease_ms, self.queue_timeout_ms, self.max_requeues],
+        )
+        outcome = reply[0].decode()
+        if outcome == "requeued":
+            return Reaped(outcome, requeues=int(reply[1]))
+        if outcome in ("lost", "expired"):
+            return Reaped(outcome, appended=int(reply[1]))
+        return Reaped(outcome)

@@ -53,7 +53,8 @@ class Cluster:
 
 
 UPSTREAM_KEY = "sk-test-upstream-key"
-E2E_SETTINGS = {"keepalive_interval_s": 0.5, "lease_s": 3}
+# Upstream Retry-After hints over 5 s are not waited out: the stream fails fast with the hint.
+E2E_SETTINGS = {"keepalive_interval_s": 0.5, "lease_s": 3, "upstream_retry_after_max_s": 5}
 
 
 def cluster_models(upstream: MockUpstream) -> dict[str, object]:
@@ -63,7 +64,7 @@ def cluster_models(upstream: MockUpstream) -> dict[str, object]:
             "base_url": upstream.base_url,
             "model": upstream_model,
             "api_key_env": "SPOOL_TEST_UPSTREAM_KEY",
-            "timeout_s": 10,
+            "idle_timeout_s": 10,
         }
 
     return {

@@ -1,41 +1,78 @@
-"""One run of one generation job: claim it, stream the provider into the job's Redis
-Stream, and end it with exactly one terminal event."""
+"""One run of one generation job: stream the provider into the job's Redis Stream and end
+it with exactly one terminal event."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import random
 import uuid
+from collections.abc import Awaitable, Callable
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared import events as ev
 from shared.errors import FenceLost, UpstreamError
 from shared.request import GenerationRequest
-from shared.settings import ModelEntry
+from shared.settings import ModelEntry, Settings
 from shared.store import JobRecord, Status, StreamStore
+from shared.supervise import cancel_and_wait
 from shared.transcript import Transcript
 from worker.providers import Provider
 
 log = logging.getLogger(__name__)
+REDIS_BLIP_ERRORS = (RedisConnectionError, RedisTimeoutError)
+
+
+def backoff_delay(settings: Settings, failures: int, retry_after: float | None) -> float | None:
+    """Exponential backoff with full jitter, never shorter than the upstream's Retry-After.
+    None when the upstream asks for a longer wait than is worth holding a stream open."""
+    if retry_after is not None and retry_after > settings.upstream_retry_after_max_s:
+        return None
+    ceiling = min(
+        settings.upstream_backoff_max_s, settings.upstream_backoff_s * 2 ** (failures - 1)
+    )
+    return max(retry_after or 0.0, random.uniform(ceiling / 2, ceiling))
+
+
+async def with_redis_retry(settings: Settings, action: Callable[[], Awaitable[None]]) -> None:
+    """Ride out a short Redis outage (failover, restart) instead of failing the stream.
+    Safe because every worker write is idempotent (see `StreamStore.append`)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + settings.redis_retry_s
+    delay = 0.05
+    while True:
+        try:
+            await action()
+            return
+        except REDIS_BLIP_ERRORS:
+            if loop.time() + delay > deadline:
+                raise
+            log.warning("redis unreachable; retrying a stream write in %.2fs", delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
 
 
 class GenerationRun:
     def __init__(
         self,
         store: StreamStore,
+        settings: Settings,
         record: JobRecord,
         attempt: str,
         provider: Provider,
-        timeout_s: float,
+        held: int = 0,
     ) -> None:
         self.store = store
+        self.settings = settings
         self.record = record
         self.attempt = attempt
         self.provider = provider
-        self.timeout_s = timeout_s
         self.cancelled = asyncio.Event()
         self.transcript = Transcript()
-        self._started = False
+        self.held = held  # events the stream holds, as this attempt counts them
         self.entry = ModelEntry.model_validate(record.request["entry"])
         self.request = GenerationRequest.model_validate(record.request["request"])
 
@@ -43,33 +80,66 @@ class GenerationRun:
     def stream_id(self) -> str:
         return self.record.id
 
+    @property
+    def started(self) -> bool:
+        return self.held > 0
+
     async def _append(self, event: ev.Event) -> None:
         batch: list[ev.Event] = [event]
-        if not self._started:
+        if not self.started:
             # Start goes out with the first real event, so an attempt that dies before
             # producing anything leaves the stream empty and the job can simply run again.
             start = ev.Start(model=self.record.model, provider=self.provider.name)
             self.transcript.apply(start)
             batch.insert(0, start)
-        await self.store.append(self.stream_id, self.attempt, batch)
-        self._started = True
+        await with_redis_retry(
+            self.settings,
+            lambda: self.store.append(self.stream_id, self.attempt, batch, held=self.held),
+        )
+        self.held += len(batch)
 
-    async def _pump(self) -> ev.Finish:
+    async def _stream_once(self) -> ev.Finish:
         stream = self.provider.stream(self.request, self.entry)
         async with contextlib.aclosing(stream) as events:
             async for event in events:
+                if self.cancelled.is_set():
+                    raise asyncio.CancelledError  # see `cancel_and_wait`
                 if isinstance(event, ev.Finish):
                     return event
                 self.transcript.apply(event)
                 await self._append(event)
-        raise UpstreamError("the provider ended without a finish")
+        raise UpstreamError("the provider ended without a finish", code="upstream_incomplete")
+
+    async def _pump(self) -> ev.Finish:
+        """Stream the provider. Failures before the first event are retried with backoff;
+        after it, a retry would repeat text, so they end the stream."""
+        failures = 0
+        while True:
+            try:
+                return await self._stream_once()
+            except UpstreamError as exc:
+                failures += 1
+                if self.started or not exc.retryable:
+                    raise
+                if failures >= self.settings.upstream_max_attempts:
+                    raise
+                delay = backoff_delay(self.settings, failures, exc.retry_after)
+                if delay is None:
+                    raise
+                log.info(
+                    "stream %s: upstream failed before the first token (%s); retry %d in %.2fs",
+                    self.stream_id, exc.message, failures, delay,
+                )  # fmt: skip
+                await asyncio.sleep(delay)
 
     async def run(self) -> Status:
         pump = asyncio.create_task(self._pump(), name=f"pump:{self.stream_id}")
         cancel_wait = asyncio.create_task(self.cancelled.wait(), name=f"cancel:{self.stream_id}")
         try:
             done, _ = await asyncio.wait(
-                {pump, cancel_wait}, timeout=self.timeout_s, return_when=asyncio.FIRST_COMPLETED
+                {pump, cancel_wait},
+                timeout=self.settings.job_timeout_s,
+                return_when=asyncio.FIRST_COMPLETED,
             )
         except asyncio.CancelledError:
             await self._stop(pump)
@@ -81,73 +151,69 @@ class GenerationRun:
         if pump not in done:
             await self._stop(pump)
             if self.cancelled.is_set():
-                usage = self.transcript.usage
-                return await self._finish(
-                    Status.CANCELLED, ev.Finish(reason="cancelled", usage=usage)
-                )
-            return await self._finish(
-                Status.FAILED,
-                ev.Error(code="generation_timeout", message="the generation took too long"),
-            )
+                finish = ev.Finish(reason="cancelled", usage=self.transcript.usage)
+                return await self.finish(Status.CANCELLED, finish)
+            error = ev.Error(code="generation_timeout", message="the generation took too long")
+            return await self.finish(Status.FAILED, error)
         try:
             finish = pump.result()
         except FenceLost:
-            log.warning(
-                "stream %s: attempt %s lost its fence; stopping", self.stream_id, self.attempt
-            )
+            log.warning("stream %s: attempt %s was fenced out", self.stream_id, self.attempt)
             return Status.FAILED
         except UpstreamError as exc:
-            return await self._finish(Status.FAILED, upstream_error_event(exc))
+            return await self.finish(Status.FAILED, upstream_error_event(exc))
+        except REDIS_BLIP_ERRORS:
+            # Redis stayed away longer than redis_retry_s: nothing can be written now. The
+            # lease runs out and the reaper ends the stream once Redis is back.
+            log.error(
+                "stream %s: redis unreachable; leaving the stream to the reaper", self.stream_id
+            )
+            return Status.FAILED
         except Exception:
             log.exception("stream %s: generation failed", self.stream_id)
             error = ev.Error(code="internal_error", message="the generation failed inside Spool")
-            return await self._finish(Status.FAILED, error)
-        return await self._finish(Status.COMPLETED, finish)
-
-    async def finish_now(self, status: Status, terminal: ev.Finish | ev.Error) -> Status:
-        return await self._finish(status, terminal)
+            return await self.finish(Status.FAILED, error)
+        return await self.finish(Status.COMPLETED, finish)
 
     async def _stop(self, pump: asyncio.Task[ev.Finish]) -> None:
-        pump.cancel()
-        with contextlib.suppress(BaseException):
-            await pump
+        await cancel_and_wait(pump)
 
-    async def _finish(self, status: Status, terminal: ev.Finish | ev.Error) -> Status:
+    async def finish(self, status: Status, terminal: ev.Finish | ev.Error) -> Status:
         self.transcript.apply(terminal)
         try:
-            if not self._started:
-                await self._append_start_only()
-            await self.store.finish(
-                self.stream_id,
-                self.attempt,
-                status=status,
-                terminal=terminal,
-                transcript=self.transcript,
+            if not self.started and isinstance(terminal, ev.Finish):
+                start = ev.Start(model=self.record.model, provider=self.provider.name)
+                self.transcript.apply(start)
+                await self.store.append(self.stream_id, self.attempt, [start], held=self.held)
+                self.held += 1
+            await with_redis_retry(
+                self.settings,
+                lambda: self.store.finish(
+                    self.stream_id,
+                    self.attempt,
+                    status=status,
+                    terminal=terminal,
+                    transcript=self.transcript,
+                ),
             )
         except FenceLost:
             log.warning(
-                "stream %s: attempt %s lost its fence at finish", self.stream_id, self.attempt
+                "stream %s: attempt %s was fenced out at finish", self.stream_id, self.attempt
             )
         return status
-
-    async def _append_start_only(self) -> None:
-        start = ev.Start(model=self.record.model, provider=self.provider.name)
-        self.transcript.apply(start)
-        await self.store.append(self.stream_id, self.attempt, [start])
-        self._started = True
 
     async def _hand_back_or_fail(self) -> None:
         """The worker is shutting down: a job that emitted nothing goes back to the queue;
         one that did ends with a visible error rather than hanging its readers."""
         try:
-            if not self._started and await self.store.release(self.stream_id, self.attempt):
+            if not self.started and await self.store.release(self.stream_id, self.attempt):
                 return
             error = ev.Error(
                 code="worker_shutdown",
                 message="the worker stopped during the generation",
                 retryable=True,
             )
-            await self._finish(Status.FAILED, error)
+            await self.finish(Status.FAILED, error)
         except Exception:
             log.exception("stream %s: could not end the stream on shutdown", self.stream_id)
 

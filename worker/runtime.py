@@ -6,9 +6,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -18,15 +19,17 @@ from redis.exceptions import RedisError
 from shared import events as ev
 from shared import keys
 from shared.errors import StreamNotFound
+from shared.queue import ArqJobQueue
+from shared.reaper import Reaper
 from shared.settings import Settings
 from shared.store import Status, StreamStore
+from shared.supervise import cancel_and_wait, supervise
 from worker.generation import GenerationRun, new_attempt
 from worker.providers import Provider
 from worker.providers.demo import DemoProvider
 from worker.providers.openai import OpenAIProvider
 
 log = logging.getLogger(__name__)
-RECONNECT_BACKOFF_S = (0.1, 0.25, 0.5, 1.0, 2.0)
 
 
 class WorkerRuntime:
@@ -34,7 +37,9 @@ class WorkerRuntime:
         self.settings = settings
         self.redis = redis
         self.store = StreamStore(redis, settings)
+        self.reaper = Reaper(self.store, ArqJobQueue(redis), settings)
         self.worker_id = uuid.uuid4().hex[:12]
+        self.worker_name = f"{socket.gethostname()}:{os.getpid()}:{self.worker_id}"
         self.wake = asyncio.Event()
         self.runs: dict[str, GenerationRun] = {}
         self.providers: dict[str, Provider] = {}
@@ -48,17 +53,15 @@ class WorkerRuntime:
         )
         self.providers = {"demo": DemoProvider(), "openai": OpenAIProvider(self._http)}
         self._tasks = [
-            self._supervise("signals", self._listen_signals),
-            self._supervise("heartbeat", self._heartbeat),
+            supervise("signals", self._listen_signals),
+            supervise("heartbeat", self._heartbeat),
+            supervise("reaper", self.reaper.run_forever),
         ]
         log.info("worker %s ready", self.worker_id)
 
     async def shutdown(self, ctx: dict[str, Any] | None = None) -> None:
         for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         with contextlib.suppress(RedisError):
             await self.redis.zrem(keys.WORKERS_KEY, self.worker_id)
         if self._http is not None:
@@ -68,7 +71,7 @@ class WorkerRuntime:
 
     async def generate(self, stream_id: str) -> str:
         attempt = new_attempt()
-        claim = await self.store.claim(stream_id, attempt)
+        claim = await self.store.claim(stream_id, attempt, self.worker_name)
         if claim.outcome in ("busy", "done"):
             log.info("stream %s: not run (%s, %s)", stream_id, claim.outcome, claim.status)
             return claim.outcome
@@ -77,18 +80,23 @@ class WorkerRuntime:
         except StreamNotFound:
             return "done"
         provider = self.providers[record.request["entry"]["provider"]]
-        run = GenerationRun(self.store, record, attempt, provider, self.settings.job_timeout_s)
+        run = GenerationRun(self.store, self.settings, record, attempt, provider, claim.appended)
         if claim.outcome == "lost":
             # An earlier attempt died after it had emitted: never restart (that would repeat
             # text); end the stream visibly, keeping the partial output.
-            run.transcript = await self.store.transcript(record)
-            run._started = True
-            error = ev.Error(code="worker_lost", message="the worker running this stream was lost")
-            return (await run.finish_now(Status.FAILED, error)).value
-        if claim.cancel_requested:
-            return (await run.finish_now(Status.CANCELLED, ev.Finish(reason="cancelled"))).value
+            run.transcript = await self.store.rebuild_transcript(stream_id)
+            error = ev.Error(
+                code="worker_lost",
+                message="the worker running this stream was lost; the partial output is kept",
+                retryable=True,
+            )
+            return (await run.finish(Status.FAILED, error)).value
         self.runs[stream_id] = run
         try:
+            # A cancel published between the claim and the line above reached no run; the
+            # flag it set on the record did not go away, so look at it now.
+            if claim.cancel_requested or await self.store.cancel_requested(stream_id):
+                return (await run.finish(Status.CANCELLED, ev.Finish(reason="cancelled"))).value
             return (await run.run()).value
         finally:
             self.runs.pop(stream_id, None)
@@ -99,23 +107,6 @@ class WorkerRuntime:
             run.cancelled.set()
 
     # -- background tasks -----------------------------------------------------------------
-
-    def _supervise(self, name: str, body: Callable[[], Awaitable[None]]) -> asyncio.Task[None]:
-        async def supervised() -> None:
-            failures = 0
-            while True:
-                try:
-                    await body()
-                    failures = 0
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    delay = RECONNECT_BACKOFF_S[min(failures, len(RECONNECT_BACKOFF_S) - 1)]
-                    failures += 1
-                    log.warning("%s task failed (%s); restarting in %.2fs", name, exc, delay)
-                    await asyncio.sleep(delay)
-
-        return asyncio.create_task(supervised(), name=f"spool-worker-{name}")
 
     async def _listen_signals(self) -> None:
         async with self.redis.pubsub() as pubsub:
@@ -136,11 +127,27 @@ class WorkerRuntime:
 
     async def _heartbeat(self) -> None:
         interval = self.settings.lease_s / 3
+        grace = self.settings.abandon_grace_s
         while True:
             expires = time.time() + self.settings.lease_s
-            await self.redis.zadd(keys.WORKERS_KEY, {self.worker_id: expires})
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.zadd(keys.WORKERS_KEY, {self.worker_id: expires})
+                # Drop workers whose heartbeat stopped long ago, so the set does not grow.
+                pipe.zremrangebyscore(keys.WORKERS_KEY, "-inf", time.time() - 3600)
+                await pipe.execute()
             for stream_id, run in list(self.runs.items()):
-                if not await self.store.renew_lease(stream_id, run.attempt):
+                lease = await self.store.renew_lease(stream_id, run.attempt)
+                if not lease.owned:
                     log.warning("stream %s: lease lost; stopping this attempt", stream_id)
+                    run.cancelled.set()
+                elif lease.cancel_requested:
+                    run.cancelled.set()  # the cancel message itself was missed
+                elif grace is not None and lease.since_reader_s > grace:
+                    log.info(
+                        "stream %s: no reader for %.0fs; cancelling",
+                        stream_id,
+                        lease.since_reader_s,
+                    )
+                    await self.store.request_cancel(stream_id)
                     run.cancelled.set()
             await asyncio.sleep(interval)

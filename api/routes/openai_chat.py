@@ -9,7 +9,7 @@ from fastapi import APIRouter, Body
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
-from api.deps import ServicesDep
+from api.deps import CancelOnDisconnectDep, ServicesDep
 from api.generation import new_stream_id, respond, start_generation
 from shared.errors import InvalidRequest
 from shared.request import GenerationRequest, Message
@@ -45,13 +45,13 @@ class ChatCompletionRequest(_Strict):
     messages: list[ChatMessage] = Field(min_length=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    max_tokens: int | None = Field(default=None, ge=1, le=10_000_000)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=10_000_000)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, ge=0, le=1)
     n: int = 1
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=-(2**63), lt=2**63)
     user: str | None = None
 
 
@@ -98,7 +98,9 @@ def to_canonical(body: ChatCompletionRequest) -> GenerationRequest:
 @router.post("/openai/v1/chat/completions", include_in_schema=False)
 @router.post("/v2/chat/completions", include_in_schema=False)
 async def chat_completions(
-    body: Annotated[ChatCompletionRequest, Body()], services: ServicesDep
+    body: Annotated[ChatCompletionRequest, Body()],
+    services: ServicesDep,
+    cancel_on_disconnect: CancelOnDisconnectDep,
 ) -> Response:
     request = to_canonical(body)
     stream_id = new_stream_id()
@@ -111,4 +113,6 @@ async def chat_completions(
     }
     fmt = services.formats[SURFACE]
     record = await start_generation(services, fmt, request, render, stream_id)
-    return await respond(services, fmt, record, body.stream)
+    return await respond(
+        services, fmt, record, stream=body.stream, cancel_on_disconnect=cancel_on_disconnect
+    )

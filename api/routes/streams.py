@@ -7,12 +7,11 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path, Query
 
-from api.deps import Services, ServicesDep
+from api.deps import CancelOnDisconnectDep, Services, ServicesDep
 from api.responses import EventStream, JSONBody
 from api.tail import ResumePoint, Tail
-from shared import keys
 from shared.errors import StreamNotFound
-from shared.store import JobRecord, Status
+from shared.store import JobRecord
 
 router = APIRouter(prefix="/v1/streams", tags=["streams"])
 STREAM_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -42,21 +41,16 @@ def stream_object(record: JobRecord, **extra: Any) -> dict[str, Any]:
 async def tail_stream(
     stream_id: StreamId,
     services: ServicesDep,
-    last_event_id_header: Annotated[
-        str | None, Header(alias="Last-Event-ID", max_length=64)
-    ] = None,
-    last_event_id: Annotated[str | None, Query(max_length=64)] = None,
+    last_event_id_header: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+    last_event_id: Annotated[str | None, Query()] = None,
+    cancel_on_disconnect: CancelOnDisconnectDep = False,
 ) -> EventStream:
     record = await load(services, stream_id)
     resume_from = last_event_id_header or last_event_id
     resume = ResumePoint.parse(resume_from) if resume_from else None
-    tail = Tail(
-        services.store,
-        record,
-        services.formats[record.surface],
-        services.settings.keepalive_interval_s,
-    )
-    return EventStream(tail.stream(*await tail.prepare(resume)), record.id)
+    fmt = services.formats[record.surface]
+    tail = Tail(services, record, fmt, cancel_on_disconnect=cancel_on_disconnect)
+    return EventStream(tail.stream(await tail.prepare(resume)), record.id)
 
 
 @router.get("/{stream_id}/result")
@@ -75,8 +69,6 @@ async def stream_result(stream_id: StreamId, services: ServicesDep) -> JSONBody:
 @router.post("/{stream_id}/cancel")
 async def cancel_stream(stream_id: StreamId, services: ServicesDep) -> JSONBody:
     record = await load(services, stream_id)
-    status = await services.store.request_cancel(record.id)
-    if status is Status.RUNNING:
-        await services.redis.publish(keys.CANCEL_CHANNEL, record.id)
+    await services.store.request_cancel(record.id)
     record = await services.store.get(record.id)
     return JSONBody(stream_object(record, cancel_requested=True))

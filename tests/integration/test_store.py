@@ -17,6 +17,13 @@ def make_store(redis: Redis, **overrides: object) -> StreamStore:
     return StreamStore(redis, Settings.model_validate({"retention_s": 600, **overrides}))
 
 
+async def append(store: StreamStore, sid: str, attempt: str, events: list[ev.Event]) -> list[str]:
+    """Append as a worker does, counting what the stream already holds; returns the new ids."""
+    held = int(await store.redis.hget(keys.job_key(sid), "appended") or 0)
+    await store.append(sid, attempt, events, held=held)
+    return [i for i, _ in (await store.read_all(sid))[-len(events) :]]
+
+
 async def create(store: StreamStore, stream_id: str = "a" * 32) -> str:
     await store.create(
         stream_id, surface="openai.chat", model="demo", request={"x": 1}, render={"id": "c"}
@@ -30,7 +37,7 @@ async def test_create_and_get(redis: Redis) -> None:
     record = await store.get(sid)
     assert record.status is Status.QUEUED
     assert record.request == {"x": 1} and record.render == {"id": "c"}
-    assert 0 < await redis.ttl(keys.job_key(sid)) <= 600 + Settings().job_timeout_s
+    assert 0 < await redis.ttl(keys.job_key(sid)) <= store.pending_ttl_s
     with pytest.raises(StreamNotFound):
         await store.get("b" * 32)
 
@@ -38,43 +45,43 @@ async def test_create_and_get(redis: Redis) -> None:
 async def test_claim_is_exclusive_and_appends_are_fenced(redis: Redis) -> None:
     store = make_store(redis)
     sid = await create(store)
-    first = await store.claim(sid, "attempt-1")
+    first = await store.claim(sid, "attempt-1", "test-worker")
     assert first.outcome == "claimed"
     # A second attempt while the lease is live does not take over.
-    assert (await store.claim(sid, "attempt-2")).outcome == "busy"
-    ids = await store.append(sid, "attempt-1", [ev.Start(model="demo", provider="demo")])
+    assert (await store.claim(sid, "attempt-2", "test-worker")).outcome == "busy"
+    ids = await append(store, sid, "attempt-1", [ev.Start(model="demo", provider="demo")])
     assert len(ids) == 1
     with pytest.raises(FenceLost):
-        await store.append(sid, "attempt-2", [ev.TextDelta(text="intruder")])
+        await append(store, sid, "attempt-2", [ev.TextDelta(text="intruder")])
     assert [e for _, e in await store.read_all(sid)] == [ev.Start(model="demo", provider="demo")]
 
 
 async def test_expired_lease_after_output_is_claimed_as_lost(redis: Redis) -> None:
     store = make_store(redis, lease_s=0.05)
     sid = await create(store)
-    await store.claim(sid, "attempt-1")
-    await store.append(sid, "attempt-1", [ev.TextDelta(text="hi")])
+    await store.claim(sid, "attempt-1", "test-worker")
+    await append(store, sid, "attempt-1", [ev.TextDelta(text="hi")])
     await redis.hset(keys.job_key(sid), "lease_until", 0)
-    claim = await store.claim(sid, "attempt-2")
+    claim = await store.claim(sid, "attempt-2", "test-worker")
     assert claim.outcome == "lost"
     # The stale attempt is fenced out from here on.
     with pytest.raises(FenceLost):
-        await store.append(sid, "attempt-1", [ev.TextDelta(text="late")])
+        await append(store, sid, "attempt-1", [ev.TextDelta(text="late")])
 
 
 async def test_expired_lease_before_output_is_claimed_cleanly(redis: Redis) -> None:
     store = make_store(redis)
     sid = await create(store)
-    await store.claim(sid, "attempt-1")
+    await store.claim(sid, "attempt-1", "test-worker")
     await redis.hset(keys.job_key(sid), "lease_until", 0)
-    assert (await store.claim(sid, "attempt-2")).outcome == "claimed"
+    assert (await store.claim(sid, "attempt-2", "test-worker")).outcome == "claimed"
 
 
 async def test_finish_sets_status_output_and_retention(redis: Redis) -> None:
     store = make_store(redis)
     sid = await create(store)
-    await store.claim(sid, "t")
-    await store.append(sid, "t", [ev.TextDelta(text="hello")])
+    await store.claim(sid, "t", "test-worker")
+    await append(store, sid, "t", [ev.TextDelta(text="hello")])
     transcript = Transcript(text=["hello"], finish_reason="stop")
     await store.finish(sid, "t", status=Status.COMPLETED, terminal=ev.Finish(reason="stop"),
                        transcript=transcript)  # fmt: skip
@@ -85,7 +92,7 @@ async def test_finish_sets_status_output_and_retention(redis: Redis) -> None:
         assert 0 < await redis.ttl(key) <= 600
     events = [e for _, e in await store.read_all(sid)]
     assert events[-1] == ev.Finish(reason="stop")
-    assert (await store.claim(sid, "again")).outcome == "done"
+    assert (await store.claim(sid, "again", "test-worker")).outcome == "done"
     with pytest.raises(FenceLost):
         await store.finish(sid, "stale", status=Status.FAILED,
                            terminal=ev.Error(code="x", message="y"), transcript=Transcript())  # fmt: skip
@@ -98,13 +105,13 @@ async def test_cancel_queued_ends_the_stream_at_once(redis: Redis) -> None:
     assert await store.request_cancel(sid) is Status.CANCELLED  # idempotent
     events = [e for _, e in await store.read_all(sid)]
     assert events == [ev.Finish(reason="cancelled")]
-    assert (await store.claim(sid, "late-worker")).outcome == "done"
+    assert (await store.claim(sid, "late-worker", "test-worker")).outcome == "done"
 
 
 async def test_cancel_running_flags_the_worker(redis: Redis) -> None:
     store = make_store(redis)
     sid = await create(store)
-    claim = await store.claim(sid, "t")
+    claim = await store.claim(sid, "t", "test-worker")
     assert not claim.cancel_requested
     assert await store.request_cancel(sid) is Status.RUNNING
     assert await store.cancel_requested(sid)
@@ -116,34 +123,34 @@ async def test_cancel_running_flags_the_worker(redis: Redis) -> None:
 async def test_release_hands_back_only_an_untouched_job(redis: Redis) -> None:
     store = make_store(redis)
     sid = await create(store)
-    await store.claim(sid, "t")
+    await store.claim(sid, "t", "test-worker")
     assert await store.release(sid, "t")
     assert (await store.get(sid)).status is Status.QUEUED
-    await store.claim(sid, "u")
-    await store.append(sid, "u", [ev.TextDelta(text="x")])
+    await store.claim(sid, "u", "test-worker")
+    await append(store, sid, "u", [ev.TextDelta(text="x")])
     assert not await store.release(sid, "u")
 
 
 async def test_resume_points(redis: Redis) -> None:
     store = make_store(redis, stream_maxlen=100)
     sid = await create(store)
-    await store.claim(sid, "t")
+    await store.claim(sid, "t", "test-worker")
     ids: list[str] = []
     for i in range(500):
-        ids += await store.append(sid, "t", [ev.TextDelta(text=str(i))])
+        ids += await append(store, sid, "t", [ev.TextDelta(text=str(i))])
     held = [i for i, _ in await store.read_all(sid)]
     assert len(held) < 500  # trimmed to about maxlen
-    await store.check_resume_point(sid, held[0])
-    await store.check_resume_point(sid, held[-1])
+    await store.resume_point(sid, held[0])
+    await store.resume_point(sid, held[-1])
     with pytest.raises(ResumePointExpired):
-        await store.check_resume_point(sid, ids[0])
+        await store.resume_point(sid, ids[0])
     for bad in ("nonsense", "1-", "-1", "99999999999999-0", "1-0-0", "\uff11-0", "²-0"):
         with pytest.raises(InvalidResumeId):
-            await store.check_resume_point(sid, bad)
+            await store.resume_point(sid, bad)
     # An id inside the held range that is not an entry of this stream.
     ms, seq = held[-1].split("-")
     with pytest.raises(InvalidResumeId):
-        await store.check_resume_point(sid, f"{ms}-{int(seq) + 1000}")
+        await store.resume_point(sid, f"{ms}-{int(seq) + 1000}")
 
 
 async def test_read_blocks_until_an_event_arrives(redis: Redis) -> None:
@@ -151,24 +158,24 @@ async def test_read_blocks_until_an_event_arrives(redis: Redis) -> None:
 
     store = make_store(redis)
     sid = await create(store)
-    await store.claim(sid, "t")
+    await store.claim(sid, "t", "test-worker")
     reader = asyncio.create_task(store.read(sid, "0-0", block_ms=5000))
     await asyncio.sleep(0.05)
     assert not reader.done()
-    await store.append(sid, "t", [ev.TextDelta(text="wake")])
+    await append(store, sid, "t", [ev.TextDelta(text="wake")])
     entries = await asyncio.wait_for(reader, 2)
-    assert [e for _, e in entries] == [ev.TextDelta(text="wake")]
-    assert await store.read(sid, entries[-1][0], block_ms=10) == []
+    assert [e.event for e in entries] == [ev.TextDelta(text="wake")]
+    assert await store.read(sid, entries[-1].id, block_ms=10) == []
 
 
 async def test_ids_before_an_untrimmed_stream_are_invalid_not_expired(redis: Redis) -> None:
     store = make_store(redis)
     sid = await create(store)
-    await store.claim(sid, "t")
-    await store.append(sid, "t", [ev.TextDelta(text="only")])
+    await store.claim(sid, "t", "test-worker")
+    await append(store, sid, "t", [ev.TextDelta(text="only")])
     for early in ("0-0", "1-1"):
         with pytest.raises(InvalidResumeId):
-            await store.check_resume_point(sid, early)
+            await store.resume_point(sid, early)
 
 
 async def test_an_expired_stream_is_410_not_404(redis: Redis) -> None:
@@ -176,7 +183,7 @@ async def test_an_expired_stream_is_410_not_404(redis: Redis) -> None:
 
     store = make_store(redis)
     sid = await create(store)
-    await store.claim(sid, "t")
+    await store.claim(sid, "t", "test-worker")
     await store.finish(sid, "t", status=Status.COMPLETED, terminal=ev.Finish(reason="stop"),
                        transcript=Transcript())  # fmt: skip
     await redis.delete(keys.job_key(sid), keys.stream_key(sid))  # what retention does
@@ -185,3 +192,37 @@ async def test_an_expired_stream_is_410_not_404(redis: Redis) -> None:
     assert expired.value.status_code == 410
     with pytest.raises(StreamNotFound):
         await store.get("d" * 32)
+
+
+async def test_entries_carry_their_position_and_trimming_is_detected(redis: Redis) -> None:
+    store = make_store(redis, stream_maxlen=100)
+    sid = await create(store)
+    await store.claim(sid, "t", "w")
+    assert await store.resume_point(sid, None) is None  # nothing trimmed: replay is fine
+    for i in range(300):
+        await append(store, sid, "t", [ev.TextDelta(text=str(i))])
+    held = await store.read(sid, "0-0", block_ms=None, count=1000)
+    assert [e.seq for e in held] == list(range(301 - len(held), 301))
+    with pytest.raises(ResumePointExpired):
+        await store.resume_point(sid, None)  # the start is gone: a replay would skip events
+    point = await store.resume_point(sid, held[5].id)
+    assert point is not None and point.seq == held[5].seq
+
+
+async def test_appends_after_the_terminal_event_are_refused(redis: Redis) -> None:
+    store = make_store(redis)
+    sid = await create(store)
+    await store.claim(sid, "t", "w")
+    await store.finish(sid, "t", status=Status.COMPLETED, terminal=ev.Finish(reason="stop"),
+                       transcript=Transcript())  # fmt: skip
+    with pytest.raises(FenceLost):
+        await store.append(sid, "t", [ev.TextDelta(text="late")], held=1)
+
+
+async def test_a_retried_append_is_not_written_twice(redis: Redis) -> None:
+    store = make_store(redis)
+    sid = await create(store)
+    await store.claim(sid, "t", "w")
+    await store.append(sid, "t", [ev.TextDelta(text="once")], held=0)
+    await store.append(sid, "t", [ev.TextDelta(text="once")], held=0)  # reply was "lost"
+    assert [e for _, e in await store.read_all(sid)] == [ev.TextDelta(text="once")]

@@ -530,7 +530,8 @@ async def test_timeout_is_retryable_upstream_error() -> None:
 
     _, error = await run_until_error(Upstream(respond))
     assert error.retryable is True
-    assert "timed out" in error.message
+    assert error.code == "upstream_timeout"
+    assert "silent" in error.message
 
 
 # --- the upstream request ------------------------------------------------------------------

@@ -19,6 +19,8 @@ from shared.sse import ServerSentEvent, SSEDecoder
 log = logging.getLogger(__name__)
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
+MAX_UPSTREAM_LINE_CHARS = 4 * 1024 * 1024
+MAX_MALFORMED_EVENTS = 20
 RETRYABLE_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 FINISH_REASONS: dict[str, ev.FinishReason] = {
     "stop": "stop",
@@ -75,12 +77,13 @@ class _ChunkMapper:
     def __init__(self) -> None:
         self.finish_reason: ev.FinishReason | None = None
         self.usage: ev.Usage | None = None
+        self.malformed = 0
 
     def map(self, chunk: dict[str, Any]) -> list[ev.Event]:
-        if "error" in chunk:
+        if chunk.get("error"):
             error = chunk["error"]
             message = error.get("message") if isinstance(error, dict) else str(error)
-            raise UpstreamError(f"upstream error mid-stream: {message}")
+            raise UpstreamError(f"upstream error mid-stream: {message}", code="upstream_error")
         out: list[ev.Event] = []
         usage = chunk.get("usage")
         if isinstance(usage, dict):
@@ -129,7 +132,10 @@ class OpenAIProvider:
         if key:
             headers["Authorization"] = f"Bearer {key}"
         body = build_body(request, entry.model or request.model)
-        timeout = httpx.Timeout(entry.timeout_s, connect=min(entry.timeout_s, 10.0))
+        # The read timeout applies to each read: an upstream silent that long has stalled.
+        timeout = httpx.Timeout(
+            entry.idle_timeout_s, connect=entry.connect_timeout_s, read=entry.idle_timeout_s
+        )
         mapper = _ChunkMapper()
         try:
             async with self.client.stream(
@@ -143,34 +149,68 @@ class OpenAIProvider:
                         retry_after=parse_retry_after(response.headers.get("retry-after")),
                         retryable=response.status_code in RETRYABLE_STATUSES,
                     )
-                decoder = SSEDecoder()
+                decoder = SSEDecoder(max_line_chars=MAX_UPSTREAM_LINE_CHARS)
                 done = False
                 async for raw in response.aiter_bytes():
-                    for sse in decoder.feed(raw):
+                    for sse in self._feed(decoder, raw):
                         done = done or sse.data == "[DONE]"
                         if not done:
                             for event in self._events(sse, mapper):
                                 yield event
                     if done:
                         break
+        except httpx.ConnectTimeout as exc:
+            raise UpstreamError(
+                f"could not connect to the upstream within {entry.connect_timeout_s:g}s",
+                retryable=True,
+                code="upstream_timeout",
+            ) from exc
         except httpx.TimeoutException as exc:
-            raise UpstreamError("upstream timed out", retryable=True) from exc
+            raise UpstreamError(
+                f"the upstream went silent for {entry.idle_timeout_s:g}s",
+                retryable=True,
+                code="upstream_timeout",
+            ) from exc
         except httpx.HTTPError as exc:
             raise UpstreamError(
-                f"upstream connection failed: {type(exc).__name__}", retryable=True
+                f"upstream connection failed: {type(exc).__name__}",
+                retryable=True,
+                code="upstream_connect_error",
             ) from exc
         if mapper.finish_reason is None:
-            raise UpstreamError("upstream stream ended before a finish reason", retryable=True)
+            raise UpstreamError(
+                "the upstream stream ended before a finish reason",
+                retryable=True,
+                code="upstream_incomplete",
+            )
         yield ev.Finish(reason=mapper.finish_reason, usage=mapper.usage)
+
+    @staticmethod
+    def _feed(decoder: SSEDecoder, raw: bytes) -> list[ServerSentEvent]:
+        try:
+            return list(decoder.feed(raw))
+        except ValueError as exc:
+            # An endless line means the framing itself is broken: nothing after it is trusted.
+            raise UpstreamError(
+                f"malformed upstream stream: {exc}", code="upstream_malformed"
+            ) from exc
 
     @staticmethod
     def _events(sse: ServerSentEvent, mapper: _ChunkMapper) -> list[ev.Event]:
         try:
             chunk = orjson.loads(sse.data)
-        except orjson.JSONDecodeError:
-            log.warning("skipping an upstream event that is not JSON (%d bytes)", len(sse.data))
+            if not isinstance(chunk, dict):
+                raise TypeError("not a JSON object")
+            return mapper.map(chunk)
+        except UpstreamError:
+            raise
+        except (orjson.JSONDecodeError, TypeError, ValueError, AttributeError) as exc:
+            # One bad event in a well-framed stream: skip it, unless they keep coming.
+            mapper.malformed += 1
+            log.warning("skipping a malformed upstream event (%d bytes): %s", len(sse.data), exc)
+            if mapper.malformed > MAX_MALFORMED_EVENTS:
+                raise UpstreamError(
+                    f"the upstream sent more than {MAX_MALFORMED_EVENTS} malformed events",
+                    code="upstream_malformed",
+                ) from exc
             return []
-        if not isinstance(chunk, dict):
-            log.warning("skipping an upstream event that is not a JSON object")
-            return []
-        return mapper.map(chunk)

@@ -1,0 +1,74 @@
+"""The reaper: makes sure every job ends even when the process running it does not.
+
+Every worker and every API replica runs one. Each sweep finds running jobs whose lease has
+run out (their worker died or lost Redis) and jobs that have waited in the queue too long,
+and settles each one atomically in Redis, so concurrent reapers never double-handle a job:
+- a job that emitted nothing goes back to the queue (a bounded number of times);
+- a job that emitted something ends with a `worker_lost` error, keeping its partial output;
+- a job nobody picked up within `queue_timeout_s` ends with a `queue_timeout` error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+
+from shared import events as ev
+from shared.errors import FenceLost
+from shared.queue import GENERATE, JobQueue
+from shared.settings import Settings
+from shared.store import Status, StreamStore
+
+log = logging.getLogger(__name__)
+
+
+class Reaper:
+    def __init__(self, store: StreamStore, queue: JobQueue, settings: Settings) -> None:
+        self.store = store
+        self.queue = queue
+        self.interval_s = max(0.2, settings.lease_s / 3)
+
+    async def run_forever(self) -> None:
+        while True:
+            await self.sweep()
+            await asyncio.sleep(self.interval_s)
+
+    async def sweep(self) -> int:
+        """Settle every job that is due; returns how many were acted on."""
+        now_ms = await self.store.server_time_ms()
+        acted = 0
+        for stream_id in await self.store.due_for_reaping(now_ms):
+            acted += await self.settle(stream_id)
+        return acted
+
+    async def settle(self, stream_id: str) -> int:
+        token = uuid.uuid4().hex
+        reaped = await self.store.reap(stream_id, token)
+        if reaped.outcome == "requeued":
+            log.warning("stream %s: worker lost before any output; re-queued", stream_id)
+            await self.queue.enqueue(GENERATE, f"{stream_id}:requeue:{reaped.requeues}", stream_id)
+            return 1
+        if reaped.outcome == "lost":
+            log.warning("stream %s: worker lost after output; ending the stream", stream_id)
+            error = ev.Error(
+                code="worker_lost",
+                message="the worker running this stream was lost; the partial output is kept",
+                retryable=True,
+            )
+        elif reaped.outcome == "expired":
+            log.warning("stream %s: no worker picked it up in time", stream_id)
+            error = ev.Error(
+                code="queue_timeout", message="no worker picked up the job in time", retryable=True
+            )
+        else:
+            return 0
+        transcript = await self.store.rebuild_transcript(stream_id)
+        transcript.apply(error)
+        try:
+            await self.store.finish(
+                stream_id, token, status=Status.FAILED, terminal=error, transcript=transcript
+            )
+        except FenceLost:
+            return 0
+        return 1
