@@ -69,6 +69,12 @@ class Seen:
     body: dict[str, Any]
     headers: dict[str, str]
     started: float = field(default_factory=time.monotonic)
+
+    @property
+    def prompt(self) -> str:
+        messages = self.body.get("messages") or [{}]
+        return str(messages[-1].get("content", ""))
+
     closed_early_at: float | None = None
     closed_early: threading.Event = field(default_factory=threading.Event)
 
@@ -84,8 +90,8 @@ class MockUpstream:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
-    def requests_for(self, model: str) -> list[Seen]:
-        return [s for s in self.seen if s.model == model]
+    def requests_for(self, model: str, prompt: str | None = None) -> list[Seen]:
+        return [s for s in self.seen if s.model == model and (prompt is None or s.prompt == prompt)]
 
     # -- scripts ---------------------------------------------------------------------------
 
@@ -134,16 +140,46 @@ class MockUpstream:
     async def _no_finish(self, seen: Seen) -> AsyncIterator[bytes]:
         yield sse(chunk(seen.model, {"role": "assistant", "content": "cut"}))
 
+    async def _stall(self, seen: Seen) -> AsyncIterator[bytes]:
+        yield sse(chunk(seen.model, {"role": "assistant", "content": "before"}))
+        yield sse(chunk(seen.model, {"content": " the stall"}))
+        await asyncio.sleep(3600)
+
+    async def _endless_line(self, seen: Seen) -> AsyncIterator[bytes]:
+        yield sse(chunk(seen.model, {"role": "assistant", "content": "then"}))
+        yield b"data: "
+        for _ in range(80):
+            yield b"x" * 65536
+
+    async def _many_malformed(self, seen: Seen) -> AsyncIterator[bytes]:
+        yield sse(chunk(seen.model, {"role": "assistant", "content": "noise"}))
+        for i in range(30):
+            yield f"data: not json {i}\n\n".encode()
+        yield sse(chunk(seen.model, {}, "stop"))
+
+    @staticmethod
+    def _rate_limited(retry_after: str) -> Response:
+        return JSONResponse(
+            {"error": {"message": "rate limited", "type": "rate_limit_error"}},
+            status_code=429,
+            headers={"Retry-After": retry_after},
+        )
+
     async def handle(self, request: Request) -> Response:
         body = orjson.loads(await request.body())
         seen = Seen(model=body.get("model", ""), body=body, headers=dict(request.headers))
         self.seen.append(seen)
+        attempt = len(self.requests_for(seen.model, seen.prompt))
         if seen.model == "status-429":
-            return JSONResponse(
-                {"error": {"message": "rate limited", "type": "rate_limit_error"}},
-                status_code=429,
-                headers={"Retry-After": "7"},
-            )
+            return self._rate_limited("7")
+        if seen.model == "always-429":
+            return self._rate_limited("1")
+        if seen.model == "429-then-ok" and attempt == 1:
+            return self._rate_limited("1")
+        if seen.model == "503-then-ok" and attempt == 1:
+            return JSONResponse({"error": {"message": "overloaded"}}, status_code=503)
+        if seen.model in ("429-then-ok", "503-then-ok"):
+            return StreamingResponse(self._instant(seen), media_type="text/event-stream")
         scripts: dict[str, Callable[[Seen], AsyncIterator[bytes]]] = {
             "instant": self._instant,
             "split-utf8": self._split_utf8,
@@ -151,6 +187,9 @@ class MockUpstream:
             "midstream-error": self._midstream_error,
             "garbage": self._garbage,
             "no-finish": self._no_finish,
+            "stall": self._stall,
+            "endless-line": self._endless_line,
+            "many-malformed": self._many_malformed,
         }
         script = scripts.get(seen.model)
         if script is None:

@@ -1,0 +1,242 @@
+"""The fault-injection cluster: its own redis-server (AOF on, restartable on the same port),
+two API replicas and two workers, all real processes that tests may kill and replace."""
+
+from __future__ import annotations
+
+import random
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+import redis as sync_redis
+
+from shared.embedded_redis import EmbeddedRedis, free_port
+from shared.sse import SSEDecoder
+from tests.mock_upstream import MockUpstream
+from tests.processes import SpoolProcess, start_api, start_worker, wait_ready, write_config
+
+LEASE_S = 2.0
+FAULT_SETTINGS = {
+    "keepalive_interval_s": 0.5,
+    "lease_s": LEASE_S,
+    "upstream_backoff_s": 0.05,
+    "upstream_backoff_max_s": 0.2,
+    "upstream_retry_after_max_s": 5,
+    "upstream_max_attempts": 3,
+    "worker_shutdown_grace_s": 5,
+    "redis_retry_s": 10,
+}
+
+
+def fault_models(upstream: MockUpstream) -> dict[str, object]:
+    def mock(name: str, base_url: str | None = None) -> dict[str, object]:
+        return {
+            "provider": "openai",
+            "base_url": base_url or upstream.base_url,
+            "model": name,
+            "idle_timeout_s": 1,
+            "connect_timeout_s": 1,
+        }
+
+    scripts = ("instant", "slow", "stall", "garbage", "endless-line", "many-malformed",
+               "always-429", "429-then-ok", "503-then-ok")  # fmt: skip
+    return {
+        "fault-demo": {"provider": "demo", "tokens_per_second": 300, "max_output_tokens": 30},
+        "fault-slow": {"provider": "demo", "tokens_per_second": 20, "max_output_tokens": 60},
+        "fault-late": {
+            "provider": "demo",
+            "tokens_per_second": 50,
+            "first_token_delay_ms": 2500,
+            "max_output_tokens": 20,
+        },
+        **{f"mock-{name}": mock(name) for name in scripts},
+        "mock-refused": mock("instant", f"http://127.0.0.1:{free_port()}/v1"),
+    }
+
+
+@dataclass
+class FaultCluster:
+    workdir: Path
+    config: Path
+    redis: EmbeddedRedis
+    upstream: MockUpstream
+    apis: list[SpoolProcess] = field(default_factory=list)
+    workers: list[SpoolProcess] = field(default_factory=list)
+
+    @property
+    def urls(self) -> list[str]:
+        return [api.url for api in self.apis]
+
+    def any_url(self) -> str:
+        return random.choice(self.urls)
+
+    def add_api(self) -> SpoolProcess:
+        api = start_api(self.redis.url, self.config, self.workdir)
+        self.apis.append(api)
+        return api
+
+    def add_worker(self) -> SpoolProcess:
+        worker = start_worker(self.redis.url, self.config, self.workdir)
+        self.workers.append(worker)
+        return worker
+
+    def redis_client(self) -> sync_redis.Redis:
+        return sync_redis.Redis.from_url(self.redis.url)
+
+    def worker_running(self, stream_id: str, timeout_s: float = 10.0) -> SpoolProcess:
+        """The worker process that has claimed the stream."""
+        client = self.redis_client()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            name = client.hget(f"spool:{{{stream_id}}}:job", "worker")
+            if name:
+                pid = int(name.decode().split(":")[1])
+                return next(w for w in self.workers if w.process.pid == pid)
+            time.sleep(0.01)
+        raise AssertionError(f"no worker claimed {stream_id}")
+
+    def kill(self, proc: SpoolProcess, sig: int = signal.SIGKILL) -> None:
+        proc.process.send_signal(sig)
+        proc.process.wait(10)
+        for group in (self.apis, self.workers):
+            if proc in group:
+                group.remove(proc)
+
+    def stop_all(self) -> None:
+        for proc in [*self.apis, *self.workers]:
+            proc.stop()
+
+
+@pytest.fixture(scope="session")
+def faults(
+    tmp_path_factory: pytest.TempPathFactory, mock_upstream: MockUpstream
+) -> Iterator[FaultCluster]:
+    workdir = tmp_path_factory.mktemp("faults")
+    config = write_config(workdir / "spool.yaml", fault_models(mock_upstream), **FAULT_SETTINGS)
+    redis = EmbeddedRedis(workdir / "redis", appendonly=True)
+    redis.start()
+    cluster = FaultCluster(workdir, config, redis, mock_upstream)
+    try:
+        for _ in range(2):
+            cluster.add_worker()
+            cluster.add_api()
+        wait_ready(cluster.urls[0])
+        yield cluster
+    finally:
+        cluster.stop_all()
+        redis.stop()
+
+
+@pytest.fixture
+def healthy(faults: FaultCluster) -> FaultCluster:
+    """The fault cluster, topped back up to two APIs and two workers after earlier tests."""
+    while len(faults.apis) < 2:
+        faults.add_api()
+    while len(faults.workers) < 2:
+        faults.add_worker()
+    wait_ready(faults.urls[0])
+    return faults
+
+
+# -- reading streams through faults -----------------------------------------------------
+
+
+@dataclass
+class Reading:
+    stream_id: str = ""
+    events: list[tuple[str, str]] = field(default_factory=list)  # (id, data)
+    drops: int = 0
+    finished: bool = False
+
+    @property
+    def last_id(self) -> str | None:
+        return self.events[-1][0] if self.events else None
+
+    def text(self) -> str:
+        out = []
+        for _, data in self.events:
+            if data.startswith("{"):
+                chunk = orjson.loads(data)
+                for choice in chunk.get("choices") or []:
+                    out.append(choice["delta"].get("content") or "")
+        return "".join(out)
+
+    def error(self) -> dict[str, object] | None:
+        for _, data in self.events:
+            if data.startswith('{"error"'):
+                return orjson.loads(data)["error"]  # type: ignore[no-any-return]
+        return None
+
+
+def read_some(
+    client: httpx.Client,
+    reading: Reading,
+    url: str,
+    *,
+    body: dict[str, object] | None = None,
+    stop_after: int | None = None,
+) -> None:
+    """One connection's worth of events: POST `body` (a new stream) or GET the stream,
+    resuming after the last id seen. Connection errors count as a drop."""
+    headers = {"Last-Event-ID": reading.last_id} if reading.last_id else {}
+    request = (
+        client.build_request("POST", f"{url}/v1/chat/completions", json=body)
+        if body is not None
+        else client.build_request("GET", f"{url}/v1/streams/{reading.stream_id}", headers=headers)
+    )
+    decoder = SSEDecoder()
+    taken = 0
+    try:
+        response = client.send(request, stream=True)
+        try:
+            if response.status_code != 200:
+                raise AssertionError(f"{response.status_code}: {response.read()!r}")
+            reading.stream_id = response.headers["x-spool-stream-id"]
+            for raw in response.iter_raw():
+                for event in decoder.feed(raw):
+                    assert event.id, "every data event carries an id"
+                    reading.events.append((event.id, event.data))
+                    taken += 1
+                    if event.data == "[DONE]":
+                        reading.finished = True
+                        return
+                    if stop_after is not None and taken >= stop_after:
+                        reading.drops += 1
+                        return
+            reading.drops += 1  # the server ended the response before [DONE]
+        finally:
+            response.close()
+    except httpx.TransportError:
+        reading.drops += 1
+
+
+def chat(model: str, prompt: str, **extra: object) -> dict[str, object]:
+    return {
+        "model": model,
+        "messages": [{"role": "user", "content": prompt}],
+        "stream": True,
+        **extra,
+    }
+
+
+def result(url: str, stream_id: str) -> dict[str, object]:
+    response = httpx.get(f"{url}/v1/streams/{stream_id}/result", timeout=10)
+    assert response.status_code == 200, response.text
+    return response.json()  # type: ignore[no-any-return]
+
+
+def result_text(url: str, stream_id: str) -> str:
+    output = result(url, stream_id)["output"]
+    return output["choices"][0]["message"]["content"]  # type: ignore[index,no-any-return]
+
+
+def full_replay(client: httpx.Client, url: str, stream_id: str) -> Reading:
+    reading = Reading(stream_id=stream_id)
+    read_some(client, reading, url)
+    assert reading.finished
+    return reading
