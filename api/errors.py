@@ -55,15 +55,18 @@ def error_response(
     return JSONBody(body, status_code=error.status_code, headers=headers)
 
 
-def _describe_validation(exc: RequestValidationError) -> tuple[bool, str]:
+def _validation_error(exc: RequestValidationError) -> SpoolError:
     errors: list[Any] = list(exc.errors())
     if any(e.get("type") == "json_invalid" for e in errors):
-        return True, "the request body is not valid JSON"
+        return InvalidRequest("the request body is not valid JSON")
     parts = []
     for e in errors[:5]:
         loc = ".".join(str(p) for p in e.get("loc", ()) if p != "body")
         parts.append(f"{loc or 'body'}: {e.get('msg')}")
-    return False, "; ".join(parts) or "invalid request"
+    error = InvalidBody("; ".join(parts) or "invalid request")
+    if errors and errors[0].get("loc", ("body",))[0] != "body":
+        error.code = "invalid_parameter"  # a header, query or path parameter
+    return error
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -73,9 +76,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError):  # type: ignore[no-untyped-def]
-        malformed, message = _describe_validation(exc)
-        error = InvalidRequest(message) if malformed else InvalidBody(message)
-        return error_response(request, error)
+        return error_response(request, _validation_error(exc))
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException):  # type: ignore[no-untyped-def]

@@ -14,6 +14,8 @@ import asyncio
 import logging
 import uuid
 
+from redis.exceptions import RedisError
+
 from shared import events as ev
 from shared.errors import FenceLost
 from shared.queue import GENERATE, JobQueue
@@ -28,10 +30,27 @@ class Reaper:
         self.store = store
         self.queue = queue
         self.interval_s = max(0.2, settings.lease_s / 3)
+        self.reconnect_hold_s = 2 * settings.lease_s
 
     async def run_forever(self) -> None:
+        """Sweep every `interval_s`. After this process could not reach Redis for a while,
+        hold off for two lease periods: leases ran out during the outage because nobody
+        could renew them, and live workers need a moment to renew before being judged."""
+        loop = asyncio.get_running_loop()
+        last_ok = loop.time()
+        hold_until = 0.0
         while True:
-            await self.sweep()
+            try:
+                if loop.time() - last_ok > 2 * self.interval_s:
+                    hold_until = loop.time() + self.reconnect_hold_s
+                    log.info("redis is back; reaping resumes in %.1fs", self.reconnect_hold_s)
+                if loop.time() >= hold_until:
+                    await self.sweep()
+                else:
+                    await self.store.server_time_ms()
+                last_ok = loop.time()
+            except RedisError as exc:
+                log.warning("reaper cannot reach redis: %s", exc)
             await asyncio.sleep(self.interval_s)
 
     async def sweep(self) -> int:

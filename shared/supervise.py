@@ -8,7 +8,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 log = logging.getLogger(__name__)
-RESTART_BACKOFF_S = (0.1, 0.25, 0.5, 1.0, 2.0)
+RESTART_BACKOFF_S = (0.1, 0.25, 0.5, 1.0)
 
 
 def supervise(name: str, body: Callable[[], Awaitable[None]]) -> asyncio.Task[None]:
