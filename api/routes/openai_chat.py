@@ -12,7 +12,7 @@ from starlette.responses import Response
 from api.deps import CancelOnDisconnectDep, ServicesDep
 from api.generation import new_stream_id, respond, start_generation
 from shared.errors import InvalidRequest
-from shared.request import GenerationRequest, Message
+from shared.request import MAX_JSON_DEPTH, GenerationRequest, Message, json_depth
 
 router = APIRouter(tags=["openai"])
 SURFACE = "openai.chat"
@@ -72,6 +72,9 @@ def to_canonical(body: ChatCompletionRequest) -> GenerationRequest:
     stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
     if len(stop) > 4:
         raise InvalidRequest("at most 4 stop sequences are allowed")
+    for m in body.messages:
+        if m.tool_calls is not None and json_depth(m.tool_calls) > MAX_JSON_DEPTH:
+            raise InvalidRequest(f"tool_calls are nested deeper than {MAX_JSON_DEPTH} levels")
     messages = [
         Message(
             role="system" if m.role == "developer" else m.role,

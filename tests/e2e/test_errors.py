@@ -170,3 +170,55 @@ async def test_unknown_route_and_method(cluster: Cluster) -> None:
     async with httpx.AsyncClient(timeout=10) as client:
         assert_openai_error(await client.get(f"{cluster.url}/v1/nothing"), 404)
         assert_openai_error(await client.get(f"{cluster.url}/v1/chat/completions"), 405)
+
+
+async def test_resuming_from_the_last_event_ends_at_once(cluster: Cluster) -> None:
+    async with httpx.AsyncClient(timeout=5) as client:
+        first = await read_sse(
+            client, "POST", f"{cluster.url}/v1/chat/completions", json=chat_body(prompt="end")
+        )
+        stream_id = first.headers["x-spool-stream-id"]
+        rest = await read_sse(
+            client,
+            "GET",
+            f"{cluster.other_url}/v1/streams/{stream_id}",
+            headers={"Last-Event-ID": first.last_id or ""},
+        )
+        assert rest.status == 200 and rest.events == []
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["99999999999999999999-0", "1-99999999999999999999", "1-1\n", "1" * 65, "5-0:²", "\u0661-0"],
+)
+async def test_resume_ids_that_redis_would_reject_are_400(cluster: Cluster, bad: str) -> None:
+    async with httpx.AsyncClient(timeout=10) as client:
+        first = await read_sse(
+            client, "POST", f"{cluster.url}/v1/chat/completions", json=chat_body(prompt="ids")
+        )
+        stream_id = first.headers["x-spool-stream-id"]
+        response = await client.get(
+            f"{cluster.url}/v1/streams/{stream_id}", params={"last_event_id": bad}
+        )
+    assert_openai_error(response, 400, "invalid_last_event_id")
+
+
+async def test_values_that_cannot_be_stored_are_rejected(cluster: Cluster) -> None:
+    deep: object = {}
+    for _ in range(300):
+        deep = {"x": deep}
+    cases = [
+        ({**chat_body(), "max_tokens": 10**23}, 422),
+        ({**chat_body(), "seed": -(10**23)}, 422),
+        (
+            {
+                **chat_body(),
+                "messages": [{"role": "assistant", "content": "", "tool_calls": [deep]}],
+            },
+            400,
+        ),
+    ]
+    async with httpx.AsyncClient(timeout=10) as client:
+        for body, status in cases:
+            response = await client.post(f"{cluster.url}/v1/chat/completions", json=body)
+            assert_openai_error(response, status)

@@ -246,3 +246,8 @@ def test_default_models_are_not_shared_between_settings() -> None:
     b = load_settings()
     assert set(b.models) == {"demo"}
     assert set(DEFAULT_MODELS) == {"demo"}
+
+
+def test_an_empty_redis_url_means_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REDIS_URL", "")
+    assert load_settings().redis_url is None

@@ -318,3 +318,11 @@ def test_round_trip_normalises_line_ends_in_data() -> None:
 
 def test_round_trip_without_id_or_event() -> None:
     assert decode_reads([format_event("x")]) == [ServerSentEvent(data="x", event="message")]
+
+
+def test_a_leading_byte_order_mark_is_ignored() -> None:
+    decoder = SSEDecoder()
+    events = list(decoder.feed(b"\xef\xbb\xbfdata: first\n\n")) + list(
+        decoder.feed(b"data: \xef\xbb\xbfkept\n\n")
+    )
+    assert [e.data for e in events] == ["first", "\ufeffkept"]
