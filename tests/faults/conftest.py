@@ -21,6 +21,21 @@ from tests.mock_upstream import MockUpstream
 from tests.processes import SpoolProcess, start_api, start_worker, wait_ready, write_config
 
 LEASE_S = 2.0
+MEASUREMENTS: list[str] = []
+
+
+def measure(line: str) -> None:
+    """Record a figure (cancel latency, recovery time …) for the end-of-run summary."""
+    MEASUREMENTS.append(line)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if MEASUREMENTS:
+        terminalreporter.section("fault-injection measurements")
+        for line in MEASUREMENTS:
+            terminalreporter.write_line(line)
+
+
 FAULT_SETTINGS = {
     "keepalive_interval_s": 0.5,
     "lease_s": LEASE_S,

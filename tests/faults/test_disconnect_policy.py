@@ -15,6 +15,7 @@ from tests.faults.conftest import (
     chat,
     fault_models,
     full_replay,
+    measure,
     read_some,
     result,
 )
@@ -46,7 +47,7 @@ def test_disconnect_cancels_when_asked(healthy: FaultCluster) -> None:
         read_some(client, reading, healthy.urls[0], body=chat("fault-slow", "stop if I go"),
                   stop_after=2)  # fmt: skip
     took = wait_for_status(healthy.urls[1], reading.stream_id, "cancelled", 5)
-    print(f"disconnect → cancelled in {took * 1000:.0f} ms")
+    measure(f"disconnect → cancelled in {took * 1000:.0f} ms")
     output = result(healthy.urls[1], reading.stream_id)["output"]
     assert output["choices"][0]["finish_reason"] == "cancelled"  # type: ignore[index]
 
@@ -70,7 +71,7 @@ def test_a_slow_reader_never_slows_the_worker(healthy: FaultCluster) -> None:
         assert rest.rstrip().endswith(b"data: [DONE]\nid: " + rest.rstrip().rsplit(b"id: ", 1)[1])
         replay = full_replay(client, healthy.urls[1], stream_id)
         assert len(replay.events) == 3000 + 3  # role, tokens, finish, [DONE]
-        print(f"3000 tokens generated in {took:.2f}s while the reader was paused")
+        measure(f"3000 tokens generated in {took:.2f}s while the reader was paused")
 
 
 @pytest.fixture(scope="module")

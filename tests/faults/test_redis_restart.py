@@ -9,7 +9,15 @@ import time
 import httpx
 import pytest
 
-from tests.faults.conftest import FaultCluster, Reading, chat, full_replay, read_some, result_text
+from tests.faults.conftest import (
+    FaultCluster,
+    Reading,
+    chat,
+    full_replay,
+    measure,
+    read_some,
+    result_text,
+)
 from tests.processes import wait_ready
 
 pytestmark = pytest.mark.faults
@@ -62,7 +70,7 @@ def test_redis_restart_under_load(healthy: FaultCluster) -> None:
         healthy.redis.start()  # same port, same data directory
         down_for = time.monotonic() - down_at
         wait_ready(healthy.urls[0], timeout_s=20)
-        print(
+        measure(
             f"readers ended {readers_ended:.2f}s after Redis stopped; it was down {down_for:.2f}s"
         )
 

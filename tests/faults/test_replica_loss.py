@@ -11,7 +11,15 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from tests.faults.conftest import FaultCluster, Reading, chat, full_replay, read_some, result_text
+from tests.faults.conftest import (
+    FaultCluster,
+    Reading,
+    chat,
+    full_replay,
+    measure,
+    read_some,
+    result_text,
+)
 
 pytestmark = pytest.mark.faults
 
@@ -45,7 +53,7 @@ def test_200_clients_dropping_at_random_points(healthy: FaultCluster) -> None:
     with ThreadPoolExecutor(max_workers=40) as pool:
         readings = list(pool.map(client_run, range(200)))
     drops = sum(r.drops for r in readings)
-    print(f"200 clients, {drops} drops, {sum(len(r.events) for r in readings)} events: exact")
+    measure(f"200 clients, {drops} drops, {sum(len(r.events) for r in readings)} events: exact")
     assert drops >= 150  # the plan really did cut most clients off at least once
 
 

@@ -10,7 +10,7 @@ import time
 import httpx
 import pytest
 
-from tests.faults.conftest import FaultCluster, Reading, chat, read_some, result
+from tests.faults.conftest import FaultCluster, Reading, chat, measure, read_some, result
 
 pytestmark = pytest.mark.faults
 
@@ -104,7 +104,7 @@ def test_cancel_closes_the_upstream_request_fast(healthy: FaultCluster) -> None:
             latencies.append((seen.closed_early_at - asked) * 1000)
             thread.join(10)
             assert reading.finished
-    print(
+    measure(
         f"cancel → upstream closed: p50 {statistics.median(latencies):.1f} ms, "
         f"max {max(latencies):.1f} ms over {len(latencies)} runs"
     )

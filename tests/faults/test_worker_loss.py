@@ -16,6 +16,7 @@ from tests.faults.conftest import (
     Reading,
     chat,
     full_replay,
+    measure,
     read_some,
     result,
     result_text,
@@ -52,7 +53,7 @@ def test_worker_killed_before_the_first_token_is_rerun(healthy: FaultCluster) ->
         starts = [d for _, d in reading.events if '"role":"assistant"' in d]
         assert len(starts) == 1, "one attempt's output only"
         assert result(healthy.urls[1], reading.stream_id)["status"] == "completed"
-        print(f"re-queued and completed {took:.2f}s after the kill (lease {LEASE_S}s)")
+        measure(f"re-queued and completed {took:.2f}s after the kill (lease {LEASE_S}s)")
 
 
 def test_worker_killed_after_the_first_token_ends_with_worker_lost(healthy: FaultCluster) -> None:
@@ -74,7 +75,7 @@ def test_worker_killed_after_the_first_token_ends_with_worker_lost(healthy: Faul
         assert done["status"] == "failed"
         assert done["error"]["code"] == "worker_lost"  # type: ignore[index]
         assert result_text(healthy.urls[1], reading.stream_id) == reading.text() != ""
-        print(f"worker_lost after {ended_after:.2f}s (lease {LEASE_S}s)")
+        measure(f"worker_lost after {ended_after:.2f}s (lease {LEASE_S}s)")
 
 
 def test_a_stalled_worker_that_wakes_up_cannot_write(healthy: FaultCluster) -> None:
