@@ -31,8 +31,12 @@ class TextDelta(_Event):
 
 
 class ReasoningDelta(_Event):
+    """Reasoning ("thinking") text. Anthropic signs a thinking block; the signature comes as
+    a delta with empty text and must be passed back unchanged, so it is kept."""
+
     type: Literal["reasoning"] = "reasoning"
     text: str
+    signature: str | None = None
 
 
 class ToolCallDelta(_Event):

@@ -27,14 +27,41 @@ def json_depth(value: Any, limit: int = MAX_JSON_DEPTH) -> int:
     return deepest
 
 
+class ToolCall(BaseModel):
+    """A tool call the assistant made earlier in the conversation."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    name: str
+    arguments: str = "{}"  # JSON text, as OpenAI carries it
+
+
+class Tool(BaseModel):
+    """A function the model may call: its name, description and JSON Schema parameters."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=128)
+    description: str | None = None
+    parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
+
+
 class Message(BaseModel):
+    """One turn. Assistant turns may carry `tool_calls`; a `tool` turn is the result of the
+    call named by `tool_call_id` (and `name`, which Gemini needs)."""
+
     model_config = ConfigDict(extra="forbid")
 
     role: Literal["system", "user", "assistant", "tool"]
     content: str = ""
     name: str | None = None
     tool_call_id: str | None = None
-    tool_calls: list[dict[str, Any]] | None = None
+    tool_calls: list[ToolCall] | None = None
+
+
+ToolChoice = Literal["auto", "none", "required"] | str
+""""auto", "none", "required" (some tool), or the name of the one tool to call."""
 
 
 class GenerationRequest(BaseModel):
@@ -48,3 +75,16 @@ class GenerationRequest(BaseModel):
     stop: list[str] = Field(default_factory=list)
     seed: int | None = None
     user: str | None = None
+    tools: list[Tool] = Field(default_factory=list)
+    tool_choice: ToolChoice | None = None
+    reasoning: bool = False  # ask for reasoning / thinking output where the model has it
+    reasoning_budget: int | None = Field(default=None, ge=1)
+
+    @property
+    def system_prompt(self) -> str:
+        return "\n\n".join(m.content for m in self.messages if m.role == "system")
+
+    @property
+    def turns(self) -> list[Message]:
+        """The conversation without system messages (which some APIs carry apart)."""
+        return [m for m in self.messages if m.role != "system"]

@@ -20,7 +20,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.errors import ConfigError
 
-ProviderName = Literal["demo", "openai"]
+ProviderName = Literal["demo", "openai", "anthropic", "gemini"]
 
 
 class ModelEntry(BaseModel):
@@ -37,7 +37,9 @@ class ModelEntry(BaseModel):
     tokens_per_second: float = Field(default=50.0, ge=0)
     first_token_delay_ms: float = Field(default=0.0, ge=0)
     max_output_tokens: int = Field(default=48, ge=1, le=100_000)
-    # OpenAI-compatible knobs: an upstream silent for idle_timeout_s ends the stream.
+    # Demo: think out loud before answering when the request asks for reasoning.
+    reasoning_tokens: int = Field(default=12, ge=0, le=10_000)
+    # Upstream knobs: an upstream silent for idle_timeout_s ends the stream.
     connect_timeout_s: float = Field(default=10.0, gt=0)
     idle_timeout_s: float = Field(default=60.0, gt=0)
     extra_headers: dict[str, str] = Field(default_factory=dict)

@@ -31,6 +31,7 @@ class Transcript:
     provider: str | None = None
     text: list[str] = field(default_factory=list)
     reasoning: list[str] = field(default_factory=list)
+    reasoning_signature: str | None = None
     tool_calls: dict[int, ToolCall] = field(default_factory=dict)
     usage: ev.Usage | None = None
     finish_reason: ev.FinishReason | None = None
@@ -46,6 +47,8 @@ class Transcript:
                 self.text.append(event.text)
             case ev.ReasoningDelta():
                 self.reasoning.append(event.text)
+                if event.signature:
+                    self.reasoning_signature = (self.reasoning_signature or "") + event.signature
             case ev.ToolCallDelta():
                 call = self.tool_calls.setdefault(event.index, ToolCall(index=event.index))
                 call.id = event.id or call.id
@@ -79,6 +82,7 @@ class Transcript:
             "provider": self.provider,
             "text": self.content,
             "reasoning": self.reasoning_content,
+            "reasoning_signature": self.reasoning_signature,
             "tool_calls": [
                 {"index": c.index, "id": c.id, "name": c.name, "arguments": c.arguments}
                 for c in sorted(self.tool_calls.values(), key=lambda c: c.index)
@@ -97,6 +101,7 @@ class Transcript:
             t.text.append(data["text"])
         if data.get("reasoning"):
             t.reasoning.append(data["reasoning"])
+        t.reasoning_signature = data.get("reasoning_signature")
         for call in data.get("tool_calls") or []:
             t.tool_calls[call["index"]] = ToolCall(**call)
         if data.get("usage"):

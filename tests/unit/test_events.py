@@ -260,6 +260,7 @@ def test_to_json_shape() -> None:
         "model": "m",
         "provider": "openai",
         "text": "hi",
+        "reasoning_signature": None,
         "reasoning": "",
         "tool_calls": [
             {"index": 0, "id": "a", "name": "f", "arguments": ""},

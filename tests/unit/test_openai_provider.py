@@ -13,7 +13,8 @@ from shared import events as ev
 from shared.errors import UpstreamError
 from shared.request import GenerationRequest
 from shared.settings import ModelEntry
-from worker.providers.openai import OpenAIProvider, build_body, parse_retry_after
+from worker.providers.http import parse_retry_after
+from worker.providers.openai import OpenAIProvider, build_body
 
 KEY_ENV = "SPOOL_UNIT_TEST_OPENAI_KEY"
 BASE_URL = "http://upstream.test/v1"

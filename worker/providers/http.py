@@ -1,0 +1,146 @@
+"""What every HTTP provider shares: POST a request, check the status, read the response as
+Server-Sent Events, and turn transport trouble into `UpstreamError`s with stable codes.
+
+Codes: `upstream_error` (an error status or error event), `upstream_timeout` (connect or
+idle timeout), `upstream_connect_error`, `upstream_incomplete` (ended without a finish),
+`upstream_malformed` (framing broken, or too many unparseable events).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncGenerator, Callable
+from typing import Any
+
+import httpx
+import orjson
+
+from shared.errors import UpstreamError
+from shared.settings import ModelEntry
+from shared.sse import ServerSentEvent, SSEDecoder
+
+log = logging.getLogger(__name__)
+
+RETRYABLE_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 529})
+MAX_UPSTREAM_LINE_CHARS = 4 * 1024 * 1024
+MAX_MALFORMED_EVENTS = 20
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+def error_message(payload: bytes) -> str:
+    """The human message in an error body, whichever provider's shape it has."""
+    try:
+        data = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return payload[:200].decode("utf-8", "replace") or "no body"
+    error = data.get("error") if isinstance(data, dict) else None
+    if isinstance(error, dict) and isinstance(error.get("message"), str):
+        return str(error["message"])
+    if isinstance(error, str):
+        return error
+    return "upstream returned an error"
+
+
+def incomplete() -> UpstreamError:
+    return UpstreamError(
+        "the upstream stream ended before a finish reason",
+        retryable=True,
+        code="upstream_incomplete",
+    )
+
+
+async def stream_events(
+    client: httpx.AsyncClient,
+    url: str,
+    *,
+    body: dict[str, Any],
+    headers: dict[str, str],
+    entry: ModelEntry,
+    params: dict[str, str] | None = None,
+) -> AsyncGenerator[ServerSentEvent, None]:
+    """POST `body` and yield the response's SSE events. Closing the generator (or
+    cancelling its consumer) closes the upstream request."""
+    # The read timeout applies to each read: an upstream silent that long has stalled.
+    timeout = httpx.Timeout(
+        entry.idle_timeout_s, connect=entry.connect_timeout_s, read=entry.idle_timeout_s
+    )
+    headers = {"Accept": "text/event-stream", **headers, **entry.extra_headers}
+    try:
+        async with client.stream(
+            "POST", url, content=orjson.dumps(body), headers=headers, params=params, timeout=timeout
+        ) as response:
+            if response.status_code >= 400:
+                payload = await response.aread()
+                raise UpstreamError(
+                    f"upstream answered {response.status_code}: {error_message(payload)}",
+                    upstream_status=response.status_code,
+                    retry_after=parse_retry_after(response.headers.get("retry-after")),
+                    retryable=response.status_code in RETRYABLE_STATUSES,
+                    code="upstream_error",
+                )
+            decoder = SSEDecoder(max_line_chars=MAX_UPSTREAM_LINE_CHARS)
+            async for raw in response.aiter_bytes():
+                try:
+                    events = list(decoder.feed(raw))
+                except ValueError as exc:
+                    # An endless line means the framing itself is broken: nothing after it
+                    # can be trusted.
+                    raise UpstreamError(
+                        f"malformed upstream stream: {exc}", code="upstream_malformed"
+                    ) from exc
+                for event in events:
+                    yield event
+    except httpx.ConnectTimeout as exc:
+        raise UpstreamError(
+            f"could not connect to the upstream within {entry.connect_timeout_s:g}s",
+            retryable=True,
+            code="upstream_timeout",
+        ) from exc
+    except httpx.TimeoutException as exc:
+        raise UpstreamError(
+            f"the upstream went silent for {entry.idle_timeout_s:g}s",
+            retryable=True,
+            code="upstream_timeout",
+        ) from exc
+    except httpx.HTTPError as exc:
+        raise UpstreamError(
+            f"upstream connection failed: {type(exc).__name__}",
+            retryable=True,
+            code="upstream_connect_error",
+        ) from exc
+
+
+class EventParser:
+    """Parses each event's JSON data. One bad event in a well-framed stream is skipped and
+    logged; more than `MAX_MALFORMED_EVENTS` of them end the stream."""
+
+    def __init__(self) -> None:
+        self.malformed = 0
+
+    def parse(
+        self, sse: ServerSentEvent, handle: Callable[[dict[str, Any]], list[Any]]
+    ) -> list[Any]:
+        try:
+            data = orjson.loads(sse.data)
+            if not isinstance(data, dict):
+                raise TypeError("not a JSON object")
+            return handle(data)
+        except UpstreamError:
+            raise
+        except (orjson.JSONDecodeError, TypeError, ValueError, AttributeError, KeyError) as exc:
+            self.malformed += 1
+            log.warning("skipping a malformed upstream event (%d bytes): %s", len(sse.data), exc)
+            if self.malformed > MAX_MALFORMED_EVENTS:
+                raise UpstreamError(
+                    f"the upstream sent more than {MAX_MALFORMED_EVENTS} malformed events",
+                    code="upstream_malformed",
+                ) from exc
+            return []
