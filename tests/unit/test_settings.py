@@ -177,7 +177,7 @@ def test_non_mapping_top_level(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, 
 
 
 def test_unknown_provider(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    path = write(tmp_path, "models:\n  claude:\n    provider: anthropic\n")
+    path = write(tmp_path, "models:\n  claude:\n    provider: bedrock\n")
     monkeypatch.setenv("SPOOL_CONFIG", str(path))
     with pytest.raises(ConfigError) as info:
         load_settings()
