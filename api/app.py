@@ -9,7 +9,16 @@ from fastapi import FastAPI
 
 from api.deps import Services
 from api.errors import BodySizeLimit, install_error_handlers
-from api.routes import health, models, openai_chat, streams
+from api.routes import (
+    anthropic,
+    gemini,
+    health,
+    models,
+    openai_chat,
+    openai_completions,
+    simple,
+    streams,
+)
 from shared.queue import ArqJobQueue
 from shared.reaper import Reaper
 from shared.redis import create_redis
@@ -36,6 +45,15 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(title="Spool", version="0.1.0", lifespan=lifespan)
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
-    for router in (openai_chat.router, streams.router, models.router, health.router):
+    for router in (
+        openai_chat.router,
+        openai_completions.router,
+        anthropic.router,
+        gemini.router,
+        simple.router,
+        streams.router,
+        models.router,
+        health.router,
+    ):
         app.include_router(router)
     return app

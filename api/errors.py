@@ -13,20 +13,29 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.formats import WireFormat
+from api.formats.anthropic import AnthropicFormat
+from api.formats.gemini import GeminiFormat
 from api.formats.openai_chat import OpenAIChatFormat
+from api.formats.simple import SimpleFormat
 from api.responses import JSONBody
-from shared.errors import InvalidRequest, RequestTooLarge, SpoolError, StoreUnavailable
+from shared.errors import (
+    InvalidRequest,
+    RequestTooLarge,
+    RouteNotFound,
+    SpoolError,
+    StoreUnavailable,
+)
 
 log = logging.getLogger(__name__)
 
 _OPENAI = OpenAIChatFormat()
-
-
-class RouteNotFound(InvalidRequest):
-    """No such route."""
-
-    status_code = 404
-    code = "not_found"
+_BY_PREFIX: tuple[tuple[str, WireFormat], ...] = (
+    ("/v1/messages", AnthropicFormat()),
+    ("/anthropic/", AnthropicFormat()),
+    ("/v1beta/", GeminiFormat()),
+    ("/gemini/", GeminiFormat()),
+    ("/api/", SimpleFormat()),
+)
 
 
 class MethodNotAllowed(InvalidRequest):
@@ -44,7 +53,10 @@ class InvalidBody(InvalidRequest):
 
 
 def format_for_path(path: str) -> WireFormat:
-    """Every route speaks OpenAI's error shape until another surface claims its prefix."""
+    """Errors come in the shape of the API whose route was called; OpenAI's by default."""
+    for prefix, fmt in _BY_PREFIX:
+        if path.startswith(prefix):
+            return fmt
     return _OPENAI
 
 

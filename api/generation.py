@@ -82,6 +82,7 @@ async def respond(
     transcript = await wait_for_transcript(
         services.store, record, settings.nonstream_timeout_s, block_ms=1000
     )
+    record = await services.store.get(record.id)  # now with its final status and times
     if transcript.error is not None:
         error = error_from_event(transcript.error)
         headers = {STREAM_ID_HEADER: record.id}

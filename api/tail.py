@@ -70,10 +70,12 @@ def frame_ids(entry_id: str, frames: list[Frame]) -> list[str]:
     return [entry_id if k == last else f"{entry_id}:{k}" for k in range(len(frames))]
 
 
-def encode_frames(entry_id: str, frames: list[Frame], skip_through: int = -1) -> bytes:
+def encode_frames(
+    entry_id: str, frames: list[Frame], skip_through: int = -1, *, with_ids: bool = True
+) -> bytes:
     ids = frame_ids(entry_id, frames)
     return b"".join(
-        format_event(f.data, id=i, event=f.event)
+        format_event(f.data, id=i if with_ids else None, event=f.event)
         for k, (f, i) in enumerate(zip(frames, ids, strict=True))
         if k > skip_through
     )
@@ -179,45 +181,56 @@ class Tail:
         self.fmt = fmt
         self.cancel_on_disconnect = cancel_on_disconnect
         self.block_ms = max(1, int(services.settings.keepalive_interval_s * 1000))
+        self.renderer = fmt.renderer(record.render)
 
     async def prepare(self, resume: ResumePoint | None) -> Start:
         """Validate the resume point before the response starts (so errors get a status),
-        and work out where to read from and what to replay first."""
+        bring the renderer up to it, and work out where to read from and what to replay."""
         point = await self.store.resume_point(self.record.id, resume.entry_id if resume else None)
         if point is None:
             return Start(START, 1)
-        if ev.is_terminal(point.event) and resume is not None and resume.frame is None:
-            return Start("", 0)  # the client has everything already
+        frames = await self._catch_up(point)
         if resume is None or resume.frame is None:
+            if ev.is_terminal(point.event):
+                return Start("", 0)  # the client has everything already
             return Start(point.id, point.seq + 1)
-        frames = self.fmt.frames(point.event, self.record.render)
         if resume.frame >= len(frames) - 1:
             raise InvalidResumeId(
                 f"{resume.entry_id}:{resume.frame} is not an event id of this stream"
             )
-        replay = encode_frames(point.id, frames, skip_through=resume.frame)
+        replay = encode_frames(
+            point.id, frames, skip_through=resume.frame, with_ids=self.fmt.sse_ids
+        )
         if ev.is_terminal(point.event):
             return Start("", 0, replay)
         return Start(point.id, point.seq + 1, replay)
+
+    async def _catch_up(self, point: Entry) -> list[Frame]:
+        """Feed the renderer what the client already has, up to and including `point`;
+        returns the frames of `point` itself."""
+        if self.fmt.stateful:
+            for entry in await self.store.read_range(self.record.id, "-", point.id):
+                if entry.id != point.id:
+                    self.renderer.frames(entry.id, entry.event)
+        return self.renderer.frames(point.id, point.event)
 
     async def stream(self, start: Start) -> AsyncIterator[bytes]:
         if start.replay:
             yield start.replay
         if not start.after:
             return
-        render = self.record.render
         follower = Follower(self.store, self.record.id, self.block_ms, self.services.draining)
         ended = False
         try:
             async for entry in follower.entries(start.after, start.next_seq):
                 if entry is None:
-                    yield format_comment("ping")
+                    yield self.fmt.keepalive
                     continue
-                frames = self.fmt.frames(entry.event, render)
+                frames = self.renderer.frames(entry.id, entry.event)
                 if frames:
-                    yield encode_frames(entry.id, frames)
+                    yield encode_frames(entry.id, frames, with_ids=self.fmt.sse_ids)
             ended = True
-            if follower.drained:
+            if follower.drained and self.fmt.sse_ids:
                 # Shutting down: end at an event boundary; the client resumes elsewhere.
                 yield format_comment("server shutting down; resume with Last-Event-ID")
         except (RedisError, StreamNotFound, ResumePointExpired) as exc:
@@ -227,8 +240,9 @@ class Tail:
             code = exc.code if isinstance(exc, SpoolError) else "redis_unavailable"
             message = str(exc) or "stream storage failed"
             error = ev.Error(code=code, message=message, retryable=isinstance(exc, RedisError))
+            now_id = f"{int(time.time() * 1000)}-0"
             yield b"".join(
-                format_event(f.data, event=f.event) for f in self.fmt.frames(error, render)
+                format_event(f.data, event=f.event) for f in self.renderer.frames(now_id, error)
             )
         finally:
             if not ended and self.cancel_on_disconnect:

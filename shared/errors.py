@@ -39,6 +39,13 @@ class RequestTooLarge(InvalidRequest):
     code = "request_too_large"
 
 
+class RouteNotFound(InvalidRequest):
+    """No such route."""
+
+    status_code = 404
+    code = "not_found"
+
+
 class ModelNotFound(InvalidRequest):
     """The model does not exist."""
 

@@ -443,6 +443,10 @@ class StreamStore:
         raw = await self.redis.hget(keys.job_key(stream_id), "status")  # type: ignore[misc]
         return Status(raw.decode()) if raw else None
 
+    async def read_range(self, stream_id: str, first: str, last: str) -> list[Entry]:
+        entries = await self.redis.xrange(keys.stream_key(stream_id), min=first, max=last)
+        return [Entry.from_redis(eid, fields) for eid, fields in entries]
+
     async def read_all(self, stream_id: str) -> list[StreamEntry]:
         entries = await self.redis.xrange(keys.stream_key(stream_id))
         return [(eid.decode(), ev.decode(fields[ev.FIELD])) for eid, fields in entries]

@@ -7,6 +7,7 @@ test process, so tests can read what it saw: requests, headers, and when a clien
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -198,8 +199,24 @@ class MockUpstream:
 
     # -- lifecycle -------------------------------------------------------------------------
 
+    def app(self) -> Starlette:
+        from tests.mock_anthropic import handle_messages
+        from tests.mock_gemini import handle_generate
+
+        return Starlette(
+            routes=[
+                Route("/v1/chat/completions", self.handle, methods=["POST"]),
+                Route("/v1/messages", functools.partial(handle_messages, self), methods=["POST"]),
+                Route(
+                    "/v1beta/models/{target}",
+                    functools.partial(handle_generate, self),
+                    methods=["POST"],
+                ),
+            ]
+        )
+
     def start(self) -> MockUpstream:
-        app = Starlette(routes=[Route("/v1/chat/completions", self.handle, methods=["POST"])])
+        app = self.app()
         config = uvicorn.Config(
             app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off"
         )
@@ -228,8 +245,7 @@ def main() -> None:
     args = parser.parse_args()
     upstream = MockUpstream()
     upstream.port = args.port
-    app = Starlette(routes=[Route("/v1/chat/completions", upstream.handle, methods=["POST"])])
-    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", lifespan="off",
+    uvicorn.run(upstream.app(), host="127.0.0.1", port=args.port, log_level="warning", lifespan="off",
                 loop="uvloop", http="httptools")  # fmt: skip
 
 

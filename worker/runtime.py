@@ -26,7 +26,9 @@ from shared.store import Status, StreamStore
 from shared.supervise import cancel_and_wait, supervise
 from worker.generation import GenerationRun, new_attempt
 from worker.providers import Provider
+from worker.providers.anthropic import AnthropicProvider
 from worker.providers.demo import DemoProvider
+from worker.providers.gemini import GeminiProvider
 from worker.providers.openai import OpenAIProvider
 
 log = logging.getLogger(__name__)
@@ -51,7 +53,12 @@ class WorkerRuntime:
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=100),
             follow_redirects=False,
         )
-        self.providers = {"demo": DemoProvider(), "openai": OpenAIProvider(self._http)}
+        self.providers = {
+            "demo": DemoProvider(),
+            "openai": OpenAIProvider(self._http),
+            "anthropic": AnthropicProvider(self._http),
+            "gemini": GeminiProvider(self._http),
+        }
         self._tasks = [
             supervise("signals", self._listen_signals),
             supervise("heartbeat", self._heartbeat),

@@ -1,5 +1,11 @@
 """Wire formats: each module turns canonical events into one API's stream events, and a
-transcript into that API's non-streaming response and error shape."""
+transcript into that API's non-streaming response and error shape.
+
+Rendering may need memory of earlier events (Anthropic numbers its content blocks; Gemini
+sends a function call only once it is whole), so a format hands out one `Renderer` per
+stream. Rendering is deterministic: a resumed tail rebuilds the renderer's state by
+feeding it the events before the resume point, and gets exactly the frames it sent before.
+"""
 
 from __future__ import annotations
 
@@ -20,12 +26,20 @@ class Frame:
     event: str | None = None
 
 
+class Renderer(Protocol):
+    def frames(self, entry_id: str, event: ev.Event) -> list[Frame]:
+        """The SSE events for one canonical event (`entry_id` is its Redis id, whose
+        millisecond part is when it was written)."""
+        ...
+
+
 class WireFormat(Protocol):
     surface: str
+    stateful: bool  # whether a resumed tail must replay earlier events into the renderer
+    sse_ids: bool  # whether events carry `id:` lines (else the id travels in the data)
+    keepalive: bytes  # what an idle stream sends to keep proxies from timing it out
 
-    def frames(self, event: ev.Event, render: dict[str, Any]) -> list[Frame]:
-        """The SSE events for one canonical event. Must be deterministic: resume re-renders."""
-        ...
+    def renderer(self, render: dict[str, Any]) -> Renderer: ...
 
     def response(self, record: JobRecord, transcript: Transcript) -> dict[str, Any]:
         """The non-streaming response body assembled from a transcript."""
@@ -34,8 +48,25 @@ class WireFormat(Protocol):
     def error_body(self, error: SpoolError) -> dict[str, Any]: ...
 
 
-def registry() -> dict[str, WireFormat]:
-    from api.formats.openai_chat import OpenAIChatFormat
+PING = b": ping\n\n"
 
-    formats: list[WireFormat] = [OpenAIChatFormat()]
+
+def entry_ms(entry_id: str) -> int:
+    return int(entry_id.partition("-")[0])
+
+
+def registry() -> dict[str, WireFormat]:
+    from api.formats.anthropic import AnthropicFormat
+    from api.formats.gemini import GeminiFormat
+    from api.formats.openai_chat import OpenAIChatFormat
+    from api.formats.openai_completions import OpenAICompletionsFormat
+    from api.formats.simple import SimpleFormat
+
+    formats: list[WireFormat] = [
+        OpenAIChatFormat(),
+        OpenAICompletionsFormat(),
+        AnthropicFormat(),
+        GeminiFormat(),
+        SimpleFormat(),
+    ]
     return {f.surface: f for f in formats}

@@ -6,7 +6,7 @@ from typing import Any
 
 import orjson
 
-from api.formats import Frame
+from api.formats import PING, Frame
 from shared import events as ev
 from shared.errors import SpoolError
 from shared.store import JobRecord
@@ -30,6 +30,12 @@ def usage_object(usage: ev.Usage | None) -> dict[str, int]:
 
 class OpenAIChatFormat:
     surface = "openai.chat"
+    stateful = False
+    sse_ids = True
+    keepalive = PING
+
+    def renderer(self, render: dict[str, Any]) -> _ChatRenderer:
+        return _ChatRenderer(self, render)
 
     def _chunk(self, render: dict[str, Any], choices: list[dict[str, Any]]) -> dict[str, Any]:
         chunk: dict[str, Any] = {
@@ -86,7 +92,8 @@ class OpenAIChatFormat:
 
     def response(self, record: JobRecord, transcript: Transcript) -> dict[str, Any]:
         render = record.render
-        message: dict[str, Any] = {"role": "assistant", "content": transcript.content}
+        content = transcript.content or (None if transcript.tool_calls else "")
+        message: dict[str, Any] = {"role": "assistant", "content": content}
         if transcript.reasoning:
             message["reasoning_content"] = transcript.reasoning_content
         if transcript.tool_calls:
@@ -117,6 +124,15 @@ class OpenAIChatFormat:
 
     def error_body(self, error: SpoolError) -> dict[str, Any]:
         return {"error": {"message": error.message, "type": error.type, "code": error.code}}
+
+
+class _ChatRenderer:
+    def __init__(self, fmt: OpenAIChatFormat, render: dict[str, Any]) -> None:
+        self.fmt = fmt
+        self.render = render
+
+    def frames(self, entry_id: str, event: ev.Event) -> list[Frame]:
+        return self.fmt.frames(event, self.render)
 
 
 def _error_type(code: str) -> str:

@@ -12,10 +12,11 @@ from starlette.responses import Response
 from api.deps import CancelOnDisconnectDep, ServicesDep
 from api.generation import new_stream_id, respond, start_generation
 from shared.errors import InvalidRequest
-from shared.request import MAX_JSON_DEPTH, GenerationRequest, Message, json_depth
+from shared.request import MAX_JSON_DEPTH, GenerationRequest, Message, Tool, ToolCall, json_depth
 
 router = APIRouter(tags=["openai"])
 SURFACE = "openai.chat"
+MAX_TOOLS = 128
 
 
 class _Strict(BaseModel):
@@ -28,12 +29,39 @@ class ContentPart(_Strict):
     text: str | None = None
 
 
+class FunctionCall(_Strict):
+    name: str
+    arguments: str = "{}"
+
+
+class ToolCallIn(_Strict):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(_Strict):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
     name: str | None = None
     tool_call_id: str | None = None
-    tool_calls: list[dict[str, Any]] | None = None
+    tool_calls: list[ToolCallIn] | None = None
+
+
+class FunctionDefinition(_Strict):
+    name: str = Field(min_length=1, max_length=128)
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+
+
+class ToolDefinition(_Strict):
+    type: Literal["function"] = "function"
+    function: FunctionDefinition
+
+
+class NamedToolChoice(_Strict):
+    type: Literal["function"] = "function"
+    function: dict[str, str]
 
 
 class StreamOptions(_Strict):
@@ -53,9 +81,12 @@ class ChatCompletionRequest(_Strict):
     stop: str | list[str] | None = None
     seed: int | None = Field(default=None, ge=-(2**63), lt=2**63)
     user: str | None = None
+    tools: list[ToolDefinition] | None = None
+    tool_choice: Literal["auto", "none", "required"] | NamedToolChoice | None = None
+    reasoning_effort: Literal["minimal", "low", "medium", "high"] | None = None
 
 
-def _text(content: str | list[ContentPart] | None) -> str:
+def message_text(content: str | list[ContentPart] | None) -> str:
     if content is None or isinstance(content, str):
         return content or ""
     texts = []
@@ -66,34 +97,69 @@ def _text(content: str | list[ContentPart] | None) -> str:
     return "".join(texts)
 
 
+def stop_list(stop: str | list[str] | None) -> list[str]:
+    stops = [stop] if isinstance(stop, str) else list(stop or [])
+    if len(stops) > 4:
+        raise InvalidRequest("at most 4 stop sequences are allowed")
+    return stops
+
+
+def _message(m: ChatMessage) -> Message:
+    calls = None
+    if m.tool_calls:
+        calls = [
+            ToolCall(id=c.id, name=c.function.name, arguments=c.function.arguments)
+            for c in m.tool_calls
+        ]
+    return Message(
+        role="system" if m.role == "developer" else m.role,
+        content=message_text(m.content),
+        name=m.name,
+        tool_call_id=m.tool_call_id,
+        tool_calls=calls,
+    )
+
+
+def _tools(body: ChatCompletionRequest) -> list[Tool]:
+    tools = body.tools or []
+    if len(tools) > MAX_TOOLS:
+        raise InvalidRequest(f"at most {MAX_TOOLS} tools are allowed")
+    for t in tools:
+        if t.function.parameters and json_depth(t.function.parameters) > MAX_JSON_DEPTH:
+            raise InvalidRequest(f"tool parameters are nested deeper than {MAX_JSON_DEPTH} levels")
+    return [
+        Tool(
+            name=t.function.name,
+            description=t.function.description,
+            **({"parameters": t.function.parameters} if t.function.parameters else {}),
+        )
+        for t in tools
+    ]
+
+
 def to_canonical(body: ChatCompletionRequest) -> GenerationRequest:
     if body.n != 1:
         raise InvalidRequest("only n=1 is supported")
-    stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
-    if len(stop) > 4:
-        raise InvalidRequest("at most 4 stop sequences are allowed")
-    for m in body.messages:
-        if m.tool_calls is not None and json_depth(m.tool_calls) > MAX_JSON_DEPTH:
-            raise InvalidRequest(f"tool_calls are nested deeper than {MAX_JSON_DEPTH} levels")
-    messages = [
-        Message(
-            role="system" if m.role == "developer" else m.role,
-            content=_text(m.content),
-            name=m.name,
-            tool_call_id=m.tool_call_id,
-            tool_calls=m.tool_calls,
-        )
-        for m in body.messages
-    ]
+    choice = body.tool_choice
+    if isinstance(choice, NamedToolChoice):
+        name = choice.function.get("name")
+        if not name:
+            raise InvalidRequest("tool_choice.function.name is required")
+        choice_name: str | None = name
+    else:
+        choice_name = choice
     return GenerationRequest(
         model=body.model,
-        messages=messages,
+        messages=[_message(m) for m in body.messages],
         max_tokens=body.max_completion_tokens or body.max_tokens,
         temperature=body.temperature,
         top_p=body.top_p,
-        stop=stop,
+        stop=stop_list(body.stop),
         seed=body.seed,
         user=body.user,
+        tools=_tools(body),
+        tool_choice=choice_name,
+        reasoning=body.reasoning_effort is not None and body.reasoning_effort != "minimal",
     )
 
 

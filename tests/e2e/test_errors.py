@@ -213,7 +213,7 @@ async def test_values_that_cannot_be_stored_are_rejected(cluster: Cluster) -> No
         (
             {
                 **chat_body(),
-                "messages": [{"role": "assistant", "content": "", "tool_calls": [deep]}],
+                "tools": [{"type": "function", "function": {"name": "f", "parameters": deep}}],
             },
             400,
         ),

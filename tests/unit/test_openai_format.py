@@ -367,7 +367,7 @@ def test_response_with_reasoning_and_tool_calls() -> None:
     message = body["choices"][0]["message"]
     assert message == {
         "role": "assistant",
-        "content": "",
+        "content": None,  # OpenAI sends null when the message is only tool calls
         "reasoning_content": "I should call tools.",
         "tool_calls": [
             {

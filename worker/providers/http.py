@@ -72,7 +72,12 @@ async def stream_events(
     timeout = httpx.Timeout(
         entry.idle_timeout_s, connect=entry.connect_timeout_s, read=entry.idle_timeout_s
     )
-    headers = {"Accept": "text/event-stream", **headers, **entry.extra_headers}
+    headers = {
+        "Accept": "text/event-stream",
+        "Content-Type": "application/json",
+        **headers,
+        **entry.extra_headers,
+    }
     try:
         async with client.stream(
             "POST", url, content=orjson.dumps(body), headers=headers, params=params, timeout=timeout

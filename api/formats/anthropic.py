@@ -1,0 +1,196 @@
+"""Anthropic Messages: named SSE events `message_start`, `ping`, `content_block_start`,
+`content_block_delta` (`text_delta`, `thinking_delta`, `signature_delta`,
+`input_json_delta`), `content_block_stop`, `message_delta`, `message_stop`, and `error`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from api.formats import PING, Frame
+from shared import events as ev
+from shared.errors import SpoolError
+from shared.store import JobRecord
+from shared.transcript import Transcript
+
+STOP_REASONS: dict[str, str] = {
+    "stop": "end_turn",
+    "length": "max_tokens",
+    "tool_calls": "tool_use",
+    "content_filter": "refusal",
+    "cancelled": "cancelled",
+}
+ERROR_TYPES: dict[int, str] = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "billing_error",
+    403: "permission_error",
+    404: "not_found_error",
+    409: "invalid_request_error",
+    410: "invalid_request_error",
+    413: "request_too_large",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+    529: "overloaded_error",
+}
+
+
+def error_type(status: int) -> str:
+    return ERROR_TYPES.get(status, "api_error")
+
+
+def _frame(name: str, value: dict[str, Any]) -> Frame:
+    return Frame(orjson.dumps({"type": name, **value}).decode(), event=name)
+
+
+def _tool_input(arguments: str) -> Any:
+    try:
+        parsed = orjson.loads(arguments or "{}")
+    except orjson.JSONDecodeError:
+        return {}
+    return parsed if isinstance(parsed, dict) else {}
+
+
+def usage_object(transcript_usage: ev.Usage | None) -> dict[str, int]:
+    usage = transcript_usage or ev.Usage()
+    return {"input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens}
+
+
+class AnthropicFormat:
+    surface = "anthropic.messages"
+    stateful = True  # content blocks are numbered and opened/closed as the stream goes
+    sse_ids = True
+    keepalive = PING
+
+    def renderer(self, render: dict[str, Any]) -> _MessagesRenderer:
+        return _MessagesRenderer(render)
+
+    def response(self, record: JobRecord, transcript: Transcript) -> dict[str, Any]:
+        content: list[dict[str, Any]] = []
+        if transcript.reasoning:
+            content.append(
+                {
+                    "type": "thinking",
+                    "thinking": transcript.reasoning_content,
+                    "signature": transcript.reasoning_signature or "",
+                }
+            )
+        if transcript.text:
+            content.append({"type": "text", "text": transcript.content})
+        for call in sorted(transcript.tool_calls.values(), key=lambda c: c.index):
+            content.append(
+                {
+                    "type": "tool_use",
+                    "id": call.id,
+                    "name": call.name,
+                    "input": _tool_input(call.arguments),
+                }
+            )
+        reason = transcript.finish_reason
+        return {
+            "id": record.render["id"],
+            "type": "message",
+            "role": "assistant",
+            "model": record.render["model"],
+            "content": content,
+            "stop_reason": STOP_REASONS.get(reason) if reason else None,
+            "stop_sequence": None,
+            "usage": usage_object(transcript.usage),
+        }
+
+    def error_body(self, error: SpoolError) -> dict[str, Any]:
+        return {
+            "type": "error",
+            "error": {"type": error_type(error.status_code), "message": error.message},
+        }
+
+
+class _MessagesRenderer:
+    def __init__(self, render: dict[str, Any]) -> None:
+        self.render = render
+        self.started = False
+        self.next_index = 0
+        self.open: tuple[str, int] | None = None  # (block kind, tool call index or -1)
+
+    def _start(self) -> list[Frame]:
+        if self.started:
+            return []
+        self.started = True
+        message = {
+            "id": self.render["id"],
+            "type": "message",
+            "role": "assistant",
+            "model": self.render["model"],
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": {"input_tokens": 0, "output_tokens": 0},
+        }
+        return [_frame("message_start", {"message": message}), _frame("ping", {})]
+
+    def _close(self) -> list[Frame]:
+        if self.open is None:
+            return []
+        self.open = None
+        return [_frame("content_block_stop", {"index": self.next_index - 1})]
+
+    def _block(self, kind: str, key: int, content_block: dict[str, Any]) -> list[Frame]:
+        if self.open == (kind, key):
+            return []
+        out = self._close()
+        out.append(
+            _frame(
+                "content_block_start", {"index": self.next_index, "content_block": content_block}
+            )
+        )
+        self.open = (kind, key)
+        self.next_index += 1
+        return out
+
+    def _delta(self, delta: dict[str, Any]) -> Frame:
+        return _frame("content_block_delta", {"index": self.next_index - 1, "delta": delta})
+
+    def frames(self, entry_id: str, event: ev.Event) -> list[Frame]:
+        if isinstance(event, ev.Error):
+            status = event.status or 500
+            error = {"type": error_type(status), "message": event.message}
+            return [_frame("error", {"error": error})]
+        out = self._start()
+        match event:
+            case ev.TextDelta():
+                out += self._block("text", -1, {"type": "text", "text": ""})
+                out.append(self._delta({"type": "text_delta", "text": event.text}))
+            case ev.ReasoningDelta():
+                thinking = {"type": "thinking", "thinking": "", "signature": ""}
+                out += self._block("thinking", -1, thinking)
+                if event.text:
+                    out.append(self._delta({"type": "thinking_delta", "thinking": event.text}))
+                if event.signature:
+                    out.append(
+                        self._delta({"type": "signature_delta", "signature": event.signature})
+                    )
+            case ev.ToolCallDelta():
+                tool_use: dict[str, Any] = {
+                    "type": "tool_use",
+                    "id": event.id or f"toolu_{event.index}",
+                    "name": event.name or "",
+                    "input": {},
+                }
+                out += self._block("tool_use", event.index, tool_use)
+                if event.arguments:
+                    out.append(
+                        self._delta({"type": "input_json_delta", "partial_json": event.arguments})
+                    )
+            case ev.Finish():
+                out += self._close()
+                delta = {
+                    "stop_reason": STOP_REASONS.get(event.reason, event.reason),
+                    "stop_sequence": None,
+                }
+                out.append(
+                    _frame("message_delta", {"delta": delta, "usage": usage_object(event.usage)})
+                )
+                out.append(_frame("message_stop", {}))
+        return out

@@ -1,0 +1,153 @@
+"""Gemini `streamGenerateContent?alt=sse`: one `GenerateContentResponse` per `data:` event,
+`finishReason` and `usageMetadata` on the last one, no `[DONE]`. Function calls go out
+whole (Gemini never streams them in fragments), so their fragments are held until the
+call is complete."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from api.formats import Frame
+from shared import events as ev
+from shared.errors import SpoolError
+from shared.store import JobRecord
+from shared.transcript import ToolCall, Transcript
+
+FINISH_REASONS: dict[str, str] = {
+    "stop": "STOP",
+    "tool_calls": "STOP",
+    "length": "MAX_TOKENS",
+    "content_filter": "SAFETY",
+    "cancelled": "OTHER",
+}
+STATUSES: dict[int, str] = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    402: "RESOURCE_EXHAUSTED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    409: "ABORTED",
+    410: "NOT_FOUND",
+    413: "INVALID_ARGUMENT",
+    422: "INVALID_ARGUMENT",
+    429: "RESOURCE_EXHAUSTED",
+    499: "CANCELLED",
+    500: "INTERNAL",
+    502: "UNAVAILABLE",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+
+
+def _args(arguments: str) -> dict[str, Any]:
+    try:
+        parsed = orjson.loads(arguments or "{}")
+    except orjson.JSONDecodeError:
+        return {}
+    return parsed if isinstance(parsed, dict) else {}
+
+
+def function_call_part(call: ToolCall) -> dict[str, Any]:
+    return {"functionCall": {"id": call.id, "name": call.name, "args": _args(call.arguments)}}
+
+
+def usage_metadata(usage: ev.Usage | None) -> dict[str, int]:
+    usage = usage or ev.Usage()
+    return {
+        "promptTokenCount": usage.input_tokens,
+        "candidatesTokenCount": usage.output_tokens,
+        "totalTokenCount": usage.total_tokens,
+    }
+
+
+def error_object(status: int, message: str) -> dict[str, Any]:
+    return {
+        "error": {"code": status, "message": message, "status": STATUSES.get(status, "UNKNOWN")}
+    }
+
+
+class GeminiFormat:
+    """The official google-genai SDK reads any line other than `data:` or a blank line as
+    raw JSON, so this surface sends neither `id:` lines nor comments: each event's resume
+    id travels in `responseId` (the SDK's `response_id`), and keep-alives are blank lines,
+    which every SSE client ignores and proxies still count as traffic."""
+
+    surface = "gemini"
+    stateful = True  # function call fragments are held until the call is whole
+    sse_ids = False
+    keepalive = b"\n"
+
+    def renderer(self, render: dict[str, Any]) -> _GeminiRenderer:
+        return _GeminiRenderer(render)
+
+    def response(self, record: JobRecord, transcript: Transcript) -> dict[str, Any]:
+        parts: list[dict[str, Any]] = []
+        if transcript.reasoning:
+            parts.append({"text": transcript.reasoning_content, "thought": True})
+        if transcript.text:
+            parts.append({"text": transcript.content})
+        parts += [
+            function_call_part(c)
+            for c in sorted(transcript.tool_calls.values(), key=lambda c: c.index)
+        ]
+        candidate: dict[str, Any] = {"content": {"role": "model", "parts": parts}, "index": 0}
+        if transcript.finish_reason:
+            candidate["finishReason"] = FINISH_REASONS[transcript.finish_reason]
+        return {
+            "candidates": [candidate],
+            "usageMetadata": usage_metadata(transcript.usage),
+            "modelVersion": record.render["model"],
+            "responseId": record.render["id"],
+        }
+
+    def error_body(self, error: SpoolError) -> dict[str, Any]:
+        return error_object(error.status_code, error.message)
+
+
+class _GeminiRenderer:
+    def __init__(self, render: dict[str, Any]) -> None:
+        self.render = render
+        self.calls: dict[int, ToolCall] = {}
+
+    def _response(self, entry_id: str, parts: list[dict[str, Any]], **candidate: Any) -> Frame:
+        body = {
+            "candidates": [{"content": {"role": "model", "parts": parts}, "index": 0, **candidate}],
+            "modelVersion": self.render["model"],
+            "responseId": entry_id,
+        }
+        return Frame(orjson.dumps(body).decode())
+
+    def _whole_calls(self) -> list[dict[str, Any]]:
+        parts = [function_call_part(self.calls[i]) for i in sorted(self.calls)]
+        self.calls.clear()
+        return parts
+
+    def frames(self, entry_id: str, event: ev.Event) -> list[Frame]:
+        match event:
+            case ev.ToolCallDelta():
+                call = self.calls.setdefault(event.index, ToolCall(index=event.index))
+                call.id = event.id or call.id
+                call.name = event.name or call.name
+                call.arguments += event.arguments
+                return []
+            case ev.TextDelta():
+                return [self._response(entry_id, [*self._whole_calls(), {"text": event.text}])]
+            case ev.ReasoningDelta() if event.text:
+                return [
+                    self._response(
+                        entry_id, [*self._whole_calls(), {"text": event.text, "thought": True}]
+                    )
+                ]
+            case ev.Finish():
+                parts = self._whole_calls() or [{"text": ""}]
+                frame = self._response(entry_id, parts, finishReason=FINISH_REASONS[event.reason])
+                body = orjson.loads(frame.data)
+                body["usageMetadata"] = usage_metadata(event.usage)
+                return [Frame(orjson.dumps(body).decode())]
+            case ev.Error():
+                status = event.status or (504 if "timeout" in event.code else 502)
+                return [Frame(orjson.dumps(error_object(status, event.message)).decode())]
+            case _:
+                return []

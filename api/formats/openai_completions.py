@@ -1,0 +1,87 @@
+"""OpenAI Completions (legacy): `text_completion` chunks with `choices[].text`, then
+`data: [DONE]`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from api.formats import PING, Frame
+from api.formats.openai_chat import DONE, OpenAIChatFormat, usage_object
+from shared import events as ev
+from shared.errors import SpoolError
+from shared.store import JobRecord
+from shared.transcript import Transcript
+
+
+def _json(value: dict[str, Any]) -> str:
+    return orjson.dumps(value).decode()
+
+
+class OpenAICompletionsFormat:
+    surface = "openai.completions"
+    stateful = False
+    sse_ids = True
+    keepalive = PING
+
+    def renderer(self, render: dict[str, Any]) -> _CompletionsRenderer:
+        return _CompletionsRenderer(render)
+
+    def response(self, record: JobRecord, transcript: Transcript) -> dict[str, Any]:
+        render = record.render
+        return {
+            "id": render["id"],
+            "object": "text_completion",
+            "created": render["created"],
+            "model": render["model"],
+            "system_fingerprint": None,
+            "choices": [
+                {
+                    "text": transcript.content,
+                    "index": 0,
+                    "logprobs": None,
+                    "finish_reason": transcript.finish_reason,
+                }
+            ],
+            "usage": usage_object(transcript.usage),
+        }
+
+    def error_body(self, error: SpoolError) -> dict[str, Any]:
+        return OpenAIChatFormat().error_body(error)
+
+
+class _CompletionsRenderer:
+    def __init__(self, render: dict[str, Any]) -> None:
+        self.render = render
+
+    def _chunk(self, text: str, finish: str | None) -> Frame:
+        choice = {"text": text, "index": 0, "logprobs": None, "finish_reason": finish}
+        return Frame(_json({**self._base(), "choices": [choice]}))
+
+    def _base(self) -> dict[str, Any]:
+        base = {
+            "id": self.render["id"],
+            "object": "text_completion",
+            "created": self.render["created"],
+            "model": self.render["model"],
+            "system_fingerprint": None,
+        }
+        if self.render.get("include_usage"):
+            base["usage"] = None
+        return base
+
+    def frames(self, entry_id: str, event: ev.Event) -> list[Frame]:
+        match event:
+            case ev.TextDelta():
+                return [self._chunk(event.text, None)]
+            case ev.Finish():
+                out = [self._chunk("", event.reason)]
+                if self.render.get("include_usage"):
+                    usage = {**self._base(), "choices": [], "usage": usage_object(event.usage)}
+                    out.append(Frame(_json(usage)))
+                return [*out, DONE]
+            case ev.Error():
+                return OpenAIChatFormat().renderer(self.render).frames(entry_id, event)
+            case _:
+                return []

@@ -1,0 +1,139 @@
+"""The simple token API (`POST /api/chat`): one JSON object per `data:` event.
+
+- token: `{"token", "done": false, "model", "timestamp"}`
+- tool call: `{"tool_name", "tool_input", "tool_result": null, "token": "", "done": false}`
+- completion: `{"done": true, "total_tokens", "finish_reason", "response_time"}`
+- error: `{"error", "error_code", "done": true, "retry_after"}`
+
+Timestamps come from the events' Redis ids, so a resumed stream renders identically.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from api.formats import PING, Frame, entry_ms
+from shared import events as ev
+from shared.errors import SpoolError
+from shared.store import JobRecord
+from shared.transcript import Transcript
+
+
+def _frame(value: dict[str, Any]) -> Frame:
+    return Frame(orjson.dumps(value).decode())
+
+
+def _tool_input(arguments: str) -> Any:
+    try:
+        return orjson.loads(arguments or "{}")
+    except orjson.JSONDecodeError:
+        return arguments
+
+
+class SimpleFormat:
+    surface = "simple"
+    stateful = True  # tool calls are sent whole, once their arguments are complete
+    sse_ids = True
+    keepalive = PING
+
+    def renderer(self, render: dict[str, Any]) -> _SimpleRenderer:
+        return _SimpleRenderer(render)
+
+    def response(self, record: JobRecord, transcript: Transcript) -> dict[str, Any]:
+        usage = transcript.usage
+        finished = record.finished_at or record.created_at
+        return {
+            "response": transcript.content,
+            "model": record.render["model"],
+            "done": record.status.terminal,
+            "tool_calls": [
+                {"tool_name": c.name, "tool_input": _tool_input(c.final_arguments())}
+                for c in sorted(transcript.tool_calls.values(), key=lambda c: c.index)
+            ],
+            "total_tokens": usage.total_tokens if usage else 0,
+            "finish_reason": transcript.finish_reason,
+            "response_time": round(max(0.0, finished - record.render["created_at"]), 3),
+        }
+
+    def error_body(self, error: SpoolError) -> dict[str, Any]:
+        retry_after = getattr(error, "retry_after", None)
+        return {
+            "error": error.message,
+            "error_code": error.code,
+            "done": True,
+            "retry_after": retry_after,
+        }
+
+
+class _SimpleRenderer:
+    def __init__(self, render: dict[str, Any]) -> None:
+        self.render = render
+        self.calls: dict[int, dict[str, str]] = {}
+        self.sent: set[int] = set()
+
+    def _flush_calls(self) -> list[Frame]:
+        out = []
+        for index in sorted(self.calls):
+            if index in self.sent:
+                continue
+            call = self.calls[index]
+            self.sent.add(index)
+            out.append(
+                _frame(
+                    {
+                        "tool_name": call["name"],
+                        "tool_input": _tool_input(call["arguments"]),
+                        "tool_result": None,
+                        "token": "",
+                        "done": False,
+                    }
+                )
+            )
+        return out
+
+    def frames(self, entry_id: str, event: ev.Event) -> list[Frame]:
+        if isinstance(event, ev.ToolCallDelta):
+            call = self.calls.setdefault(event.index, {"name": "", "arguments": ""})
+            call["name"] = event.name or call["name"]
+            call["arguments"] += event.arguments
+            return []
+        out = self._flush_calls()
+        at = entry_ms(entry_id) / 1000
+        match event:
+            case ev.TextDelta():
+                out.append(
+                    _frame(
+                        {
+                            "token": event.text,
+                            "done": False,
+                            "model": self.render["model"],
+                            "timestamp": at,
+                        }
+                    )
+                )
+            case ev.Finish():
+                usage = event.usage
+                out.append(
+                    _frame(
+                        {
+                            "done": True,
+                            "total_tokens": usage.total_tokens if usage else 0,
+                            "finish_reason": event.reason,
+                            "response_time": round(max(0.0, at - self.render["created_at"]), 3),
+                        }
+                    )
+                )
+            case ev.Error():
+                out.append(
+                    _frame(
+                        {
+                            "error": event.message,
+                            "error_code": event.code,
+                            "done": True,
+                            "retry_after": event.retry_after,
+                        }
+                    )
+                )
+        return out

@@ -1,0 +1,45 @@
+"""The simple token API: `POST /api/chat` with `{message, model, stream}`."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+from fastapi import APIRouter, Body
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.responses import Response
+
+from api.deps import CancelOnDisconnectDep, ServicesDep
+from api.generation import new_stream_id, respond, start_generation
+from shared.request import GenerationRequest, Message
+
+router = APIRouter(tags=["simple"])
+SURFACE = "simple"
+
+
+class SimpleChatRequest(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+    message: str = Field(min_length=1)
+    model: str = Field(default="demo", min_length=1, max_length=256)
+    stream: bool = True
+    system: str | None = None
+    max_tokens: int | None = Field(default=None, ge=1, le=10_000_000)
+
+
+@router.post("/api/chat")
+async def simple_chat(
+    body: Annotated[SimpleChatRequest, Body()],
+    services: ServicesDep,
+    cancel_on_disconnect: CancelOnDisconnectDep,
+) -> Response:
+    messages = [Message(role="system", content=body.system)] if body.system else []
+    messages.append(Message(role="user", content=body.message))
+    request = GenerationRequest(model=body.model, messages=messages, max_tokens=body.max_tokens)
+    stream_id = new_stream_id()
+    render = {"id": stream_id, "model": body.model, "created_at": time.time()}
+    fmt = services.formats[SURFACE]
+    record = await start_generation(services, fmt, request, render, stream_id)
+    return await respond(
+        services, fmt, record, stream=body.stream, cancel_on_disconnect=cancel_on_disconnect
+    )
