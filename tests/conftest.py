@@ -75,6 +75,22 @@ def cluster_models(upstream: MockUpstream) -> dict[str, object]:
             "instant", "split-utf8", "slow", "midstream-error", "garbage", "no-finish",
             "status-429",
         )},
+        "up-openai-text": mock("instant"),
+        "up-openai-tools": mock("tools"),
+        **{
+            f"up-anthropic-{name}": {
+                "provider": "anthropic", "base_url": upstream.base_url, "model": f"claude-{name}",
+                "api_key_env": "SPOOL_TEST_UPSTREAM_KEY",
+            }
+            for name in ("text", "tools", "thinking", "split")
+        },
+        **{
+            f"up-gemini-{name}": {
+                "provider": "gemini", "base_url": upstream.base_url + "beta",
+                "model": f"gemini-{name}", "api_key_env": "SPOOL_TEST_UPSTREAM_KEY",
+            }
+            for name in ("text", "tools", "thinking", "split")
+        },
     }  # fmt: skip
 
 

@@ -25,6 +25,8 @@ from shared.embedded_redis import free_port
 
 INSTANT_TEXT = ["Hello", " from", " the", " mock", " upstream", "."]
 SPLIT_TEXT = "héllo wörld, 日本語 ✓ café 🎉"
+TOOLS_TEXT = ["Let me", " look."]
+TOOL_CALL = ("get_weather", '{"city": "Paris"}')
 
 
 def sse(data: Any) -> bytes:
@@ -99,6 +101,22 @@ class MockUpstream:
     async def _instant(self, seen: Seen) -> AsyncIterator[bytes]:
         for frame in text_stream(seen.model, INSTANT_TEXT):
             yield frame
+
+    async def _tools(self, seen: Seen) -> AsyncIterator[bytes]:
+        model = seen.model
+        yield sse(chunk(model, {"role": "assistant", "content": ""}))
+        for piece in TOOLS_TEXT:
+            yield sse(chunk(model, {"content": piece}))
+        name, arguments = TOOL_CALL
+        first = {"index": 0, "id": "call_w", "type": "function",
+                 "function": {"name": name, "arguments": ""}}  # fmt: skip
+        yield sse(chunk(model, {"tool_calls": [first]}))
+        for i in range(0, len(arguments), 7):
+            fragment = {"index": 0, "function": {"arguments": arguments[i : i + 7]}}
+            yield sse(chunk(model, {"tool_calls": [fragment]}))
+        yield sse(chunk(model, {}, "tool_calls"))
+        yield sse(usage_chunk(model, 6))
+        yield sse("[DONE]")
 
     async def _split_utf8(self, seen: Seen) -> AsyncIterator[bytes]:
         pieces = [SPLIT_TEXT[i : i + 3] for i in range(0, len(SPLIT_TEXT), 3)]
@@ -183,6 +201,7 @@ class MockUpstream:
             return StreamingResponse(self._instant(seen), media_type="text/event-stream")
         scripts: dict[str, Callable[[Seen], AsyncIterator[bytes]]] = {
             "instant": self._instant,
+            "tools": self._tools,
             "split-utf8": self._split_utf8,
             "slow": self._slow,
             "midstream-error": self._midstream_error,
