@@ -278,7 +278,7 @@ class AnthropicProvider:
         self, request: GenerationRequest, entry: ModelEntry
     ) -> AsyncGenerator[ev.Event, None]:
         url = (entry.base_url or DEFAULT_BASE_URL).rstrip("/") + "/messages"
-        headers = {"anthropic-version": API_VERSION, "content-type": "application/json"}
+        headers = {"anthropic-version": API_VERSION}
         key = entry.api_key()
         if key:
             headers["x-api-key"] = key
