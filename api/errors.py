@@ -29,11 +29,12 @@ from shared.errors import (
 log = logging.getLogger(__name__)
 
 _OPENAI = OpenAIChatFormat()
+_GEMINI = GeminiFormat()
 _BY_PREFIX: tuple[tuple[str, WireFormat], ...] = (
     ("/v1/messages", AnthropicFormat()),
     ("/anthropic/", AnthropicFormat()),
-    ("/v1beta/", GeminiFormat()),
-    ("/gemini/", GeminiFormat()),
+    ("/v1beta/", _GEMINI),
+    ("/gemini/", _GEMINI),
     ("/api/", SimpleFormat()),
 )
 
@@ -57,6 +58,8 @@ def format_for_path(path: str) -> WireFormat:
     for prefix, fmt in _BY_PREFIX:
         if path.startswith(prefix):
             return fmt
+    if path.startswith("/v1/models/") and ":" in path.rsplit("/", 1)[-1]:
+        return _GEMINI  # google-genai's `/v1/models/{model}:{method}`
     return _OPENAI
 
 

@@ -82,14 +82,14 @@ def cluster_models(upstream: MockUpstream) -> dict[str, object]:
                 "provider": "anthropic", "base_url": upstream.base_url, "model": f"claude-{name}",
                 "api_key_env": "SPOOL_TEST_UPSTREAM_KEY",
             }
-            for name in ("text", "tools", "thinking", "split")
+            for name in ("text", "tools", "thinking", "split", "overloaded")
         },
         **{
             f"up-gemini-{name}": {
                 "provider": "gemini", "base_url": upstream.base_url + "beta",
                 "model": f"gemini-{name}", "api_key_env": "SPOOL_TEST_UPSTREAM_KEY",
             }
-            for name in ("text", "tools", "thinking", "split")
+            for name in ("text", "tools", "thinking", "split", "error-midstream")
         },
     }  # fmt: skip
 

@@ -178,3 +178,72 @@ def simple_chat(url: str, model: str, prompt: str) -> Outcome:
             else:
                 out.text += event["token"]
     return out
+
+
+def anthropic_messages_once(url: str, model: str, prompt: str, *, tools: bool = False) -> Outcome:
+    client = anthropic.Anthropic(base_url=url, api_key="spool", max_retries=0)
+    extra: dict[str, Any] = {}
+    if tools:
+        extra["tools"] = [{"name": "get_weather", "input_schema": WEATHER_SCHEMA}]
+    message = client.messages.create(
+        model=model, max_tokens=2048, messages=[{"role": "user", "content": prompt}], **extra
+    )
+    return Outcome(
+        text="".join(b.text for b in message.content if b.type == "text"),
+        tool_calls=[(b.name, dict(b.input)) for b in message.content if b.type == "tool_use"],  # type: ignore[arg-type]
+        finish=ANTHROPIC_FINISH.get(str(message.stop_reason), message.stop_reason),
+        input_tokens=message.usage.input_tokens,
+        output_tokens=message.usage.output_tokens,
+        total_tokens=message.usage.input_tokens + message.usage.output_tokens,
+    )
+
+
+def gemini_generate_once(url: str, model: str, prompt: str, *, tools: bool = False) -> Outcome:
+    config = gtypes.GenerateContentConfig()
+    if tools:
+        weather = gtypes.FunctionDeclaration(
+            name="get_weather", parameters_json_schema=WEATHER_SCHEMA
+        )
+        config.tools = [gtypes.Tool(function_declarations=[weather])]
+    client = gemini_client(url)
+    response = client.models.generate_content(model=model, contents=prompt, config=config)
+    candidate = response.candidates[0]  # type: ignore[index]
+    calls = [(c.name or "", dict(c.args or {})) for c in response.function_calls or []]
+    finish = GEMINI_FINISH.get(candidate.finish_reason.value, "other")  # type: ignore[union-attr]
+    usage = response.usage_metadata
+    assert usage is not None
+    return Outcome(
+        text="".join(
+            p.text or "" for p in candidate.content.parts or [] if p.text and not p.thought
+        ),  # type: ignore[union-attr]
+        tool_calls=calls,
+        finish="tool_calls" if finish == "stop" and calls else finish,
+        input_tokens=usage.prompt_token_count,
+        output_tokens=usage.candidates_token_count,
+        total_tokens=usage.total_token_count,
+    )
+
+
+def openai_chat_once(url: str, model: str, prompt: str, *, tools: bool = False) -> Outcome:
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="spool", max_retries=0)
+    extra: dict[str, Any] = {}
+    if tools:
+        extra["tools"] = [
+            {"type": "function", "function": {"name": "get_weather", "parameters": WEATHER_SCHEMA}}
+        ]
+    completion = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": prompt}], **extra
+    )
+    choice = completion.choices[0]
+    assert completion.usage is not None
+    return Outcome(
+        text=choice.message.content or "",
+        tool_calls=[
+            (c.function.name, json.loads(c.function.arguments))  # type: ignore[union-attr]
+            for c in choice.message.tool_calls or []
+        ],
+        finish=choice.finish_reason,
+        input_tokens=completion.usage.prompt_tokens,
+        output_tokens=completion.usage.completion_tokens,
+        total_tokens=completion.usage.total_tokens,
+    )

@@ -135,3 +135,20 @@ def test_the_demo_model_speaks_every_surface(cluster: Cluster, surface_name: str
     assert outcome.finish == "tool_calls"
     assert [name for name, _ in outcome.tool_calls] == ["get_weather"]
     assert outcome.tool_calls[0][1]["city"] == "weather in Paris"
+
+
+NON_STREAMING: dict[str, Callable[..., Outcome]] = {
+    "openai-chat": surfaces.openai_chat_once,
+    "anthropic": surfaces.anthropic_messages_once,
+    "gemini": surfaces.gemini_generate_once,
+}
+
+
+@pytest.mark.parametrize("upstream_name", sorted(UPSTREAMS))
+@pytest.mark.parametrize("surface_name", sorted(NON_STREAMING))
+def test_non_streaming_by_provider(cluster: Cluster, surface_name: str, upstream_name: str) -> None:
+    """The same answer, assembled server-side into each API's non-streaming shape."""
+    upstream = UPSTREAMS[upstream_name]
+    kwargs = {"tools": True} if upstream.tool_calls else {}
+    outcome = NON_STREAMING[surface_name](cluster.url, upstream.model, "once", **kwargs)
+    check(outcome, upstream)
