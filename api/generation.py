@@ -4,6 +4,7 @@ job record, enqueue the job, then stream the tail or wait for the assembled resu
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from starlette.responses import Response
@@ -91,3 +92,22 @@ async def respond(
         return JSONBody(fmt.error_body(error), status_code=error.status_code, headers=headers)
     body = fmt.response(record, transcript)
     return JSONBody(body, headers={STREAM_ID_HEADER: record.id})
+
+
+async def serve_generation(
+    services: Services,
+    surface: str,
+    request: GenerationRequest,
+    *,
+    render: Callable[[str], dict[str, Any]],
+    stream: bool,
+    cancel_on_disconnect: bool,
+) -> Response:
+    """What every generation route does once it has a canonical request: create the job
+    with the surface's render options (`render(stream_id)`), enqueue it, and answer."""
+    stream_id = new_stream_id()
+    fmt = services.formats[surface]
+    record = await start_generation(services, fmt, request, render(stream_id), stream_id)
+    return await respond(
+        services, fmt, record, stream=stream, cancel_on_disconnect=cancel_on_disconnect
+    )

@@ -7,7 +7,6 @@ Streams are framed as Anthropic frames them: `event: <type>\\ndata: <json>\\n\\n
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -15,7 +14,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from tests.mock_upstream import MockUpstream, Seen
+from tests.mock_upstream import MockUpstream, Seen, trickle
 
 TEXT_PIECES = ["héllo", " wörld", " 日本語", " ✓"]
 TEXT = "".join(TEXT_PIECES)  # "héllo wörld 日本語 ✓"
@@ -206,15 +205,8 @@ async def _whole(frames: list[Frame]) -> AsyncIterator[bytes]:
 
 async def _split(frames: list[Frame]) -> AsyncIterator[bytes]:
     """The same bytes, 1-3 at a time: events and UTF-8 characters split across writes."""
-    raw = b"".join(frame(name, data) for name, data in frames)
-    step = 0
-    while raw:
-        size = 1 + step % 3
-        yield raw[:size]
-        raw = raw[size:]
-        step += 1
-        if step % 16 == 0:
-            await asyncio.sleep(0)
+    async for piece in trickle(b"".join(frame(name, data) for name, data in frames)):
+        yield piece
 
 
 def _error(status: int, kind: str, message: str) -> Response:

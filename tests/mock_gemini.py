@@ -11,7 +11,6 @@ Errors use Gemini's shape: `{"error": {"code", "message", "status"}}`.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -19,7 +18,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from tests.mock_upstream import MockUpstream, Seen
+from tests.mock_upstream import MockUpstream, Seen, trickle
 
 MODEL_VERSION = "gemini-mock-001"
 TEXT_PIECES = ["héllo ", "wörld ", "日本語 ", "✓"]
@@ -131,15 +130,8 @@ def _error(error: dict[str, Any]) -> Response:
 async def _split(frames: list[bytes]) -> AsyncIterator[bytes]:
     """The stream written 1, 2, 3, 1, 2, 3 … bytes per write, splitting every line and
     most multi-byte characters."""
-    raw = b"".join(frames)
-    step = 0
-    while raw:
-        size = 1 + step % 3
-        yield raw[:size]
-        raw = raw[size:]
-        step += 1
-        if step % 7 == 0:
-            await asyncio.sleep(0.001)
+    async for piece in trickle(b"".join(frames)):
+        yield piece
 
 
 async def _frames(frames: list[bytes]) -> AsyncIterator[bytes]:

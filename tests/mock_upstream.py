@@ -29,6 +29,19 @@ TOOLS_TEXT = ["Let me", " look."]
 TOOL_CALL = ("get_weather", '{"city": "Paris"}')
 
 
+async def trickle(raw: bytes) -> AsyncIterator[bytes]:
+    """The same bytes 1, 2, 3, 1, 2, 3 … at a time, with a pause every few writes so they
+    reach the client as separate reads: events and UTF-8 characters split across reads."""
+    step = 0
+    while raw:
+        size = 1 + step % 3
+        yield raw[:size]
+        raw = raw[size:]
+        step += 1
+        if step % 7 == 0:
+            await asyncio.sleep(0.001)
+
+
 def sse(data: Any) -> bytes:
     payload = data if isinstance(data, str) else orjson.dumps(data).decode()
     return f"data: {payload}\n\n".encode()
@@ -122,14 +135,8 @@ class MockUpstream:
         pieces = [SPLIT_TEXT[i : i + 3] for i in range(0, len(SPLIT_TEXT), 3)]
         raw = b"".join(text_stream(seen.model, pieces)).replace(b"\n\n", b"\r\n\r\n", 2)
         raw = b": keep-alive comment\n\n" + raw
-        step = 0
-        while raw:
-            size = 1 + step % 3
-            yield raw[:size]
-            raw = raw[size:]
-            step += 1
-            if step % 7 == 0:
-                await asyncio.sleep(0.001)
+        async for piece in trickle(raw):
+            yield piece
 
     async def _slow(self, seen: Seen) -> AsyncIterator[bytes]:
         try:

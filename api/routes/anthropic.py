@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
 from api.deps import CancelOnDisconnectDep, ServicesDep
-from api.generation import new_stream_id, respond, start_generation
+from api.generation import serve_generation
 from api.routes.openai_chat import MAX_TOOLS
 from shared.errors import InvalidRequest
 from shared.request import MAX_JSON_DEPTH, GenerationRequest, Message, Tool, ToolCall, json_depth
@@ -167,11 +167,11 @@ async def messages(
     services: ServicesDep,
     cancel_on_disconnect: CancelOnDisconnectDep,
 ) -> Response:
-    request = to_canonical(body)
-    stream_id = new_stream_id()
-    render = {"id": f"msg_{stream_id}", "model": body.model}
-    fmt = services.formats[SURFACE]
-    record = await start_generation(services, fmt, request, render, stream_id)
-    return await respond(
-        services, fmt, record, stream=body.stream, cancel_on_disconnect=cancel_on_disconnect
+    return await serve_generation(
+        services,
+        SURFACE,
+        to_canonical(body),
+        render=lambda stream_id: {"id": f"msg_{stream_id}", "model": body.model},
+        stream=body.stream,
+        cancel_on_disconnect=cancel_on_disconnect,
     )

@@ -12,7 +12,7 @@ from pydantic.alias_generators import to_camel
 from starlette.responses import Response
 
 from api.deps import CancelOnDisconnectDep, ServicesDep
-from api.generation import new_stream_id, respond, start_generation
+from api.generation import serve_generation
 from api.routes.openai_chat import MAX_TOOLS
 from shared.errors import InvalidRequest, RouteNotFound
 from shared.request import MAX_JSON_DEPTH, GenerationRequest, Message, Tool, ToolCall, json_depth
@@ -208,11 +208,11 @@ async def generate_content(
     stream = action == "streamGenerateContent"
     if stream and alt != "sse":
         raise InvalidRequest("streamGenerateContent is served as Server-Sent Events: add ?alt=sse")
-    request = to_canonical(model, body)
-    stream_id = new_stream_id()
-    render = {"id": stream_id, "model": model}
-    fmt = services.formats[SURFACE]
-    record = await start_generation(services, fmt, request, render, stream_id)
-    return await respond(
-        services, fmt, record, stream=stream, cancel_on_disconnect=cancel_on_disconnect
+    return await serve_generation(
+        services,
+        SURFACE,
+        to_canonical(model, body),
+        render=lambda stream_id: {"id": stream_id, "model": model},
+        stream=stream,
+        cancel_on_disconnect=cancel_on_disconnect,
     )

@@ -10,7 +10,7 @@ from pydantic import Field
 from starlette.responses import Response
 
 from api.deps import CancelOnDisconnectDep, ServicesDep
-from api.generation import new_stream_id, respond, start_generation
+from api.generation import serve_generation
 from api.routes.openai_chat import StreamOptions, _Strict, stop_list
 from shared.errors import InvalidRequest
 from shared.request import GenerationRequest, Message
@@ -64,17 +64,18 @@ async def completions(
     services: ServicesDep,
     cancel_on_disconnect: CancelOnDisconnectDep,
 ) -> Response:
-    request = to_canonical(body)
-    stream_id = new_stream_id()
     include_usage = bool(body.stream and body.stream_options and body.stream_options.include_usage)
-    render = {
-        "id": f"cmpl-{stream_id}",
-        "created": int(time.time()),
-        "model": body.model,
-        "include_usage": include_usage,
-    }
-    fmt = services.formats[SURFACE]
-    record = await start_generation(services, fmt, request, render, stream_id)
-    return await respond(
-        services, fmt, record, stream=body.stream, cancel_on_disconnect=cancel_on_disconnect
+    created = int(time.time())
+    return await serve_generation(
+        services,
+        SURFACE,
+        to_canonical(body),
+        render=lambda stream_id: {
+            "id": f"cmpl-{stream_id}",
+            "created": created,
+            "model": body.model,
+            "include_usage": include_usage,
+        },
+        stream=body.stream,
+        cancel_on_disconnect=cancel_on_disconnect,
     )

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
 from api.deps import CancelOnDisconnectDep, ServicesDep
-from api.generation import new_stream_id, respond, start_generation
+from api.generation import serve_generation
 from shared.request import GenerationRequest, Message
 
 router = APIRouter(tags=["simple"])
@@ -36,10 +36,12 @@ async def simple_chat(
     messages = [Message(role="system", content=body.system)] if body.system else []
     messages.append(Message(role="user", content=body.message))
     request = GenerationRequest(model=body.model, messages=messages, max_tokens=body.max_tokens)
-    stream_id = new_stream_id()
-    render = {"id": stream_id, "model": body.model, "created_at": time.time()}
-    fmt = services.formats[SURFACE]
-    record = await start_generation(services, fmt, request, render, stream_id)
-    return await respond(
-        services, fmt, record, stream=body.stream, cancel_on_disconnect=cancel_on_disconnect
+    created_at = time.time()
+    return await serve_generation(
+        services,
+        SURFACE,
+        request,
+        render=lambda stream_id: {"id": stream_id, "model": body.model, "created_at": created_at},
+        stream=body.stream,
+        cancel_on_disconnect=cancel_on_disconnect,
     )
