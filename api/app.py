@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from api.deps import Services
-from api.errors import BodySizeLimit, install_error_handlers
+from api.errors import RequestLimits, install_error_handlers
 from api.routes import (
     anthropic,
     gemini,
@@ -18,7 +18,10 @@ from api.routes import (
     openai_completions,
     simple,
     streams,
+    usage,
 )
+from shared.auth import KeyStore
+from shared.limits import Admission
 from shared.queue import ArqJobQueue
 from shared.reaper import Reaper
 from shared.redis import create_redis
@@ -33,7 +36,14 @@ def create_app(settings: Settings) -> FastAPI:
         redis = create_redis(settings)
         store = StreamStore(redis, settings)
         queue = ArqJobQueue(redis)
-        app.state.services = Services(settings=settings, redis=redis, store=store, queue=queue)
+        app.state.services = Services(
+            settings=settings,
+            redis=redis,
+            store=store,
+            queue=queue,
+            keys=KeyStore(redis),
+            admission=Admission(redis, settings),
+        )
         # API replicas reap too, so streams end even when every worker is gone.
         reaper = supervise("reaper", Reaper(store, queue, settings).run_forever)
         try:
@@ -44,7 +54,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     app = FastAPI(title="Spool", version="0.1.0", lifespan=lifespan)
     install_error_handlers(app)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestLimits, settings=settings)
     for router in (
         openai_chat.router,
         openai_completions.router,
@@ -52,6 +62,7 @@ def create_app(settings: Settings) -> FastAPI:
         gemini.router,
         simple.router,
         streams.router,
+        usage.router,
         models.router,
         health.router,
     ):

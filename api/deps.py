@@ -12,6 +12,9 @@ from fastapi import Depends, Header, Request
 from redis.asyncio import Redis
 
 from api.formats import WireFormat, registry
+from shared.auth import ANONYMOUS, ApiKey, KeyStore
+from shared.errors import Unauthenticated
+from shared.limits import Admission
 from shared.queue import JobQueue
 from shared.settings import Settings
 from shared.store import StreamStore
@@ -23,6 +26,8 @@ class Services:
     redis: Redis
     store: StreamStore
     queue: JobQueue
+    keys: KeyStore
+    admission: Admission
     formats: dict[str, WireFormat] = field(default_factory=registry)
     draining: asyncio.Event = field(default_factory=asyncio.Event)
     background: set[asyncio.Task[Any]] = field(default_factory=set)
@@ -65,3 +70,42 @@ def cancel_on_disconnect(
 
 
 CancelOnDisconnectDep = Annotated[bool, Depends(cancel_on_disconnect)]
+
+
+def presented_secret(request: Request) -> str | None:
+    """The key as each API's clients send it: `Authorization: Bearer` (OpenAI, the simple
+    API, the broker routes), `x-api-key` (Anthropic), `x-goog-api-key` or `?key=` (Gemini)."""
+    authorization = request.headers.get("authorization", "")
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    for header in ("x-api-key", "x-goog-api-key"):
+        if request.headers.get(header):
+            return request.headers[header].strip()
+    return request.query_params.get("key") or None
+
+
+async def optional_caller(request: Request, services: ServicesDep) -> ApiKey | None:
+    """The caller's key, None when no credentials came, 401 when they are not valid."""
+    if not services.settings.auth_enabled:
+        return ANONYMOUS
+    secret = presented_secret(request)
+    if secret is None:
+        return None
+    key = await services.keys.lookup(secret)
+    if key is None:
+        raise Unauthenticated("the API key is not valid, or has been revoked")
+    return key
+
+
+async def caller(key: Annotated[ApiKey | None, Depends(optional_caller)]) -> ApiKey:
+    if key is None:
+        raise Unauthenticated(
+            "an API key is required: send it as 'Authorization: Bearer <key>' "
+            "(or 'x-api-key', 'x-goog-api-key', '?key=')"
+        )
+    return key
+
+
+CallerDep = Annotated[ApiKey, Depends(caller)]
+OptionalCallerDep = Annotated[ApiKey | None, Depends(optional_caller)]

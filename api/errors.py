@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -19,12 +20,15 @@ from api.formats.openai_chat import OpenAIChatFormat
 from api.formats.simple import SimpleFormat
 from api.responses import JSONBody
 from shared.errors import (
+    HeadersTooLarge,
     InvalidRequest,
     RequestTooLarge,
     RouteNotFound,
     SpoolError,
     StoreUnavailable,
 )
+from shared.request import json_depth
+from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +71,11 @@ def error_response(
     request: Request, error: SpoolError, headers: dict[str, str] | None = None
 ) -> JSONBody:
     body = format_for_path(request.url.path).error_body(error)
+    retry_after = getattr(error, "retry_after", None)
+    if retry_after is not None:
+        headers = {"Retry-After": str(max(1, round(retry_after))), **(headers or {})}
+    if error.status_code == 401:
+        headers = {"WWW-Authenticate": "Bearer", **(headers or {})}
     return JSONBody(body, status_code=error.status_code, headers=headers)
 
 
@@ -117,28 +126,33 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(request, SpoolError())
 
 
-class BodySizeLimit:
-    """Refuses bodies over the limit with 413, whether or not Content-Length is sent.
+class RequestLimits:
+    """Bounds on what a request may carry, checked before any route sees it: header size
+    (431), body size (413, with or without Content-Length) and JSON nesting (400). The
+    body is read here, up to the limit, and handed on whole."""
 
-    A body without Content-Length is read here, up to the limit, and handed on whole: an
-    error raised from inside the app's body parsing would surface as a generic 400.
-    """
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, settings: Settings) -> None:
         self.app = app
-        self.max_bytes = max_bytes
+        self.max_body = settings.max_body_bytes
+        self.max_headers = settings.max_header_bytes
+        self.max_depth = settings.max_json_depth
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        too_large = RequestTooLarge(f"the request body exceeds {self.max_bytes} bytes")
+        header_bytes = sum(len(k) + len(v) for k, v in scope["headers"])
+        if header_bytes > self.max_headers:
+            error: SpoolError = HeadersTooLarge(
+                f"the request headers are {header_bytes} bytes; at most {self.max_headers}"
+            )
+            await self._reject(scope, receive, send, error)
+            return
+        too_large = RequestTooLarge(f"the request body exceeds {self.max_body} bytes")
         length = next((v for k, v in scope["headers"] if k == b"content-length"), None)
-        if length is not None:
-            if length.isascii() and length.isdigit() and int(length) > self.max_bytes:
-                await self._reject(scope, receive, send, too_large)
-                return
-            await self.app(scope, receive, send)
+        declared = int(length) if length and length.isascii() and length.isdigit() else 0
+        if declared > self.max_body:
+            await self._reject(scope, receive, send, too_large)
             return
         parts: list[bytes] = []
         size = 0
@@ -149,22 +163,36 @@ class BodySizeLimit:
                 return
             body = message.get("body", b"")
             size += len(body)
-            if size > self.max_bytes:
+            if size > self.max_body:
                 await self._reject(scope, receive, send, too_large)
                 return
             parts.append(body)
             if not message.get("more_body", False):
                 break
+        whole = b"".join(parts)
+        if whole[:1] in (b"{", b"[") and self._too_deep(whole):
+            error = InvalidRequest(f"the JSON body is nested deeper than {self.max_depth} levels")
+            await self._reject(scope, receive, send, error)
+            return
         replayed = False
 
         async def replay() -> Message:
             nonlocal replayed
             if not replayed:
                 replayed = True
-                return {"type": "http.request", "body": b"".join(parts), "more_body": False}
+                return {"type": "http.request", "body": whole, "more_body": False}
             return await receive()
 
         await self.app(scope, replay, send)
+
+    def _too_deep(self, body: bytes) -> bool:
+        try:
+            parsed = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            # orjson refuses nesting past 1024 levels itself; anything else is left to the
+            # route, which answers malformed JSON in its own words.
+            return "recursion" in str(exc)
+        return json_depth(parsed, self.max_depth) > self.max_depth
 
     async def _reject(self, scope: Scope, receive: Receive, send: Send, error: SpoolError) -> None:
         response = error_response(Request(scope, receive), error)

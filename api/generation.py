@@ -14,7 +14,8 @@ from api.formats import WireFormat
 from api.responses import STREAM_ID_HEADER, EventStream, JSONBody
 from api.tail import Tail, wait_for_transcript
 from shared import events as ev
-from shared.errors import ModelNotFound, SpoolError
+from shared.auth import ApiKey
+from shared.errors import InvalidRequest, ModelNotFound, SpoolError
 from shared.queue import GENERATE
 from shared.request import GenerationRequest
 from shared.settings import ModelEntry, Settings
@@ -39,23 +40,49 @@ def resolve_model(settings: Settings, name: str) -> ModelEntry:
     raise ModelNotFound(f"the model {name!r} does not exist")
 
 
+def check_limits(settings: Settings, request: GenerationRequest) -> None:
+    """Size limits on what the request carries, whichever API it came in through."""
+    if len(request.messages) > settings.max_messages:
+        raise InvalidRequest(f"at most {settings.max_messages} messages are allowed")
+    if len(request.tools) > settings.max_tools:
+        raise InvalidRequest(f"at most {settings.max_tools} tools are allowed")
+    longest = max(len(m.content) for m in request.messages)
+    if longest > settings.max_string_chars:
+        raise InvalidRequest(
+            f"a message is {longest} characters long; at most {settings.max_string_chars} "
+            "are allowed"
+        )
+
+
 async def start_generation(
     services: Services,
     fmt: WireFormat,
     request: GenerationRequest,
     render: dict[str, Any],
     stream_id: str,
+    owner: ApiKey,
 ) -> JobRecord:
     entry = resolve_model(services.settings, request.model)
+    check_limits(services.settings, request)
     payload = {
         "request": request.model_dump(mode="json"),
         # The API resolves the model once, so every worker runs what this replica accepted.
         "entry": entry.model_dump(mode="json"),
     }
-    await services.store.create(
-        stream_id, surface=fmt.surface, model=request.model, request=payload, render=render
-    )
-    await services.queue.enqueue(GENERATE, stream_id, stream_id)
+    await services.admission.admit(owner, stream_id)
+    try:
+        await services.store.create(
+            stream_id,
+            surface=fmt.surface,
+            model=request.model,
+            request=payload,
+            render=render,
+            owner=owner.id,
+        )
+        await services.queue.enqueue(GENERATE, stream_id, stream_id)
+    except BaseException:
+        await services.admission.release(owner, stream_id)
+        raise
     return await services.store.get(stream_id)
 
 
@@ -96,6 +123,7 @@ async def respond(
 
 async def serve_generation(
     services: Services,
+    caller: ApiKey,
     surface: str,
     request: GenerationRequest,
     *,
@@ -107,7 +135,7 @@ async def serve_generation(
     with the surface's render options (`render(stream_id)`), enqueue it, and answer."""
     stream_id = new_stream_id()
     fmt = services.formats[surface]
-    record = await start_generation(services, fmt, request, render(stream_id), stream_id)
+    record = await start_generation(services, fmt, request, render(stream_id), stream_id, caller)
     return await respond(
         services, fmt, record, stream=stream, cancel_on_disconnect=cancel_on_disconnect
     )

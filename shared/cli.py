@@ -15,6 +15,7 @@ from types import FrameType
 
 from shared.embedded_redis import EmbeddedRedis
 from shared.errors import SpoolError
+from shared.redact import RedactQueryFilter
 from shared.settings import Settings, load_settings
 
 log = logging.getLogger("spool")
@@ -61,6 +62,7 @@ def cmd_api(settings: Settings) -> int:
         log_level=settings.log_level.lower(),
         timeout_graceful_shutdown=5,
     )
+    logging.getLogger("uvicorn.access").addFilter(RedactQueryFilter())
     DrainingServer(config).run()
     return 0
 
@@ -70,6 +72,77 @@ def cmd_worker(settings: Settings) -> int:
 
     run_worker(settings)
     return 0
+
+
+def _redis_url(settings: Settings) -> str:
+    """REDIS_URL, or the embedded Redis a running `spool dev` wrote down."""
+    if settings.redis_url:
+        return settings.redis_url
+    noted = settings.data_dir / "redis" / "url"
+    if noted.exists():
+        return noted.read_text().strip()
+    raise SpoolError("no Redis to talk to: set REDIS_URL, or start `spool dev` first")
+
+
+async def _keys_command(settings: Settings, args: argparse.Namespace) -> int:
+    from shared.auth import KeyStore
+    from shared.redis import create_redis
+
+    redis = create_redis(settings, url=_redis_url(settings))
+    store = KeyStore(redis)
+    try:
+        if args.action == "create":
+            secret, key = await store.create(
+                args.name,
+                rpm=args.rpm,
+                concurrency=args.concurrency,
+                budget_tokens=args.budget_tokens,
+            )
+            print(f"created {key.id} ({key.name}); the key is shown only once:")
+            print(secret)
+        elif args.action == "list":
+            for key in await store.list():
+                limits = ", ".join(
+                    f"{name}={getattr(key, name)}"
+                    for name in ("rpm", "concurrency", "budget_tokens")
+                    if getattr(key, name) is not None
+                )
+                state = "revoked" if key.revoked else "active"
+                print(f"{key.id}  {key.name}  {state}  {limits or 'no limits'}")
+        elif not await store.revoke(args.key_id):
+            print(f"spool: no key {args.key_id}", file=sys.stderr)
+            return 1
+        else:
+            print(f"revoked {args.key_id}")
+        return 0
+    finally:
+        await redis.aclose()
+
+
+def cmd_keys(settings: Settings, args: argparse.Namespace) -> int:
+    import asyncio
+
+    return asyncio.run(_keys_command(settings, args))
+
+
+async def _dev_key(settings: Settings, redis_url: str) -> str:
+    """The local key `spool dev` prints: reused across restarts while Redis keeps it."""
+    from shared.auth import KeyStore
+    from shared.redis import create_redis
+
+    path = settings.data_dir / "dev-key"
+    redis = create_redis(settings, url=redis_url)
+    try:
+        store = KeyStore(redis)
+        if path.exists() and await store.lookup(path.read_text().strip()):
+            return path.read_text().strip()
+        secret, _ = await store.create("spool-dev")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(secret + "\n")
+        path.chmod(0o600)
+        return secret
+    finally:
+        await redis.aclose()
 
 
 def cmd_dev(settings: Settings) -> int:
@@ -82,9 +155,15 @@ def cmd_dev(settings: Settings) -> int:
     if not settings.redis_url:
         redis = EmbeddedRedis(settings.data_dir / "redis")
         env["REDIS_URL"] = redis.start()
+        (redis.data_dir / "url").write_text(redis.url + "\n")
         log.info("embedded redis-server at %s (data in %s)", redis.url, redis.data_dir)
     else:
         env["REDIS_URL"] = settings.redis_url
+    dev_key = None
+    if settings.auth_enabled:
+        import asyncio
+
+        dev_key = asyncio.run(_dev_key(settings, env["REDIS_URL"]))
     base = [sys.executable, "-m", "shared.cli"]
     children: list[subprocess.Popen[bytes]] = []
     stopping = False
@@ -106,6 +185,8 @@ def cmd_dev(settings: Settings) -> int:
             f"Spool is serving on http://{settings.host}:{settings.port}  (Ctrl-C stops it)",
             flush=True,
         )
+        if dev_key:
+            print(f"Your local API key:  export SPOOL_API_KEY={dev_key}", flush=True)
         while not stopping and all(c.poll() is None for c in children):
             time.sleep(0.2)
         return 0 if stopping else 1
@@ -127,6 +208,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="spool", description=__doc__)
     parser.add_argument("--config", help="YAML settings file (or SPOOL_CONFIG)")
     sub = parser.add_subparsers(dest="command", required=True)
+    keys_cmd = sub.add_parser("keys", help="create, list and revoke API keys")
+    keys_sub = keys_cmd.add_subparsers(dest="action", required=True)
+    create = keys_sub.add_parser("create", help="create a key (shown once)")
+    create.add_argument("--name", required=True)
+    create.add_argument("--rpm", type=int, help="requests per minute")
+    create.add_argument("--concurrency", type=int, help="open generations at once")
+    create.add_argument("--budget-tokens", type=int, help="total tokens the key may use")
+    keys_sub.add_parser("list", help="list keys (never their secrets)")
+    revoke = keys_sub.add_parser("revoke", help="revoke a key by its id")
+    revoke.add_argument("key_id")
     for name, help_text in (
         ("dev", "embedded Redis, API and worker in one command"),
         ("api", "serve the HTTP API"),
@@ -153,6 +244,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     _setup_logging(settings)
     commands = {"dev": cmd_dev, "api": cmd_api, "worker": cmd_worker}
     try:
+        if args.command == "keys":
+            return cmd_keys(settings, args)
         return commands[args.command](settings)
     except SpoolError as exc:
         print(f"spool: {exc.message}", file=sys.stderr)

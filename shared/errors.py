@@ -79,6 +79,41 @@ class StreamExpired(ResumePointExpired):
     code = "stream_expired"
 
 
+class Unauthenticated(SpoolError):
+    """A valid API key is required."""
+
+    status_code = 401
+    code = "invalid_api_key"
+    type = "authentication_error"
+
+
+class BudgetExhausted(SpoolError):
+    """This key has used its token budget."""
+
+    status_code = 402
+    code = "budget_exhausted"
+    type = "insufficient_quota"
+
+
+class RateLimited(SpoolError):
+    """Too many requests; try again later."""
+
+    status_code = 429
+    code = "rate_limit_exceeded"
+    type = "rate_limit_error"
+
+    def __init__(self, message: str | None = None, *, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class HeadersTooLarge(InvalidRequest):
+    """The request headers are too large."""
+
+    status_code = 431
+    code = "headers_too_large"
+
+
 class StoreUnavailable(SpoolError):
     """Spool's Redis is unreachable; try again shortly."""
 

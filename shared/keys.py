@@ -41,3 +41,40 @@ def stream_key(stream_id: str) -> str:
 def tombstone_key(stream_id: str) -> str:
     """Outlives a finished stream's record so late readers get 410 (expired), not 404."""
     return f"{PREFIX}:{{{stream_id}}}:gone"
+
+
+API_KEYS_INDEX = f"{PREFIX}:apikeys"
+"""Hash: key id → digest of the secret, for listing and revoking."""
+
+GLOBAL_CONCURRENCY_KEY = f"{PREFIX}:concurrency-all"
+"""Sorted set of every open generation (the deployment-wide cap), scored by expiry (ms)."""
+
+
+def api_key_key(digest: str) -> str:
+    """Hash: one API key's record, found by the SHA-256 digest of its secret."""
+    return f"{PREFIX}:apikey:{digest}"
+
+
+CONCURRENCY_PREFIX = f"{PREFIX}:concurrency:"
+USAGE_PREFIX = f"{PREFIX}:usage:"
+
+
+def concurrency_key(key_id: str) -> str:
+    """Sorted set: a key's open generations, scored by when the slot lapses (ms)."""
+    return CONCURRENCY_PREFIX + key_id
+
+
+def rate_key_prefix(key_id: str) -> str:
+    """Counters `<prefix><minute>`: a key's requests in one clock minute (the admission
+    script appends the minute, from Redis' clock)."""
+    return f"{PREFIX}:rate:{key_id}:"
+
+
+def usage_key(key_id: str) -> str:
+    """Hash: a key's token usage, fields `<model>|input`, `<model>|output` and `total`."""
+    return USAGE_PREFIX + key_id
+
+
+def follow_token_key(stream_id: str, digest: str) -> str:
+    """A read-only follow token for one stream, by the digest of the token."""
+    return f"{PREFIX}:{{{stream_id}}}:follow:{digest}"

@@ -88,6 +88,14 @@ class Settings(BaseSettings):
     worker_poll_interval_s: float = Field(default=0.5, gt=0)
     worker_shutdown_grace_s: int = Field(default=30, ge=0)
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    max_header_bytes: int = Field(default=16 * 1024, ge=1024)
+    max_json_depth: int = Field(default=64, ge=4, le=1000)
+    max_messages: int = Field(default=1000, ge=1)
+    max_string_chars: int = Field(default=1_000_000, ge=1)
+    max_tools: int = Field(default=128, ge=0)
+    auth_enabled: bool = True
+    max_concurrent_generations: int | None = Field(default=None, ge=1)
+    upstream_allowlist: str = ""  # hosts or CIDRs that may be private/loopback/link-local
     redis_max_connections: int = Field(default=10_000, ge=10)
 
     @field_validator("redis_url", mode="before")

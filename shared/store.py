@@ -57,6 +57,7 @@ class JobRecord:
     render: dict[str, Any]
     output: dict[str, Any] | None
     cancel_requested: bool
+    owner: str
 
     @classmethod
     def from_hash(cls, stream_id: str, h: dict[bytes, bytes]) -> JobRecord:
@@ -78,6 +79,7 @@ class JobRecord:
             render=opt_json(b"render") or {},
             output=opt_json(b"output"),
             cancel_requested=h.get(b"cancel") == b"1",
+            owner=h.get(b"owner", b"").decode(),
         )
 
 
@@ -129,22 +131,32 @@ class Entry:
 
 
 # Server time in ms; scripts use Redis' clock so leases do not depend on worker clocks.
-_NOW_MS = "local t = redis.call('TIME'); local now = t[1] * 1000 + math.floor(t[2] / 1000)\n"
+NOW_MS = "local t = redis.call('TIME'); local now = t[1] * 1000 + math.floor(t[2] / 1000)\n"
 
 # KEYS: 1 job, 2 events, 3 tombstone, 4 leases index, 5 queued index (see `_keys`).
 
+# Gives back the owner's concurrency slot when a job ends. Key names are built here from
+# the owner on the record (ARGV carries the prefixes from shared/keys.py).
+_RELEASE_SLOT = """
+local function release_slot(id, owner, key_prefix, global_key)
+  if owner then redis.call('ZREM', key_prefix .. owner, id) end
+  redis.call('ZREM', global_key, id)
+end
+"""
+
 _CREATE = (
-    _NOW_MS
+    NOW_MS
     + """
 redis.call('HSET', KEYS[1], 'status', 'queued', 'surface', ARGV[2], 'model', ARGV[3],
-  'created_at', now / 1000, 'queued_at', now, 'request', ARGV[4], 'render', ARGV[5])
+  'created_at', now / 1000, 'queued_at', now, 'request', ARGV[4], 'render', ARGV[5],
+  'owner', ARGV[7])
 redis.call('EXPIRE', KEYS[1], ARGV[6])
 redis.call('ZADD', KEYS[5], now, ARGV[1])
 """
 )
 
 _CLAIM = (
-    _NOW_MS
+    NOW_MS
     + """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then
@@ -189,7 +201,7 @@ return #ARGV - 4
 """
 
 _RENEW = (
-    _NOW_MS
+    NOW_MS
     + """
 if redis.call('HGET', KEYS[1], 'attempt') ~= ARGV[1] then return {0, 0, '0'} end
 local lease = now + tonumber(ARGV[2])
@@ -201,10 +213,21 @@ return {1, now - tonumber(redis.call('HGET', KEYS[1], 'reader_seen') or now),
 )
 
 _FINISH = (
-    _NOW_MS
+    NOW_MS
+    + _RELEASE_SLOT
     + """
 if redis.call('HGET', KEYS[1], 'attempt') ~= ARGV[1] then return false end
 if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 'done' end
+local owner = redis.call('HGET', KEYS[1], 'owner')
+release_slot(ARGV[8], owner, ARGV[9], ARGV[10])
+local input, output = tonumber(ARGV[11]), tonumber(ARGV[12])
+if owner and input + output > 0 then
+  local usage = ARGV[13] .. owner
+  local model = redis.call('HGET', KEYS[1], 'model')
+  redis.call('HINCRBY', usage, model .. '|input', input)
+  redis.call('HINCRBY', usage, model .. '|output', output)
+  redis.call('HINCRBY', usage, 'total', input + output)
+end
 local n = redis.call('HINCRBY', KEYS[1], 'appended', 1)
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'e', ARGV[5], 'n', n)
 redis.call('HSET', KEYS[1], 'status', ARGV[4], 'finished_at', now / 1000, 'output', ARGV[6])
@@ -219,7 +242,7 @@ return 'finished'
 )
 
 _RELEASE = (
-    _NOW_MS
+    NOW_MS
     + """
 if redis.call('HGET', KEYS[1], 'attempt') ~= ARGV[1] then return 0 end
 if redis.call('XLEN', KEYS[2]) > 0 then return 0 end
@@ -232,11 +255,13 @@ return 1
 )
 
 _CANCEL = (
-    _NOW_MS
+    NOW_MS
+    + _RELEASE_SLOT
     + """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return false end
 if status == 'queued' then
+  release_slot(ARGV[6], redis.call('HGET', KEYS[1], 'owner'), ARGV[7], ARGV[8])
   local n = redis.call('HINCRBY', KEYS[1], 'appended', 1)
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'e', ARGV[1], 'n', n)
   redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', now / 1000,
@@ -256,7 +281,7 @@ return status
 # queue. Jobs that emitted nothing go back to the queue (a bounded number of times); the
 # others are taken over with the reaper's own attempt token, so it can end them visibly.
 _REAP = (
-    _NOW_MS
+    NOW_MS
     + """
 local id = ARGV[1]
 local status = redis.call('HGET', KEYS[1], 'status')
@@ -301,7 +326,7 @@ return {'ended'}
 )
 
 _MARK_READER = (
-    _NOW_MS
+    NOW_MS
     + """
 if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'reader_seen', now) end
 """
@@ -360,6 +385,7 @@ class StreamStore:
         model: str,
         request: dict[str, Any],
         render: dict[str, Any],
+        owner: str,
     ) -> None:
         try:
             encoded = orjson.dumps(request), orjson.dumps(render)
@@ -367,7 +393,7 @@ class StreamStore:
             raise InvalidRequest(f"the request cannot be stored: {exc}") from exc
         await self._create(
             keys=self._keys(stream_id),
-            args=[stream_id, surface, model, *encoded, self.pending_ttl_s],
+            args=[stream_id, surface, model, *encoded, self.pending_ttl_s, owner],
         )
 
     async def get(self, stream_id: str) -> JobRecord:
@@ -392,6 +418,8 @@ class StreamStore:
                 orjson.dumps(output),
                 self.tombstone_s,
                 stream_id,
+                keys.CONCURRENCY_PREFIX,
+                keys.GLOBAL_CONCURRENCY_KEY,
             ],
         )
         if result is None:
@@ -511,6 +539,7 @@ class StreamStore:
         terminal: ev.Finish | ev.Error,
         transcript: Transcript,
     ) -> None:
+        usage = transcript.usage or ev.Usage()
         reply = await self._finish(
             keys=self._keys(stream_id),
             args=[
@@ -522,6 +551,11 @@ class StreamStore:
                 orjson.dumps(transcript.to_json()),
                 self.tombstone_s,
                 stream_id,
+                keys.CONCURRENCY_PREFIX,
+                keys.GLOBAL_CONCURRENCY_KEY,
+                usage.input_tokens,
+                usage.output_tokens,
+                keys.USAGE_PREFIX,
             ],
         )
         if reply is None:

@@ -174,8 +174,14 @@ def main() -> None:
             "bench-fast": {"provider": "demo", "tokens_per_second": 0, "max_output_tokens": 5000},
             "bench-slow": {"provider": "demo", "tokens_per_second": 2, "max_output_tokens": 1000},
         }
-        config = write_config(workdir / "spool.yaml", models, worker_max_jobs=2000,
-                              keepalive_interval_s=15)  # fmt: skip
+        config = write_config(
+            workdir / "spool.yaml",
+            models,
+            worker_max_jobs=2000,
+            keepalive_interval_s=15,
+            auth_enabled=False,
+            upstream_allowlist="127.0.0.1",
+        )
         procs: list[SpoolProcess] = []
         try:
             procs.append(start_worker(redis.url, config, workdir))

@@ -54,7 +54,14 @@ class Cluster:
 
 UPSTREAM_KEY = "sk-test-upstream-key"
 # Upstream Retry-After hints over 5 s are not waited out: the stream fails fast with the hint.
-E2E_SETTINGS = {"keepalive_interval_s": 0.5, "lease_s": 3, "upstream_retry_after_max_s": 5}
+E2E_SETTINGS = {
+    "keepalive_interval_s": 0.5,
+    "lease_s": 3,
+    "upstream_retry_after_max_s": 5,
+    # Keys, ownership and limits have their own suite (tests/e2e/test_tenancy.py).
+    "auth_enabled": False,
+    "upstream_allowlist": "127.0.0.1",
+}
 
 
 def cluster_models(upstream: MockUpstream) -> dict[str, object]:

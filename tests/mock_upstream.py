@@ -198,6 +198,11 @@ class MockUpstream:
         attempt = len(self.requests_for(seen.model, seen.prompt))
         if seen.model == "status-429":
             return self._rate_limited("7")
+        if seen.model == "echo-key":  # as real upstreams do on a bad key
+            quoted = seen.headers.get("authorization", "").removeprefix("Bearer ")
+            return JSONResponse(
+                {"error": {"message": f"Incorrect API key provided: {quoted}"}}, status_code=401
+            )
         if seen.model == "always-429":
             return self._rate_limited("1")
         if seen.model == "429-then-ok" and attempt == 1:

@@ -19,6 +19,7 @@ from redis.exceptions import RedisError
 from shared import events as ev
 from shared import keys
 from shared.errors import StreamNotFound
+from shared.netguard import Allowlist, GuardedTransport
 from shared.queue import ArqJobQueue
 from shared.reaper import Reaper
 from shared.settings import Settings
@@ -49,8 +50,12 @@ class WorkerRuntime:
         self._tasks: list[asyncio.Task[None]] = []
 
     async def startup(self, ctx: dict[str, Any] | None = None) -> None:
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=100)
         self._http = httpx.AsyncClient(
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=100),
+            transport=GuardedTransport(
+                Allowlist.parse(self.settings.upstream_allowlist),
+                httpx.AsyncHTTPTransport(limits=limits),
+            ),
             follow_redirects=False,
         )
         self.providers = {

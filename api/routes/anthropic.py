@@ -9,7 +9,7 @@ from fastapi import APIRouter, Body
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
-from api.deps import CancelOnDisconnectDep, ServicesDep
+from api.deps import CallerDep, CancelOnDisconnectDep, ServicesDep
 from api.generation import serve_generation
 from api.routes.openai_chat import MAX_TOOLS
 from shared.errors import InvalidRequest
@@ -165,10 +165,12 @@ def to_canonical(body: MessagesRequest) -> GenerationRequest:
 async def messages(
     body: Annotated[MessagesRequest, Body()],
     services: ServicesDep,
+    caller: CallerDep,
     cancel_on_disconnect: CancelOnDisconnectDep,
 ) -> Response:
     return await serve_generation(
         services,
+        caller,
         SURFACE,
         to_canonical(body),
         render=lambda stream_id: {"id": f"msg_{stream_id}", "model": body.model},

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 from starlette.responses import Response
 
-from api.deps import CancelOnDisconnectDep, ServicesDep
+from api.deps import CallerDep, CancelOnDisconnectDep, ServicesDep
 from api.generation import serve_generation
 from api.routes.openai_chat import MAX_TOOLS
 from shared.errors import InvalidRequest, RouteNotFound
@@ -199,6 +199,7 @@ async def generate_content(
     target: Annotated[str, Path(max_length=300)],
     body: Annotated[GenerateContentRequest, Body()],
     services: ServicesDep,
+    caller: CallerDep,
     cancel_on_disconnect: CancelOnDisconnectDep,
     alt: Annotated[str | None, Query()] = None,
 ) -> Response:
@@ -210,6 +211,7 @@ async def generate_content(
         raise InvalidRequest("streamGenerateContent is served as Server-Sent Events: add ?alt=sse")
     return await serve_generation(
         services,
+        caller,
         SURFACE,
         to_canonical(model, body),
         render=lambda stream_id: {"id": stream_id, "model": model},

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Body
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
-from api.deps import CancelOnDisconnectDep, ServicesDep
+from api.deps import CallerDep, CancelOnDisconnectDep, ServicesDep
 from api.generation import serve_generation
 from shared.errors import InvalidRequest
 from shared.request import MAX_JSON_DEPTH, GenerationRequest, Message, Tool, ToolCall, json_depth
@@ -169,12 +169,14 @@ def to_canonical(body: ChatCompletionRequest) -> GenerationRequest:
 async def chat_completions(
     body: Annotated[ChatCompletionRequest, Body()],
     services: ServicesDep,
+    caller: CallerDep,
     cancel_on_disconnect: CancelOnDisconnectDep,
 ) -> Response:
     include_usage = bool(body.stream and body.stream_options and body.stream_options.include_usage)
     created = int(time.time())
     return await serve_generation(
         services,
+        caller,
         SURFACE,
         to_canonical(body),
         render=lambda stream_id: {

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Body
 from pydantic import Field
 from starlette.responses import Response
 
-from api.deps import CancelOnDisconnectDep, ServicesDep
+from api.deps import CallerDep, CancelOnDisconnectDep, ServicesDep
 from api.generation import serve_generation
 from api.routes.openai_chat import StreamOptions, _Strict, stop_list
 from shared.errors import InvalidRequest
@@ -62,12 +62,14 @@ def to_canonical(body: CompletionRequest) -> GenerationRequest:
 async def completions(
     body: Annotated[CompletionRequest, Body()],
     services: ServicesDep,
+    caller: CallerDep,
     cancel_on_disconnect: CancelOnDisconnectDep,
 ) -> Response:
     include_usage = bool(body.stream and body.stream_options and body.stream_options.include_usage)
     created = int(time.time())
     return await serve_generation(
         services,
+        caller,
         SURFACE,
         to_canonical(body),
         render=lambda stream_id: {

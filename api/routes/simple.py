@@ -9,7 +9,7 @@ from fastapi import APIRouter, Body
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
-from api.deps import CancelOnDisconnectDep, ServicesDep
+from api.deps import CallerDep, CancelOnDisconnectDep, ServicesDep
 from api.generation import serve_generation
 from shared.request import GenerationRequest, Message
 
@@ -31,6 +31,7 @@ class SimpleChatRequest(BaseModel):
 async def simple_chat(
     body: Annotated[SimpleChatRequest, Body()],
     services: ServicesDep,
+    caller: CallerDep,
     cancel_on_disconnect: CancelOnDisconnectDep,
 ) -> Response:
     messages = [Message(role="system", content=body.system)] if body.system else []
@@ -39,6 +40,7 @@ async def simple_chat(
     created_at = time.time()
     return await serve_generation(
         services,
+        caller,
         SURFACE,
         request,
         render=lambda stream_id: {"id": stream_id, "model": body.model, "created_at": created_at},

@@ -1,28 +1,59 @@
-"""Broker routes: tail, result and cancel of any stream, from any replica."""
+"""Broker routes: tail, result and cancel of a stream, from any replica.
+
+A stream belongs to the key that created it. Another key gets 404, never 403, so ids
+cannot be probed. The owner can mint read-only follow tokens, so a second device can
+follow along (tail and result, not cancel) without the key.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import re
+import secrets
+import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path, Query
 
-from api.deps import CancelOnDisconnectDep, Services, ServicesDep
+from api.deps import CallerDep, CancelOnDisconnectDep, OptionalCallerDep, Services, ServicesDep
 from api.responses import EventStream, JSONBody
 from api.tail import ResumePoint, Tail
-from shared.errors import StreamNotFound
+from shared import keys
+from shared.auth import ApiKey
+from shared.errors import StreamNotFound, Unauthenticated
 from shared.store import JobRecord
 
 router = APIRouter(prefix="/v1/streams", tags=["streams"])
 STREAM_ID = re.compile(r"^[0-9a-f]{32}$")
+FOLLOW_TOKEN_PREFIX = "ft_"
 
 StreamId = Annotated[str, Path(max_length=64)]
+FollowToken = Annotated[str | None, Query(max_length=128)]
 
 
-async def load(services: Services, stream_id: str) -> JobRecord:
+def _token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+async def load(
+    services: Services,
+    stream_id: str,
+    caller: ApiKey | None,
+    follow_token: str | None = None,
+) -> JobRecord:
+    """The stream, if `caller` owns it or `follow_token` opens it; otherwise 404."""
     if not STREAM_ID.match(stream_id):
         raise StreamNotFound(f"no stream with id {stream_id!r}")
-    return await services.store.get(stream_id)
+    if caller is None and follow_token is None:
+        raise Unauthenticated("an API key or a follow token is required")
+    record = await services.store.get(stream_id)
+    if caller is not None and (record.owner == caller.id or not services.settings.auth_enabled):
+        return record
+    if follow_token is not None and await services.redis.exists(
+        keys.follow_token_key(stream_id, _token_digest(follow_token))
+    ):
+        return record
+    raise StreamNotFound(f"no stream with id {stream_id!r}")
 
 
 def stream_object(record: JobRecord, **extra: Any) -> dict[str, Any]:
@@ -41,21 +72,30 @@ def stream_object(record: JobRecord, **extra: Any) -> dict[str, Any]:
 async def tail_stream(
     stream_id: StreamId,
     services: ServicesDep,
+    caller: OptionalCallerDep,
     last_event_id_header: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
     last_event_id: Annotated[str | None, Query()] = None,
+    follow_token: FollowToken = None,
     cancel_on_disconnect: CancelOnDisconnectDep = False,
 ) -> EventStream:
-    record = await load(services, stream_id)
+    record = await load(services, stream_id, caller, follow_token)
     resume_from = last_event_id_header or last_event_id
     resume = ResumePoint.parse(resume_from) if resume_from else None
     fmt = services.formats[record.surface]
-    tail = Tail(services, record, fmt, cancel_on_disconnect=cancel_on_disconnect)
+    # Only the owner's disconnect may cancel; a follower only watches.
+    cancels = cancel_on_disconnect and caller is not None
+    tail = Tail(services, record, fmt, cancel_on_disconnect=cancels)
     return EventStream(tail.stream(await tail.prepare(resume)), record.id)
 
 
 @router.get("/{stream_id}/result")
-async def stream_result(stream_id: StreamId, services: ServicesDep) -> JSONBody:
-    record = await load(services, stream_id)
+async def stream_result(
+    stream_id: StreamId,
+    services: ServicesDep,
+    caller: OptionalCallerDep,
+    follow_token: FollowToken = None,
+) -> JSONBody:
+    record = await load(services, stream_id, caller, follow_token)
     fmt = services.formats[record.surface]
     transcript = await services.store.transcript(record)
     error = (
@@ -67,8 +107,26 @@ async def stream_result(stream_id: StreamId, services: ServicesDep) -> JSONBody:
 
 
 @router.post("/{stream_id}/cancel")
-async def cancel_stream(stream_id: StreamId, services: ServicesDep) -> JSONBody:
-    record = await load(services, stream_id)
+async def cancel_stream(stream_id: StreamId, services: ServicesDep, caller: CallerDep) -> JSONBody:
+    record = await load(services, stream_id, caller)
     await services.store.request_cancel(record.id)
     record = await services.store.get(record.id)
     return JSONBody(stream_object(record, cancel_requested=True))
+
+
+@router.post("/{stream_id}/follow-token")
+async def follow_token(stream_id: StreamId, services: ServicesDep, caller: CallerDep) -> JSONBody:
+    """A read-only token for this one stream, valid as long as the stream is kept."""
+    record = await load(services, stream_id, caller)
+    token = FOLLOW_TOKEN_PREFIX + secrets.token_urlsafe(24)
+    ttl = services.settings.retention_s + services.settings.job_timeout_s
+    await services.redis.set(keys.follow_token_key(record.id, _token_digest(token)), "1", ex=ttl)
+    return JSONBody(
+        {
+            "object": "spool.follow_token",
+            "stream_id": record.id,
+            "token": token,
+            "expires_at": int(time.time()) + ttl,
+            "url": f"/v1/streams/{record.id}?follow_token={token}",
+        }
+    )

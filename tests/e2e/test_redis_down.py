@@ -17,7 +17,7 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture(scope="module")
 def orphan_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SpoolProcess]:
     workdir: Path = tmp_path_factory.mktemp("orphan")
-    config = write_config(workdir / "spool.yaml", {})
+    config = write_config(workdir / "spool.yaml", {}, auth_enabled=False)
     dead_redis = f"redis://127.0.0.1:{free_port()}/0"
     api = SpoolProcess("api", dead_redis, config, workdir, port=free_port())
     api.wait_healthy()

@@ -45,6 +45,8 @@ FAULT_SETTINGS = {
     "upstream_max_attempts": 3,
     "worker_shutdown_grace_s": 5,
     "redis_retry_s": 10,
+    "auth_enabled": False,
+    "upstream_allowlist": "127.0.0.1",
 }
 
 

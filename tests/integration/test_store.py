@@ -26,7 +26,12 @@ async def append(store: StreamStore, sid: str, attempt: str, events: list[ev.Eve
 
 async def create(store: StreamStore, stream_id: str = "a" * 32) -> str:
     await store.create(
-        stream_id, surface="openai.chat", model="demo", request={"x": 1}, render={"id": "c"}
+        stream_id,
+        surface="openai.chat",
+        model="demo",
+        request={"x": 1},
+        render={"id": "c"},
+        owner="key_test",
     )
     return stream_id
 

@@ -314,6 +314,7 @@ def record(render: dict[str, Any] = RENDER) -> JobRecord:
         render=render,
         output=None,
         cancel_requested=False,
+        owner="key_test",
     )
 
 

@@ -16,6 +16,7 @@ import httpx
 import orjson
 
 from shared.errors import UpstreamError
+from shared.redact import redact
 from shared.settings import ModelEntry
 from shared.sse import ServerSentEvent, SSEDecoder
 
@@ -47,6 +48,14 @@ def error_message(payload: bytes) -> str:
     if isinstance(error, str):
         return error
     return "upstream returned an error"
+
+
+def _secrets(headers: dict[str, str]) -> list[str]:
+    found = []
+    for name, value in headers.items():
+        if name.lower() in ("authorization", "x-api-key", "x-goog-api-key"):
+            found += [value, value.partition(" ")[2]]
+    return found
 
 
 def incomplete() -> UpstreamError:
@@ -84,8 +93,10 @@ async def stream_events(
         ) as response:
             if response.status_code >= 400:
                 payload = await response.aread()
+                # Upstreams sometimes quote the key they were sent; never pass it on.
+                message = redact(error_message(payload), _secrets(headers))
                 raise UpstreamError(
-                    f"upstream answered {response.status_code}: {error_message(payload)}",
+                    f"upstream answered {response.status_code}: {message}",
                     upstream_status=response.status_code,
                     retry_after=parse_retry_after(response.headers.get("retry-after")),
                     retryable=response.status_code in RETRYABLE_STATUSES,

@@ -1,0 +1,101 @@
+"""Admission: budget, requests per minute and concurrent generations, per key and per
+deployment, decided atomically in Redis so every API replica enforces the same limits.
+
+A slot in the concurrency sets is released when the job ends (the store's finish and
+cancel scripts remove it) and lapses on its own after the longest a job can take, so a
+lost release can never hold a slot forever.
+"""
+
+from __future__ import annotations
+
+from redis.asyncio import Redis
+
+from shared import keys
+from shared.auth import ApiKey
+from shared.errors import BudgetExhausted, RateLimited
+from shared.settings import Settings
+from shared.store import NOW_MS
+
+_ADMIT = (
+    NOW_MS
+    + """
+local budget = tonumber(ARGV[6])
+if budget > 0 and tonumber(redis.call('HGET', KEYS[3], 'total') or '0') >= budget then
+  return {'budget', 0}
+end
+local rpm = tonumber(ARGV[1])
+if rpm > 0 then
+  local counter = ARGV[7] .. math.floor(now / 60000)
+  local n = redis.call('INCR', counter)
+  if n == 1 then redis.call('EXPIRE', counter, 61) end
+  if n > rpm then return {'rate', 60 - math.floor(now / 1000) % 60} end
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+if tonumber(ARGV[2]) > 0 and redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then
+  return {'concurrency', 1}
+end
+if tonumber(ARGV[3]) > 0 and redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[3]) then
+  return {'global', 1}
+end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[5]), ARGV[4])
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[5]), ARGV[4])
+return {'ok', 0}
+"""
+)
+
+
+class Admission:
+    def __init__(self, redis: Redis, settings: Settings) -> None:
+        self.redis = redis
+        self.global_limit = settings.max_concurrent_generations or 0
+        # A slot outlives any job: the longest wait in the queue plus the longest run.
+        self.slot_ms = (settings.queue_timeout_s + settings.job_timeout_s + 60) * 1000
+        self._admit = redis.register_script(_ADMIT)
+
+    async def admit(self, key: ApiKey, stream_id: str) -> None:
+        """Take a generation slot for `stream_id`, or raise 402 / 429 (with Retry-After)."""
+        outcome, retry_after = await self._admit(
+            keys=[
+                keys.concurrency_key(key.id),
+                keys.GLOBAL_CONCURRENCY_KEY,
+                keys.usage_key(key.id),
+            ],
+            args=[
+                key.rpm or 0,
+                key.concurrency or 0,
+                self.global_limit,
+                stream_id,
+                self.slot_ms,
+                key.budget_tokens or 0,
+                keys.rate_key_prefix(key.id),
+            ],
+        )
+        match outcome.decode():
+            case "ok":
+                return
+            case "budget":
+                raise BudgetExhausted(
+                    f"the key {key.name!r} has used its budget of {key.budget_tokens} tokens"
+                )
+            case "rate":
+                raise RateLimited(
+                    f"the key {key.name!r} is limited to {key.rpm} requests per minute",
+                    retry_after=float(retry_after),
+                )
+            case "concurrency":
+                raise RateLimited(
+                    f"the key {key.name!r} already has {key.concurrency} generations open",
+                    retry_after=1.0,
+                )
+            case _:
+                raise RateLimited(
+                    "the deployment is at its limit of concurrent generations", retry_after=1.0
+                )
+
+    async def release(self, key: ApiKey, stream_id: str) -> None:
+        """Give back a slot whose job never got created."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zrem(keys.concurrency_key(key.id), stream_id)
+            pipe.zrem(keys.GLOBAL_CONCURRENCY_KEY, stream_id)
+            await pipe.execute()

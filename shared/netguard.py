@@ -1,0 +1,88 @@
+"""Outbound requests may not reach private, loopback, link-local or otherwise reserved
+addresses unless the operator allow-lists them, so a model table entry or (later) a
+callback URL cannot be turned against the network Spool runs in.
+
+The guard is an httpx transport: every request a worker makes goes through it, and the
+address is checked after resolution, on the address actually connected to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+from collections.abc import Iterable
+
+import httpx
+
+from shared.errors import UpstreamError
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class Allowlist:
+    """Hosts and CIDRs (comma-separated, as in `upstream_allowlist`) that may be internal."""
+
+    def __init__(self, entries: Iterable[str]) -> None:
+        self.hosts: set[str] = set()
+        self.networks: list[Network] = []
+        for raw in entries:
+            entry = raw.strip().lower()
+            if not entry:
+                continue
+            try:
+                self.networks.append(ipaddress.ip_network(entry, strict=False))
+            except ValueError:
+                self.hosts.add(entry)
+
+    @classmethod
+    def parse(cls, text: str) -> Allowlist:
+        return cls(text.split(","))
+
+    def allows(self, host: str, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+        return host.lower() in self.hosts or any(address in n for n in self.networks)
+
+
+def is_internal(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    return (
+        address.is_private
+        or address.is_loopback
+        or address.is_link_local
+        or address.is_reserved
+        or address.is_multicast
+        or address.is_unspecified
+    )
+
+
+async def check_host(host: str, port: int, allowlist: Allowlist) -> None:
+    loop = asyncio.get_running_loop()
+    try:
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise UpstreamError(
+            f"cannot resolve the upstream host {host!r}",
+            retryable=True,
+            code="upstream_connect_error",
+        ) from exc
+    for info in infos:
+        address = ipaddress.ip_address(info[4][0])
+        if is_internal(address) and not allowlist.allows(host, address):
+            raise UpstreamError(
+                f"the upstream host {host!r} resolves to an internal address; "
+                "allow-list it in upstream_allowlist if that is intended",
+                code="upstream_forbidden",
+            )
+
+
+class GuardedTransport(httpx.AsyncBaseTransport):
+    def __init__(self, allowlist: Allowlist, inner: httpx.AsyncBaseTransport | None = None):
+        self.allowlist = allowlist
+        self.inner = inner or httpx.AsyncHTTPTransport()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        port = request.url.port or (443 if request.url.scheme == "https" else 80)
+        await check_host(request.url.host, port, self.allowlist)
+        return await self.inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()

@@ -1,0 +1,359 @@
+"""Keys, ownership, limits, budgets and hostile input, through real HTTP against API
+processes with authentication on (the default)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import anthropic
+import httpx
+import openai
+import pytest
+
+from shared.embedded_redis import EmbeddedRedis
+from tests.conftest import UPSTREAM_KEY, cluster_models
+from tests.mock_upstream import MockUpstream
+from tests.processes import SpoolProcess, start_api, start_worker, write_config
+
+pytestmark = pytest.mark.e2e
+
+SETTINGS = {
+    "keepalive_interval_s": 0.5,
+    "max_concurrent_generations": 12,
+    "max_messages": 50,
+    "max_string_chars": 10_000,
+    "max_tools": 8,
+    "max_json_depth": 40,
+    "max_header_bytes": 8192,
+    # Loopback is allowed for the mock upstream only by name: 127.0.0.1 stays forbidden.
+    "upstream_allowlist": "localhost",
+}
+
+
+@dataclass
+class Tenancy:
+    apis: list[SpoolProcess]
+    worker: SpoolProcess
+    config: Path
+    redis_url: str
+
+    @property
+    def url(self) -> str:
+        return self.apis[0].url
+
+    def spool(self, *args: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "shared.cli", "--config", str(self.config), *args],
+            env={"REDIS_URL": self.redis_url, "PATH": "/usr/bin:/bin"},
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    def new_key(self, name: str, *limits: str) -> tuple[str, str]:
+        """(key id, secret) from `spool keys create`."""
+        out = self.spool("keys", "create", "--name", name, *limits)
+        key_id = re.search(r"created (key_\w+)", out)
+        assert key_id is not None
+        return key_id[1], out.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="module")
+def tenancy(
+    tmp_path_factory: pytest.TempPathFactory,
+    redis_server: EmbeddedRedis,
+    mock_upstream: MockUpstream,
+) -> Iterator[Tenancy]:
+    workdir = tmp_path_factory.mktemp("tenancy")
+    models = cluster_models(mock_upstream)
+    models["echo-key"] = {
+        **models["mock-instant"],
+        "model": "echo-key",  # type: ignore[dict-item]
+        "base_url": mock_upstream.base_url.replace("127.0.0.1", "localhost"),
+    }
+    models["internal"] = models["mock-instant"]  # 127.0.0.1: not allow-listed here
+    config = write_config(workdir / "spool.yaml", models, **SETTINGS)
+    url = redis_server.url.replace("/0", "/3")
+    os.environ["SPOOL_TEST_UPSTREAM_KEY"] = UPSTREAM_KEY
+    worker = start_worker(url, config, workdir)
+    apis = [start_api(url, config, workdir) for _ in range(2)]
+    yield Tenancy(apis, worker, config, url)
+    for proc in [*apis, worker]:
+        proc.stop()
+
+
+def bearer(secret: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {secret}"}
+
+
+def chat(model: str = "demo-fast", **extra: object) -> dict[str, object]:
+    return {"model": model, "messages": [{"role": "user", "content": "hi"}], **extra}
+
+
+def test_no_or_bad_key_is_401_in_each_surface_shape(tenancy: Tenancy) -> None:
+    cases = [
+        ("/v1/chat/completions", chat(), lambda b: b["error"]["code"] == "invalid_api_key"),
+        (
+            "/v1/messages",
+            {**chat(), "max_tokens": 5},
+            lambda b: b["type"] == "error" and b["error"]["type"] == "authentication_error",
+        ),
+        (
+            "/v1beta/models/demo:generateContent",
+            {"contents": [{"parts": [{"text": "x"}]}]},
+            lambda b: b["error"]["status"] == "UNAUTHENTICATED",
+        ),
+        ("/api/chat", {"message": "x"}, lambda b: b["error_code"] == "invalid_api_key"),
+    ]
+    for path, body, shape in cases:
+        for headers in ({}, bearer("sk-spool-not-a-key")):
+            response = httpx.post(tenancy.url + path, json=body, headers=headers)
+            assert response.status_code == 401, (path, response.text)
+            assert shape(response.json()), (path, response.text)
+    assert httpx.get(f"{tenancy.url}/v1/models").status_code == 401
+    assert httpx.get(f"{tenancy.url}/healthz").status_code == 200
+
+
+def test_each_surface_accepts_the_key_as_its_clients_send_it(tenancy: Tenancy) -> None:
+    _, secret = tenancy.new_key("sdk-user")
+    oa = openai.OpenAI(base_url=f"{tenancy.url}/v1", api_key=secret, max_retries=0)
+    assert oa.chat.completions.create(
+        model="demo-fast", messages=[{"role": "user", "content": "x"}]
+    )
+    an = anthropic.Anthropic(base_url=tenancy.url, api_key=secret, max_retries=0)
+    assert an.messages.create(
+        model="demo-fast", max_tokens=5, messages=[{"role": "user", "content": "x"}]
+    ).content
+    body = {"contents": [{"parts": [{"text": "x"}]}]}
+    url = f"{tenancy.url}/v1beta/models/demo-fast:generateContent"
+    by_header = httpx.post(url, json=body, headers={"x-goog-api-key": secret})
+    by_query = httpx.post(url, json=body, params={"key": secret})
+    assert by_header.status_code == by_query.status_code == 200
+
+
+def test_revoked_keys_stop_working(tenancy: Tenancy) -> None:
+    key_id, secret = tenancy.new_key("short-lived")
+    url = f"{tenancy.url}/v1/chat/completions"
+    assert httpx.post(url, json=chat(), headers=bearer(secret)).status_code == 200
+    listing = tenancy.spool("keys", "list")
+    assert key_id in listing and secret not in listing
+    assert "revoked" in tenancy.spool("keys", "revoke", key_id)
+    assert httpx.post(url, json=chat(), headers=bearer(secret)).status_code == 401
+
+
+def test_streams_belong_to_their_key(tenancy: Tenancy) -> None:
+    _, alice = tenancy.new_key("alice")
+    _, mallory = tenancy.new_key("mallory")
+    created = httpx.post(
+        f"{tenancy.url}/v1/chat/completions", json=chat(stream=True), headers=bearer(alice)
+    )
+    stream_id = created.headers["x-spool-stream-id"]
+    base = f"{tenancy.apis[1].url}/v1/streams/{stream_id}"
+    for method, path in (
+        ("GET", ""),
+        ("GET", "/result"),
+        ("POST", "/cancel"),
+        ("POST", "/follow-token"),
+    ):
+        theirs = httpx.request(method, base + path, headers=bearer(mallory))
+        assert theirs.status_code == 404, (path, theirs.text)
+        assert theirs.json()["error"]["code"] == "stream_not_found"
+    assert httpx.get(base + "/result", headers=bearer(alice)).status_code == 200
+    # An unknown id and someone else's id answer alike, message aside.
+    unknown = httpx.get(f"{tenancy.url}/v1/streams/{'e' * 32}/result", headers=bearer(mallory))
+    foreign = httpx.get(base + "/result", headers=bearer(mallory))
+    assert unknown.status_code == foreign.status_code == 404
+    assert unknown.json()["error"]["code"] == foreign.json()["error"]["code"]
+
+
+def test_follow_tokens_are_read_only_and_for_one_stream(tenancy: Tenancy) -> None:
+    _, owner = tenancy.new_key("owner")
+    url = f"{tenancy.url}/v1/chat/completions"
+    first = httpx.post(url, json=chat(stream=True), headers=bearer(owner))
+    other = httpx.post(url, json=chat(stream=True), headers=bearer(owner))
+    stream_id = first.headers["x-spool-stream-id"]
+    minted = httpx.post(f"{tenancy.url}/v1/streams/{stream_id}/follow-token", headers=bearer(owner))
+    token = minted.json()["token"]
+    streams = f"{tenancy.apis[1].url}/v1/streams"
+    follow = httpx.get(f"{streams}/{stream_id}", params={"follow_token": token})
+    assert follow.status_code == 200 and follow.text == first.text
+    result = httpx.get(f"{streams}/{stream_id}/result", params={"follow_token": token})
+    assert result.status_code == 200
+    cancel = httpx.post(f"{streams}/{stream_id}/cancel", params={"follow_token": token})
+    assert cancel.status_code == 401
+    other_id = other.headers["x-spool-stream-id"]
+    assert httpx.get(f"{streams}/{other_id}", params={"follow_token": token}).status_code == 404
+    forged = httpx.get(f"{streams}/{stream_id}", params={"follow_token": "ft_forged"})
+    assert forged.status_code == 404
+
+
+def test_two_keys_racing_their_rate_limits_across_two_replicas(tenancy: Tenancy) -> None:
+    keys = [tenancy.new_key(f"racer-{n}", "--rpm", "5")[1] for n in range(2)]
+    results: dict[str, list[int]] = {k: [] for k in keys}
+    retry_after: list[str] = []
+
+    def fire(secret: str, n: int) -> None:
+        response = httpx.post(
+            f"{tenancy.apis[n % 2].url}/v1/chat/completions",
+            json=chat(max_tokens=2),
+            headers=bearer(secret),
+            timeout=30,
+        )
+        results[secret].append(response.status_code)
+        if response.status_code == 429:
+            assert response.json()["error"]["code"] == "rate_limit_exceeded"
+            retry_after.append(response.headers["retry-after"])
+
+    threads = [threading.Thread(target=fire, args=(k, n)) for k in keys for n in range(9)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for key in keys:
+        assert sorted(results[key]) == [200] * 5 + [429] * 4, results[key]
+    assert all(1 <= int(r) <= 60 for r in retry_after)
+
+
+def open_stream(tenancy: Tenancy, secret: str) -> tuple[int, str | None]:
+    """Start a slow stream and leave it running; (status, stream id)."""
+    with httpx.stream(
+        "POST",
+        f"{tenancy.url}/v1/chat/completions",
+        json=chat("demo-slow", stream=True),
+        headers=bearer(secret),
+    ) as response:
+        return response.status_code, response.headers.get("x-spool-stream-id")
+
+
+def test_concurrency_per_key_and_per_deployment(tenancy: Tenancy) -> None:
+    _, secret = tenancy.new_key("two-at-a-time", "--concurrency", "2")
+    ids = []
+    for _ in range(2):
+        status, stream_id = open_stream(tenancy, secret)
+        assert status == 200 and stream_id
+        ids.append(stream_id)
+    third = httpx.post(
+        f"{tenancy.apis[1].url}/v1/chat/completions", json=chat("demo-slow"), headers=bearer(secret)
+    )
+    assert third.status_code == 429 and third.headers["retry-after"] == "1"
+    httpx.post(f"{tenancy.url}/v1/streams/{ids[0]}/cancel", headers=bearer(secret))
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        again = httpx.post(
+            f"{tenancy.url}/v1/chat/completions", json=chat(), headers=bearer(secret)
+        )
+        if again.status_code == 200:
+            break
+        time.sleep(0.1)
+    assert again.status_code == 200, "the cancelled stream gave its slot back"
+    httpx.post(f"{tenancy.url}/v1/streams/{ids[1]}/cancel", headers=bearer(secret))
+
+    # The deployment-wide cap holds across keys.
+    opened, refused = [], 0
+    for n in range(13):
+        _, crowd = tenancy.new_key(f"crowd-{n}")
+        status, stream_id = open_stream(tenancy, crowd)
+        if status == 200:
+            opened.append((crowd, stream_id))
+        else:
+            assert status == 429
+            refused += 1
+    assert len(opened) == SETTINGS["max_concurrent_generations"] and refused == 1
+    for crowd, stream_id in opened:
+        httpx.post(f"{tenancy.url}/v1/streams/{stream_id}/cancel", headers=bearer(crowd))
+
+
+def test_a_key_that_hits_its_budget_gets_402_before_any_upstream_call(
+    tenancy: Tenancy, mock_upstream: MockUpstream
+) -> None:
+    _, secret = tenancy.new_key("frugal", "--budget-tokens", "60")
+    for _ in range(2):  # demo-fast: 40 output tokens plus a few input tokens each
+        assert (
+            httpx.post(
+                f"{tenancy.url}/v1/chat/completions", json=chat(), headers=bearer(secret)
+            ).status_code
+            == 200
+        )
+    usage = httpx.get(f"{tenancy.url}/v1/usage", headers=bearer(secret)).json()
+    assert usage["used_tokens"] >= 60 and usage["budget_tokens"] == 60
+    assert usage["models"] == [
+        {"model": "demo-fast", "input_tokens": usage["used_tokens"] - 80, "output_tokens": 80}
+    ]
+    seen_before = len(mock_upstream.seen)
+    refused = httpx.post(
+        f"{tenancy.url}/v1/chat/completions", json=chat("mock-instant"), headers=bearer(secret)
+    )
+    assert refused.status_code == 402
+    assert refused.json()["error"]["code"] == "budget_exhausted"
+    assert "budget" in refused.json()["error"]["message"]
+    assert len(mock_upstream.seen) == seen_before, "no upstream call was made"
+
+
+def test_input_limits(tenancy: Tenancy) -> None:
+    _, secret = tenancy.new_key("limits")
+    h = bearer(secret)
+    url = f"{tenancy.url}/v1/chat/completions"
+    many = [{"role": "user", "content": "x"}] * 51
+    assert httpx.post(url, json={**chat(), "messages": many}, headers=h).status_code == 400
+    long = [{"role": "user", "content": "x" * 10_001}]
+    assert httpx.post(url, json={**chat(), "messages": long}, headers=h).status_code == 400
+    tools = [{"type": "function", "function": {"name": f"t{n}"}} for n in range(9)]
+    assert httpx.post(url, json={**chat(), "tools": tools}, headers=h).status_code == 400
+    deep: object = "x"
+    for _ in range(41):
+        deep = [deep]
+    nested = httpx.post(url, json={**chat(), "metadata": deep}, headers=h)
+    assert nested.status_code == 400 and "nested" in nested.json()["error"]["message"]
+    huge_header = httpx.post(url, json=chat(), headers={**h, "X-Filler": "y" * 9000})
+    assert huge_header.status_code == 431
+    anthropic_long = httpx.post(
+        f"{tenancy.url}/v1/messages",
+        headers=h,
+        json={
+            "model": "demo-fast",
+            "max_tokens": 5,
+            "messages": [{"role": "user", "content": "x" * 10_001}],
+        },
+    )
+    assert anthropic_long.status_code == 400 and anthropic_long.json()["type"] == "error"
+
+
+def test_internal_upstreams_are_refused_unless_allow_listed(tenancy: Tenancy) -> None:
+    _, secret = tenancy.new_key("ssrf")
+    refused = httpx.post(
+        f"{tenancy.url}/v1/chat/completions", json=chat("internal"), headers=bearer(secret)
+    )
+    assert refused.status_code == 502
+    assert refused.json()["error"]["code"] == "upstream_forbidden"
+
+
+def test_secrets_never_leave(tenancy: Tenancy) -> None:
+    key_id, secret = tenancy.new_key("secretive")
+    echoed = httpx.post(
+        f"{tenancy.url}/v1/chat/completions", json=chat("echo-key"), headers=bearer(secret)
+    )
+    assert echoed.status_code == 502
+    assert UPSTREAM_KEY not in echoed.text and "[redacted]" in echoed.text
+    stream_id = echoed.headers["x-spool-stream-id"]
+    result = httpx.get(f"{tenancy.url}/v1/streams/{stream_id}/result", headers=bearer(secret))
+    replay = httpx.get(f"{tenancy.url}/v1/streams/{stream_id}", headers=bearer(secret))
+    gemini = httpx.post(
+        f"{tenancy.url}/v1beta/models/demo-fast:generateContent",
+        params={"key": secret},
+        json={"contents": [{"parts": [{"text": "x"}]}]},
+    )
+    assert gemini.status_code == 200
+    time.sleep(0.5)  # let the access log lines land
+    for text in (result.text, replay.text, *(p.log() for p in [*tenancy.apis, tenancy.worker])):
+        assert secret not in text and UPSTREAM_KEY not in text
+    assert key_id in tenancy.spool("keys", "list")
