@@ -8,6 +8,7 @@ from typing import Any
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError as PydanticValidationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException
@@ -101,6 +102,17 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError):  # type: ignore[no-untyped-def]
         return error_response(request, _validation_error(exc))
+
+    @app.exception_handler(PydanticValidationError)
+    async def translation_error(request: Request, exc: PydanticValidationError):  # type: ignore[no-untyped-def]
+        # The body matched its API's schema, but what it says cannot become a generation
+        # request (say, a conversation whose every turn was empty).
+        parts = []
+        for e in exc.errors()[:5]:
+            loc = ".".join(str(p) for p in e.get("loc", ()))
+            parts.append(f"{loc or 'request'}: {e.get('msg')}")
+        message = "the request has nothing to generate from: " + "; ".join(parts)
+        return error_response(request, InvalidRequest(message))
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException):  # type: ignore[no-untyped-def]

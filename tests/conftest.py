@@ -1,8 +1,12 @@
 from __future__ import annotations
 
 import os
+import re
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
@@ -120,3 +124,72 @@ def cluster(
     finally:
         for proc in [*apis, worker]:
             proc.stop()
+
+
+# -- a cluster with authentication on, as deployed by default ------------------------
+
+TENANCY_SETTINGS = {
+    "keepalive_interval_s": 0.5,
+    "max_concurrent_generations": 12,
+    "max_messages": 50,
+    "max_string_chars": 10_000,
+    "max_tools": 8,
+    "max_json_depth": 40,
+    "max_header_bytes": 8192,
+    # Loopback is allowed for the mock upstream only by name: 127.0.0.1 stays forbidden.
+    "upstream_allowlist": "localhost",
+}
+
+
+@dataclass
+class Tenancy:
+    apis: list[SpoolProcess]
+    worker: SpoolProcess
+    config: Path
+    redis_url: str
+
+    @property
+    def url(self) -> str:
+        return self.apis[0].url
+
+    def spool(self, *args: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "shared.cli", "--config", str(self.config), *args],
+            env={"REDIS_URL": self.redis_url, "PATH": "/usr/bin:/bin"},
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    def new_key(self, name: str, *limits: str) -> tuple[str, str]:
+        """(key id, secret) from `spool keys create`."""
+        out = self.spool("keys", "create", "--name", name, *limits)
+        key_id = re.search(r"created (key_\w+)", out)
+        assert key_id is not None
+        return key_id[1], out.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="session")
+def tenancy(
+    tmp_path_factory: pytest.TempPathFactory,
+    redis_server: EmbeddedRedis,
+    mock_upstream: MockUpstream,
+) -> Iterator[Tenancy]:
+    workdir = tmp_path_factory.mktemp("tenancy")
+    models = cluster_models(mock_upstream)
+    models["echo-key"] = {
+        **models["mock-instant"],
+        "model": "echo-key",  # type: ignore[dict-item]
+        "base_url": mock_upstream.base_url.replace("127.0.0.1", "localhost"),
+    }
+    models["internal"] = models["mock-instant"]  # 127.0.0.1: not allow-listed here
+    config = write_config(workdir / "spool.yaml", models, **TENANCY_SETTINGS)
+    url = redis_server.url.replace("/0", "/3")
+    os.environ["SPOOL_TEST_UPSTREAM_KEY"] = UPSTREAM_KEY
+    worker = start_worker(url, config, workdir)
+    apis = [start_api(url, config, workdir) for _ in range(2)]
+    yield Tenancy(apis, worker, config, url)
+    for proc in [*apis, worker]:
+        proc.stop()

@@ -3,6 +3,7 @@ blocks), with only the address changed."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Cluster
+from tests.conftest import Tenancy
 
 pytestmark = pytest.mark.e2e
 
@@ -38,8 +39,11 @@ def test_the_readme_has_an_example_per_surface() -> None:
 @pytest.mark.parametrize(
     ("language", "code"), EXAMPLES, ids=[f"example{i}" for i in range(len(EXAMPLES))]
 )
-def test_readme_example_runs(cluster: Cluster, language: str, code: str) -> None:
-    code = code.replace("http://127.0.0.1:8000", cluster.url)
+def test_readme_example_runs(tenancy: Tenancy, language: str, code: str) -> None:
+    """Against API processes with authentication on, as `make run` has it."""
+    _, secret = tenancy.new_key("readme")
+    env = {**os.environ, "SPOOL_API_KEY": secret}
+    code = code.replace("http://127.0.0.1:8000", tenancy.url)
     if language == "sh":
         assert shutil.which("curl"), "the README's shell examples need curl"
         # Fail on HTTP errors, except the one example that shows a 400 on purpose.
@@ -47,6 +51,6 @@ def test_readme_example_runs(cluster: Cluster, language: str, code: str) -> None
         command = ["bash", "-euo", "pipefail", "-c", code]
     else:
         command = [sys.executable, "-c", code]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60, env=env)
     assert done.returncode == 0, f"{code}\n--- stdout\n{done.stdout}\n--- stderr\n{done.stderr}"
     assert done.stdout.strip(), "the example printed nothing"
