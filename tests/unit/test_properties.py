@@ -47,6 +47,7 @@ from worker.providers.openai import _ChunkMapper
 BASE = settings(
     deadline=None,
     database=None,
+    report_multiple_bugs=False,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 
