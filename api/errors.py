@@ -182,7 +182,9 @@ class RequestLimits:
             if not message.get("more_body", False):
                 break
         whole = b"".join(parts)
-        if whole[:1] in (b"{", b"[") and self._too_deep(whole):
+        # JSON parsers skip leading white space and a byte order mark; so does this check.
+        start = whole.removeprefix(b"\xef\xbb\xbf").lstrip(b" \t\r\n")[:1]
+        if start in (b"{", b"[") and self._too_deep(whole):
             error = InvalidRequest(f"the JSON body is nested deeper than {self.max_depth} levels")
             await self._reject(scope, receive, send, error)
             return
@@ -199,7 +201,7 @@ class RequestLimits:
 
     def _too_deep(self, body: bytes) -> bool:
         try:
-            parsed = orjson.loads(body)
+            parsed = orjson.loads(body.removeprefix(b"\xef\xbb\xbf"))
         except orjson.JSONDecodeError as exc:
             # orjson refuses nesting past 1024 levels itself; anything else is left to the
             # route, which answers malformed JSON in its own words.

@@ -46,11 +46,14 @@ def check_limits(settings: Settings, request: GenerationRequest) -> None:
         raise InvalidRequest(f"at most {settings.max_messages} messages are allowed")
     if len(request.tools) > settings.max_tools:
         raise InvalidRequest(f"at most {settings.max_tools} tools are allowed")
-    longest = max(len(m.content) for m in request.messages)
+    strings = [m.content for m in request.messages]
+    strings += [c.arguments for m in request.messages for c in m.tool_calls or []]
+    strings += [t.description or "" for t in request.tools] + request.stop
+    longest = max(len(s) for s in strings)
     if longest > settings.max_string_chars:
         raise InvalidRequest(
-            f"a message is {longest} characters long; at most {settings.max_string_chars} "
-            "are allowed"
+            f"a string in the request is {longest} characters long; at most "
+            f"{settings.max_string_chars} are allowed"
         )
 
 

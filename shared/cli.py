@@ -138,8 +138,10 @@ async def _dev_key(settings: Settings, redis_url: str) -> str:
             return path.read_text().strip()
         secret, _ = await store.create("spool-dev")
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(secret + "\n")
-        path.chmod(0o600)
+        path.unlink(missing_ok=True)
+        # Created owner-only from the start, not made private after being written.
+        with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+            f.write(secret + "\n")
         return secret
     finally:
         await redis.aclose()

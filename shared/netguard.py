@@ -44,14 +44,9 @@ class Allowlist:
 
 
 def is_internal(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    return (
-        address.is_private
-        or address.is_loopback
-        or address.is_link_local
-        or address.is_reserved
-        or address.is_multicast
-        or address.is_unspecified
-    )
+    """Anything not globally routable: private, loopback, link-local, carrier-grade NAT
+    (where some clouds keep their metadata service), reserved, multicast."""
+    return not address.is_global or address.is_multicast
 
 
 async def check_host(host: str, port: int, allowlist: Allowlist) -> None:

@@ -84,9 +84,15 @@ class Reaper:
             return 0
         transcript = await self.store.rebuild_transcript(stream_id)
         transcript.apply(error)
+        record = await self.store.get(stream_id)
         try:
             await self.store.finish(
-                stream_id, token, status=Status.FAILED, terminal=error, transcript=transcript
+                stream_id,
+                token,
+                status=Status.FAILED,
+                terminal=error,
+                transcript=transcript,
+                request=record.request,
             )
         except FenceLost:
             return 0

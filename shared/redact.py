@@ -6,13 +6,16 @@ import logging
 import re
 from collections.abc import Iterable
 
-# Query parameters that carry secrets (Gemini clients send the key as `?key=`).
-SECRET_QUERY = re.compile(r"(?i)([?&](?:key|api_key|follow_token)=)[^&\s\"']+")
 REDACTED = "[redacted]"
+# Everything after a `?` in a logged path: parameter names may be percent-encoded (`k%65y`)
+# or split by `;`, so the query is never logged as sent.
+QUERY = re.compile(r"\?[^\s\"']*")
+# Spool's own secrets, wherever they turn up: API keys and follow tokens.
+SPOOL_SECRET = re.compile(r"(?:sk-spool-|ft_)[A-Za-z0-9_\-%]+")
 
 
 def redact_query(text: str) -> str:
-    return SECRET_QUERY.sub(rf"\1{REDACTED}", text)
+    return SPOOL_SECRET.sub(REDACTED, QUERY.sub(f"?{REDACTED}", text))
 
 
 def redact(text: str, secrets: Iterable[str]) -> str:

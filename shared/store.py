@@ -234,7 +234,7 @@ redis.call('HSET', KEYS[1], 'status', ARGV[4], 'finished_at', now / 1000, 'outpu
 redis.call('HDEL', KEYS[1], 'lease_until')
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('EXPIRE', KEYS[2], ARGV[3])
-redis.call('SET', KEYS[3], '1', 'EX', ARGV[7])
+redis.call('SET', KEYS[3], owner or '1', 'EX', ARGV[7])
 redis.call('ZREM', KEYS[4], ARGV[8])
 redis.call('ZREM', KEYS[5], ARGV[8])
 return 'finished'
@@ -261,14 +261,15 @@ _CANCEL = (
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return false end
 if status == 'queued' then
-  release_slot(ARGV[6], redis.call('HGET', KEYS[1], 'owner'), ARGV[7], ARGV[8])
+  local owner = redis.call('HGET', KEYS[1], 'owner')
+  release_slot(ARGV[6], owner, ARGV[7], ARGV[8])
   local n = redis.call('HINCRBY', KEYS[1], 'appended', 1)
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'e', ARGV[1], 'n', n)
   redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', now / 1000,
     'output', ARGV[4], 'cancel', '1')
   redis.call('EXPIRE', KEYS[1], ARGV[3])
   redis.call('EXPIRE', KEYS[2], ARGV[3])
-  redis.call('SET', KEYS[3], '1', 'EX', ARGV[5])
+  redis.call('SET', KEYS[3], owner or '1', 'EX', ARGV[5])
   redis.call('ZREM', KEYS[5], ARGV[6])
   return 'cancelled'
 end
@@ -399,8 +400,10 @@ class StreamStore:
     async def get(self, stream_id: str) -> JobRecord:
         raw: dict[bytes, bytes] = await self.redis.hgetall(keys.job_key(stream_id))  # type: ignore[misc]
         if not raw or b"status" not in raw:
-            if await self.redis.exists(keys.tombstone_key(stream_id)):
-                raise StreamExpired(f"stream {stream_id} has expired")
+            tombstone = await self.redis.get(keys.tombstone_key(stream_id))
+            if tombstone is not None:
+                owner = tombstone.decode() if tombstone != b"1" else None
+                raise StreamExpired(f"stream {stream_id} has expired", owner=owner)
             raise StreamNotFound(f"no stream with id {stream_id!r}")
         return JobRecord.from_hash(stream_id, raw)
 
@@ -538,8 +541,13 @@ class StreamStore:
         status: Status,
         terminal: ev.Finish | ev.Error,
         transcript: Transcript,
+        request: dict[str, Any] | None = None,
     ) -> None:
-        usage = transcript.usage or ev.Usage()
+        """End the stream with `terminal`: store the output, charge the owner's usage (the
+        transcript's, or an estimate when the provider never reported any, see
+        `Transcript.billable_usage`; `request` is the job's stored request) and release
+        its concurrency slot, all in one script."""
+        usage = transcript.billable_usage(request or {})
         reply = await self._finish(
             keys=self._keys(stream_id),
             args=[

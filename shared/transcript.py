@@ -37,9 +37,12 @@ class Transcript:
     finish_reason: ev.FinishReason | None = None
     error: ev.Error | None = None
     events: int = 0
+    content_events: int = 0  # text, reasoning and tool-call deltas: a floor for output tokens
 
     def apply(self, event: ev.Event) -> None:
         self.events += 1
+        if isinstance(event, ev.TextDelta | ev.ReasoningDelta | ev.ToolCallDelta):
+            self.content_events += 1
         match event:
             case ev.Start():
                 self.model, self.provider = event.model, event.provider
@@ -63,6 +66,18 @@ class Transcript:
                 self.error = event
             case _:
                 pass
+
+    def billable_usage(self, request: dict[str, Any]) -> ev.Usage:
+        """The usage to charge. A stream that ended early (cancelled, failed, lost its
+        worker) often never got the provider's usage report; it is still charged, with
+        an estimate: one token per streamed delta and about one per 4 characters of input."""
+        reported = self.usage or ev.Usage()
+        if reported.output_tokens or not self.content_events:
+            return reported
+        messages = (request.get("request") or {}).get("messages") or []
+        characters = sum(len(str(m.get("content", ""))) for m in messages)
+        estimated_input = reported.input_tokens or characters // 4 + 3 * len(messages)
+        return ev.Usage(input_tokens=estimated_input, output_tokens=self.content_events)
 
     @property
     def content(self) -> str:

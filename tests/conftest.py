@@ -184,6 +184,7 @@ def tenancy(
         "model": "echo-key",  # type: ignore[dict-item]
         "base_url": mock_upstream.base_url.replace("127.0.0.1", "localhost"),
     }
+    models["echo-key-midstream"] = {**models["echo-key"], "model": "echo-key-midstream"}
     models["internal"] = models["mock-instant"]  # 127.0.0.1: not allow-listed here
     config = write_config(workdir / "spool.yaml", models, **TENANCY_SETTINGS)
     url = redis_server.url.replace("/0", "/3")

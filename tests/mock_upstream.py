@@ -203,6 +203,13 @@ class MockUpstream:
             return JSONResponse(
                 {"error": {"message": f"Incorrect API key provided: {quoted}"}}, status_code=401
             )
+        if seen.model == "echo-key-midstream":
+            quoted = seen.headers.get("authorization", "").removeprefix("Bearer ")
+            frames = [
+                sse(chunk(seen.model, {"role": "assistant", "content": "partial"})),
+                sse({"error": {"message": f"key {quoted} was rejected"}}),
+            ]
+            return StreamingResponse(iter(frames), media_type="text/event-stream")
         if seen.model == "always-429":
             return self._rate_limited("1")
         if seen.model == "429-then-ok" and attempt == 1:

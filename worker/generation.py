@@ -15,6 +15,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared import events as ev
 from shared.errors import FenceLost, UpstreamError
+from shared.redact import redact
 from shared.request import GenerationRequest
 from shared.settings import ModelEntry, Settings
 from shared.store import JobRecord, Status, StreamStore
@@ -161,6 +162,8 @@ class GenerationRun:
             log.warning("stream %s: attempt %s was fenced out", self.stream_id, self.attempt)
             return Status.FAILED
         except UpstreamError as exc:
+            # Whatever the upstream said, the key it was sent never goes further.
+            exc.message = redact(exc.message, [self.entry.api_key() or ""])
             return await self.finish(Status.FAILED, upstream_error_event(exc))
         except REDIS_BLIP_ERRORS:
             # Redis stayed away longer than redis_retry_s: nothing can be written now. The
@@ -194,6 +197,7 @@ class GenerationRun:
                     status=status,
                     terminal=terminal,
                     transcript=self.transcript,
+                    request=self.record.request,
                 ),
             )
         except FenceLost:

@@ -24,8 +24,8 @@ async def readyz(services: ServicesDep) -> JSONBody:
     try:
         await services.redis.ping()
         workers = await services.redis.zcount(keys.WORKERS_KEY, time.time(), "+inf")
-    except RedisError as exc:
-        return JSONBody({"status": "unavailable", "redis": f"unreachable: {exc}"}, status_code=503)
+    except RedisError:
+        return JSONBody({"status": "unavailable", "redis": "unreachable"}, status_code=503)
     ready = workers > 0
     body = {"status": "ok" if ready else "unavailable", "redis": "ok", "workers": workers}
     return JSONBody(body, status_code=200 if ready else 503)

@@ -20,7 +20,7 @@ from api.responses import EventStream, JSONBody
 from api.tail import ResumePoint, Tail
 from shared import keys
 from shared.auth import ApiKey
-from shared.errors import StreamNotFound, Unauthenticated
+from shared.errors import StreamExpired, StreamNotFound, Unauthenticated
 from shared.store import JobRecord
 
 router = APIRouter(prefix="/v1/streams", tags=["streams"])
@@ -46,7 +46,12 @@ async def load(
         raise StreamNotFound(f"no stream with id {stream_id!r}")
     if caller is None and follow_token is None:
         raise Unauthenticated("an API key or a follow token is required")
-    record = await services.store.get(stream_id)
+    try:
+        record = await services.store.get(stream_id)
+    except StreamExpired as expired:
+        if caller is not None and expired.details.get("owner") in (caller.id, None):
+            raise
+        raise StreamNotFound(f"no stream with id {stream_id!r}") from None
     if caller is not None and (record.owner == caller.id or not services.settings.auth_enabled):
         return record
     if follow_token is not None and await services.redis.exists(
@@ -83,7 +88,7 @@ async def tail_stream(
     resume = ResumePoint.parse(resume_from) if resume_from else None
     fmt = services.formats[record.surface]
     # Only the owner's disconnect may cancel; a follower only watches.
-    cancels = cancel_on_disconnect and caller is not None
+    cancels = cancel_on_disconnect and caller is not None and caller.id == record.owner
     tail = Tail(services, record, fmt, cancel_on_disconnect=cancels)
     return EventStream(tail.stream(await tail.prepare(resume)), record.id)
 

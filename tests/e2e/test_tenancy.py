@@ -3,6 +3,7 @@ processes with authentication on (the default)."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -283,3 +284,105 @@ def test_secrets_never_leave(tenancy: Tenancy) -> None:
     for text in (result.text, replay.text, *(p.log() for p in [*tenancy.apis, tenancy.worker])):
         assert secret not in text and UPSTREAM_KEY not in text
     assert key_id in tenancy.spool("keys", "list")
+
+
+def test_streams_that_end_early_are_still_charged(tenancy: Tenancy) -> None:
+    _, secret = tenancy.new_key("early-leaver", "--budget-tokens", "8")
+    url = f"{tenancy.url}/v1/chat/completions"
+    with httpx.stream(
+        "POST", url, json=chat("demo-slow", stream=True), headers=bearer(secret)
+    ) as r:
+        stream_id = r.headers["x-spool-stream-id"]
+        for n, _ in enumerate(r.iter_lines()):
+            if n > 20:
+                break
+    httpx.post(f"{tenancy.url}/v1/streams/{stream_id}/cancel", headers=bearer(secret))
+    deadline = time.monotonic() + 5
+    used = 0
+    while time.monotonic() < deadline and not used:
+        used = httpx.get(f"{tenancy.url}/v1/usage", headers=bearer(secret)).json()["used_tokens"]
+        time.sleep(0.05)
+    assert used >= 8, "the cancelled stream's tokens were charged"
+    assert httpx.post(url, json=chat(), headers=bearer(secret)).status_code == 402
+
+
+def test_provider_keys_are_redacted_from_mid_stream_errors(tenancy: Tenancy) -> None:
+    _, secret = tenancy.new_key("midstream")
+    streamed = httpx.post(
+        f"{tenancy.url}/v1/chat/completions",
+        json=chat("echo-key-midstream", stream=True),
+        headers=bearer(secret),
+    )
+    stream_id = streamed.headers["x-spool-stream-id"]
+    result = httpx.get(f"{tenancy.url}/v1/streams/{stream_id}/result", headers=bearer(secret))
+    for text in (streamed.text, result.text):
+        assert "[redacted]" in text and UPSTREAM_KEY not in text
+
+
+def test_a_follower_cannot_cancel_by_disconnecting(tenancy: Tenancy) -> None:
+    _, owner = tenancy.new_key("followed")
+    _, stranger = tenancy.new_key("stranger")
+    url = f"{tenancy.url}/v1/chat/completions"
+    with httpx.stream("POST", url, json=chat("demo-slow", stream=True), headers=bearer(owner)) as r:
+        stream_id = r.headers["x-spool-stream-id"]
+    token = httpx.post(
+        f"{tenancy.url}/v1/streams/{stream_id}/follow-token", headers=bearer(owner)
+    ).json()["token"]
+    with httpx.stream(
+        "GET",
+        f"{tenancy.url}/v1/streams/{stream_id}",
+        params={"follow_token": token},
+        headers={**bearer(stranger), "X-Spool-On-Disconnect": "cancel"},
+    ) as r:
+        assert r.status_code == 200
+        next(r.iter_lines())
+    time.sleep(1)
+    result = httpx.get(f"{tenancy.url}/v1/streams/{stream_id}/result", headers=bearer(owner))
+    assert result.json()["status"] == "running"
+    httpx.post(f"{tenancy.url}/v1/streams/{stream_id}/cancel", headers=bearer(owner))
+
+
+def test_depth_limit_holds_after_leading_white_space(tenancy: Tenancy) -> None:
+    _, secret = tenancy.new_key("sneaky")
+    deep: object = "x"
+    for _ in range(300):
+        deep = {"a": deep}
+    body = {
+        "contents": [
+            {"role": "user", "parts": [{"functionResponse": {"name": "f", "response": deep}}]}
+        ]
+    }
+    for prefix in (b" ", b"\n\t", b"\xef\xbb\xbf"):
+        response = httpx.post(
+            f"{tenancy.url}/v1beta/models/demo-fast:generateContent",
+            content=prefix + json.dumps(body).encode(),
+            headers={**bearer(secret), "content-type": "application/json"},
+        )
+        assert response.status_code == 400, (prefix, response.text)
+        assert response.json()["error"]["status"] == "INVALID_ARGUMENT"
+
+
+def test_spool_keys_stay_out_of_access_logs_however_encoded(tenancy: Tenancy) -> None:
+    _, secret = tenancy.new_key("encoded")
+    body = {"contents": [{"parts": [{"text": "x"}]}]}
+    path = f"{tenancy.url}/v1beta/models/demo-fast:generateContent"
+    assert httpx.post(f"{path}?k%65y={secret}", json=body).status_code == 200
+    httpx.post(f"{path}?alt=sse;key={secret}", json=body)
+    time.sleep(0.5)
+    for api in tenancy.apis:
+        assert secret not in api.log()
+
+
+def test_an_expired_stream_is_410_for_its_owner_only(tenancy: Tenancy) -> None:
+    import redis as sync_redis
+
+    _, owner = tenancy.new_key("expiring")
+    _, stranger = tenancy.new_key("prober")
+    created = httpx.post(f"{tenancy.url}/v1/chat/completions", json=chat(), headers=bearer(owner))
+    stream_id = created.headers["x-spool-stream-id"]
+    client = sync_redis.Redis.from_url(tenancy.redis_url)
+    client.delete(f"spool:{{{stream_id}}}:job", f"spool:{{{stream_id}}}:events")  # retention
+    result = f"{tenancy.url}/v1/streams/{stream_id}/result"
+    assert httpx.get(result, headers=bearer(owner)).status_code == 410
+    assert httpx.get(result, headers=bearer(stranger)).status_code == 404
+    assert httpx.get(result, params={"follow_token": "ft_x"}).status_code == 404

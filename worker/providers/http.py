@@ -41,7 +41,7 @@ def error_message(payload: bytes) -> str:
     try:
         data = orjson.loads(payload)
     except orjson.JSONDecodeError:
-        return payload[:200].decode("utf-8", "replace") or "no body"
+        return payload[:8192].decode("utf-8", "replace") or "no body"
     error = data.get("error") if isinstance(data, dict) else None
     if isinstance(error, dict) and isinstance(error.get("message"), str):
         return str(error["message"])
@@ -94,7 +94,7 @@ async def stream_events(
             if response.status_code >= 400:
                 payload = await response.aread()
                 # Upstreams sometimes quote the key they were sent; never pass it on.
-                message = redact(error_message(payload), _secrets(headers))
+                message = redact(error_message(payload), _secrets(headers))[:300]
                 raise UpstreamError(
                     f"upstream answered {response.status_code}: {message}",
                     upstream_status=response.status_code,
