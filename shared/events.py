@@ -13,6 +13,10 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "cancelled"]
 FIELD = b"e"
+# Bounds that keep a hostile upstream's numbers storable: an event outside them is invalid,
+# so the provider adapter skips it as malformed.
+MAX_TOOL_INDEX = 1023
+MAX_TOKENS = 10**12
 
 
 class _Event(BaseModel):
@@ -44,7 +48,7 @@ class ToolCallDelta(_Event):
     later ones carry the same index and more of the JSON arguments."""
 
     type: Literal["tool_call"] = "tool_call"
-    index: int = Field(ge=0)
+    index: int = Field(ge=0, le=MAX_TOOL_INDEX)
     id: str | None = None
     name: str | None = None
     arguments: str = ""
@@ -52,8 +56,8 @@ class ToolCallDelta(_Event):
 
 class Usage(_Event):
     type: Literal["usage"] = "usage"
-    input_tokens: int = Field(default=0, ge=0)
-    output_tokens: int = Field(default=0, ge=0)
+    input_tokens: int = Field(default=0, ge=0, le=MAX_TOKENS)
+    output_tokens: int = Field(default=0, ge=0, le=MAX_TOKENS)
 
     @property
     def total_tokens(self) -> int:

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from shared.errors import InvalidRequest
 
 MAX_JSON_DEPTH = 32
 
@@ -25,6 +28,29 @@ def json_depth(value: Any, limit: int = MAX_JSON_DEPTH) -> int:
         elif isinstance(node, list):
             stack.extend((child, depth + 1) for child in node)
     return deepest
+
+
+def json_text(value: Any, what: str) -> str:
+    """`value` as JSON text, or a 400 when it cannot be: integers past 64 bits, lone
+    surrogates, or nesting deeper than `MAX_JSON_DEPTH`."""
+    if json_depth(value) > MAX_JSON_DEPTH:
+        raise InvalidRequest(f"{what} is nested deeper than {MAX_JSON_DEPTH} levels")
+    try:
+        return orjson.dumps(value).decode()
+    except (orjson.JSONEncodeError, TypeError) as exc:
+        raise InvalidRequest(f"{what} cannot be represented as JSON: {exc}") from exc
+
+
+def parse_json_object(text: str) -> dict[str, Any] | None:
+    """Tool-call arguments as an object, for the APIs that carry them parsed; None when
+    they are not a JSON object or are nested too deeply to pass on."""
+    try:
+        value = orjson.loads(text or "{}")
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(value, dict) or json_depth(value) > MAX_JSON_DEPTH:
+        return None
+    return value
 
 
 class ToolCall(BaseModel):
@@ -79,6 +105,19 @@ class GenerationRequest(BaseModel):
     tool_choice: ToolChoice | None = None
     reasoning: bool = False  # ask for reasoning / thinking output where the model has it
     reasoning_budget: int | None = Field(default=None, ge=1)
+
+    @classmethod
+    def build(cls, **fields: Any) -> GenerationRequest:
+        """The canonical request a surface translated, or a 400 saying what is missing
+        (say, a conversation whose every turn was empty)."""
+        try:
+            return cls(**fields)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or 'request'}: {e['msg']}"
+                for e in exc.errors()[:5]
+            )
+            raise InvalidRequest(f"the request has nothing to generate from: {problems}") from exc
 
     @property
     def system_prompt(self) -> str:

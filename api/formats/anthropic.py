@@ -11,6 +11,7 @@ import orjson
 from api.formats import PING, Frame
 from shared import events as ev
 from shared.errors import SpoolError
+from shared.request import parse_json_object
 from shared.store import JobRecord
 from shared.transcript import Transcript
 
@@ -46,11 +47,7 @@ def _frame(name: str, value: dict[str, Any]) -> Frame:
 
 
 def _tool_input(arguments: str) -> Any:
-    try:
-        parsed = orjson.loads(arguments or "{}")
-    except orjson.JSONDecodeError:
-        return {}
-    return parsed if isinstance(parsed, dict) else {}
+    return parse_json_object(arguments) or {}
 
 
 def usage_object(transcript_usage: ev.Usage | None) -> dict[str, int]:

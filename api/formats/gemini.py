@@ -12,6 +12,7 @@ import orjson
 from api.formats import Frame
 from shared import events as ev
 from shared.errors import SpoolError
+from shared.request import parse_json_object
 from shared.store import JobRecord
 from shared.transcript import ToolCall, Transcript
 
@@ -42,11 +43,7 @@ STATUSES: dict[int, str] = {
 
 
 def _args(arguments: str) -> dict[str, Any]:
-    try:
-        parsed = orjson.loads(arguments or "{}")
-    except orjson.JSONDecodeError:
-        return {}
-    return parsed if isinstance(parsed, dict) else {}
+    return parse_json_object(arguments) or {}
 
 
 def function_call_part(call: ToolCall) -> dict[str, Any]:

@@ -17,6 +17,7 @@ import orjson
 from api.formats import PING, Frame, entry_ms
 from shared import events as ev
 from shared.errors import SpoolError
+from shared.request import parse_json_object
 from shared.store import JobRecord
 from shared.transcript import Transcript
 
@@ -26,10 +27,8 @@ def _frame(value: dict[str, Any]) -> Frame:
 
 
 def _tool_input(arguments: str) -> Any:
-    try:
-        return orjson.loads(arguments or "{}")
-    except orjson.JSONDecodeError:
-        return arguments
+    parsed = parse_json_object(arguments)
+    return arguments if parsed is None else parsed
 
 
 class SimpleFormat:

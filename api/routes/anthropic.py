@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-import orjson
 from fastapi import APIRouter, Body
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
@@ -13,7 +12,15 @@ from api.deps import CallerDep, CancelOnDisconnectDep, ServicesDep
 from api.generation import serve_generation
 from api.routes.openai_chat import MAX_TOOLS
 from shared.errors import InvalidRequest
-from shared.request import MAX_JSON_DEPTH, GenerationRequest, Message, Tool, ToolCall, json_depth
+from shared.request import (
+    MAX_JSON_DEPTH,
+    GenerationRequest,
+    Message,
+    Tool,
+    ToolCall,
+    json_depth,
+    json_text,
+)
 
 router = APIRouter(tags=["anthropic"])
 SURFACE = "anthropic.messages"
@@ -107,7 +114,9 @@ def _messages(body: MessagesRequest) -> list[Message]:
                 tool_names[call_id] = name
                 calls.append(
                     ToolCall(
-                        id=call_id, name=name, arguments=orjson.dumps(block.input or {}).decode()
+                        id=call_id,
+                        name=name,
+                        arguments=json_text(block.input or {}, "tool_use input"),
                     )
                 )
             elif block.type == "tool_result" and turn.role == "user":
@@ -144,7 +153,7 @@ def to_canonical(body: MessagesRequest) -> GenerationRequest:
                 raise InvalidRequest("tool_choice.name is required when type is 'tool'")
             choice = body.tool_choice.name
     thinking = body.thinking is not None and body.thinking.type != "disabled"
-    return GenerationRequest(
+    return GenerationRequest.build(
         model=body.model,
         messages=_messages(body),
         max_tokens=body.max_tokens,

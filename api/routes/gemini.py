@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-import orjson
 from fastapi import APIRouter, Body, Path, Query
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
@@ -15,7 +14,15 @@ from api.deps import CallerDep, CancelOnDisconnectDep, ServicesDep
 from api.generation import serve_generation
 from api.routes.openai_chat import MAX_TOOLS
 from shared.errors import InvalidRequest, RouteNotFound
-from shared.request import MAX_JSON_DEPTH, GenerationRequest, Message, Tool, ToolCall, json_depth
+from shared.request import (
+    MAX_JSON_DEPTH,
+    GenerationRequest,
+    Message,
+    Tool,
+    ToolCall,
+    json_depth,
+    json_text,
+)
 
 router = APIRouter(tags=["gemini"])
 SURFACE = "gemini"
@@ -119,7 +126,7 @@ def _messages(body: GenerateContentRequest) -> list[Message]:
                         ToolCall(
                             id=call.id or f"call_{call.name}_{n}",
                             name=call.name,
-                            arguments=orjson.dumps(call.args).decode(),
+                            arguments=json_text(call.args, "functionCall args"),
                         )
                     )
             out.append(Message(role="assistant", content=text, tool_calls=calls or None))
@@ -132,7 +139,7 @@ def _messages(body: GenerateContentRequest) -> list[Message]:
                         role="tool",
                         name=result.name,
                         tool_call_id=result.id or result.name,
-                        content=orjson.dumps(result.response).decode(),
+                        content=json_text(result.response, "functionResponse response"),
                     )
                 )
         if text or not any(p.function_response for p in content.parts):
@@ -174,7 +181,7 @@ def to_canonical(model: str, body: GenerateContentRequest) -> GenerationRequest:
     if config.candidate_count not in (None, 1):
         raise InvalidRequest("only candidateCount 1 is supported")
     thinking = config.thinking_config
-    return GenerationRequest(
+    return GenerationRequest.build(
         model=model,
         messages=_messages(body),
         max_tokens=config.max_output_tokens,
@@ -185,8 +192,9 @@ def to_canonical(model: str, body: GenerateContentRequest) -> GenerationRequest:
         tools=_tools(body),
         tool_choice=_tool_choice(body),
         reasoning=bool(thinking and thinking.include_thoughts),
+        # Gemini's -1 means "dynamic": no fixed budget.
         reasoning_budget=thinking.thinking_budget
-        if thinking and thinking.thinking_budget
+        if thinking and thinking.thinking_budget and thinking.thinking_budget > 0
         else None,
     )
 

@@ -148,7 +148,7 @@ def to_canonical(body: ChatCompletionRequest) -> GenerationRequest:
         choice_name: str | None = name
     else:
         choice_name = choice
-    return GenerationRequest(
+    return GenerationRequest.build(
         model=body.model,
         messages=[_message(m) for m in body.messages],
         max_tokens=body.max_completion_tokens or body.max_tokens,

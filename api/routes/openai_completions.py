@@ -44,7 +44,7 @@ def to_canonical(body: CompletionRequest) -> GenerationRequest:
         raise InvalidRequest("only n=1 is supported")
     if body.echo or body.logprobs is not None or body.suffix is not None:
         raise InvalidRequest("echo, logprobs and suffix are not supported")
-    return GenerationRequest(
+    return GenerationRequest.build(
         model=body.model,
         messages=[Message(role="user", content=prompts[0])],
         max_tokens=body.max_tokens,

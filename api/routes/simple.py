@@ -36,7 +36,9 @@ async def simple_chat(
 ) -> Response:
     messages = [Message(role="system", content=body.system)] if body.system else []
     messages.append(Message(role="user", content=body.message))
-    request = GenerationRequest(model=body.model, messages=messages, max_tokens=body.max_tokens)
+    request = GenerationRequest.build(
+        model=body.model, messages=messages, max_tokens=body.max_tokens
+    )
     created_at = time.time()
     return await serve_generation(
         services,

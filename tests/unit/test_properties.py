@@ -16,6 +16,7 @@ found; each asserts the correct behaviour.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 from collections.abc import Callable
@@ -23,7 +24,7 @@ from typing import Any
 
 import orjson
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 from pydantic_core import PydanticSerializationError
@@ -50,6 +51,9 @@ BASE = settings(
     report_multiple_bugs=False,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
+# Shrinking a failing request body takes Hypothesis 15-40 s; the pinned regressions below
+# give the minimal examples, so the request properties report the failure as found.
+NO_SHRINK = settings(BASE, phases=[Phase.explicit, Phase.generate])
 
 
 # === 1. SSE decoder ========================================================================
@@ -105,7 +109,7 @@ def _decode(chunks: list[bytes], **kwargs: Any) -> list[ServerSentEvent]:
     return out
 
 
-@settings(BASE, max_examples=300)
+@settings(BASE, max_examples=200)
 @given(data=sse_bytes, cuts=sse_cuts)
 def test_sse_decoding_does_not_depend_on_chunking(data: bytes, cuts: list[int] | None) -> None:
     whole = _decode([data])
@@ -554,18 +558,26 @@ def _mutate(
 
 
 @pytest.mark.parametrize("surface", SURFACES)
-@settings(BASE, max_examples=60)
+@settings(NO_SHRINK, max_examples=60)
 @given(data=st.data(), model=gemini_models)
 def test_valid_requests_are_accepted(surface: str, data: st.DataObject, model: str) -> None:
     body = data.draw(VALID_BODIES[surface], label="body")
     parsed = REQUEST_MODELS[surface].model_validate(body)
+    try:
+        orjson.dumps(body)
+    except orjson.JSONEncodeError:
+        # Integers beyond 64 bits or lone surrogates: the job store cannot hold them (it
+        # answers InvalidRequest), so a SpoolError is an acceptable answer here too.
+        with contextlib.suppress(SpoolError):
+            _assert_round_trips(_to_canonical(surface, parsed, model))
+        return
     request = _to_canonical(surface, parsed, model)
     assert request.messages
     _assert_round_trips(request)
 
 
 @pytest.mark.parametrize("surface", SURFACES)
-@settings(BASE, max_examples=60)
+@settings(NO_SHRINK, max_examples=60)
 @given(body=json_objects, model=gemini_models)
 def test_arbitrary_bodies_fail_only_with_client_errors(
     surface: str, body: dict[str, Any], model: str
@@ -574,7 +586,7 @@ def test_arbitrary_bodies_fail_only_with_client_errors(
 
 
 @pytest.mark.parametrize("surface", SURFACES)
-@settings(BASE, max_examples=120)
+@settings(NO_SHRINK, max_examples=120)
 @given(data=st.data(), model=gemini_models)
 def test_almost_valid_bodies_fail_only_with_client_errors(
     surface: str, data: st.DataObject, model: str
@@ -613,29 +625,44 @@ def _gemini_part(part: dict[str, Any], role: str) -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("surface", "body"),
     [
-        # orjson.dumps in to_canonical: integers beyond 64 bits (valid JSON) -> TypeError
-        ("anthropic.messages", _anthropic_tool_use({"n": 2**64})),
-        ("gemini", _gemini_part({"functionCall": {"name": "f", "args": {"n": 2**64}}}, "model")),
-        (
+        # orjson.dumps inside to_canonical fails (TypeError) on integers beyond 64 bits, which
+        # are valid JSON and which json.loads (FastAPI's parser) keeps as Python ints
+        pytest.param(
+            "anthropic.messages",
+            _anthropic_tool_use({"n": 2**64}),
+            id="anthropic-tool_use-input-big-int",
+        ),
+        pytest.param(
+            "gemini",
+            _gemini_part({"functionCall": {"name": "f", "args": {"n": 2**64}}}, "model"),
+            id="gemini-functionCall-args-big-int",
+        ),
+        pytest.param(
             "gemini",
             _gemini_part({"functionResponse": {"name": "f", "response": {"n": 2**64}}}, "user"),
+            id="gemini-functionResponse-big-int",
         ),
-        # orjson.dumps in to_canonical: a lone surrogate (a legal JSON escape) -> TypeError
-        ("anthropic.messages", _anthropic_tool_use({"s": "\ud800"})),
-        # orjson.dumps in to_canonical: functionResponse.response has no depth limit, and
-        # orjson refuses more than 255 levels -> TypeError
-        (
+        # … and on a lone surrogate, which JSON may escape ("\ud800") and json.loads keeps
+        pytest.param(
+            "anthropic.messages",
+            _anthropic_tool_use({"s": "\ud800"}),
+            id="anthropic-tool_use-input-lone-surrogate",
+        ),
+        # … and on more than 255 levels: functionResponse.response has no depth check
+        pytest.param(
             "gemini",
             _gemini_part(
                 {"functionResponse": {"name": "f", "response": _deep_object(300)}}, "user"
             ),
+            id="gemini-functionResponse-300-deep",
         ),
-        # GenerationRequest(messages=[]) inside to_canonical -> pydantic ValidationError
-        (
+        # GenerationRequest(messages=[]) inside to_canonical: a pydantic ValidationError
+        pytest.param(
             "anthropic.messages",
             {"model": "m", "max_tokens": 16, "messages": [{"role": "user", "content": []}]},
+            id="anthropic-empty-content",
         ),
-        (
+        pytest.param(
             "anthropic.messages",
             {
                 "model": "m",
@@ -644,14 +671,16 @@ def _gemini_part(part: dict[str, Any], role: str) -> dict[str, Any]:
                     {"role": "assistant", "content": [{"type": "thinking", "thinking": "x"}]}
                 ],
             },
+            id="anthropic-only-thinking",
         ),
-        # thinkingBudget -1 (Gemini's "dynamic") -> reasoning_budget=-1 -> ValidationError
-        (
+        # thinkingBudget -1 (Gemini's "dynamic thinking") becomes reasoning_budget=-1
+        pytest.param(
             "gemini",
             {
                 "contents": [{"parts": [{"text": "hi"}]}],
                 "generationConfig": {"thinkingConfig": {"thinkingBudget": -1}},
             },
+            id="gemini-thinkingBudget-minus-1",
         ),
     ],
 )
@@ -661,6 +690,7 @@ def test_translator_regressions(surface: str, body: dict[str, Any]) -> None:
 
 # === 3. Renderers ==========================================================================
 
+# JSON as it travels between Spool and its upstreams, shared with section 4.
 PROVIDER_FIELDS = [
     *("choices", "delta", "finish_reason", "usage", "prompt_tokens", "completion_tokens"),
     *("index", "error", "message", "reasoning_content", "reasoning", "content_block"),
@@ -1124,7 +1154,7 @@ def _check_mapped(out: Any) -> None:
 
 
 @pytest.mark.parametrize("provider", sorted(PROVIDERS))
-@settings(BASE, max_examples=150)
+@settings(BASE, max_examples=80)
 @given(data=st.data())
 def test_provider_mappers_fail_only_in_handled_ways(provider: str, data: st.DataObject) -> None:
     session, realistic = PROVIDERS[provider]
@@ -1152,7 +1182,7 @@ raw_sse_data = st.one_of(
 
 
 @pytest.mark.parametrize("provider", sorted(PROVIDERS))
-@settings(BASE, max_examples=100)
+@settings(BASE, max_examples=60)
 @given(data=st.data())
 def test_event_parser_raises_only_upstream_errors(provider: str, data: st.DataObject) -> None:
     session, realistic = PROVIDERS[provider]
@@ -1194,7 +1224,10 @@ DEEP = "[" * 1010 + "]" * 1010  # orjson parses up to 1024 levels; str() recurse
         ("gemini", "message", '{"error": @}'.replace("@", DEEP)),
         ("gemini", "message", '{"error": {"message": @}}'.replace("@", DEEP)),
     ],
-    ids=lambda v: v if len(v) < 20 else None,
+    ids=[
+        *("openai-error", "openai-error-message", "anthropic-error", "anthropic-error-message"),
+        *("anthropic-text-block", "gemini-error", "gemini-error-message"),
+    ],
 )
 def test_event_parser_deeply_nested_payloads(provider: str, name: str, payload: str) -> None:
     handler_for, _ = PROVIDERS[provider][0]()
@@ -1244,6 +1277,10 @@ def test_event_parser_deeply_nested_payloads(provider: str, name: str, payload: 
                 ' "usageMetadata": {"promptTokenCount": 1e30}}'
             ],
         ),
+    ],
+    ids=[
+        *("openai-usage-1e30", "openai-tool-index-1e30", "anthropic-usage-1e30"),
+        *("anthropic-usage-sum-over-u64", "gemini-usage-1e30"),
     ],
 )
 def test_provider_events_stay_storable(provider: str, payloads: list[str]) -> None:

@@ -162,7 +162,8 @@ def build_body(request: GenerationRequest, upstream_model: str) -> dict[str, Any
 
 
 def _count(usage: dict[str, Any], *names: str) -> int:
-    return sum(int(usage.get(name) or 0) for name in names)
+    # Clamped, so an absurd count from upstream cannot make the finish unstorable.
+    return min(ev.MAX_TOKENS, sum(max(0, int(usage.get(name) or 0)) for name in names))
 
 
 class _EventMapper:

@@ -151,7 +151,14 @@ class EventParser:
             return handle(data)
         except UpstreamError:
             raise
-        except (orjson.JSONDecodeError, TypeError, ValueError, AttributeError, KeyError) as exc:
+        except (
+            orjson.JSONDecodeError,
+            TypeError,
+            ValueError,
+            AttributeError,
+            KeyError,
+            RecursionError,
+        ) as exc:
             self.malformed += 1
             log.warning("skipping a malformed upstream event (%d bytes): %s", len(sse.data), exc)
             if self.malformed > MAX_MALFORMED_EVENTS:
