@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body
@@ -137,6 +138,20 @@ def _tools(body: ChatCompletionRequest) -> list[Tool]:
     ]
 
 
+def openai_render(
+    id_prefix: str, model: str, stream: bool, options: StreamOptions | None
+) -> Callable[[str], dict[str, Any]]:
+    """Render options shared by OpenAI's chat and completions formats."""
+    include_usage = bool(stream and options and options.include_usage)
+    created = int(time.time())
+    return lambda stream_id: {
+        "id": f"{id_prefix}{stream_id}",
+        "created": created,
+        "model": model,
+        "include_usage": include_usage,
+    }
+
+
 def to_canonical(body: ChatCompletionRequest) -> GenerationRequest:
     if body.n != 1:
         raise InvalidRequest("only n=1 is supported")
@@ -172,19 +187,12 @@ async def chat_completions(
     caller: CallerDep,
     cancel_on_disconnect: CancelOnDisconnectDep,
 ) -> Response:
-    include_usage = bool(body.stream and body.stream_options and body.stream_options.include_usage)
-    created = int(time.time())
     return await serve_generation(
         services,
         caller,
         SURFACE,
         to_canonical(body),
-        render=lambda stream_id: {
-            "id": f"chatcmpl-{stream_id}",
-            "created": created,
-            "model": body.model,
-            "include_usage": include_usage,
-        },
+        render=openai_render("chatcmpl-", body.model, body.stream, body.stream_options),
         stream=body.stream,
         cancel_on_disconnect=cancel_on_disconnect,
     )

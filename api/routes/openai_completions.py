@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Annotated
 
 from fastapi import APIRouter, Body
@@ -11,7 +10,7 @@ from starlette.responses import Response
 
 from api.deps import CallerDep, CancelOnDisconnectDep, ServicesDep
 from api.generation import serve_generation
-from api.routes.openai_chat import StreamOptions, _Strict, stop_list
+from api.routes.openai_chat import StreamOptions, _Strict, openai_render, stop_list
 from shared.errors import InvalidRequest
 from shared.request import GenerationRequest, Message
 
@@ -65,19 +64,12 @@ async def completions(
     caller: CallerDep,
     cancel_on_disconnect: CancelOnDisconnectDep,
 ) -> Response:
-    include_usage = bool(body.stream and body.stream_options and body.stream_options.include_usage)
-    created = int(time.time())
     return await serve_generation(
         services,
         caller,
         SURFACE,
         to_canonical(body),
-        render=lambda stream_id: {
-            "id": f"cmpl-{stream_id}",
-            "created": created,
-            "model": body.model,
-            "include_usage": include_usage,
-        },
+        render=openai_render("cmpl-", body.model, body.stream, body.stream_options),
         stream=body.stream,
         cancel_on_disconnect=cancel_on_disconnect,
     )

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
-from collections.abc import AsyncIterator, Callable, MutableMapping
+from collections.abc import Callable, MutableMapping
 from typing import Any
 
 import anthropic
@@ -25,50 +25,11 @@ from shared.request import GenerationRequest
 from shared.settings import ModelEntry
 from tests import mock_anthropic as mock
 from tests.mock_upstream import MockUpstream
+from tests.unit.upstream_fakes import ChunkStream, Upstream, sse_upstream
 from worker.providers.anthropic import AnthropicProvider, build_body
 
 KEY_ENV = "SPOOL_UNIT_TEST_ANTHROPIC_KEY"
 BASE_URL = "http://upstream.test/v1"
-
-
-class ChunkStream(httpx.AsyncByteStream):
-    """A response body delivered in exactly the reads we choose."""
-
-    def __init__(self, chunks: list[bytes]) -> None:
-        self.chunks = chunks
-        self.consumed = 0
-        self.closed = False
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        for chunk in self.chunks:
-            self.consumed += 1
-            yield chunk
-
-    async def aclose(self) -> None:
-        self.closed = True
-
-
-class Upstream:
-    """Records the requests it gets and answers each with the configured response."""
-
-    def __init__(self, respond: Callable[[httpx.Request], httpx.Response]) -> None:
-        self.respond = respond
-        self.requests: list[httpx.Request] = []
-
-    def handler(self, request: httpx.Request) -> httpx.Response:
-        self.requests.append(request)
-        return self.respond(request)
-
-    def client(self) -> httpx.AsyncClient:
-        return httpx.AsyncClient(transport=httpx.MockTransport(self.handler))
-
-
-def sse_upstream(chunks: list[bytes], status: int = 200) -> Upstream:
-    return Upstream(
-        lambda _: httpx.Response(
-            status, headers={"content-type": "text/event-stream"}, stream=ChunkStream(chunks)
-        )
-    )
 
 
 def make_request(**kw: Any) -> GenerationRequest:

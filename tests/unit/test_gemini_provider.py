@@ -4,7 +4,6 @@ against tests/mock_gemini.py through httpx.ASGITransport."""
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
@@ -20,49 +19,12 @@ from shared.settings import ModelEntry
 from tests import mock_gemini
 from tests.mock_gemini import handle_generate
 from tests.mock_upstream import MockUpstream
+from tests.unit.upstream_fakes import ChunkStream, Upstream, sse_upstream
 from worker.providers.gemini import DEFAULT_BASE_URL, GeminiProvider, build_body
 
 KEY_ENV = "SPOOL_UNIT_TEST_GEMINI_KEY"
 BASE_URL = "http://upstream.test/v1beta"
 STREAM_URL = f"{BASE_URL}/models/gemini-upstream:streamGenerateContent"
-
-
-class ChunkStream(httpx.AsyncByteStream):
-    """A response body delivered in exactly the reads we choose."""
-
-    def __init__(self, chunks: list[bytes]) -> None:
-        self.chunks = chunks
-        self.closed = False
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        for chunk in self.chunks:
-            yield chunk
-
-    async def aclose(self) -> None:
-        self.closed = True
-
-
-class Upstream:
-    """Records the requests it gets and answers each with the configured response."""
-
-    def __init__(self, respond: Callable[[httpx.Request], httpx.Response]) -> None:
-        self.respond = respond
-        self.requests: list[httpx.Request] = []
-
-    def handler(self, request: httpx.Request) -> httpx.Response:
-        self.requests.append(request)
-        return self.respond(request)
-
-    def client(self) -> httpx.AsyncClient:
-        return httpx.AsyncClient(transport=httpx.MockTransport(self.handler))
-
-
-def sse_upstream(chunks: list[bytes], status: int = 200) -> Upstream:
-    return Upstream(
-        lambda _: httpx.Response(
-            status, headers={"content-type": "text/event-stream"}, stream=ChunkStream(chunks)
-        )
-    )
 
 
 def data(obj: Any) -> bytes:
