@@ -9,6 +9,7 @@ from fastapi import FastAPI
 
 from api.deps import Services
 from api.errors import RequestLimits, install_error_handlers
+from api.metrics import Metrics, MetricsMiddleware
 from api.routes import (
     anthropic,
     gemini,
@@ -43,6 +44,7 @@ def create_app(settings: Settings) -> FastAPI:
             queue=queue,
             keys=KeyStore(redis),
             admission=Admission(redis, settings),
+            metrics=app.state.metrics,
         )
         # API replicas reap too, so streams end even when every worker is gone.
         reaper = supervise("reaper", Reaper(store, queue, settings).run_forever)
@@ -54,7 +56,10 @@ def create_app(settings: Settings) -> FastAPI:
 
     app = FastAPI(title="Spool", version="0.1.0", lifespan=lifespan)
     install_error_handlers(app)
+    metrics = Metrics()
+    app.state.metrics = metrics
     app.add_middleware(RequestLimits, settings=settings)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
     for router in (
         openai_chat.router,
         openai_completions.router,

@@ -12,6 +12,7 @@ from fastapi import Depends, Header, Request
 from redis.asyncio import Redis
 
 from api.formats import WireFormat, registry
+from api.metrics import Metrics
 from shared.auth import ANONYMOUS, ApiKey, KeyStore
 from shared.errors import Unauthenticated
 from shared.limits import Admission
@@ -28,6 +29,7 @@ class Services:
     queue: JobQueue
     keys: KeyStore
     admission: Admission
+    metrics: Metrics
     formats: dict[str, WireFormat] = field(default_factory=registry)
     draining: asyncio.Event = field(default_factory=asyncio.Event)
     background: set[asyncio.Task[Any]] = field(default_factory=set)

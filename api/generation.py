@@ -15,7 +15,13 @@ from api.responses import STREAM_ID_HEADER, EventStream, JSONBody
 from api.tail import Tail, wait_for_transcript
 from shared import events as ev
 from shared.auth import ApiKey
-from shared.errors import InvalidRequest, ModelNotFound, SpoolError
+from shared.errors import (
+    BudgetExhausted,
+    InvalidRequest,
+    ModelNotFound,
+    RateLimited,
+    SpoolError,
+)
 from shared.queue import GENERATE
 from shared.request import GenerationRequest
 from shared.settings import ModelEntry, Settings
@@ -72,7 +78,12 @@ async def start_generation(
         # The API resolves the model once, so every worker runs what this replica accepted.
         "entry": entry.model_dump(mode="json"),
     }
-    await services.admission.admit(owner, stream_id)
+    try:
+        await services.admission.admit(owner, stream_id)
+    except (RateLimited, BudgetExhausted) as refused:
+        reason = "budget" if isinstance(refused, BudgetExhausted) else "limit"
+        services.metrics.refused.labels(reason).inc()
+        raise
     try:
         await services.store.create(
             stream_id,
@@ -83,6 +94,7 @@ async def start_generation(
             owner=owner.id,
         )
         await services.queue.enqueue(GENERATE, stream_id, stream_id)
+        services.metrics.generations.labels(fmt.surface).inc()
     except BaseException:
         await services.admission.release(owner, stream_id)
         raise

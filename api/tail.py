@@ -221,6 +221,7 @@ class Tail:
             return
         follower = Follower(self.store, self.record.id, self.block_ms, self.services.draining)
         ended = False
+        self.services.metrics.open_tails.inc()
         try:
             async for entry in follower.entries(start.after, start.next_seq):
                 if entry is None:
@@ -245,6 +246,7 @@ class Tail:
                 format_event(f.data, event=f.event) for f in self.renderer.frames(now_id, error)
             )
         finally:
+            self.services.metrics.open_tails.dec()
             if not ended and self.cancel_on_disconnect:
                 self.services.spawn(self.store.request_cancel(self.record.id), "cancel")
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import time
 
 from fastapi import APIRouter
+from prometheus_client import CONTENT_TYPE_LATEST
 from redis.exceptions import RedisError
+from starlette.responses import Response
 
 from api.deps import ServicesDep
 from api.responses import JSONBody
@@ -17,6 +19,11 @@ router = APIRouter(tags=["health"])
 @router.get("/healthz")
 async def healthz() -> JSONBody:
     return JSONBody({"status": "ok"})
+
+
+@router.get("/metrics")
+async def metrics(services: ServicesDep) -> Response:
+    return Response(services.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/readyz")

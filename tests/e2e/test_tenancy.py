@@ -386,3 +386,18 @@ def test_an_expired_stream_is_410_for_its_owner_only(tenancy: Tenancy) -> None:
     assert httpx.get(result, headers=bearer(owner)).status_code == 410
     assert httpx.get(result, headers=bearer(stranger)).status_code == 404
     assert httpx.get(result, params={"follow_token": "ft_x"}).status_code == 404
+
+
+def test_metrics_count_requests_without_ids_or_secrets(tenancy: Tenancy) -> None:
+    _, secret = tenancy.new_key("metered", "--rpm", "1")
+    url = f"{tenancy.url}/v1/chat/completions"
+    created = httpx.post(url, json=chat(stream=True), headers=bearer(secret))
+    assert httpx.post(url, json=chat(), headers=bearer(secret)).status_code == 429
+    text = httpx.get(f"{tenancy.url}/metrics").text
+    assert (
+        'spool_http_requests_total{method="POST",route="/v1/chat/completions",status="200"}' in text
+    )
+    assert 'spool_admissions_refused_total{reason="limit"}' in text
+    assert 'spool_generations_started_total{surface="openai.chat"}' in text
+    assert "spool_open_stream_tails" in text
+    assert secret not in text and created.headers["x-spool-stream-id"] not in text

@@ -1,0 +1,78 @@
+"""Prometheus metrics of one API process: requests by route and status, open stream
+tails, generations started, and admissions refused. Each replica exposes its own on
+`GET /metrics`; labels are route templates and fixed names, never ids, models or keys."""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "spool_http_requests_total",
+            "HTTP requests answered, by route template and status code.",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "spool_http_response_start_seconds",
+            "Time from a request's arrival to its response headers.",
+            ["route"],
+            registry=self.registry,
+        )
+        self.open_tails = Gauge(
+            "spool_open_stream_tails",
+            "Server-Sent Event tails this process is serving right now.",
+            registry=self.registry,
+        )
+        self.generations = Counter(
+            "spool_generations_started_total",
+            "Generations enqueued, by the API surface they came in through.",
+            ["surface"],
+            registry=self.registry,
+        )
+        self.refused = Counter(
+            "spool_admissions_refused_total",
+            "Generations refused before enqueueing: `limit` (rate or concurrency) or `budget`.",
+            ["reason"],
+            registry=self.registry,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class MetricsMiddleware:
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def observe(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                self.metrics.latency.labels(_route(scope)).observe(time.perf_counter() - started)
+            await send(message)
+
+        try:
+            await self.app(scope, receive, observe)
+        finally:
+            self.metrics.requests.labels(scope["method"], _route(scope), str(status)).inc()
+
+
+def _route(scope: Scope) -> str:
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    return str(path) if path else "unmatched"
