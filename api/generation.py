@@ -3,6 +3,7 @@ job record, enqueue the job, then stream the tail or wait for the assembled resu
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -12,7 +13,7 @@ from starlette.responses import Response
 from api.deps import Services
 from api.formats import WireFormat
 from api.responses import STREAM_ID_HEADER, EventStream, JSONBody
-from api.tail import Tail, wait_for_transcript
+from api.tail import START, Start, Tail, wait_for_transcript
 from shared import events as ev
 from shared.auth import ApiKey
 from shared.errors import (
@@ -21,13 +22,13 @@ from shared.errors import (
     ModelNotFound,
     RateLimited,
     SpoolError,
+    error_status,
+    error_type,
 )
 from shared.queue import GENERATE
 from shared.request import GenerationRequest
 from shared.settings import ModelEntry, Settings
-from shared.store import JobRecord
-
-ERROR_STATUS = {"generation_timeout": 504, "internal_error": 500}
+from shared.store import JobRecord, Status
 
 
 def new_stream_id() -> str:
@@ -98,15 +99,29 @@ async def start_generation(
     except BaseException:
         await services.admission.release(owner, stream_id)
         raise
-    return await services.store.get(stream_id)
+    # The record as just written; no need to read it back on the way to the first token.
+    return JobRecord(
+        id=stream_id,
+        status=Status.QUEUED,
+        surface=fmt.surface,
+        model=request.model,
+        created_at=time.time(),
+        started_at=None,
+        finished_at=None,
+        request=payload,
+        render=render,
+        output=None,
+        cancel_requested=False,
+        owner=owner.id,
+    )
 
 
 def error_from_event(event: ev.Error) -> SpoolError:
     """A stream's error event as the error a non-streaming request answers with."""
     error = SpoolError(event.message)
     error.code = event.code
-    error.status_code = ERROR_STATUS.get(event.code, 502)
-    error.type = "upstream_error" if event.code.startswith("upstream") else "server_error"
+    error.status_code = error_status(event.code)
+    error.type = error_type(event.code)
     return error
 
 
@@ -121,7 +136,8 @@ async def respond(
     settings = services.settings
     if stream:
         tail = Tail(services, record, fmt, cancel_on_disconnect=cancel_on_disconnect)
-        return EventStream(tail.stream(await tail.prepare(None)), record.id)
+        # A stream created a moment ago has nothing to validate or catch up on.
+        return EventStream(tail.stream(Start(START, 1)), record.id)
     transcript = await wait_for_transcript(
         services.store, record, settings.nonstream_timeout_s, block_ms=1000
     )

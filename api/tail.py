@@ -95,12 +95,15 @@ class Follower:
         stream_id: str,
         block_ms: int,
         draining: asyncio.Event | None = None,
+        *,
+        mark_readers: bool = False,
     ) -> None:
         self.store = store
         self.stream_id = stream_id
         self.block_ms = block_ms
         self.draining = draining
         self.drained = False
+        self.mark_readers = mark_readers
 
     async def entries(self, after: str, next_seq: int = 1) -> AsyncIterator[Entry | None]:
         """Entries after `after` (whose successor is the `next_seq`th event), up to and
@@ -113,7 +116,7 @@ class Follower:
         try:
             while True:
                 now = time.monotonic()
-                if now - last_mark >= READER_MARK_INTERVAL_S:
+                if self.mark_readers and now - last_mark >= READER_MARK_INTERVAL_S:
                     await self.store.mark_reader(self.stream_id)
                     last_mark = now
                 entries = await self._read(after, drain_wait)
@@ -219,7 +222,14 @@ class Tail:
             yield start.replay
         if not start.after:
             return
-        follower = Follower(self.store, self.record.id, self.block_ms, self.services.draining)
+        follower = Follower(
+            self.store,
+            self.record.id,
+            self.block_ms,
+            self.services.draining,
+            # Only the abandoned-stream policy reads these marks.
+            mark_readers=self.services.settings.abandon_grace_s is not None,
+        )
         ended = False
         self.services.metrics.open_tails.inc()
         try:

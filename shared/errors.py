@@ -157,3 +157,37 @@ class FenceLost(SpoolError):
     """This worker attempt no longer owns the stream; another attempt took it over."""
 
     code = "fence_lost"
+
+
+# The HTTP status behind each error code a stream can end with: what a non-streaming
+# request answers, and (when the upstream gave none) what picks the error type a stream
+# renders. One table, so every surface says the same.
+ERROR_STATUSES: dict[str, int] = {
+    "internal_error": 500,
+    "upstream_error": 502,
+    "upstream_connect_error": 502,
+    "upstream_incomplete": 502,
+    "upstream_malformed": 502,
+    "upstream_forbidden": 502,
+    "worker_lost": 502,
+    "redis_unavailable": 503,
+    "worker_shutdown": 503,
+    "queue_timeout": 503,
+    "upstream_timeout": 504,
+    "generation_timeout": 504,
+    "resume_point_expired": 410,
+    "stream_expired": 410,
+}
+
+
+def error_status(code: str) -> int:
+    return ERROR_STATUSES.get(code, 502)
+
+
+def error_type(code: str) -> str:
+    """OpenAI-style error type for a stream error code."""
+    if code.startswith("upstream"):
+        return "upstream_error"
+    if error_status(code) == 503:
+        return "service_unavailable"
+    return "server_error"

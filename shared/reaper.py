@@ -24,6 +24,12 @@ from shared.store import Status, StreamStore
 
 log = logging.getLogger(__name__)
 
+WORKER_LOST = ev.Error(
+    code="worker_lost",
+    message="the worker running this stream was lost; the partial output is kept",
+    retryable=True,
+)
+
 
 class Reaper:
     def __init__(self, store: StreamStore, queue: JobQueue, settings: Settings) -> None:
@@ -70,11 +76,7 @@ class Reaper:
             return 1
         if reaped.outcome == "lost":
             log.warning("stream %s: worker lost after output; ending the stream", stream_id)
-            error = ev.Error(
-                code="worker_lost",
-                message="the worker running this stream was lost; the partial output is kept",
-                retryable=True,
-            )
+            error = WORKER_LOST
         elif reaped.outcome == "expired":
             log.warning("stream %s: no worker picked it up in time", stream_id)
             error = ev.Error(

@@ -85,11 +85,12 @@ class GenerationRun:
     def started(self) -> bool:
         return self.held > 0
 
-    async def _append(self, event: ev.Event) -> None:
-        batch: list[ev.Event] = [event]
+    async def _write(self, events: list[ev.Event]) -> None:
+        """Append `events`, led by Start if nothing was written yet. Start goes out with the
+        first real event, so an attempt that dies before producing anything leaves the
+        stream empty and the job can simply run again."""
+        batch = list(events)
         if not self.started:
-            # Start goes out with the first real event, so an attempt that dies before
-            # producing anything leaves the stream empty and the job can simply run again.
             start = ev.Start(model=self.record.model, provider=self.provider.name)
             self.transcript.apply(start)
             batch.insert(0, start)
@@ -98,6 +99,9 @@ class GenerationRun:
             lambda: self.store.append(self.stream_id, self.attempt, batch, held=self.held),
         )
         self.held += len(batch)
+
+    async def _append(self, event: ev.Event) -> None:
+        await self._write([event])
 
     async def _stream_once(self) -> ev.Finish:
         stream = self.provider.stream(self.request, self.entry)
@@ -185,10 +189,7 @@ class GenerationRun:
         self.transcript.apply(terminal)
         try:
             if not self.started and isinstance(terminal, ev.Finish):
-                start = ev.Start(model=self.record.model, provider=self.provider.name)
-                self.transcript.apply(start)
-                await self.store.append(self.stream_id, self.attempt, [start], held=self.held)
-                self.held += 1
+                await self._write([])
             await with_redis_retry(
                 self.settings,
                 lambda: self.store.finish(

@@ -21,7 +21,7 @@ from shared import keys
 from shared.errors import StreamNotFound
 from shared.netguard import Allowlist, GuardedTransport
 from shared.queue import ArqJobQueue
-from shared.reaper import Reaper
+from shared.reaper import WORKER_LOST, Reaper
 from shared.settings import Settings
 from shared.store import Status, StreamStore
 from shared.supervise import cancel_and_wait, supervise
@@ -97,12 +97,7 @@ class WorkerRuntime:
             # An earlier attempt died after it had emitted: never restart (that would repeat
             # text); end the stream visibly, keeping the partial output.
             run.transcript = await self.store.rebuild_transcript(stream_id)
-            error = ev.Error(
-                code="worker_lost",
-                message="the worker running this stream was lost; the partial output is kept",
-                retryable=True,
-            )
-            return (await run.finish(Status.FAILED, error)).value
+            return (await run.finish(Status.FAILED, WORKER_LOST)).value
         self.runs[stream_id] = run
         try:
             # A cancel published between the claim and the line above reached no run; the

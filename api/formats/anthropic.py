@@ -10,7 +10,7 @@ import orjson
 
 from api.formats import PING, Frame
 from shared import events as ev
-from shared.errors import SpoolError
+from shared.errors import SpoolError, error_status
 from shared.request import parse_json_object
 from shared.store import JobRecord
 from shared.transcript import Transcript
@@ -151,7 +151,7 @@ class _MessagesRenderer:
 
     def frames(self, entry_id: str, event: ev.Event) -> list[Frame]:
         if isinstance(event, ev.Error):
-            status = event.status or 500
+            status = event.status or error_status(event.code)
             error = {"type": error_type(status), "message": event.message}
             return [_frame("error", {"error": error})]
         out = self._start()

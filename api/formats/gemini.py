@@ -11,7 +11,7 @@ import orjson
 
 from api.formats import Frame
 from shared import events as ev
-from shared.errors import SpoolError
+from shared.errors import SpoolError, error_status
 from shared.request import parse_json_object
 from shared.store import JobRecord
 from shared.transcript import ToolCall, Transcript
@@ -108,12 +108,20 @@ class _GeminiRenderer:
         self.render = render
         self.calls: dict[int, ToolCall] = {}
 
-    def _response(self, entry_id: str, parts: list[dict[str, Any]], **candidate: Any) -> Frame:
-        body = {
+    def _response(
+        self,
+        entry_id: str,
+        parts: list[dict[str, Any]],
+        usage: dict[str, int] | None = None,
+        **candidate: Any,
+    ) -> Frame:
+        body: dict[str, Any] = {
             "candidates": [{"content": {"role": "model", "parts": parts}, "index": 0, **candidate}],
             "modelVersion": self.render["model"],
             "responseId": entry_id,
         }
+        if usage is not None:
+            body["usageMetadata"] = usage
         return Frame(orjson.dumps(body).decode())
 
     def _whole_calls(self) -> list[dict[str, Any]]:
@@ -139,12 +147,11 @@ class _GeminiRenderer:
                 ]
             case ev.Finish():
                 parts = self._whole_calls() or [{"text": ""}]
-                frame = self._response(entry_id, parts, finishReason=FINISH_REASONS[event.reason])
-                body = orjson.loads(frame.data)
-                body["usageMetadata"] = usage_metadata(event.usage)
-                return [Frame(orjson.dumps(body).decode())]
+                usage = usage_metadata(event.usage)
+                finish = FINISH_REASONS[event.reason]
+                return [self._response(entry_id, parts, usage, finishReason=finish)]
             case ev.Error():
-                status = event.status or (504 if "timeout" in event.code else 502)
+                status = event.status or error_status(event.code)
                 return [Frame(orjson.dumps(error_object(status, event.message)).decode())]
             case _:
                 return []

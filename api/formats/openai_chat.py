@@ -8,7 +8,7 @@ import orjson
 
 from api.formats import PING, Frame
 from shared import events as ev
-from shared.errors import SpoolError
+from shared.errors import SpoolError, error_type
 from shared.store import JobRecord
 from shared.transcript import Transcript
 
@@ -83,7 +83,7 @@ class OpenAIChatFormat:
             case ev.Error():
                 error = {
                     "message": event.message,
-                    "type": _error_type(event.code),
+                    "type": error_type(event.code),
                     "code": event.code,
                 }
                 return [Frame(_json({"error": error})), DONE]
@@ -133,11 +133,3 @@ class _ChatRenderer:
 
     def frames(self, entry_id: str, event: ev.Event) -> list[Frame]:
         return self.fmt.frames(event, self.render)
-
-
-def _error_type(code: str) -> str:
-    if code.startswith("upstream"):
-        return "upstream_error"
-    if code in ("redis_unavailable",):
-        return "service_unavailable"
-    return "server_error"

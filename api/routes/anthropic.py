@@ -10,15 +10,12 @@ from starlette.responses import Response
 
 from api.deps import CallerDep, CancelOnDisconnectDep, ServicesDep
 from api.generation import serve_generation
-from api.routes.openai_chat import MAX_TOOLS
 from shared.errors import InvalidRequest
 from shared.request import (
-    MAX_JSON_DEPTH,
     GenerationRequest,
     Message,
     Tool,
     ToolCall,
-    json_depth,
     json_text,
 )
 
@@ -108,8 +105,6 @@ def _messages(body: MessagesRequest) -> list[Message]:
             if block.type == "text":
                 texts.append(block.text or "")
             elif block.type == "tool_use" and turn.role == "assistant":
-                if block.input is not None and json_depth(block.input) > MAX_JSON_DEPTH:
-                    raise InvalidRequest("tool_use input is nested too deeply")
                 call_id, name = block.id or "", block.name or ""
                 tool_names[call_id] = name
                 calls.append(
@@ -143,8 +138,6 @@ def _messages(body: MessagesRequest) -> list[Message]:
 
 def to_canonical(body: MessagesRequest) -> GenerationRequest:
     tools = body.tools or []
-    if len(tools) > MAX_TOOLS:
-        raise InvalidRequest(f"at most {MAX_TOOLS} tools are allowed")
     choice: str | None = None
     if body.tool_choice is not None:
         choice = {"auto": "auto", "any": "required", "none": "none"}.get(body.tool_choice.type)

@@ -12,15 +12,12 @@ from starlette.responses import Response
 
 from api.deps import CallerDep, CancelOnDisconnectDep, ServicesDep
 from api.generation import serve_generation
-from api.routes.openai_chat import MAX_TOOLS
 from shared.errors import InvalidRequest, RouteNotFound
 from shared.request import (
-    MAX_JSON_DEPTH,
     GenerationRequest,
     Message,
     Tool,
     ToolCall,
-    json_depth,
     json_text,
 )
 
@@ -120,8 +117,6 @@ def _messages(body: GenerateContentRequest) -> list[Message]:
             for n, part in enumerate(content.parts):
                 if part.function_call is not None:
                     call = part.function_call
-                    if json_depth(call.args) > MAX_JSON_DEPTH:
-                        raise InvalidRequest("functionCall args are nested too deeply")
                     calls.append(
                         ToolCall(
                             id=call.id or f"call_{call.name}_{n}",
@@ -149,13 +144,9 @@ def _messages(body: GenerateContentRequest) -> list[Message]:
 
 def _tools(body: GenerateContentRequest) -> list[Tool]:
     declarations = [d for t in body.tools or [] for d in t.function_declarations or []]
-    if len(declarations) > MAX_TOOLS:
-        raise InvalidRequest(f"at most {MAX_TOOLS} function declarations are allowed")
     tools = []
     for d in declarations:
         schema = d.parameters_json_schema or d.parameters
-        if schema is not None and json_depth(schema) > MAX_JSON_DEPTH:
-            raise InvalidRequest("function parameters are nested too deeply")
         tools.append(
             Tool(
                 name=d.name, description=d.description, **({"parameters": schema} if schema else {})

@@ -13,11 +13,10 @@ from starlette.responses import Response
 from api.deps import CallerDep, CancelOnDisconnectDep, ServicesDep
 from api.generation import serve_generation
 from shared.errors import InvalidRequest
-from shared.request import MAX_JSON_DEPTH, GenerationRequest, Message, Tool, ToolCall, json_depth
+from shared.request import GenerationRequest, Message, Tool, ToolCall
 
 router = APIRouter(tags=["openai"])
 SURFACE = "openai.chat"
-MAX_TOOLS = 128
 
 
 class _Strict(BaseModel):
@@ -123,11 +122,6 @@ def _message(m: ChatMessage) -> Message:
 
 def _tools(body: ChatCompletionRequest) -> list[Tool]:
     tools = body.tools or []
-    if len(tools) > MAX_TOOLS:
-        raise InvalidRequest(f"at most {MAX_TOOLS} tools are allowed")
-    for t in tools:
-        if t.function.parameters and json_depth(t.function.parameters) > MAX_JSON_DEPTH:
-            raise InvalidRequest(f"tool parameters are nested deeper than {MAX_JSON_DEPTH} levels")
     return [
         Tool(
             name=t.function.name,
