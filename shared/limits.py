@@ -55,6 +55,8 @@ class Admission:
 
     async def admit(self, key: ApiKey, stream_id: str) -> None:
         """Take a generation slot for `stream_id`, or raise 402 / 429 (with Retry-After)."""
+        if not (key.rpm or key.concurrency or key.budget_tokens or self.global_limit):
+            return  # nothing to enforce: no round trip on the way to the first token
         outcome, retry_after = await self._admit(
             keys=[
                 keys.concurrency_key(key.id),
