@@ -25,17 +25,18 @@ from shared.request import GenerationRequest
 from shared.settings import ModelEntry
 from tests import mock_anthropic as mock
 from tests.mock_upstream import MockUpstream
-from tests.unit.upstream_fakes import ChunkStream, Upstream, sse_upstream
+from tests.unit.upstream_fakes import (
+    ChunkStream,
+    Upstream,
+    make_request,
+    run_provider,
+    run_provider_until_error,
+    sse_upstream,
+)
 from worker.providers.anthropic import AnthropicProvider, build_body
 
 KEY_ENV = "SPOOL_UNIT_TEST_ANTHROPIC_KEY"
 BASE_URL = "http://upstream.test/v1"
-
-
-def make_request(**kw: Any) -> GenerationRequest:
-    return GenerationRequest.model_validate(
-        {"model": "public-name", "messages": [{"role": "user", "content": "hi"}], **kw}
-    )
 
 
 def make_entry(**kw: Any) -> ModelEntry:
@@ -55,19 +56,13 @@ async def run(
     request: GenerationRequest | None = None,
     entry: ModelEntry | None = None,
 ) -> list[ev.Event]:
-    async with upstream.client() as client:
-        provider = AnthropicProvider(client)
-        return [e async for e in provider.stream(request or make_request(), entry or make_entry())]
+    return await run_provider(
+        AnthropicProvider, upstream, request or make_request(), entry or make_entry()
+    )
 
 
 async def run_until_error(upstream: Upstream) -> tuple[list[ev.Event], UpstreamError]:
-    got: list[ev.Event] = []
-    async with upstream.client() as client:
-        provider = AnthropicProvider(client)
-        with pytest.raises(UpstreamError) as info:
-            async for e in provider.stream(make_request(), make_entry()):
-                got.append(e)
-    return got, info.value
+    return await run_provider_until_error(AnthropicProvider, upstream, make_request(), make_entry())
 
 
 # --- wire helpers: Anthropic's own framing ---------------------------------------------------

@@ -19,7 +19,14 @@ from shared.settings import ModelEntry
 from tests import mock_gemini
 from tests.mock_gemini import handle_generate
 from tests.mock_upstream import MockUpstream
-from tests.unit.upstream_fakes import ChunkStream, Upstream, sse_upstream
+from tests.unit.upstream_fakes import (
+    ChunkStream,
+    Upstream,
+    make_request,
+    run_provider,
+    run_provider_until_error,
+    sse_upstream,
+)
 from worker.providers.gemini import DEFAULT_BASE_URL, GeminiProvider, build_body
 
 KEY_ENV = "SPOOL_UNIT_TEST_GEMINI_KEY"
@@ -78,12 +85,6 @@ def usage(prompt: int, candidates: int, thoughts: int | None = None) -> dict[str
     return out
 
 
-def make_request(**kw: Any) -> GenerationRequest:
-    return GenerationRequest.model_validate(
-        {"model": "public-name", "messages": [{"role": "user", "content": "hi"}], **kw}
-    )
-
-
 def make_entry(**kw: Any) -> ModelEntry:
     return ModelEntry.model_validate(
         {
@@ -101,19 +102,13 @@ async def run(
     request: GenerationRequest | None = None,
     entry: ModelEntry | None = None,
 ) -> list[ev.Event]:
-    async with upstream.client() as client:
-        provider = GeminiProvider(client)
-        return [e async for e in provider.stream(request or make_request(), entry or make_entry())]
+    return await run_provider(
+        GeminiProvider, upstream, request or make_request(), entry or make_entry()
+    )
 
 
 async def run_until_error(upstream: Upstream) -> tuple[list[ev.Event], UpstreamError]:
-    got: list[ev.Event] = []
-    async with upstream.client() as client:
-        provider = GeminiProvider(client)
-        with pytest.raises(UpstreamError) as info:
-            async for e in provider.stream(make_request(), make_entry()):
-                got.append(e)
-    return got, info.value
+    return await run_provider_until_error(GeminiProvider, upstream, make_request(), make_entry())
 
 
 # --- content mapping -----------------------------------------------------------------------

@@ -13,7 +13,14 @@ from shared import events as ev
 from shared.errors import UpstreamError
 from shared.request import GenerationRequest
 from shared.settings import ModelEntry
-from tests.unit.upstream_fakes import ChunkStream, Upstream, sse_upstream
+from tests.unit.upstream_fakes import (
+    ChunkStream,
+    Upstream,
+    make_request,
+    run_provider,
+    run_provider_until_error,
+    sse_upstream,
+)
 from worker.providers.http import parse_retry_after
 from worker.providers.openai import OpenAIProvider, build_body
 
@@ -62,12 +69,6 @@ def usage_chunk(prompt: int, completion: int) -> bytes:
 DONE = b"data: [DONE]\n\n"
 
 
-def make_request(**kw: Any) -> GenerationRequest:
-    return GenerationRequest.model_validate(
-        {"model": "public-name", "messages": [{"role": "user", "content": "hi"}], **kw}
-    )
-
-
 def make_entry(**kw: Any) -> ModelEntry:
     return ModelEntry.model_validate(
         {
@@ -85,19 +86,13 @@ async def run(
     request: GenerationRequest | None = None,
     entry: ModelEntry | None = None,
 ) -> list[ev.Event]:
-    async with upstream.client() as client:
-        provider = OpenAIProvider(client)
-        return [e async for e in provider.stream(request or make_request(), entry or make_entry())]
+    return await run_provider(
+        OpenAIProvider, upstream, request or make_request(), entry or make_entry()
+    )
 
 
 async def run_until_error(upstream: Upstream) -> tuple[list[ev.Event], UpstreamError]:
-    got: list[ev.Event] = []
-    async with upstream.client() as client:
-        provider = OpenAIProvider(client)
-        with pytest.raises(UpstreamError) as info:
-            async for e in provider.stream(make_request(), make_entry()):
-                got.append(e)
-    return got, info.value
+    return await run_provider_until_error(OpenAIProvider, upstream, make_request(), make_entry())
 
 
 # --- content mapping -----------------------------------------------------------------------

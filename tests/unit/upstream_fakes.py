@@ -4,8 +4,18 @@ the reads a test chooses, and a record of the requests made."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import httpx
+import pytest
+
+from shared import events as ev
+from shared.errors import UpstreamError
+from shared.request import GenerationRequest
+from shared.settings import ModelEntry
+from worker.providers import Provider
+
+ProviderFactory = Callable[[httpx.AsyncClient], Provider]
 
 
 class ChunkStream(httpx.AsyncByteStream):
@@ -46,3 +56,29 @@ def sse_upstream(chunks: list[bytes], status: int = 200) -> Upstream:
             status, headers={"content-type": "text/event-stream"}, stream=ChunkStream(chunks)
         )
     )
+
+
+def make_request(**kw: Any) -> GenerationRequest:
+    return GenerationRequest.model_validate(
+        {"model": "public-name", "messages": [{"role": "user", "content": "hi"}], **kw}
+    )
+
+
+async def run_provider(
+    factory: ProviderFactory, upstream: Upstream, request: GenerationRequest, entry: ModelEntry
+) -> list[ev.Event]:
+    """Every canonical event the provider makes of the upstream's answer."""
+    async with upstream.client() as client:
+        return [e async for e in factory(client).stream(request, entry)]
+
+
+async def run_provider_until_error(
+    factory: ProviderFactory, upstream: Upstream, request: GenerationRequest, entry: ModelEntry
+) -> tuple[list[ev.Event], UpstreamError]:
+    """The events before the provider's `UpstreamError`, and the error."""
+    got: list[ev.Event] = []
+    async with upstream.client() as client:
+        with pytest.raises(UpstreamError) as info:
+            async for e in factory(client).stream(request, entry):
+                got.append(e)
+    return got, info.value
