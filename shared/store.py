@@ -187,16 +187,18 @@ return {outcome, 'running', redis.call('HGET', KEYS[1], 'cancel') or '0',
 
 # ARGV[4] is how many events the stream held before this batch, as the attempt counts
 # them: a batch whose reply was lost and which is sent again is not written twice.
+# KEYS: 1 job, 2 events only: this runs once per token, so it carries no more than it uses.
 _APPEND = """
-if redis.call('HGET', KEYS[1], 'attempt') ~= ARGV[1] then return false end
-if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return false end
-local held = tonumber(redis.call('HGET', KEYS[1], 'appended') or '0')
+local job = redis.call('HMGET', KEYS[1], 'attempt', 'status', 'appended')
+if job[1] ~= ARGV[1] or job[2] ~= 'running' then return false end
+local held = tonumber(job[3] or '0')
 if held > tonumber(ARGV[4]) then return 0 end
 for i = 5, #ARGV do
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'e', ARGV[i], 'n', held + i - 4)
 end
 redis.call('HINCRBY', KEYS[1], 'appended', #ARGV - 4)
-if redis.call('TTL', KEYS[2]) < 0 then redis.call('EXPIRE', KEYS[2], ARGV[3]) end
+-- The stream key is born with its first entry; that is when it gets its expiry.
+if held == 0 then redis.call('EXPIRE', KEYS[2], ARGV[3]) end
 return #ARGV - 4
 """
 
@@ -479,8 +481,7 @@ class StreamStore:
         return [Entry.from_redis(eid, fields) for eid, fields in entries]
 
     async def read_all(self, stream_id: str) -> list[StreamEntry]:
-        entries = await self.redis.xrange(keys.stream_key(stream_id))
-        return [(eid.decode(), ev.decode(fields[ev.FIELD])) for eid, fields in entries]
+        return [(e.id, e.event) for e in await self.read_range(stream_id, "-", "+")]
 
     async def transcript(self, record: JobRecord) -> Transcript:
         """The assembled output: stored once the job ended, rebuilt from events before."""
@@ -490,8 +491,8 @@ class StreamStore:
 
     async def rebuild_transcript(self, stream_id: str) -> Transcript:
         transcript = Transcript()
-        for _, event in await self.read_all(stream_id):
-            transcript.apply(event)
+        for entry in await self.read_range(stream_id, "-", "+"):
+            transcript.apply(entry.event)
         return transcript
 
     # -- worker side ----------------------------------------------------------------------
@@ -513,7 +514,7 @@ class StreamStore:
         """Append events, fenced by `attempt`. `held` is how many events the stream held
         before them, which makes a retried append idempotent."""
         reply = await self._append(
-            keys=self._keys(stream_id),
+            keys=[keys.job_key(stream_id), keys.stream_key(stream_id)],
             args=[attempt, self.maxlen, self.pending_ttl_s, held, *(ev.encode(e) for e in events)],
         )
         if reply is None:

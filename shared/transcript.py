@@ -25,6 +25,15 @@ class ToolCall:
         return self.arguments or "{}"
 
 
+def merge_tool_call(calls: dict[int, ToolCall], event: ev.ToolCallDelta) -> None:
+    """Fold one fragment into the call it continues (by index): id and name from the
+    fragment that has them, arguments concatenated."""
+    call = calls.setdefault(event.index, ToolCall(index=event.index))
+    call.id = event.id or call.id
+    call.name = event.name or call.name
+    call.arguments += event.arguments
+
+
 @dataclass(slots=True)
 class Transcript:
     model: str | None = None
@@ -53,10 +62,7 @@ class Transcript:
                 if event.signature:
                     self.reasoning_signature = (self.reasoning_signature or "") + event.signature
             case ev.ToolCallDelta():
-                call = self.tool_calls.setdefault(event.index, ToolCall(index=event.index))
-                call.id = event.id or call.id
-                call.name = event.name or call.name
-                call.arguments += event.arguments
+                merge_tool_call(self.tool_calls, event)
             case ev.Usage():
                 self.usage = event
             case ev.Finish():

@@ -147,14 +147,14 @@ class GenerationRun:
                 return_when=asyncio.FIRST_COMPLETED,
             )
         except asyncio.CancelledError:
-            await self._stop(pump)
+            await cancel_and_wait(pump)
             await asyncio.shield(self._hand_back_or_fail())
             raise
         finally:
             cancel_wait.cancel()
 
         if pump not in done:
-            await self._stop(pump)
+            await cancel_and_wait(pump)
             if self.cancelled.is_set():
                 finish = ev.Finish(reason="cancelled", usage=self.transcript.usage)
                 return await self.finish(Status.CANCELLED, finish)
@@ -181,9 +181,6 @@ class GenerationRun:
             error = ev.Error(code="internal_error", message="the generation failed inside Spool")
             return await self.finish(Status.FAILED, error)
         return await self.finish(Status.COMPLETED, finish)
-
-    async def _stop(self, pump: asyncio.Task[ev.Finish]) -> None:
-        await cancel_and_wait(pump)
 
     async def finish(self, status: Status, terminal: ev.Finish | ev.Error) -> Status:
         self.transcript.apply(terminal)

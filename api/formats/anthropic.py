@@ -46,10 +46,6 @@ def _frame(name: str, value: dict[str, Any]) -> Frame:
     return Frame(orjson.dumps({"type": name, **value}).decode(), event=name)
 
 
-def _tool_input(arguments: str) -> Any:
-    return parse_json_object(arguments) or {}
-
-
 def usage_object(transcript_usage: ev.Usage | None) -> dict[str, int]:
     usage = transcript_usage or ev.Usage()
     return {"input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens}
@@ -82,7 +78,7 @@ class AnthropicFormat:
                     "type": "tool_use",
                     "id": call.id,
                     "name": call.name,
-                    "input": _tool_input(call.arguments),
+                    "input": parse_json_object(call.arguments) or {},
                 }
             )
         reason = transcript.finish_reason

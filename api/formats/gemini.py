@@ -14,7 +14,7 @@ from shared import events as ev
 from shared.errors import SpoolError, error_status
 from shared.request import parse_json_object
 from shared.store import JobRecord
-from shared.transcript import ToolCall, Transcript
+from shared.transcript import ToolCall, Transcript, merge_tool_call
 
 FINISH_REASONS: dict[str, str] = {
     "stop": "STOP",
@@ -42,12 +42,14 @@ STATUSES: dict[int, str] = {
 }
 
 
-def _args(arguments: str) -> dict[str, Any]:
-    return parse_json_object(arguments) or {}
-
-
 def function_call_part(call: ToolCall) -> dict[str, Any]:
-    return {"functionCall": {"id": call.id, "name": call.name, "args": _args(call.arguments)}}
+    return {
+        "functionCall": {
+            "id": call.id,
+            "name": call.name,
+            "args": parse_json_object(call.arguments) or {},
+        }
+    }
 
 
 def usage_metadata(usage: ev.Usage | None) -> dict[str, int]:
@@ -132,10 +134,7 @@ class _GeminiRenderer:
     def frames(self, entry_id: str, event: ev.Event) -> list[Frame]:
         match event:
             case ev.ToolCallDelta():
-                call = self.calls.setdefault(event.index, ToolCall(index=event.index))
-                call.id = event.id or call.id
-                call.name = event.name or call.name
-                call.arguments += event.arguments
+                merge_tool_call(self.calls, event)
                 return []
             case ev.TextDelta():
                 return [self._response(entry_id, [*self._whole_calls(), {"text": event.text}])]

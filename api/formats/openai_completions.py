@@ -14,6 +14,8 @@ from shared.errors import SpoolError
 from shared.store import JobRecord
 from shared.transcript import Transcript
 
+_CHAT = OpenAIChatFormat()  # errors look the same in both OpenAI formats
+
 
 def _json(value: dict[str, Any]) -> str:
     return orjson.dumps(value).decode()
@@ -48,7 +50,7 @@ class OpenAICompletionsFormat:
         }
 
     def error_body(self, error: SpoolError) -> dict[str, Any]:
-        return OpenAIChatFormat().error_body(error)
+        return _CHAT.error_body(error)
 
 
 class _CompletionsRenderer:
@@ -82,6 +84,6 @@ class _CompletionsRenderer:
                     out.append(Frame(_json(usage)))
                 return [*out, DONE]
             case ev.Error():
-                return OpenAIChatFormat().renderer(self.render).frames(entry_id, event)
+                return _CHAT.frames(event, self.render)
             case _:
                 return []

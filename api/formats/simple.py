@@ -19,7 +19,7 @@ from shared import events as ev
 from shared.errors import SpoolError
 from shared.request import parse_json_object
 from shared.store import JobRecord
-from shared.transcript import Transcript
+from shared.transcript import ToolCall, Transcript, merge_tool_call
 
 
 def _frame(value: dict[str, Any]) -> Frame:
@@ -69,34 +69,27 @@ class SimpleFormat:
 class _SimpleRenderer:
     def __init__(self, render: dict[str, Any]) -> None:
         self.render = render
-        self.calls: dict[int, dict[str, str]] = {}
-        self.sent: set[int] = set()
+        self.calls: dict[int, ToolCall] = {}  # fragments of calls not sent yet
 
     def _flush_calls(self) -> list[Frame]:
-        out = []
-        for index in sorted(self.calls):
-            if index in self.sent:
-                continue
-            call = self.calls[index]
-            self.sent.add(index)
-            out.append(
-                _frame(
-                    {
-                        "tool_name": call["name"],
-                        "tool_input": _tool_input(call["arguments"]),
-                        "tool_result": None,
-                        "token": "",
-                        "done": False,
-                    }
-                )
+        out = [
+            _frame(
+                {
+                    "tool_name": call.name,
+                    "tool_input": _tool_input(call.arguments),
+                    "tool_result": None,
+                    "token": "",
+                    "done": False,
+                }
             )
+            for _, call in sorted(self.calls.items())
+        ]
+        self.calls.clear()
         return out
 
     def frames(self, entry_id: str, event: ev.Event) -> list[Frame]:
         if isinstance(event, ev.ToolCallDelta):
-            call = self.calls.setdefault(event.index, {"name": "", "arguments": ""})
-            call["name"] = event.name or call["name"]
-            call["arguments"] += event.arguments
+            merge_tool_call(self.calls, event)
             return []
         out = self._flush_calls()
         at = entry_ms(entry_id) / 1000

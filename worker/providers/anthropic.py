@@ -14,11 +14,10 @@ from collections.abc import AsyncGenerator
 from typing import Any
 
 import httpx
-import orjson
 
 from shared import events as ev
 from shared.errors import UpstreamError
-from shared.request import GenerationRequest, Message
+from shared.request import GenerationRequest, Message, parse_json_object
 from shared.settings import ModelEntry
 from worker.providers.http import EventParser, incomplete, stream_events
 
@@ -58,15 +57,6 @@ ERROR_STATUSES = {
 # --- the request ---------------------------------------------------------------------------
 
 
-def _tool_input(arguments: str) -> dict[str, Any]:
-    """A tool call's JSON arguments as the object `tool_use.input` must be."""
-    try:
-        value = orjson.loads(arguments) if arguments.strip() else {}
-    except orjson.JSONDecodeError:
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
 def _blocks(message: Message) -> tuple[str, list[dict[str, Any]]]:
     """The Anthropic role and content blocks of one canonical (non-system) message."""
     if message.role == "tool":
@@ -79,7 +69,12 @@ def _blocks(message: Message) -> tuple[str, list[dict[str, Any]]]:
         blocks.append({"type": "text", "text": message.content})
     if message.role == "assistant":
         blocks += [
-            {"type": "tool_use", "id": c.id, "name": c.name, "input": _tool_input(c.arguments)}
+            {
+                "type": "tool_use",
+                "id": c.id,
+                "name": c.name,
+                "input": parse_json_object(c.arguments) or {},
+            }
             for c in message.tool_calls or []
         ]
     return message.role, blocks

@@ -16,7 +16,7 @@ import orjson
 
 from shared import events as ev
 from shared.errors import UpstreamError
-from shared.request import GenerationRequest, Message
+from shared.request import GenerationRequest, Message, parse_json_object
 from shared.settings import ModelEntry
 from worker.providers.http import EventParser, incomplete, stream_events
 
@@ -35,15 +35,6 @@ TOOL_MODES = {"auto": "AUTO", "required": "ANY", "none": "NONE"}
 RETRYABLE_ERROR_CODES = frozenset({429, 500, 503, 504})
 
 
-def _json_object(text: str) -> dict[str, Any] | None:
-    """`text` parsed, if it is a JSON object."""
-    try:
-        value = orjson.loads(text)
-    except orjson.JSONDecodeError:
-        return None
-    return value if isinstance(value, dict) else None
-
-
 def _tool_name(message: Message, call_names: dict[str, str]) -> str:
     if message.name:
         return message.name
@@ -59,7 +50,7 @@ def _contents(request: GenerationRequest) -> list[dict[str, Any]]:
         parts: list[dict[str, Any]] = []
         if message.role == "tool":
             role = "user"
-            response = _json_object(message.content)
+            response = parse_json_object(message.content) if message.content.strip() else None
             if response is None:
                 response = {"result": message.content}
             name = _tool_name(message, call_names)
@@ -70,7 +61,7 @@ def _contents(request: GenerationRequest) -> list[dict[str, Any]]:
                 parts.append({"text": message.content})
             for call in message.tool_calls or []:
                 call_names[call.id] = call.name
-                args = _json_object(call.arguments)
+                args = parse_json_object(call.arguments)
                 parts.append({"functionCall": {"name": call.name, "args": args or {}}})
         else:
             role = "user"
