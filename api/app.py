@@ -19,9 +19,12 @@ from api.routes import (
     openai_completions,
     simple,
     streams,
+    tasks,
     usage,
 )
+from shared.artifacts import ArtifactStore
 from shared.auth import KeyStore
+from shared.hooks import HOOK_RECORDS_GRACE_S, HookStore
 from shared.limits import Admission
 from shared.queue import ArqJobQueue
 from shared.reaper import Reaper
@@ -29,6 +32,7 @@ from shared.redis import create_redis
 from shared.settings import Settings
 from shared.store import StreamStore
 from shared.supervise import cancel_and_wait, supervise
+from shared.task_view import TaskViews
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -37,6 +41,7 @@ def create_app(settings: Settings) -> FastAPI:
         redis = create_redis(settings)
         store = StreamStore(redis, settings)
         queue = ArqJobQueue(redis)
+        hooks = HookStore(redis, settings.task_retention_s + HOOK_RECORDS_GRACE_S)
         app.state.services = Services(
             settings=settings,
             redis=redis,
@@ -45,6 +50,9 @@ def create_app(settings: Settings) -> FastAPI:
             keys=KeyStore(redis),
             admission=Admission(redis, settings),
             metrics=app.state.metrics,
+            hooks=hooks,
+            tasks=TaskViews(store, hooks, settings.public_base_url),
+            artifacts=ArtifactStore(settings.artifacts_root, settings.max_output_bytes),
         )
         # API replicas reap too, so streams end even when every worker is gone.
         reaper = supervise("reaper", Reaper(store, queue, settings).run_forever)
@@ -67,6 +75,7 @@ def create_app(settings: Settings) -> FastAPI:
         gemini.router,
         simple.router,
         streams.router,
+        tasks.router,
         usage.router,
         models.router,
         health.router,

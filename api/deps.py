@@ -13,12 +13,15 @@ from redis.asyncio import Redis
 
 from api.formats import WireFormat, registry
 from api.metrics import Metrics
+from shared.artifacts import ArtifactStore
 from shared.auth import ANONYMOUS, ApiKey, KeyStore
 from shared.errors import Unauthenticated
+from shared.hooks import HookStore
 from shared.limits import Admission
 from shared.queue import JobQueue
 from shared.settings import Settings
 from shared.store import StreamStore
+from shared.task_view import TaskViews
 
 
 @dataclass
@@ -30,6 +33,9 @@ class Services:
     keys: KeyStore
     admission: Admission
     metrics: Metrics
+    hooks: HookStore
+    tasks: TaskViews
+    artifacts: ArtifactStore
     formats: dict[str, WireFormat] = field(default_factory=registry)
     draining: asyncio.Event = field(default_factory=asyncio.Event)
     background: set[asyncio.Task[Any]] = field(default_factory=set)

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -105,7 +105,7 @@ class Follower:
         self.drained = False
         self.mark_readers = mark_readers
 
-    async def entries(self, after: str, next_seq: int = 1) -> AsyncIterator[Entry | None]:
+    async def entries(self, after: str, next_seq: int = 1) -> AsyncGenerator[Entry | None, None]:
         """Entries after `after` (whose successor is the `next_seq`th event), up to and
         including the terminal one. Yields None each time `block_ms` passes without an
         event: the caller's cue for a keep-alive."""

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import base64
 import logging
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -147,6 +149,19 @@ async def _dev_key(settings: Settings, redis_url: str) -> str:
         await redis.aclose()
 
 
+def _dev_webhook_secret(settings: Settings) -> str:
+    """The webhook signing secret `spool dev` uses when none is set: made once, kept in
+    the data directory so receivers keep verifying across restarts."""
+    path = settings.data_dir / "webhook-secret"
+    if path.exists():
+        return path.read_text().strip()
+    secret = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+        f.write(secret + "\n")
+    return secret
+
+
 def cmd_dev(settings: Settings) -> int:
     """Embedded Redis (unless REDIS_URL is set), one API process and one worker process.
     Ctrl-C or SIGTERM stops all of them, in order."""
@@ -161,6 +176,9 @@ def cmd_dev(settings: Settings) -> int:
         log.info("embedded redis-server at %s (data in %s)", redis.url, redis.data_dir)
     else:
         env["REDIS_URL"] = settings.redis_url
+    webhook_secret = None
+    if settings.webhook_secret is None:
+        webhook_secret = env["SPOOL_WEBHOOK_SECRET"] = _dev_webhook_secret(settings)
     dev_key = None
     if settings.auth_enabled:
         import asyncio
@@ -189,6 +207,8 @@ def cmd_dev(settings: Settings) -> int:
         )
         if dev_key:
             print(f"Your local API key:  export SPOOL_API_KEY={dev_key}", flush=True)
+        if webhook_secret:
+            print(f"Webhook signing secret: {webhook_secret}", flush=True)
         while not stopping and all(c.poll() is None for c in children):
             time.sleep(0.2)
         return 0 if stopping else 1

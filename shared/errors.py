@@ -60,6 +60,19 @@ class StreamNotFound(InvalidRequest):
     code = "stream_not_found"
 
 
+class TaskNotFound(StreamNotFound):
+    """No task with that id exists."""
+
+    code = "task_not_found"
+
+
+class Conflict(InvalidRequest):
+    """The request conflicts with an earlier one."""
+
+    status_code = 409
+    code = "conflict"
+
+
 class InvalidResumeId(InvalidRequest):
     """The resume id is not an event id of this stream."""
 
@@ -175,6 +188,7 @@ ERROR_STATUSES: dict[str, int] = {
     "queue_timeout": 503,
     "upstream_timeout": 504,
     "generation_timeout": 504,
+    "task_timeout": 504,
     "resume_point_expired": 410,
     "stream_expired": 410,
 }

@@ -78,3 +78,29 @@ def usage_key(key_id: str) -> str:
 def follow_token_key(stream_id: str, digest: str) -> str:
     """A read-only follow token for one stream, by the digest of the token."""
     return f"{PREFIX}:{{{stream_id}}}:follow:{digest}"
+
+
+def idempotency_key(owner: str, digest: str) -> str:
+    """String `<task id> <body digest>`: the task an `Idempotency-Key` created, by the
+    owner and the digest of the key."""
+    return f"{PREFIX}:idem:{owner}:{digest}"
+
+
+HOOKS_PENDING_KEY = f"{PREFIX}:hooks-pending"
+"""Sorted set of tasks with a callback whose events are not all turned into webhook
+messages yet, scored by creation time (ms): what the webhook dispatcher follows."""
+
+HOOKS_WAKE_KEY = f"{PREFIX}:hooks-wake"
+"""A short Redis Stream the API appends to when a task with a callback is created, so the
+dispatcher's blocking read wakes at once."""
+
+
+def hooks_key(task_id: str) -> str:
+    """Hash: a task's webhook messages (`msg:<n>` → the message, `state:<n>` → its delivery
+    status and attempts) and the dispatcher's `cursor` in the task's stream."""
+    return f"{PREFIX}:{{{task_id}}}:hooks"
+
+
+def hook_lock_key(task_id: str, seq: int) -> str:
+    """Held while one delivery attempt of one message is in flight."""
+    return f"{PREFIX}:{{{task_id}}}:hook-lock:{seq}"

@@ -1,5 +1,5 @@
 """Outbound requests may not reach private, loopback, link-local or otherwise reserved
-addresses unless the operator allow-lists them, so a model table entry or (later) a
+addresses unless the operator allow-lists them, so a model table entry or a task's
 callback URL cannot be turned against the network Spool runs in.
 
 The guard is an httpx transport: every request a worker makes goes through it, and the
@@ -15,7 +15,7 @@ from collections.abc import Iterable
 
 import httpx
 
-from shared.errors import UpstreamError
+from shared.errors import SpoolError, UpstreamError
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -49,34 +49,58 @@ def is_internal(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     return not address.is_global or address.is_multicast
 
 
-async def check_host(host: str, port: int, allowlist: Allowlist) -> None:
+class AddressRefused(SpoolError):
+    """The host resolves to an internal address that is not allow-listed."""
+
+    status_code = 400
+    code = "address_forbidden"
+    type = "invalid_request_error"
+
+
+class HostUnresolvable(SpoolError):
+    """The host cannot be resolved."""
+
+    status_code = 400
+    code = "host_unresolvable"
+    type = "invalid_request_error"
+
+
+async def check_host(host: str, port: int, allowlist: Allowlist, setting: str) -> None:
+    """Resolve `host`; raise unless every address it has is global or allow-listed (in the
+    setting named `setting`)."""
     loop = asyncio.get_running_loop()
     try:
         infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror as exc:
-        raise UpstreamError(
-            f"cannot resolve the upstream host {host!r}",
-            retryable=True,
-            code="upstream_connect_error",
-        ) from exc
+    except (socket.gaierror, UnicodeError) as exc:
+        raise HostUnresolvable(f"cannot resolve the host {host!r}") from exc
     for info in infos:
         address = ipaddress.ip_address(info[4][0])
         if is_internal(address) and not allowlist.allows(host, address):
-            raise UpstreamError(
-                f"the upstream host {host!r} resolves to an internal address; "
-                "allow-list it in upstream_allowlist if that is intended",
-                code="upstream_forbidden",
+            raise AddressRefused(
+                f"the host {host!r} resolves to an internal address; "
+                f"allow-list it in {setting} if that is intended"
             )
 
 
 class GuardedTransport(httpx.AsyncBaseTransport):
-    def __init__(self, allowlist: Allowlist, inner: httpx.AsyncBaseTransport | None = None):
+    def __init__(
+        self,
+        allowlist: Allowlist,
+        inner: httpx.AsyncBaseTransport | None = None,
+        setting: str = "upstream_allowlist",
+    ) -> None:
         self.allowlist = allowlist
         self.inner = inner or httpx.AsyncHTTPTransport()
+        self.setting = setting
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         port = request.url.port or (443 if request.url.scheme == "https" else 80)
-        await check_host(request.url.host, port, self.allowlist)
+        try:
+            await check_host(request.url.host, port, self.allowlist, self.setting)
+        except HostUnresolvable as exc:
+            raise UpstreamError(exc.message, retryable=True, code="upstream_connect_error") from exc
+        except AddressRefused as exc:
+            raise UpstreamError(exc.message, code="upstream_forbidden") from exc
         return await self.inner.handle_async_request(request)
 
     async def aclose(self) -> None:

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from enum import StrEnum
 from typing import Any, Protocol, cast
 
@@ -27,7 +28,10 @@ from shared import keys
 log = logging.getLogger(__name__)
 
 GENERATE = "generate"
-"""Name of the worker function that runs one generation job."""
+"""Name of the worker function that runs one job: a generation or an asset task."""
+
+DELIVER_WEBHOOK = "deliver_webhook"
+"""Name of the worker function that makes one delivery attempt of one webhook message."""
 
 
 class QueueStatus(StrEnum):
@@ -39,7 +43,9 @@ class QueueStatus(StrEnum):
 
 
 class JobQueue(Protocol):
-    async def enqueue(self, function: str, job_id: str, *args: Any) -> None: ...
+    async def enqueue(
+        self, function: str, job_id: str, *args: Any, defer_s: float | None = None
+    ) -> None: ...
 
     async def abort(self, job_id: str) -> None: ...
 
@@ -70,11 +76,18 @@ class ArqJobQueue:
         self.redis = _arq(redis)
         self.queue_name = queue_name
 
-    async def enqueue(self, function: str, job_id: str, *args: Any) -> None:
+    async def enqueue(
+        self, function: str, job_id: str, *args: Any, defer_s: float | None = None
+    ) -> None:
+        """Queue a job once: a job id that is already queued is not queued again."""
         job = await self.redis.enqueue_job(
-            function, *args, _job_id=job_id, _queue_name=self.queue_name
+            function,
+            *args,
+            _job_id=job_id,
+            _queue_name=self.queue_name,
+            _defer_by=timedelta(seconds=defer_s) if defer_s else None,
         )
-        if job is not None:
+        if job is not None and not defer_s:
             await self.redis.publish(keys.WAKE_CHANNEL, job_id)
 
     async def abort(self, job_id: str) -> None:

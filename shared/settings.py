@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -12,6 +14,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SecretStr,
     ValidationError,
     field_validator,
     model_validator,
@@ -49,6 +52,83 @@ class ModelEntry(BaseModel):
 
 
 DEFAULT_MODELS: dict[str, ModelEntry] = {"demo": ModelEntry(provider="demo")}
+
+TaskKind = Literal["image", "video", "audio"]
+TASK_KINDS: tuple[TaskKind, ...] = ("image", "video", "audio")
+TaskStatusName = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+
+
+def _default_status_values() -> dict[TaskStatusName, list[str]]:
+    # The spellings fal's queue and Replicate's predictions use, among others.
+    return {
+        "queued": ["IN_QUEUE", "queued", "starting", "pending", "QUEUED"],
+        "running": ["IN_PROGRESS", "processing", "running", "RUNNING"],
+        "succeeded": ["COMPLETED", "succeeded", "success", "completed", "SUCCEEDED"],
+        "failed": ["FAILED", "failed", "error", "ERROR"],
+        "cancelled": ["CANCELLED", "canceled", "cancelled", "CANCELED"],
+    }
+
+
+class QueueHttpConfig(BaseModel):
+    """How a submit → poll → fetch upstream is spoken to. Paths are joined to the model's
+    `base_url` and may hold `{id}` (the upstream's job id) and `{model}`; fields are dotted
+    paths into the upstream's JSON (`data.status`, `output`, `images`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    submit_path: str
+    status_path: str
+    result_path: str | None = Field(
+        default=None, description="where the finished job's outputs are; default: the status"
+    )
+    cancel_path: str | None = None
+    cancel_method: Literal["POST", "PUT", "DELETE"] = "POST"
+    input_wrapper: str | None = Field(
+        default=None, description="send {wrapper: input} instead of the input itself"
+    )
+    extra_body: dict[str, Any] = Field(default_factory=dict)
+    id_field: str = "id"
+    status_field: str = "status"
+    status_values: dict[TaskStatusName, list[str]] = Field(default_factory=_default_status_values)
+    progress_field: str | None = None
+    logs_field: str | None = None
+    outputs_field: str = "output"
+    output_url_field: str = "url"
+    output_type_field: str | None = "content_type"
+    error_field: str = "error"
+    poll_interval_s: float = Field(default=1.0, gt=0, le=60)
+    auth_header: str = "Authorization"
+    auth_scheme: str | None = "Bearer"
+
+
+class TaskModelEntry(BaseModel):
+    """One row of the task model table: a public model name for asset tasks."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    provider: Literal["demo", "queue_http"]
+    kinds: list[TaskKind] = Field(default_factory=lambda: list(TASK_KINDS), min_length=1)
+    model: str | None = Field(default=None, description="upstream model name; defaults to the key")
+    base_url: str | None = None
+    api_key_env: str | None = None
+    # Fetch upstream-hosted outputs into the artifact store (else pass their URLs through).
+    store_outputs: bool = True
+    connect_timeout_s: float = Field(default=10.0, gt=0)
+    request_timeout_s: float = Field(default=60.0, gt=0)
+    extra_headers: dict[str, str] = Field(default_factory=dict)
+    queue_http: QueueHttpConfig | None = None
+
+    @model_validator(mode="after")
+    def _queue_http_is_configured(self) -> TaskModelEntry:
+        if self.provider == "queue_http" and (self.queue_http is None or not self.base_url):
+            raise ValueError("a queue_http task model needs base_url and a queue_http section")
+        return self
+
+    def api_key(self) -> str | None:
+        return os.environ.get(self.api_key_env) if self.api_key_env else None
+
+
+DEFAULT_TASK_MODELS: dict[str, TaskModelEntry] = {"demo": TaskModelEntry(provider="demo")}
 
 
 class Settings(BaseSettings):
@@ -98,6 +178,25 @@ class Settings(BaseSettings):
     upstream_allowlist: str = ""  # hosts or CIDRs that may be private/loopback/link-local
     redis_max_connections: int = Field(default=10_000, ge=10)
 
+    task_models: dict[str, TaskModelEntry] = Field(
+        default_factory=lambda: dict(DEFAULT_TASK_MODELS)
+    )
+    task_timeout_s: int = Field(default=3600, ge=1)
+    task_retention_s: int = Field(default=7 * 24 * 3600, ge=1)
+    artifacts_dir: Path | None = None  # default: <data_dir>/artifacts
+    # Where clients fetch stored outputs when something else serves `artifacts_dir` (a CDN,
+    # nginx): `<artifacts_base_url>/<task id>/<file>`. Empty: Spool serves them itself.
+    artifacts_base_url: str = ""
+    public_base_url: str = ""  # prefix of the URLs Spool hands out; "" keeps them relative
+    max_output_bytes: int = Field(default=1024**3, ge=1024)
+    artifact_sweep_interval_s: float = Field(default=300.0, gt=0)
+    webhook_secret: SecretStr | None = None  # Standard Webhooks `whsec_<base64>`
+    webhook_allowlist: str = ""  # callback hosts or CIDRs that may be private/loopback
+    webhook_max_attempts: int = Field(default=8, ge=1, le=50)
+    webhook_backoff_s: float = Field(default=5.0, ge=0)
+    webhook_backoff_max_s: float = Field(default=3600.0, ge=0)
+    webhook_timeout_s: float = Field(default=10.0, gt=0)
+
     @field_validator("redis_url", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
@@ -113,6 +212,31 @@ class Settings(BaseSettings):
         ):
             raise ValueError("abandon_grace_s must exceed keepalive_interval_s + 1")
         return self
+
+    @field_validator("webhook_secret", mode="before")
+    @classmethod
+    def _webhook_secret_form(cls, value: object) -> object:
+        if value in ("", None):
+            return None
+        raw = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if not isinstance(raw, str) or not raw.startswith("whsec_"):
+            raise ValueError("webhook_secret must have the form whsec_<base64>")
+        try:
+            key = base64.b64decode(raw.removeprefix("whsec_"), validate=True)
+        except binascii.Error:
+            raise ValueError("webhook_secret must have the form whsec_<base64>") from None
+        if len(key) < 16:
+            raise ValueError("webhook_secret must hold at least 16 bytes")
+        return raw
+
+    @property
+    def artifacts_root(self) -> Path:
+        return self.artifacts_dir or self.data_dir / "artifacts"
+
+    @field_validator("task_models", mode="after")
+    @classmethod
+    def _keep_demo_tasks(cls, models: dict[str, TaskModelEntry]) -> dict[str, TaskModelEntry]:
+        return {**DEFAULT_TASK_MODELS, **models}
 
     @field_validator("models", mode="after")
     @classmethod

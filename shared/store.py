@@ -144,15 +144,31 @@ local function release_slot(id, owner, key_prefix, global_key)
 end
 """
 
-_CREATE = (
-    NOW_MS
-    + """
+_CREATE_BODY = """
 redis.call('HSET', KEYS[1], 'status', 'queued', 'surface', ARGV[2], 'model', ARGV[3],
   'created_at', now / 1000, 'queued_at', now, 'request', ARGV[4], 'render', ARGV[5],
-  'owner', ARGV[7])
+  'owner', ARGV[7], 'retention', ARGV[8])
 redis.call('EXPIRE', KEYS[1], ARGV[6])
 redis.call('ZADD', KEYS[5], now, ARGV[1])
 """
+
+_CREATE = NOW_MS + _CREATE_BODY
+
+# A task: created only when its idempotency key (KEYS[6], ARGV[9] = "<id> <digest>", kept
+# ARGV[10] s; ARGV[9] empty when none came) is new, else answers what the key holds. A
+# task with a callback joins the webhook dispatcher's index (KEYS[7]) when ARGV[11] is 1.
+_CREATE_TASK = (
+    NOW_MS
+    + """
+if ARGV[9] ~= '' then
+  local held = redis.call('GET', KEYS[6])
+  if held then return held end
+  redis.call('SET', KEYS[6], ARGV[9], 'EX', ARGV[10])
+end
+if ARGV[11] == '1' then redis.call('ZADD', KEYS[7], now, ARGV[1]) end
+"""
+    + _CREATE_BODY
+    + "return false\n"
 )
 
 _CLAIM = (
@@ -234,8 +250,9 @@ local n = redis.call('HINCRBY', KEYS[1], 'appended', 1)
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'e', ARGV[5], 'n', n)
 redis.call('HSET', KEYS[1], 'status', ARGV[4], 'finished_at', now / 1000, 'output', ARGV[6])
 redis.call('HDEL', KEYS[1], 'lease_until')
-redis.call('EXPIRE', KEYS[1], ARGV[3])
-redis.call('EXPIRE', KEYS[2], ARGV[3])
+local keep = redis.call('HGET', KEYS[1], 'retention') or ARGV[3]
+redis.call('EXPIRE', KEYS[1], keep)
+redis.call('EXPIRE', KEYS[2], keep)
 redis.call('SET', KEYS[3], owner or '1', 'EX', ARGV[7])
 redis.call('ZREM', KEYS[4], ARGV[8])
 redis.call('ZREM', KEYS[5], ARGV[8])
@@ -269,8 +286,9 @@ if status == 'queued' then
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'e', ARGV[1], 'n', n)
   redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', now / 1000,
     'output', ARGV[4], 'cancel', '1')
-  redis.call('EXPIRE', KEYS[1], ARGV[3])
-  redis.call('EXPIRE', KEYS[2], ARGV[3])
+  local keep = redis.call('HGET', KEYS[1], 'retention') or ARGV[3]
+  redis.call('EXPIRE', KEYS[1], keep)
+  redis.call('EXPIRE', KEYS[2], keep)
   redis.call('SET', KEYS[3], owner or '1', 'EX', ARGV[5])
   redis.call('ZREM', KEYS[5], ARGV[6])
   return 'cancelled'
@@ -358,7 +376,10 @@ class StreamStore:
         self.lease_ms = int(settings.lease_s * 1000)
         self.queue_timeout_ms = int(settings.queue_timeout_s * 1000)
         self.max_requeues = settings.max_requeues
+        self.task_retention_s = settings.task_retention_s
+        self.task_timeout_s = settings.task_timeout_s
         self._create = redis.register_script(_CREATE)
+        self._create_task = redis.register_script(_CREATE_TASK)
         self._claim = redis.register_script(_CLAIM)
         self._append = redis.register_script(_APPEND)
         self._renew = redis.register_script(_RENEW)
@@ -396,8 +417,36 @@ class StreamStore:
             raise InvalidRequest(f"the request cannot be stored: {exc}") from exc
         await self._create(
             keys=self._keys(stream_id),
-            args=[stream_id, surface, model, *encoded, self.pending_ttl_s, owner],
+            args=[stream_id, surface, model, *encoded, self.pending_ttl_s, owner, self.retention_s],
         )
+
+    async def create_task(
+        self,
+        task_id: str,
+        *,
+        model: str,
+        request: dict[str, Any],
+        owner: str,
+        idempotency: tuple[str, str] | None = None,
+        with_callback: bool = False,
+    ) -> str | None:
+        """Create a task record (surface "task"), kept `task_retention_s` once it ends.
+        `idempotency` is the key's Redis key and `"<task id> <body digest>"`: when the key
+        is already held, nothing is created and what it holds is returned."""
+        try:
+            encoded = orjson.dumps(request)
+        except orjson.JSONEncodeError as exc:
+            raise InvalidRequest(f"the task cannot be stored: {exc}") from exc
+        idem_key, idem_value = idempotency or (keys.job_key(task_id), "")
+        pending_ttl = self.task_retention_s + self.task_timeout_s + self.queue_timeout_ms // 1000
+        held = await self._create_task(
+            keys=[*self._keys(task_id), idem_key, keys.HOOKS_PENDING_KEY],
+            args=[
+                task_id, "task", model, encoded, b"{}", pending_ttl, owner,
+                self.task_retention_s, idem_value, pending_ttl, int(with_callback),
+            ],
+        )  # fmt: skip
+        return held.decode() if held is not None else None
 
     async def get(self, stream_id: str) -> JobRecord:
         raw: dict[bytes, bytes] = await self.redis.hgetall(keys.job_key(stream_id))  # type: ignore[misc]
@@ -480,6 +529,16 @@ class StreamStore:
         entries = await self.redis.xrange(keys.stream_key(stream_id), min=first, max=last)
         return [Entry.from_redis(eid, fields) for eid, fields in entries]
 
+    async def last_entries(self, stream_id: str, count: int) -> list[Entry]:
+        """The stream's last `count` entries, oldest first."""
+        entries = await self.redis.xrevrange(keys.stream_key(stream_id), count=count)
+        return [Entry.from_redis(eid, fields) for eid, fields in reversed(entries)]
+
+    async def queue_position(self, stream_id: str) -> int | None:
+        """How many queued jobs are ahead of this one; None when it is not queued."""
+        rank = await self.redis.zrank(keys.QUEUED_KEY, stream_id)
+        return int(rank) if rank is not None else None
+
     async def read_all(self, stream_id: str) -> list[StreamEntry]:
         return [(e.id, e.event) for e in await self.read_range(stream_id, "-", "+")]
 
@@ -540,7 +599,7 @@ class StreamStore:
         attempt: str,
         *,
         status: Status,
-        terminal: ev.Finish | ev.Error,
+        terminal: ev.Finish | ev.Error | ev.TaskResult,
         transcript: Transcript,
         request: dict[str, Any] | None = None,
     ) -> None:

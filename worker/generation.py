@@ -5,58 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
-import random
-import uuid
-from collections.abc import Awaitable, Callable
-
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared import events as ev
-from shared.errors import FenceLost, UpstreamError
+from shared.errors import UpstreamError
 from shared.redact import redact
 from shared.request import GenerationRequest
 from shared.settings import ModelEntry, Settings
-from shared.store import JobRecord, Status, StreamStore
-from shared.supervise import cancel_and_wait
-from shared.transcript import Transcript
+from shared.store import JobRecord, StreamStore
+from worker.job_run import JobRun
 from worker.providers import Provider
 
-log = logging.getLogger(__name__)
-REDIS_BLIP_ERRORS = (RedisConnectionError, RedisTimeoutError)
 
+class GenerationRun(JobRun):
+    noun = "generation"
 
-def backoff_delay(settings: Settings, failures: int, retry_after: float | None) -> float | None:
-    """Exponential backoff with full jitter, never shorter than the upstream's Retry-After.
-    None when the upstream asks for a longer wait than is worth holding a stream open."""
-    if retry_after is not None and retry_after > settings.upstream_retry_after_max_s:
-        return None
-    ceiling = min(
-        settings.upstream_backoff_max_s, settings.upstream_backoff_s * 2 ** (failures - 1)
-    )
-    return max(retry_after or 0.0, random.uniform(ceiling / 2, ceiling))
-
-
-async def with_redis_retry(settings: Settings, action: Callable[[], Awaitable[None]]) -> None:
-    """Ride out a short Redis outage (failover, restart) instead of failing the stream.
-    Safe because every worker write is idempotent (see `StreamStore.append`)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + settings.redis_retry_s
-    delay = 0.05
-    while True:
-        try:
-            await action()
-            return
-        except REDIS_BLIP_ERRORS:
-            if loop.time() + delay > deadline:
-                raise
-            log.warning("redis unreachable; retrying a stream write in %.2fs", delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 1.0)
-
-
-class GenerationRun:
     def __init__(
         self,
         store: StreamStore,
@@ -66,44 +28,14 @@ class GenerationRun:
         provider: Provider,
         held: int = 0,
     ) -> None:
-        self.store = store
-        self.settings = settings
-        self.record = record
-        self.attempt = attempt
+        super().__init__(
+            store, settings, record, attempt, provider.name, held, timeout_s=settings.job_timeout_s
+        )
         self.provider = provider
-        self.cancelled = asyncio.Event()
-        self.transcript = Transcript()
-        self.held = held  # events the stream holds, as this attempt counts them
         self.entry = ModelEntry.model_validate(record.request["entry"])
         self.request = GenerationRequest.model_validate(record.request["request"])
 
-    @property
-    def stream_id(self) -> str:
-        return self.record.id
-
-    @property
-    def started(self) -> bool:
-        return self.held > 0
-
-    async def _write(self, events: list[ev.Event]) -> None:
-        """Append `events`, led by Start if nothing was written yet. Start goes out with the
-        first real event, so an attempt that dies before producing anything leaves the
-        stream empty and the job can simply run again."""
-        batch = list(events)
-        if not self.started:
-            start = ev.Start(model=self.record.model, provider=self.provider.name)
-            self.transcript.apply(start)
-            batch.insert(0, start)
-        await with_redis_retry(
-            self.settings,
-            lambda: self.store.append(self.stream_id, self.attempt, batch, held=self.held),
-        )
-        self.held += len(batch)
-
-    async def _append(self, event: ev.Event) -> None:
-        await self._write([event])
-
-    async def _stream_once(self) -> ev.Finish:
+    async def _attempt(self) -> ev.Finish:
         stream = self.provider.stream(self.request, self.entry)
         async with contextlib.aclosing(stream) as events:
             async for event in events:
@@ -112,123 +44,8 @@ class GenerationRun:
                 if isinstance(event, ev.Finish):
                     return event
                 self.transcript.apply(event)
-                await self._append(event)
+                await self._write([event])
         raise UpstreamError("the provider ended without a finish", code="upstream_incomplete")
 
-    async def _pump(self) -> ev.Finish:
-        """Stream the provider. Failures before the first event are retried with backoff;
-        after it, a retry would repeat text, so they end the stream."""
-        failures = 0
-        while True:
-            try:
-                return await self._stream_once()
-            except UpstreamError as exc:
-                failures += 1
-                if self.started or not exc.retryable:
-                    raise
-                if failures >= self.settings.upstream_max_attempts:
-                    raise
-                delay = backoff_delay(self.settings, failures, exc.retry_after)
-                if delay is None:
-                    raise
-                log.info(
-                    "stream %s: upstream failed before the first token (%s); retry %d in %.2fs",
-                    self.stream_id, exc.message, failures, delay,
-                )  # fmt: skip
-                await asyncio.sleep(delay)
-
-    async def run(self) -> Status:
-        pump = asyncio.create_task(self._pump(), name=f"pump:{self.stream_id}")
-        cancel_wait = asyncio.create_task(self.cancelled.wait(), name=f"cancel:{self.stream_id}")
-        try:
-            done, _ = await asyncio.wait(
-                {pump, cancel_wait},
-                timeout=self.settings.job_timeout_s,
-                return_when=asyncio.FIRST_COMPLETED,
-            )
-        except asyncio.CancelledError:
-            await cancel_and_wait(pump)
-            await asyncio.shield(self._hand_back_or_fail())
-            raise
-        finally:
-            cancel_wait.cancel()
-
-        if pump not in done:
-            await cancel_and_wait(pump)
-            if self.cancelled.is_set():
-                finish = ev.Finish(reason="cancelled", usage=self.transcript.usage)
-                return await self.finish(Status.CANCELLED, finish)
-            error = ev.Error(code="generation_timeout", message="the generation took too long")
-            return await self.finish(Status.FAILED, error)
-        try:
-            finish = pump.result()
-        except FenceLost:
-            log.warning("stream %s: attempt %s was fenced out", self.stream_id, self.attempt)
-            return Status.FAILED
-        except UpstreamError as exc:
-            # Whatever the upstream said, the key it was sent never goes further.
-            exc.message = redact(exc.message, [self.entry.api_key() or ""])
-            return await self.finish(Status.FAILED, upstream_error_event(exc))
-        except REDIS_BLIP_ERRORS:
-            # Redis stayed away longer than redis_retry_s: nothing can be written now. The
-            # lease runs out and the reaper ends the stream once Redis is back.
-            log.error(
-                "stream %s: redis unreachable; leaving the stream to the reaper", self.stream_id
-            )
-            return Status.FAILED
-        except Exception:
-            log.exception("stream %s: generation failed", self.stream_id)
-            error = ev.Error(code="internal_error", message="the generation failed inside Spool")
-            return await self.finish(Status.FAILED, error)
-        return await self.finish(Status.COMPLETED, finish)
-
-    async def finish(self, status: Status, terminal: ev.Finish | ev.Error) -> Status:
-        self.transcript.apply(terminal)
-        try:
-            if not self.started and isinstance(terminal, ev.Finish):
-                await self._write([])
-            await with_redis_retry(
-                self.settings,
-                lambda: self.store.finish(
-                    self.stream_id,
-                    self.attempt,
-                    status=status,
-                    terminal=terminal,
-                    transcript=self.transcript,
-                    request=self.record.request,
-                ),
-            )
-        except FenceLost:
-            log.warning(
-                "stream %s: attempt %s was fenced out at finish", self.stream_id, self.attempt
-            )
-        return status
-
-    async def _hand_back_or_fail(self) -> None:
-        """The worker is shutting down: a job that emitted nothing goes back to the queue;
-        one that did ends with a visible error rather than hanging its readers."""
-        try:
-            if not self.started and await self.store.release(self.stream_id, self.attempt):
-                return
-            error = ev.Error(
-                code="worker_shutdown",
-                message="the worker stopped during the generation",
-                retryable=True,
-            )
-            await self.finish(Status.FAILED, error)
-        except Exception:
-            log.exception("stream %s: could not end the stream on shutdown", self.stream_id)
-
-
-def upstream_error_event(exc: UpstreamError) -> ev.Error:
-    return ev.Error(
-        code=exc.code,
-        message=exc.message,
-        retryable=exc.retryable,
-        retry_after=exc.retry_after,
-        status=exc.upstream_status,
-    )
-
-
-def new_attempt() -> str:
-    return uuid.uuid4().hex
+    def _redact(self, message: str) -> str:
+        return redact(message, [self.entry.api_key() or ""])

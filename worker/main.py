@@ -7,7 +7,7 @@ from typing import Any
 
 import uvloop
 
-from shared.queue import GENERATE, QueueConsumer
+from shared.queue import DELIVER_WEBHOOK, GENERATE, QueueConsumer
 from shared.redis import create_redis
 from shared.settings import Settings
 from worker.runtime import WorkerRuntime
@@ -18,19 +18,24 @@ async def generate(ctx: dict[str, Any], stream_id: str) -> str:
     return await runtime.generate(stream_id)
 
 
+async def deliver_webhook(ctx: dict[str, Any], task_id: str, seq: int, attempt: int) -> str:
+    runtime: WorkerRuntime = ctx["spool"]
+    return await runtime.deliver_webhook(task_id, seq, attempt)
+
+
 def build_consumer(settings: Settings) -> QueueConsumer:
     redis = create_redis(settings)
     runtime = WorkerRuntime(settings, redis)
     return QueueConsumer(
         redis,
-        {GENERATE: generate},
+        {GENERATE: generate, DELIVER_WEBHOOK: deliver_webhook},
         wake=runtime.wake,
         on_startup=runtime.startup,
         on_shutdown=runtime.shutdown,
         max_jobs=settings.worker_max_jobs,
         # The run enforces job_timeout_s itself and ends the stream visibly; arq's own
         # timeout is only a backstop.
-        job_timeout_s=settings.job_timeout_s + 30,
+        job_timeout_s=max(settings.job_timeout_s, settings.task_timeout_s) + 30,
         poll_interval_s=settings.worker_poll_interval_s,
         shutdown_grace_s=settings.worker_shutdown_grace_s,
         ctx={"spool": runtime},

@@ -18,19 +18,30 @@ from redis.exceptions import RedisError
 
 from shared import events as ev
 from shared import keys
+from shared.artifacts import ArtifactStore
 from shared.errors import StreamNotFound
+from shared.hooks import HOOK_RECORDS_GRACE_S, HookStore
 from shared.netguard import Allowlist, GuardedTransport
 from shared.queue import ArqJobQueue
 from shared.reaper import WORKER_LOST, Reaper
 from shared.settings import Settings
-from shared.store import Status, StreamStore
+from shared.store import JobRecord, Status, StreamStore
 from shared.supervise import cancel_and_wait, supervise
-from worker.generation import GenerationRun, new_attempt
+from shared.task_view import TaskViews
+from shared.tasks import TASK_SURFACE
+from worker.generation import GenerationRun
+from worker.job_run import JobRun, new_attempt
 from worker.providers import Provider
 from worker.providers.anthropic import AnthropicProvider
 from worker.providers.demo import DemoProvider
 from worker.providers.gemini import GeminiProvider
 from worker.providers.openai import OpenAIProvider
+from worker.task_providers import TaskProvider
+from worker.task_providers.demo import DemoTaskProvider
+from worker.task_providers.queue_http import QueueHttpProvider
+from worker.task_run import TaskRun
+from worker.webhook_outbox import WebhookDispatcher
+from worker.webhooks import WebhookSender
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +55,16 @@ class WorkerRuntime:
         self.worker_id = uuid.uuid4().hex[:12]
         self.worker_name = f"{socket.gethostname()}:{os.getpid()}:{self.worker_id}"
         self.wake = asyncio.Event()
-        self.runs: dict[str, GenerationRun] = {}
+        self.runs: dict[str, JobRun] = {}
         self.providers: dict[str, Provider] = {}
+        self.task_providers: dict[str, TaskProvider] = {}
+        self.artifacts = ArtifactStore(settings.artifacts_root, settings.max_output_bytes)
+        self.hooks = HookStore(redis, settings.task_retention_s + HOOK_RECORDS_GRACE_S)
+        self.queue = ArqJobQueue(redis)
+        self.views = TaskViews(self.store, self.hooks, settings.public_base_url)
         self._http: httpx.AsyncClient | None = None
+        self._webhook_http: httpx.AsyncClient | None = None
+        self.webhooks: WebhookSender | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
     async def startup(self, ctx: dict[str, Any] | None = None) -> None:
@@ -64,10 +82,27 @@ class WorkerRuntime:
             "anthropic": AnthropicProvider(self._http),
             "gemini": GeminiProvider(self._http),
         }
+        self.task_providers = {
+            "demo": DemoTaskProvider(),
+            "queue_http": QueueHttpProvider(self._http),
+        }
+        # Callbacks get their own guard: their allowlist is not the upstreams'.
+        self._webhook_http = httpx.AsyncClient(
+            transport=GuardedTransport(
+                Allowlist.parse(self.settings.webhook_allowlist),
+                httpx.AsyncHTTPTransport(),
+                setting="SPOOL_WEBHOOK_ALLOWLIST",
+            ),
+            follow_redirects=False,
+        )
+        self.webhooks = WebhookSender(self.hooks, self.queue, self.settings, self._webhook_http)
+        dispatcher = WebhookDispatcher(self.store, self.hooks, self.queue, self.views)
         self._tasks = [
             supervise("signals", self._listen_signals),
             supervise("heartbeat", self._heartbeat),
             supervise("reaper", self.reaper.run_forever),
+            supervise("webhook-dispatcher", dispatcher.run_forever),
+            supervise("artifact-sweeper", self._sweep_artifacts),
         ]
         log.info("worker %s ready", self.worker_id)
 
@@ -76,8 +111,9 @@ class WorkerRuntime:
             await cancel_and_wait(task)
         with contextlib.suppress(RedisError):
             await self.redis.zrem(keys.WORKERS_KEY, self.worker_id)
-        if self._http is not None:
-            await self._http.aclose()
+        for client in (self._http, self._webhook_http):
+            if client is not None:
+                await client.aclose()
 
     # -- the job --------------------------------------------------------------------------
 
@@ -91,8 +127,7 @@ class WorkerRuntime:
             record = await self.store.get(stream_id)
         except StreamNotFound:
             return "done"
-        provider = self.providers[record.request["entry"]["provider"]]
-        run = GenerationRun(self.store, self.settings, record, attempt, provider, claim.appended)
+        run = self._new_run(record, attempt, claim.appended)
         if claim.outcome == "lost":
             # An earlier attempt died after it had emitted: never restart (that would repeat
             # text); end the stream visibly, keeping the partial output.
@@ -107,6 +142,27 @@ class WorkerRuntime:
             return (await run.run()).value
         finally:
             self.runs.pop(stream_id, None)
+
+    def _new_run(self, record: JobRecord, attempt: str, held: int) -> JobRun:
+        provider_name = record.request["entry"]["provider"]
+        if record.surface == TASK_SURFACE:
+            assert self._http is not None
+            return TaskRun(
+                self.store,
+                self.settings,
+                record,
+                attempt,
+                self.task_providers[provider_name],
+                self.artifacts,
+                self._http,
+                held,
+            )
+        provider = self.providers[provider_name]
+        return GenerationRun(self.store, self.settings, record, attempt, provider, held)
+
+    async def deliver_webhook(self, task_id: str, seq: int, attempt: int) -> str:
+        assert self.webhooks is not None
+        return await self.webhooks.deliver(task_id, seq, attempt)
 
     def cancel(self, stream_id: str) -> None:
         run = self.runs.get(stream_id)
@@ -158,3 +214,13 @@ class WorkerRuntime:
                     await self.store.request_cancel(stream_id)
                     run.cancelled.set()
             await asyncio.sleep(interval)
+
+    async def _sweep_artifacts(self) -> None:
+        """Remove the outputs of tasks whose records have expired."""
+
+        async def task_exists(task_id: str) -> bool:
+            return await self.store.status(task_id) is not None
+
+        while True:
+            await self.artifacts.sweep(task_exists)
+            await asyncio.sleep(self.settings.artifact_sweep_interval_s)

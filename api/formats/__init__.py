@@ -61,6 +61,7 @@ def registry() -> dict[str, WireFormat]:
     from api.formats.openai_chat import OpenAIChatFormat
     from api.formats.openai_completions import OpenAICompletionsFormat
     from api.formats.simple import SimpleFormat
+    from api.formats.tasks import TaskFormat
 
     formats: list[WireFormat] = [
         OpenAIChatFormat(),
@@ -68,5 +69,6 @@ def registry() -> dict[str, WireFormat]:
         AnthropicFormat(),
         GeminiFormat(),
         SimpleFormat(),
+        TaskFormat(),
     ]
     return {f.surface: f for f in formats}

@@ -20,8 +20,9 @@ from api.responses import EventStream, JSONBody
 from api.tail import ResumePoint, Tail
 from shared import keys
 from shared.auth import ApiKey
-from shared.errors import StreamExpired, StreamNotFound, Unauthenticated
+from shared.errors import StreamExpired, StreamNotFound, TaskNotFound, Unauthenticated
 from shared.store import JobRecord
+from shared.tasks import TASK_SURFACE
 
 router = APIRouter(prefix="/v1/streams", tags=["streams"])
 STREAM_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -40,10 +41,15 @@ async def load(
     stream_id: str,
     caller: ApiKey | None,
     follow_token: str | None = None,
+    *,
+    task: bool = False,
 ) -> JobRecord:
-    """The stream, if `caller` owns it or `follow_token` opens it; otherwise 404."""
+    """The stream (or with `task`, the task), if `caller` owns it or `follow_token` opens
+    it; otherwise 404."""
+    missing: type[StreamNotFound] = TaskNotFound if task else StreamNotFound
+    not_found = f"no {'task' if task else 'stream'} with id {stream_id!r}"
     if not STREAM_ID.match(stream_id):
-        raise StreamNotFound(f"no stream with id {stream_id!r}")
+        raise missing(not_found)
     if caller is None and follow_token is None:
         raise Unauthenticated("an API key or a follow token is required")
     try:
@@ -51,14 +57,16 @@ async def load(
     except StreamExpired as expired:
         if caller is not None and expired.details.get("owner") in (caller.id, None):
             raise
-        raise StreamNotFound(f"no stream with id {stream_id!r}") from None
+        raise missing(not_found) from None
+    if (record.surface == TASK_SURFACE) != task:
+        raise missing(not_found)
     if caller is not None and (record.owner == caller.id or not services.settings.auth_enabled):
         return record
     if follow_token is not None and await services.redis.exists(
         keys.follow_token_key(stream_id, _token_digest(follow_token))
     ):
         return record
-    raise StreamNotFound(f"no stream with id {stream_id!r}")
+    raise missing(not_found)
 
 
 def stream_object(record: JobRecord, **extra: Any) -> dict[str, Any]:

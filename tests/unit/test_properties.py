@@ -795,6 +795,7 @@ RENDER: dict[str, st.SearchStrategy[dict[str, Any]]] = {
     "simple": st.fixed_dictionaries(
         {"id": st.just("s1"), "model": ident, "created_at": st.floats(1_699_999_990, 1_700_000_010)}
     ),
+    "task": st.just({}),
 }
 RENDER_EXAMPLE: dict[str, dict[str, Any]] = {
     "openai.chat": {"id": "chatcmpl-s1", "created": 1, "model": "m", "include_usage": True},
@@ -802,6 +803,7 @@ RENDER_EXAMPLE: dict[str, dict[str, Any]] = {
     "anthropic.messages": {"id": "msg_s1", "model": "m"},
     "gemini": {"id": "s1", "model": "m"},
     "simple": {"id": "s1", "model": "m", "created_at": 1_700_000_000.0},
+    "task": {},
 }
 FORMATS = sorted(registry())
 

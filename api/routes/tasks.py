@@ -1,0 +1,128 @@
+"""Asset task routes: submit, poll (optionally waiting), follow, cancel, download.
+
+A task belongs to the key that created it; another key gets 404.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Header, Path, Query
+from starlette.responses import FileResponse, RedirectResponse, Response
+
+from api.deps import CallerDep, ServicesDep
+from api.responses import EventStream, JSONBody
+from api.routes.streams import StreamId, load
+from api.tail import ResumePoint, Tail
+from api.tasks import parse_prefer_wait, submit_task, wait_for_end
+from shared.errors import ResumePointExpired, TaskNotFound
+from shared.store import JobRecord, Status
+from shared.tasks import TaskSpec
+
+router = APIRouter(prefix="/v1/tasks", tags=["tasks"])
+CANCEL_WAIT_S = 10.0
+
+
+class OutputExpired(ResumePointExpired):
+    """The output has expired."""
+
+    code = "output_expired"
+
+
+def _retry_after(record: JobRecord) -> dict[str, str]:
+    """How soon polling is worth it: a queued task moves less often than a running one."""
+    if record.status.terminal:
+        return {}
+    return {"Retry-After": "2" if record.status is Status.QUEUED else "1"}
+
+
+@router.post("", status_code=202)
+async def create_task(
+    spec: Annotated[TaskSpec, Body()],
+    services: ServicesDep,
+    caller: CallerDep,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+) -> JSONBody:
+    record, created = await submit_task(services, caller, spec, idempotency_key)
+    body = await services.tasks.show(record)
+    headers = {"Location": body["urls"]["get"], **_retry_after(record)}
+    if not created:
+        headers["Idempotent-Replayed"] = "true"
+    return JSONBody(body, status_code=202, headers=headers)
+
+
+@router.get("/{task_id}")
+async def get_task(
+    task_id: StreamId,
+    services: ServicesDep,
+    caller: CallerDep,
+    prefer: Annotated[str | None, Header()] = None,
+) -> JSONBody:
+    record = await load(services, task_id, caller, task=True)
+    wait = parse_prefer_wait(prefer)
+    headers = {}
+    if wait is not None:
+        headers["Preference-Applied"] = f"wait={wait}"
+        if not record.status.terminal and wait > 0:
+            await wait_for_end(services, record.id, wait)
+            record = await services.store.get(record.id)
+    body = await services.tasks.show(record)
+    return JSONBody(body, headers={**headers, **_retry_after(record)})
+
+
+@router.get("/{task_id}/events")
+async def task_events(
+    task_id: StreamId,
+    services: ServicesDep,
+    caller: CallerDep,
+    last_event_id_header: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+    last_event_id: Annotated[str | None, Query()] = None,
+) -> EventStream:
+    record = await load(services, task_id, caller, task=True)
+    resume_from = last_event_id_header or last_event_id
+    resume = ResumePoint.parse(resume_from) if resume_from else None
+    tail = Tail(services, record, services.formats[record.surface])
+    return EventStream(tail.stream(await tail.prepare(resume)), record.id)
+
+
+@router.post("/{task_id}/cancel")
+async def cancel_task(task_id: StreamId, services: ServicesDep, caller: CallerDep) -> JSONBody:
+    """Idempotent. A queued task ends at once; a running one is stopped (and its upstream
+    job cancelled), which this waits for, briefly; a finished one is left as it is."""
+    record = await load(services, task_id, caller, task=True)
+    if not record.status.terminal:
+        status = await services.store.request_cancel(record.id)
+        if status is Status.RUNNING:
+            await wait_for_end(services, record.id, CANCEL_WAIT_S)
+        record = await services.store.get(record.id)
+    body = await services.tasks.show(record)
+    return JSONBody(body, headers=_retry_after(record))
+
+
+@router.get("/{task_id}/outputs/{index}", response_model=None)
+async def task_output(
+    task_id: StreamId,
+    index: Annotated[int, Path(ge=0, le=10_000)],
+    services: ServicesDep,
+    caller: CallerDep,
+) -> Response:
+    """One output's bytes (with range requests), or a redirect to the upstream's copy."""
+    record = await load(services, task_id, caller, task=True)
+    state = await services.tasks.state(record.id)
+    outputs = state.outputs or []
+    if record.status is not Status.COMPLETED or index >= len(outputs):
+        raise TaskNotFound(f"task {record.id} has no output {index}")
+    output = outputs[index]
+    if not output.stored:
+        return RedirectResponse(output.url, status_code=307)
+    name = services.artifacts.name(index, output.media_type)
+    path = services.artifacts.path(record.id, name)
+    if not path.is_file():
+        raise OutputExpired(f"output {index} of task {record.id} is no longer kept")
+    return FileResponse(
+        path,
+        media_type=output.media_type,
+        filename=f"{record.id}-{name}",
+        content_disposition_type="inline",
+        headers={"Cache-Control": "private, max-age=3600"},
+    )

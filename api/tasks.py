@@ -1,0 +1,177 @@
+"""Submitting asset tasks and waiting on them, for the task routes."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import time
+import uuid
+from urllib.parse import urlsplit
+
+import orjson
+
+from api.deps import Services
+from api.tail import START, Follower
+from shared import events as ev
+from shared import keys
+from shared.auth import ApiKey
+from shared.errors import (
+    Conflict,
+    InvalidRequest,
+    ModelNotFound,
+    ResumePointExpired,
+    StreamNotFound,
+)
+from shared.netguard import AddressRefused, Allowlist, HostUnresolvable, check_host
+from shared.queue import GENERATE
+from shared.settings import Settings, TaskModelEntry
+from shared.store import JobRecord
+from shared.tasks import TaskSpec, check_demo_input
+
+MAX_WAIT_S = 60
+MAX_IDEMPOTENCY_KEY_CHARS = 255
+WAIT_BLOCK_MS = 250
+
+
+class IdempotencyConflict(Conflict):
+    """This Idempotency-Key was used with a different request body."""
+
+    code = "idempotency_key_reused"
+
+
+class CallbackRefused(InvalidRequest):
+    """The callback URL is not allowed."""
+
+    code = "invalid_callback_url"
+
+
+def resolve_task_model(settings: Settings, spec: TaskSpec) -> TaskModelEntry:
+    entry = settings.task_models.get(spec.model)
+    if entry is None:
+        raise ModelNotFound(f"the task model {spec.model!r} does not exist")
+    if spec.kind not in entry.kinds:
+        raise InvalidRequest(
+            f"the model {spec.model!r} makes {', '.join(entry.kinds)}, not {spec.kind}"
+        )
+    if entry.provider == "demo":
+        check_demo_input(spec)
+    return entry
+
+
+async def check_callback(settings: Settings, url: str) -> None:
+    """A callback must be http(s) to a host that resolves to public addresses, unless the
+    host is in `SPOOL_WEBHOOK_ALLOWLIST`; and the deployment must be able to sign."""
+    if settings.webhook_secret is None:
+        raise CallbackRefused(
+            "webhooks are not configured on this deployment (SPOOL_WEBHOOK_SECRET is not set)"
+        )
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise CallbackRefused("callback_url is not a valid URL") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise CallbackRefused("callback_url must be an http or https URL")
+    if parts.username or parts.password:
+        raise CallbackRefused("callback_url may not carry credentials")
+    port = port or (443 if parts.scheme == "https" else 80)
+    allowlist = Allowlist.parse(settings.webhook_allowlist)
+    try:
+        await check_host(parts.hostname, port, allowlist, "SPOOL_WEBHOOK_ALLOWLIST")
+    except (AddressRefused, HostUnresolvable) as exc:
+        raise CallbackRefused(f"callback_url refused: {exc.message}") from None
+
+
+def idempotency_redis_key(owner: ApiKey, key: str) -> str:
+    if not key or len(key) > MAX_IDEMPOTENCY_KEY_CHARS or not key.isprintable():
+        raise InvalidRequest(
+            f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_CHARS} printable characters"
+        )
+    return keys.idempotency_key(owner.id, hashlib.sha256(key.encode()).hexdigest())
+
+
+def body_digest(spec: TaskSpec) -> str:
+    canonical = orjson.dumps(spec.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(canonical).hexdigest()
+
+
+async def _replayed(services: Services, held: str, digest: str) -> JobRecord:
+    task_id, _, held_digest = held.partition(" ")
+    if held_digest != digest:
+        raise IdempotencyConflict(
+            "this Idempotency-Key was already used with a different request body"
+        )
+    return await services.store.get(task_id)
+
+
+async def submit_task(
+    services: Services, caller: ApiKey, spec: TaskSpec, idempotency_key: str | None
+) -> tuple[JobRecord, bool]:
+    """Create and queue a task; returns it and whether it is new (False when the
+    Idempotency-Key names an earlier one)."""
+    entry = resolve_task_model(services.settings, spec)
+    if spec.callback_url is not None:
+        await check_callback(services.settings, spec.callback_url)
+    digest = body_digest(spec)
+    idem_key = idempotency_redis_key(caller, idempotency_key) if idempotency_key else None
+    if idem_key is not None:
+        held = await services.redis.get(idem_key)
+        if held is not None:
+            return await _replayed(services, held.decode(), digest), False
+    task_id = uuid.uuid4().hex
+    await services.admission.admit(caller, task_id)
+    try:
+        held_now = await services.store.create_task(
+            task_id,
+            model=spec.model,
+            request={
+                "task": spec.model_dump(mode="json"),
+                "entry": entry.model_dump(mode="json"),
+            },
+            owner=caller.id,
+            idempotency=(idem_key, f"{task_id} {digest}") if idem_key else None,
+            with_callback=spec.callback_url is not None,
+        )
+        if held_now is not None:  # a concurrent request with the same key got there first
+            await services.admission.release(caller, task_id)
+            return await _replayed(services, held_now, digest), False
+        await services.queue.enqueue(GENERATE, task_id, task_id)
+        if spec.callback_url is not None:
+            await services.hooks.wake()
+    except BaseException:
+        await services.admission.release(caller, task_id)
+        raise
+    services.metrics.generations.labels("task").inc()
+    return await services.store.get(task_id), True
+
+
+def parse_prefer_wait(prefer: str | None) -> int | None:
+    """The `wait` preference of a `Prefer` header (RFC 7240), capped at `MAX_WAIT_S`;
+    None when absent or not understood (preferences a server does not understand are
+    ignored)."""
+    if not prefer:
+        return None
+    for preference in prefer.split(","):
+        name, _, value = preference.split(";", 1)[0].strip().partition("=")
+        value = value.strip().strip('"')
+        if name.strip().lower() == "wait" and value.isascii() and value.isdigit():
+            return min(int(value[:6]), MAX_WAIT_S)
+    return None
+
+
+async def wait_for_end(services: Services, task_id: str, seconds: float) -> None:
+    """Return once the task has ended or `seconds` have passed, blocking on its stream."""
+    deadline = time.monotonic() + seconds
+    last = await services.store.last_entries(task_id, 1)
+    if last and ev.is_terminal(last[0].event):
+        return
+    after, next_seq = (last[0].id, last[0].seq + 1) if last else (START, 1)
+    block_ms = max(1, min(WAIT_BLOCK_MS, int(seconds * 1000)))
+    follower = Follower(services.store, task_id, block_ms, services.draining)
+    with contextlib.suppress(ResumePointExpired, StreamNotFound):
+        async with contextlib.aclosing(follower.entries(after, next_seq)) as entries:
+            async for entry in entries:
+                if entry is not None and ev.is_terminal(entry.event):
+                    return
+                if time.monotonic() >= deadline:
+                    return

@@ -1,0 +1,115 @@
+"""The artifact store: task outputs as files under one root directory.
+
+Workers write them and API replicas serve them, so with several hosts the root must be a
+shared volume. Files are written to a temporary name and renamed into place, so a reader
+never sees half a file. A task's directory is removed once its task record has expired.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import mimetypes
+import os
+import re
+import shutil
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+from shared.errors import SpoolError
+
+log = logging.getLogger(__name__)
+
+TASK_ID = re.compile(r"^[0-9a-f]{32}$")
+# A task directory younger than this is never swept, whatever Redis says: it may belong to
+# a task whose record another process is still creating or has just read.
+SWEEP_MIN_AGE_S = 60.0
+_EXTENSIONS = {"image/png": ".png", "image/gif": ".gif", "audio/wav": ".wav", "video/mp4": ".mp4"}
+
+
+class OutputTooLarge(SpoolError):
+    """A task output is larger than `max_output_bytes`."""
+
+    code = "output_too_large"
+
+
+def extension_for(media_type: str | None) -> str:
+    if not media_type:
+        return ".bin"
+    base = media_type.split(";", 1)[0].strip().lower()
+    return _EXTENSIONS.get(base) or mimetypes.guess_extension(base) or ".bin"
+
+
+class ArtifactStore:
+    def __init__(self, root: Path, max_bytes: int) -> None:
+        self.root = root
+        self.max_bytes = max_bytes
+
+    def name(self, index: int, media_type: str | None) -> str:
+        return f"{index}{extension_for(media_type)}"
+
+    def path(self, task_id: str, name: str) -> Path:
+        if not TASK_ID.match(task_id) or "/" in name or name.startswith("."):
+            raise ValueError("not an artifact name")
+        return self.root / task_id / name
+
+    async def write_bytes(self, task_id: str, name: str, data: bytes) -> int:
+        if len(data) > self.max_bytes:
+            raise OutputTooLarge(f"the output is {len(data)} bytes; at most {self.max_bytes}")
+
+        async def one() -> AsyncIterator[bytes]:
+            yield data
+
+        return await self.write_stream(task_id, name, one())
+
+    async def write_stream(self, task_id: str, name: str, chunks: AsyncIterator[bytes]) -> int:
+        """Write an output from chunks; returns its size. Stops (and leaves nothing) past
+        `max_bytes`."""
+        final = self.path(task_id, name)
+        await asyncio.to_thread(final.parent.mkdir, parents=True, exist_ok=True)
+        partial = final.with_name(f".{name}.{uuid.uuid4().hex}.part")
+        size = 0
+        out = await asyncio.to_thread(partial.open, "wb")
+        try:
+            try:
+                async for chunk in chunks:
+                    size += len(chunk)
+                    if size > self.max_bytes:
+                        raise OutputTooLarge(f"the output is larger than {self.max_bytes} bytes")
+                    await asyncio.to_thread(out.write, chunk)
+                await asyncio.to_thread(out.flush)
+                await asyncio.to_thread(os.fsync, out.fileno())
+            finally:
+                await asyncio.to_thread(out.close)
+            await asyncio.to_thread(os.replace, partial, final)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                partial.unlink()
+        return size
+
+    async def sweep(self, task_exists: Callable[[str], Awaitable[bool]]) -> int:
+        """Remove the outputs of every task whose record has expired; returns how many
+        task directories went."""
+        removed = 0
+        try:
+            entries = await asyncio.to_thread(lambda: list(os.scandir(self.root)))
+        except FileNotFoundError:
+            return 0
+        now = time.time()
+        for entry in entries:
+            if not (TASK_ID.match(entry.name) and entry.is_dir(follow_symlinks=False)):
+                continue
+            try:
+                age = now - entry.stat(follow_symlinks=False).st_mtime
+            except FileNotFoundError:
+                continue
+            if age < SWEEP_MIN_AGE_S or await task_exists(entry.name):
+                continue
+            await asyncio.to_thread(shutil.rmtree, entry.path, ignore_errors=True)
+            removed += 1
+        if removed:
+            log.info("removed the outputs of %d expired tasks", removed)
+        return removed

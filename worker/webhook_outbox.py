@@ -1,0 +1,122 @@
+"""The webhook dispatcher: turns task events into webhook messages and queues their
+delivery.
+
+A task's stream is the outbox. Each worker follows the streams of every task with a
+callback (`keys.HOOKS_PENDING_KEY`) in one blocking XREAD, from a cursor kept in Redis.
+For each event the task asked to hear about it stores the message once (the first
+dispatcher to get there wins) and queues its first delivery; then it moves the cursor. A
+dispatcher that dies anywhere in between is replaced by another that starts from the
+cursor: messages are stored only once and a queued delivery only runs once, so nothing is
+lost or sent twice.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import orjson
+
+from shared import events as ev
+from shared import keys
+from shared.errors import StreamExpired, StreamNotFound
+from shared.hooks import HookMessage, HookStore
+from shared.queue import DELIVER_WEBHOOK, JobQueue
+from shared.store import Entry, StreamStore
+from shared.task_view import TaskViews
+from shared.tasks import DEFAULT_WEBHOOK_EVENTS
+from worker.webhooks import delivery_job_id
+
+log = logging.getLogger(__name__)
+BLOCK_MS = 2000
+READ_COUNT = 100
+
+
+def webhook_event(event: ev.Event) -> tuple[str, str] | None:
+    """The webhook event an event of the stream is (the name clients subscribe to, and the
+    message type), or None."""
+    match event:
+        case ev.Start():
+            return "started", "task.started"
+        case ev.TaskProgress():
+            return "progress", "task.progress"
+        case ev.TaskResult():
+            return "completed", "task.succeeded"
+        case ev.Error():
+            return "completed", "task.failed"
+        case ev.Finish():
+            return "completed", "task.cancelled"
+        case _:
+            return None
+
+
+class WebhookDispatcher:
+    def __init__(
+        self, store: StreamStore, hooks: HookStore, queue: JobQueue, views: TaskViews
+    ) -> None:
+        self.store = store
+        self.hooks = hooks
+        self.queue = queue
+        self.views = views
+        self.wake_after = "$"
+
+    async def run_forever(self) -> None:
+        while True:
+            await self.step()
+
+    async def step(self) -> int:
+        """One blocking read over every pending task; returns the events handled."""
+        pending = await self.hooks.pending()
+        cursors = await self.hooks.cursors(pending)
+        streams = {keys.stream_key(t): c for t, c in cursors.items()}
+        streams[keys.HOOKS_WAKE_KEY] = self.wake_after
+        reply = await self.store.redis.xread(streams, count=READ_COUNT, block=BLOCK_MS)  # type: ignore[arg-type]
+        handled = 0
+        by_key = {keys.stream_key(t): t for t in pending}
+        for key, raw_entries in reply or []:
+            if key.decode() == keys.HOOKS_WAKE_KEY:
+                self.wake_after = raw_entries[-1][0].decode()
+                continue
+            task_id = by_key[key.decode()]
+            entries = [Entry.from_redis(eid, fields) for eid, fields in raw_entries]
+            handled += await self.dispatch(task_id, entries)
+        if not reply:
+            await self._forget_expired(pending)
+        return handled
+
+    async def dispatch(self, task_id: str, entries: list[Entry]) -> int:
+        try:
+            record = await self.store.get(task_id)
+        except (StreamNotFound, StreamExpired):
+            await self.hooks.done(task_id)
+            return 0
+        spec = record.request.get("task") or {}
+        wanted = set(spec.get("webhook_events") or DEFAULT_WEBHOOK_EVENTS)
+        for entry in entries:
+            kind = webhook_event(entry.event)
+            if kind is not None and kind[0] in wanted:
+                await self._queue_message(task_id, entry, kind[1], spec["callback_url"])
+            await self.hooks.set_cursor(task_id, entry.id)
+            if ev.is_terminal(entry.event):
+                await self.hooks.done(task_id)
+                break
+        return len(entries)
+
+    async def _queue_message(self, task_id: str, entry: Entry, type_: str, url: str) -> None:
+        record = await self.store.get(task_id)
+        body = await self.views.show(record, with_webhooks=False)
+        if isinstance(entry.event, ev.TaskProgress):
+            # The message speaks of its own event, even when the task has moved on since.
+            body["progress"] = entry.event.progress
+        message = HookMessage(
+            id=f"msg_{task_id}_{entry.seq}", type=type_, url=url, body=orjson.dumps(body).decode()
+        )
+        await self.hooks.add(task_id, entry.seq, message)
+        await self.queue.enqueue(
+            DELIVER_WEBHOOK, delivery_job_id(task_id, entry.seq, 1), task_id, entry.seq, 1
+        )
+
+    async def _forget_expired(self, pending: list[str]) -> None:
+        """Drop tasks whose record is gone (expired, or flushed) from the index."""
+        for task_id in pending:
+            if await self.store.status(task_id) is None:
+                await self.hooks.done(task_id)
