@@ -155,7 +155,8 @@ def parse_prefer_wait(prefer: str | None) -> int | None:
         name, _, value = preference.split(";", 1)[0].strip().partition("=")
         value = value.strip().strip('"')
         if name.strip().lower() == "wait" and value.isascii() and value.isdigit():
-            return min(int(value[:6]), MAX_WAIT_S)
+            # Leading zeros are allowed (delta-seconds); past them six digits are plenty.
+            return min(int(value.lstrip("0")[:6] or "0"), MAX_WAIT_S)
     return None
 
 

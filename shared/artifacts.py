@@ -23,7 +23,7 @@ from shared.errors import SpoolError
 
 log = logging.getLogger(__name__)
 
-TASK_ID = re.compile(r"^[0-9a-f]{32}$")
+TASK_ID = re.compile(r"^[0-9a-f]{32}\Z")  # \Z: "$" would let a trailing newline through
 # A task directory younger than this is never swept, whatever Redis says: it may belong to
 # a task whose record another process is still creating or has just read.
 SWEEP_MIN_AGE_S = 60.0

@@ -17,6 +17,9 @@ from shared.embedded_redis import free_port
 
 
 def write_config(path: Path, models: dict[str, Any], **settings: Any) -> Path:
+    """A settings file for test processes; task outputs go next to it, not into the
+    working directory."""
+    settings.setdefault("artifacts_dir", str(path.parent / "artifacts"))
     path.write_text(yaml.safe_dump({"models": models, **settings}))
     return path
 

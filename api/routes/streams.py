@@ -48,7 +48,7 @@ async def load(
     it; otherwise 404."""
     missing: type[StreamNotFound] = TaskNotFound if task else StreamNotFound
     not_found = f"no {'task' if task else 'stream'} with id {stream_id!r}"
-    if not STREAM_ID.match(stream_id):
+    if not STREAM_ID.fullmatch(stream_id):
         raise missing(not_found)
     if caller is None and follow_token is None:
         raise Unauthenticated("an API key or a follow token is required")

@@ -39,7 +39,9 @@ def test_the_readme_has_an_example_per_surface() -> None:
 @pytest.mark.parametrize(
     ("language", "code"), EXAMPLES, ids=[f"example{i}" for i in range(len(EXAMPLES))]
 )
-def test_readme_example_runs(tenancy: Tenancy, language: str, code: str) -> None:
+def test_readme_example_runs(
+    tenancy: Tenancy, language: str, code: str, tmp_path: Path
+) -> None:
     """Against API processes with authentication on, as `make run` has it."""
     _, secret = tenancy.new_key("readme")
     env = {**os.environ, "SPOOL_API_KEY": secret}
@@ -51,6 +53,8 @@ def test_readme_example_runs(tenancy: Tenancy, language: str, code: str) -> None
         command = ["bash", "-euo", "pipefail", "-c", code]
     else:
         command = [sys.executable, "-c", code]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=60, env=env)
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path
+    )
     assert done.returncode == 0, f"{code}\n--- stdout\n{done.stdout}\n--- stderr\n{done.stderr}"
     assert done.stdout.strip(), "the example printed nothing"

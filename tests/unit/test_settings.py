@@ -251,3 +251,17 @@ def test_default_models_are_not_shared_between_settings() -> None:
 def test_an_empty_redis_url_means_unset(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("REDIS_URL", "")
     assert load_settings().redis_url is None
+
+
+def test_the_example_settings_file_loads() -> None:
+    example = Path(__file__).resolve().parents[2] / "deploy" / "spool.example.yaml"
+    settings = load_settings(config=str(example))
+    assert settings.task_models["flux-dev"].queue_http is not None
+    assert settings.task_models["flux-dev"].queue_http.id_field == "request_id"
+    assert settings.task_models["musicgen"].kinds == ["audio"]
+    assert set(settings.models) >= {"demo", "gpt-4o-mini", "claude-sonnet", "gemini-flash"}
+
+
+def test_a_queue_http_task_model_needs_its_section() -> None:
+    with pytest.raises(ConfigError, match="queue_http"):
+        load_settings(task_models={"x": {"provider": "queue_http", "base_url": "https://a"}})
