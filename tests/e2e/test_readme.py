@@ -39,9 +39,7 @@ def test_the_readme_has_an_example_per_surface() -> None:
 @pytest.mark.parametrize(
     ("language", "code"), EXAMPLES, ids=[f"example{i}" for i in range(len(EXAMPLES))]
 )
-def test_readme_example_runs(
-    tenancy: Tenancy, language: str, code: str, tmp_path: Path
-) -> None:
+def test_readme_example_runs(tenancy: Tenancy, language: str, code: str, tmp_path: Path) -> None:
     """Against API processes with authentication on, as `make run` has it."""
     _, secret = tenancy.new_key("readme")
     env = {**os.environ, "SPOOL_API_KEY": secret}
