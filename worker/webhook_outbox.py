@@ -104,9 +104,12 @@ class WebhookDispatcher:
     async def _queue_message(self, task_id: str, entry: Entry, type_: str, url: str) -> None:
         record = await self.store.get(task_id)
         body = await self.views.show(record, with_webhooks=False)
-        if isinstance(entry.event, ev.TaskProgress):
+        if not ev.is_terminal(entry.event):
             # The message speaks of its own event, even when the task has moved on since.
-            body["progress"] = entry.event.progress
+            progress = entry.event.progress if isinstance(entry.event, ev.TaskProgress) else 0.0
+            body.update(
+                status="running", progress=progress, result=None, error=None, finished_at=None
+            )
         message = HookMessage(
             id=f"msg_{task_id}_{entry.seq}", type=type_, url=url, body=orjson.dumps(body).decode()
         )
