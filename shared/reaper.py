@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 WORKER_LOST = ev.Error(
     code="worker_lost",
-    message="the worker running this stream was lost; the partial output is kept",
+    message="the worker running this job was lost; what it produced so far is kept",
     retryable=True,
 )
 

@@ -3,8 +3,10 @@ two API replicas and two workers, all real processes that tests may kill and rep
 
 from __future__ import annotations
 
+import asyncio
 import random
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -14,9 +16,12 @@ import httpx
 import orjson
 import pytest
 import redis as sync_redis
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
 
 from shared.embedded_redis import EmbeddedRedis, free_port
 from shared.sse import SSEDecoder
+from tests.mock_queue_http import MockQueueHttp, model_entry
 from tests.mock_upstream import MockUpstream
 from tests.processes import SpoolProcess, start_api, start_worker, wait_ready, write_config
 
@@ -77,6 +82,52 @@ def fault_models(upstream: MockUpstream) -> dict[str, object]:
     }
 
 
+class FaultQueueHttp(MockQueueHttp):
+    """The queue_http mock with one more behaviour, for worker-loss tests: the first submit
+    of a prompt starting "hang-once" gets no answer until its client goes away, so the
+    worker that sent it has written nothing to the task yet; later submits of the same
+    prompt go on as "succeed"."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.hanging: list[str] = []  # prompts whose first submit was held
+        self._hung = threading.Condition()
+
+    def wait_for_hang(self, prompt: str, timeout_s: float = 10.0) -> bool:
+        """Wait (in the test's thread) until the first submit of `prompt` is being held."""
+        with self._hung:
+            return self._hung.wait_for(lambda: prompt in self.hanging, timeout_s)
+
+    async def submit(self, request: Request) -> Response:
+        try:
+            inputs = orjson.loads(await request.body()).get("input") or {}
+            prompt = str(inputs.get("prompt") or "")
+        except (orjson.JSONDecodeError, AttributeError):
+            prompt = ""
+        if not prompt.startswith("hang-once") or prompt in self.hanging:
+            return await super().submit(request)
+        with self._hung:
+            self.hanging.append(prompt)
+            self._hung.notify_all()
+        for _ in range(1200):  # a minute at most
+            if await request.is_disconnected():
+                break
+            await asyncio.sleep(0.05)
+        return JSONResponse({"detail": "held until the client went away"}, status_code=503)
+
+
+@pytest.fixture(scope="session")
+def fault_queue_http() -> Iterator[FaultQueueHttp]:
+    upstream = FaultQueueHttp().start()
+    yield upstream
+    upstream.stop()
+
+
+def fault_task_models(queue_http: MockQueueHttp) -> dict[str, object]:
+    # "demo" (the built-in demo task model) is always there besides these.
+    return {"fault-queue": model_entry(queue_http)}
+
+
 @dataclass
 class FaultCluster:
     workdir: Path
@@ -132,10 +183,17 @@ class FaultCluster:
 
 @pytest.fixture(scope="session")
 def faults(
-    tmp_path_factory: pytest.TempPathFactory, mock_upstream: MockUpstream
+    tmp_path_factory: pytest.TempPathFactory,
+    mock_upstream: MockUpstream,
+    fault_queue_http: FaultQueueHttp,
 ) -> Iterator[FaultCluster]:
     workdir = tmp_path_factory.mktemp("faults")
-    config = write_config(workdir / "spool.yaml", fault_models(mock_upstream), **FAULT_SETTINGS)
+    config = write_config(
+        workdir / "spool.yaml",
+        fault_models(mock_upstream),
+        task_models=fault_task_models(fault_queue_http),
+        **FAULT_SETTINGS,
+    )
     redis = EmbeddedRedis(workdir / "redis", appendonly=True)
     redis.start()
     cluster = FaultCluster(workdir, config, redis, mock_upstream)
