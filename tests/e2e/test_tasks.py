@@ -106,7 +106,12 @@ def tasks(
     config = write_config(
         workdir / "spool.yaml",
         {},
-        task_models={"mock-image": model_entry(upstream, api_key_env="SPOOL_TEST_TASK_KEY")},
+        task_models={
+            "mock-image": model_entry(upstream, api_key_env="SPOOL_TEST_TASK_KEY"),
+            "mock-image-linked": model_entry(
+                upstream, api_key_env="SPOOL_TEST_TASK_KEY", store_outputs=False
+            ),
+        },
         artifacts_dir=str(workdir / "artifacts"),
         **TASK_SETTINGS,
     )
@@ -465,6 +470,20 @@ async def test_queue_http_goes_from_queued_to_succeeded(tasks: TaskCluster) -> N
     submitted = tasks.upstream.submitted[-1]
     assert submitted.body["input"]["prompt"] == "succeed at 80x60"
     assert submitted.headers["authorization"] == f"Bearer {UPSTREAM_KEY}"
+
+
+def test_queue_http_outputs_can_pass_through_as_upstream_urls(tasks: TaskCluster) -> None:
+    with tasks.client() as client:
+        task = submit(client, model="mock-image-linked", input={"prompt": "succeed, linked"})
+        done = wait_done(client, task["id"])
+        (output,) = done["result"]["outputs"]
+        assert output["stored"] is False and "size" not in output
+        assert output["url"].startswith(tasks.upstream.base_url)
+        redirect = client.get(f"{task['urls']['get']}/outputs/0")
+        assert redirect.status_code == 307
+        assert redirect.headers["location"] == output["url"]
+    picture = Image.open(io.BytesIO(httpx.get(output["url"]).content))
+    assert picture.format == "PNG"
 
 
 def test_queue_http_failure_is_a_failed_task(tasks: TaskCluster) -> None:
