@@ -47,8 +47,8 @@ class HookStore:
         self.redis = redis
         self.keep_s = keep_s  # how long a task's webhook records outlive their last change
 
-    async def pending(self, limit: int = 256) -> list[str]:
-        ids = await self.redis.zrange(keys.HOOKS_PENDING_KEY, 0, limit - 1)
+    async def pending(self, offset: int = 0, limit: int = 256) -> list[str]:
+        ids = await self.redis.zrange(keys.HOOKS_PENDING_KEY, offset, offset + limit - 1)
         return [i.decode() for i in ids]
 
     async def cursors(self, task_ids: list[str]) -> dict[str, str]:

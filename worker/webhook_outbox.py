@@ -28,6 +28,10 @@ from worker.webhooks import delivery_job_id
 
 log = logging.getLogger(__name__)
 BLOCK_MS = 2000
+# With more pending tasks than one page, pages take turns, and reads stop blocking so
+# that no page waits on another's quiet.
+PAGE = 256
+PAGED_BLOCK_MS = 50
 READ_COUNT = 100
 
 
@@ -58,6 +62,7 @@ class WebhookDispatcher:
         self.queue = queue
         self.views = views
         self.wake_after = "$"
+        self.offset = 0
 
     async def run_forever(self) -> None:
         while True:
@@ -65,11 +70,14 @@ class WebhookDispatcher:
 
     async def step(self) -> int:
         """One blocking read over every pending task; returns the events handled."""
-        pending = await self.hooks.pending()
+        pending = await self.hooks.pending(self.offset, PAGE)
+        paged = self.offset > 0 or len(pending) == PAGE
+        self.offset = self.offset + PAGE if len(pending) == PAGE else 0
         cursors = await self.hooks.cursors(pending)
         streams = {keys.stream_key(t): c for t, c in cursors.items()}
         streams[keys.HOOKS_WAKE_KEY] = self.wake_after
-        reply = await self.store.redis.xread(streams, count=READ_COUNT, block=BLOCK_MS)  # type: ignore[arg-type]
+        block = PAGED_BLOCK_MS if paged else BLOCK_MS
+        reply = await self.store.redis.xread(streams, count=READ_COUNT, block=block)  # type: ignore[arg-type]
         handled = 0
         by_key = {keys.stream_key(t): t for t in pending}
         for key, raw_entries in reply or []:

@@ -534,3 +534,24 @@ async def test_expired_task_leaves_the_index(
     assert await harness.dispatcher.step() == 0
     assert await hooks.pending() == []
     assert await hooks.listing(task_id) == []
+
+
+async def test_more_pending_tasks_than_a_page_are_all_dispatched(
+    redis: Redis,
+    hooks: HookStore,
+    queue: ArqJobQueue,
+    receiver: WebhookReceiver,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(webhook_outbox, "PAGE", 2)
+    harness = Harness(redis, hooks, queue)
+    task_ids = [await harness.create(receiver.url(unique_path("paged")), None) for _ in range(5)]
+    for task_id in task_ids:
+        await run_task(harness.store, task_id)
+    for _ in range(MAX_STEPS):
+        if not await hooks.pending():
+            break
+        await harness.dispatcher.step()
+    assert await hooks.pending() == []
+    for task_id in task_ids:
+        assert [m["type"] for m in await hooks.listing(task_id)] == ["task.succeeded"]
