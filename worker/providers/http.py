@@ -114,24 +114,9 @@ async def stream_events(
                     ) from exc
                 for event in events:
                     yield event
-    except httpx.ConnectTimeout as exc:
-        raise UpstreamError(
-            f"could not connect to the upstream within {entry.connect_timeout_s:g}s",
-            retryable=True,
-            code="upstream_timeout",
-        ) from exc
-    except httpx.TimeoutException as exc:
-        raise UpstreamError(
-            f"the upstream went silent for {entry.idle_timeout_s:g}s",
-            retryable=True,
-            code="upstream_timeout",
-        ) from exc
     except httpx.HTTPError as exc:
-        raise UpstreamError(
-            f"upstream connection failed: {type(exc).__name__}",
-            retryable=True,
-            code="upstream_connect_error",
-        ) from exc
+        silent = f"the upstream went silent for {entry.idle_timeout_s:g}s"
+        raise transport_error(exc, entry.connect_timeout_s, silent) from exc
 
 
 class EventParser:
@@ -167,3 +152,18 @@ class EventParser:
                     code="upstream_malformed",
                 ) from exc
             return []
+
+
+def transport_error(exc: httpx.HTTPError, connect_timeout_s: float, silent: str) -> UpstreamError:
+    """What a failed HTTP exchange with an upstream becomes; `silent` says what a read
+    timeout means for the caller. All of them are worth a retry."""
+    if isinstance(exc, httpx.ConnectTimeout):
+        message = f"could not connect to the upstream within {connect_timeout_s:g}s"
+        return UpstreamError(message, retryable=True, code="upstream_timeout")
+    if isinstance(exc, httpx.TimeoutException):
+        return UpstreamError(silent, retryable=True, code="upstream_timeout")
+    return UpstreamError(
+        f"upstream connection failed: {type(exc).__name__}",
+        retryable=True,
+        code="upstream_connect_error",
+    )

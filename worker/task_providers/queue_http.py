@@ -29,7 +29,7 @@ from shared.errors import ConfigError, UpstreamError
 from shared.redact import redact
 from shared.settings import QueueHttpConfig, TaskModelEntry, TaskStatusName
 from shared.tasks import TaskSpec
-from worker.providers.http import parse_retry_after
+from worker.providers.http import parse_retry_after, transport_error
 from worker.task_providers import MediaOutput, ProgressReporter
 
 log = logging.getLogger(__name__)
@@ -499,24 +499,9 @@ class QueueHttpProvider:
                         raise malformed(f"the reply is larger than {MAX_REPLY_BYTES} bytes")
                     chunks.append(chunk)
                 return _Reply(response.status_code, response.headers, b"".join(chunks))
-        except httpx.ConnectTimeout as exc:
-            raise UpstreamError(
-                f"could not connect to the upstream within {call.timeout.connect:g}s",
-                retryable=True,
-                code="upstream_timeout",
-            ) from exc
-        except httpx.TimeoutException as exc:
-            raise UpstreamError(
-                f"the upstream did not answer within {call.timeout.read:g}s",
-                retryable=True,
-                code="upstream_timeout",
-            ) from exc
         except httpx.HTTPError as exc:
-            raise UpstreamError(
-                f"upstream connection failed: {type(exc).__name__}",
-                retryable=True,
-                code="upstream_connect_error",
-            ) from exc
+            silent = f"the upstream did not answer within {call.timeout.read:g}s"
+            raise transport_error(exc, call.timeout.connect or 0.0, silent) from exc
         except httpx.InvalidURL as exc:
             raise UpstreamError(
                 f"the upstream URL is invalid: {call.redact(str(exc))}", code="upstream_error"
