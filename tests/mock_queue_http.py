@@ -26,12 +26,10 @@ from __future__ import annotations
 import io
 import itertools
 import threading
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-import uvicorn
 from PIL import Image
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -39,6 +37,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from shared.embedded_redis import free_port
+from tests.threaded_server import ThreadedServer
 
 BEHAVIOURS = ("succeed", "fail", "slow", "flaky", "reject")
 LOG_LINES = ["loading weights", "denoising 1/3", "denoising 2/3", "denoising 3/3", "done"]
@@ -93,8 +92,7 @@ class MockQueueHttp:
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
         self._cancelled = threading.Condition(self._lock)
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
+        self._server: ThreadedServer | None = None
 
     @property
     def base_url(self) -> str:
@@ -220,26 +218,13 @@ class MockQueueHttp:
         )
 
     def start(self) -> MockQueueHttp:
-        config = uvicorn.Config(
-            self.app(), host="127.0.0.1", port=self.port, log_level="warning", lifespan="off"
-        )
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(
-            target=self._server.run, name="mock-queue-http", daemon=True
-        )
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline:
-                raise RuntimeError("mock queue_http upstream did not start")
-            time.sleep(0.01)
+        self._server = ThreadedServer(self.app(), self.port, "mock-queue-http")
+        self._server.start()
         return self
 
     def stop(self) -> None:
         if self._server is not None:
-            self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(5)
+            self._server.stop()
 
 
 def _size(inputs: dict[str, Any]) -> tuple[int, int]:

@@ -22,6 +22,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from shared.embedded_redis import free_port
+from tests.threaded_server import ThreadedServer
 
 INSTANT_TEXT = ["Hello", " from", " the", " mock", " upstream", "."]
 SPLIT_TEXT = "héllo wörld, 日本語 ✓ café 🎉"
@@ -99,8 +100,7 @@ class MockUpstream:
     def __init__(self) -> None:
         self.port = free_port()
         self.seen: list[Seen] = []
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
+        self._server: ThreadedServer | None = None
 
     @property
     def base_url(self) -> str:
@@ -254,25 +254,13 @@ class MockUpstream:
         )
 
     def start(self) -> MockUpstream:
-        app = self.app()
-        config = uvicorn.Config(
-            app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off"
-        )
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, name="mock-upstream", daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline:
-                raise RuntimeError("mock upstream did not start")
-            time.sleep(0.01)
+        self._server = ThreadedServer(self.app(), self.port, "mock-upstream")
+        self._server.start()
         return self
 
     def stop(self) -> None:
         if self._server is not None:
-            self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(5)
+            self._server.stop()
 
 
 def main() -> None:

@@ -8,13 +8,13 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from shared.embedded_redis import free_port
+from tests.threaded_server import ThreadedServer
 
 
 @dataclass(frozen=True)
@@ -32,8 +32,7 @@ class WebhookReceiver:
         self.deliveries: list[Delivery] = []
         self.plans: dict[str, list[int]] = defaultdict(list)
         self._lock = threading.Lock()
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
+        self._server: ThreadedServer | None = None
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}/{path}"
@@ -65,15 +64,10 @@ class WebhookReceiver:
 
     def start(self) -> WebhookReceiver:
         app = Starlette(routes=[Route("/{path:path}", self._handle, methods=["POST"])])
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
-        self._thread.start()
-        while not self._server.started:
-            time.sleep(0.01)
+        self._server = ThreadedServer(app, self.port, "webhook-receiver")
+        self._server.start()
         return self
 
     def stop(self) -> None:
-        if self._server is not None and self._thread is not None:
-            self._server.should_exit = True
-            self._thread.join(5)
+        if self._server is not None:
+            self._server.stop()
