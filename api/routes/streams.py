@@ -56,7 +56,7 @@ async def load(
         record = await services.store.get(stream_id)
     except StreamExpired as expired:
         if caller is not None and expired.details.get("owner") in (caller.id, None):
-            raise
+            raise StreamExpired(f"{'task' if task else 'stream'} {stream_id} has expired") from None
         raise missing(not_found) from None
     if (record.surface == TASK_SURFACE) != task:
         raise missing(not_found)
