@@ -4,6 +4,8 @@ upstream's URLs), and a `TaskResult` ends the stream."""
 
 from __future__ import annotations
 
+import math
+
 import httpx
 
 from shared import events as ev
@@ -45,6 +47,8 @@ class TaskRun(JobRun):
     async def progress(self, fraction: float, message: str | None = None) -> None:
         """The provider's progress report (see `ProgressReporter`). Progress never goes back
         and stays below 1 until the outputs are stored."""
+        if not math.isfinite(fraction):
+            fraction = self.progress_so_far
         fraction = min(max(fraction, self.progress_so_far), 0.99)
         if fraction == self.progress_so_far and not message and self.started:
             return
