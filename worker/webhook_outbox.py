@@ -21,7 +21,7 @@ from shared import keys
 from shared.errors import StreamExpired, StreamNotFound
 from shared.hooks import HookMessage, HookStore
 from shared.queue import DELIVER_WEBHOOK, JobQueue
-from shared.store import Entry, StreamStore
+from shared.store import Entry, JobRecord, StreamStore
 from shared.task_view import TaskViews
 from shared.tasks import DEFAULT_WEBHOOK_EVENTS
 from worker.webhooks import delivery_job_id
@@ -102,15 +102,18 @@ class WebhookDispatcher:
         for entry in entries:
             kind = webhook_event(entry.event)
             if kind is not None and kind[0] in wanted:
-                await self._queue_message(task_id, entry, kind[1], spec["callback_url"])
+                await self._queue_message(record, entry, kind[1], spec["callback_url"])
             await self.hooks.set_cursor(task_id, entry.id)
             if ev.is_terminal(entry.event):
                 await self.hooks.done(task_id)
                 break
         return len(entries)
 
-    async def _queue_message(self, task_id: str, entry: Entry, type_: str, url: str) -> None:
-        record = await self.store.get(task_id)
+    async def _queue_message(self, record: JobRecord, entry: Entry, type_: str, url: str) -> None:
+        """Store the message for `entry` and queue its first delivery. `record` was read
+        after `entry`, and a task's terminal event and final status are written together,
+        so a terminal message always shows the final state."""
+        task_id = record.id
         body = await self.views.show(record, with_webhooks=False)
         if not ev.is_terminal(entry.event):
             # The message speaks of its own event, even when the task has moved on since.
