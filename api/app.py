@@ -24,7 +24,7 @@ from api.routes import (
 )
 from shared.artifacts import ArtifactStore
 from shared.auth import KeyStore
-from shared.hooks import HOOK_RECORDS_GRACE_S, HookStore
+from shared.hooks import HookStore
 from shared.limits import Admission
 from shared.queue import ArqJobQueue
 from shared.reaper import Reaper
@@ -41,7 +41,7 @@ def create_app(settings: Settings) -> FastAPI:
         redis = create_redis(settings)
         store = StreamStore(redis, settings)
         queue = ArqJobQueue(redis)
-        hooks = HookStore(redis, settings.task_retention_s + HOOK_RECORDS_GRACE_S)
+        hooks = HookStore(redis, settings.task_retention_s)
         app.state.services = Services(
             settings=settings,
             redis=redis,

@@ -43,9 +43,11 @@ class HookState(BaseModel):
 
 
 class HookStore:
-    def __init__(self, redis: Redis, keep_s: int) -> None:
+    def __init__(self, redis: Redis, task_retention_s: int) -> None:
         self.redis = redis
-        self.keep_s = keep_s  # how long a task's webhook records outlive their last change
+        # How long a task's webhook records outlive their last change: as long as the task,
+        # and a grace for retries still due.
+        self.keep_s = task_retention_s + HOOK_RECORDS_GRACE_S
 
     async def pending(self, offset: int = 0, limit: int = 256) -> list[str]:
         ids = await self.redis.zrange(keys.HOOKS_PENDING_KEY, offset, offset + limit - 1)

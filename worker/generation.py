@@ -8,7 +8,6 @@ import contextlib
 
 from shared import events as ev
 from shared.errors import UpstreamError
-from shared.redact import redact
 from shared.request import GenerationRequest
 from shared.settings import ModelEntry, Settings
 from shared.store import JobRecord, StreamStore
@@ -28,11 +27,19 @@ class GenerationRun(JobRun):
         provider: Provider,
         held: int = 0,
     ) -> None:
+        entry = ModelEntry.model_validate(record.request["entry"])
         super().__init__(
-            store, settings, record, attempt, provider.name, held, timeout_s=settings.job_timeout_s
+            store,
+            settings,
+            record,
+            attempt,
+            provider.name,
+            held,
+            timeout_s=settings.job_timeout_s,
+            secret=entry.api_key(),
         )
         self.provider = provider
-        self.entry = ModelEntry.model_validate(record.request["entry"])
+        self.entry = entry
         self.request = GenerationRequest.model_validate(record.request["request"])
 
     async def _attempt(self) -> ev.Finish:
@@ -46,6 +53,3 @@ class GenerationRun(JobRun):
                 self.transcript.apply(event)
                 await self._write([event])
         raise UpstreamError("the provider ended without a finish", code="upstream_incomplete")
-
-    def _redact(self, message: str) -> str:
-        return redact(message, [self.entry.api_key() or ""])

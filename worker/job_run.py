@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import uuid
 from collections.abc import Awaitable, Callable
 
@@ -14,7 +13,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared import events as ev
+from shared.backoff import jittered_backoff
 from shared.errors import FenceLost, UpstreamError
+from shared.redact import redact
 from shared.settings import Settings
 from shared.store import JobRecord, Status, StreamStore
 from shared.supervise import cancel_and_wait
@@ -30,10 +31,8 @@ def backoff_delay(settings: Settings, failures: int, retry_after: float | None) 
     None when the upstream asks for a longer wait than is worth holding a stream open."""
     if retry_after is not None and retry_after > settings.upstream_retry_after_max_s:
         return None
-    ceiling = min(
-        settings.upstream_backoff_max_s, settings.upstream_backoff_s * 2 ** (failures - 1)
-    )
-    return max(retry_after or 0.0, random.uniform(ceiling / 2, ceiling))
+    delay = jittered_backoff(settings.upstream_backoff_s, settings.upstream_backoff_max_s, failures)
+    return max(retry_after or 0.0, delay)
 
 
 async def with_redis_retry(settings: Settings, action: Callable[[], Awaitable[None]]) -> None:
@@ -56,7 +55,8 @@ async def with_redis_retry(settings: Settings, action: Callable[[], Awaitable[No
 
 class JobRun:
     """One attempt at one job. Subclasses implement `_attempt` (one try at the upstream,
-    returning the terminal event of a success) and may redact upstream error messages."""
+    returning the terminal event of a success). `secret` (the upstream's key) is redacted
+    from every upstream error message."""
 
     noun = "job"  # what error messages call it
     timeout_code = "generation_timeout"
@@ -71,6 +71,7 @@ class JobRun:
         held: int = 0,
         *,
         timeout_s: float,
+        secret: str | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
@@ -78,6 +79,7 @@ class JobRun:
         self.attempt = attempt
         self.provider_name = provider_name
         self.timeout_s = timeout_s
+        self.secret = secret
         self.cancelled = asyncio.Event()
         self.transcript = Transcript()
         self.held = held  # events the stream holds, as this attempt counts them
@@ -107,9 +109,6 @@ class JobRun:
 
     async def _attempt(self) -> Terminal:
         raise NotImplementedError
-
-    def _redact(self, message: str) -> str:
-        return message
 
     async def _pump(self) -> Terminal:
         """Run the upstream. Failures before the first event are retried with backoff;
@@ -161,7 +160,7 @@ class JobRun:
             return Status.FAILED
         except UpstreamError as exc:
             # Whatever the upstream said, the key it was sent never goes further.
-            exc.message = self._redact(exc.message)
+            exc.message = redact(exc.message, [self.secret or ""])
             return await self.finish(Status.FAILED, upstream_error_event(exc))
         except REDIS_BLIP_ERRORS:
             # Redis stayed away longer than redis_retry_s: nothing can be written now. The

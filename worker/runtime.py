@@ -20,7 +20,7 @@ from shared import events as ev
 from shared import keys
 from shared.artifacts import ArtifactStore
 from shared.errors import StreamNotFound
-from shared.hooks import HOOK_RECORDS_GRACE_S, HookStore
+from shared.hooks import HookStore
 from shared.netguard import Allowlist, GuardedTransport
 from shared.queue import ArqJobQueue
 from shared.reaper import WORKER_LOST, Reaper
@@ -51,7 +51,8 @@ class WorkerRuntime:
         self.settings = settings
         self.redis = redis
         self.store = StreamStore(redis, settings)
-        self.reaper = Reaper(self.store, ArqJobQueue(redis), settings)
+        self.queue = ArqJobQueue(redis)
+        self.reaper = Reaper(self.store, self.queue, settings)
         self.worker_id = uuid.uuid4().hex[:12]
         self.worker_name = f"{socket.gethostname()}:{os.getpid()}:{self.worker_id}"
         self.wake = asyncio.Event()
@@ -59,8 +60,7 @@ class WorkerRuntime:
         self.providers: dict[str, Provider] = {}
         self.task_providers: dict[str, TaskProvider] = {}
         self.artifacts = ArtifactStore(settings.artifacts_root, settings.max_output_bytes)
-        self.hooks = HookStore(redis, settings.task_retention_s + HOOK_RECORDS_GRACE_S)
-        self.queue = ArqJobQueue(redis)
+        self.hooks = HookStore(redis, settings.task_retention_s)
         self.views = TaskViews(self.store, self.hooks, settings.public_base_url)
         self._http: httpx.AsyncClient | None = None
         self._webhook_http: httpx.AsyncClient | None = None

@@ -11,7 +11,6 @@ import httpx
 from shared import events as ev
 from shared.artifacts import ArtifactStore, OutputTooLarge
 from shared.errors import UpstreamError
-from shared.redact import redact
 from shared.settings import Settings, TaskModelEntry
 from shared.store import JobRecord, StreamStore
 from shared.tasks import TaskOutput, TaskSpec, output_path
@@ -34,14 +33,22 @@ class TaskRun(JobRun):
         http: httpx.AsyncClient,
         held: int = 0,
     ) -> None:
+        entry = TaskModelEntry.model_validate(record.request["entry"])
         super().__init__(
-            store, settings, record, attempt, provider.name, held, timeout_s=settings.task_timeout_s
+            store,
+            settings,
+            record,
+            attempt,
+            provider.name,
+            held,
+            timeout_s=settings.task_timeout_s,
+            secret=entry.api_key(),
         )
         self.provider = provider
         self.artifacts = artifacts
         self.http = http
         self.spec = TaskSpec.model_validate(record.request["task"])
-        self.entry = TaskModelEntry.model_validate(record.request["entry"])
+        self.entry = entry
         self.progress_so_far = 0.0
 
     async def progress(self, fraction: float, message: str | None = None) -> None:
@@ -133,6 +140,3 @@ class TaskRun(JobRun):
                 code="upstream_output_unavailable",
             ) from exc
         return media_type or "application/octet-stream", name, size
-
-    def _redact(self, message: str) -> str:
-        return redact(message, [self.entry.api_key() or ""])

@@ -99,14 +99,17 @@ class WebhookDispatcher:
             return 0
         spec = record.request.get("task") or {}
         wanted = set(spec.get("webhook_events") or DEFAULT_WEBHOOK_EVENTS)
+        # The cursor moves once per batch, after its messages are queued: a dispatcher that
+        # dies halfway redoes the batch, which stores and queues nothing twice.
         for entry in entries:
             kind = webhook_event(entry.event)
             if kind is not None and kind[0] in wanted:
                 await self._queue_message(record, entry, kind[1], spec["callback_url"])
-            await self.hooks.set_cursor(task_id, entry.id)
             if ev.is_terminal(entry.event):
+                await self.hooks.set_cursor(task_id, entry.id)
                 await self.hooks.done(task_id)
-                break
+                return len(entries)
+        await self.hooks.set_cursor(task_id, entries[-1].id)
         return len(entries)
 
     async def _queue_message(self, record: JobRecord, entry: Entry, type_: str, url: str) -> None:

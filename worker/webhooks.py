@@ -18,11 +18,11 @@ import base64
 import hashlib
 import hmac
 import logging
-import random
 import time
 
 import httpx
 
+from shared.backoff import jittered_backoff
 from shared.errors import SpoolError
 from shared.hooks import HookAttempt, HookMessage, HookStore
 from shared.queue import DELIVER_WEBHOOK, JobQueue
@@ -60,11 +60,8 @@ class WebhookSender:
         self.lock_ms = int((settings.webhook_timeout_s + 5) * 1000)
 
     def backoff_s(self, attempt: int) -> float:
-        ceiling = min(
-            self.settings.webhook_backoff_max_s,
-            self.settings.webhook_backoff_s * 2 ** (attempt - 1),
-        )
-        return random.uniform(ceiling / 2, ceiling)
+        settings = self.settings
+        return jittered_backoff(settings.webhook_backoff_s, settings.webhook_backoff_max_s, attempt)
 
     async def deliver(self, task_id: str, seq: int, attempt: int) -> str:
         """Make attempt `attempt` of message `seq` of `task_id`; returns what happened."""

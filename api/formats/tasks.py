@@ -16,10 +16,13 @@ from typing import Any
 import orjson
 
 from api.formats import PING, Frame
+from api.formats.openai_chat import OpenAIChatFormat
 from shared import events as ev
 from shared.errors import SpoolError
 from shared.store import JobRecord
 from shared.transcript import Transcript
+
+_OPENAI = OpenAIChatFormat()
 
 
 def _frame(name: str, value: dict[str, Any]) -> Frame:
@@ -58,4 +61,4 @@ class TaskFormat:
         return {"id": record.id, "object": "task"}
 
     def error_body(self, error: SpoolError) -> dict[str, Any]:
-        return {"error": {"message": error.message, "type": error.type, "code": error.code}}
+        return _OPENAI.error_body(error)  # the task routes speak OpenAI's error shape

@@ -15,7 +15,6 @@ import binascii
 import logging
 import math
 import mimetypes
-import random
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from urllib.parse import quote, urlsplit
 import httpx
 import orjson
 
+from shared.backoff import jittered_backoff
 from shared.errors import ConfigError, UpstreamError
 from shared.redact import redact
 from shared.settings import QueueHttpConfig, TaskModelEntry, TaskStatusName
@@ -448,9 +448,8 @@ class QueueHttpProvider:
                 await asyncio.sleep(delay)
 
     def _backoff(self, failures: int, retry_after: float | None) -> float:
-        ceiling = min(BACKOFF_MAX_S, self.retry_backoff_s * 2 ** (failures - 1))
-        jittered = random.uniform(ceiling / 2, ceiling)
-        return max(jittered, min(retry_after or 0.0, RETRY_AFTER_MAX_S))
+        delay = jittered_backoff(self.retry_backoff_s, BACKOFF_MAX_S, failures)
+        return max(delay, min(retry_after or 0.0, RETRY_AFTER_MAX_S))
 
     async def _abandon(self, call: _Call, cfg: QueueHttpConfig, job_id: str) -> None:
         """Ask the upstream to cancel the job, best effort and briefly. Shielded, so a run
