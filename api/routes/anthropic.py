@@ -86,6 +86,8 @@ def _text_of(content: str | list[dict[str, Any]] | list[Block] | None) -> str:
         text = block.text if isinstance(block, Block) else block.get("text")
         if kind != "text":
             raise InvalidRequest(f"content blocks of type {kind!r} are not supported here")
+        if text is not None and not isinstance(text, str):
+            raise InvalidRequest("a text block's text must be a string")
         texts.append(text or "")
     return "".join(texts)
 
