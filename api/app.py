@@ -9,6 +9,7 @@ from fastapi import FastAPI
 
 from api.deps import Services
 from api.errors import RequestLimits, install_error_handlers
+from api.hub import StreamHub
 from api.metrics import Metrics, MetricsMiddleware
 from api.routes import (
     anthropic,
@@ -38,8 +39,10 @@ from shared.task_view import TaskViews
 def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        redis = create_redis(settings)
+        # The hub holds one connection of its own beside the pool.
+        redis = create_redis(settings, max_connections=settings.redis_max_connections - 1)
         store = StreamStore(redis, settings)
+        hub = StreamHub(redis, store, tick_s=settings.keepalive_interval_s)
         queue = ArqJobQueue(redis)
         hooks = HookStore(redis, settings.task_retention_s)
         app.state.services = Services(
@@ -53,13 +56,19 @@ def create_app(settings: Settings) -> FastAPI:
             hooks=hooks,
             tasks=TaskViews(store, hooks, settings.public_base_url),
             artifacts=ArtifactStore(settings.artifacts_root, settings.max_output_bytes),
+            hub=hub,
         )
+        background = [supervise("stream-hub", hub.run)]
+        if settings.abandon_grace_s is not None:
+            # Only the abandoned-stream policy reads these marks.
+            background.append(supervise("reader-marks", hub.mark_readers_forever))
         # API replicas reap too, so streams end even when every worker is gone.
-        reaper = supervise("reaper", Reaper(store, queue, settings).run_forever)
+        background.append(supervise("reaper", Reaper(store, queue, settings).run_forever))
         try:
             yield
         finally:
-            await cancel_and_wait(reaper)
+            for task in background:
+                await cancel_and_wait(task)
             await redis.aclose(close_connection_pool=True)
 
     app = FastAPI(title="Spool", version="0.1.0", lifespan=lifespan)

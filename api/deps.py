@@ -12,6 +12,7 @@ from fastapi import Depends, Header, Request
 from redis.asyncio import Redis
 
 from api.formats import WireFormat, registry
+from api.hub import StreamHub
 from api.metrics import Metrics
 from shared.artifacts import ArtifactStore
 from shared.auth import ANONYMOUS, ApiKey, KeyStore
@@ -36,6 +37,7 @@ class Services:
     hooks: HookStore
     tasks: TaskViews
     artifacts: ArtifactStore
+    hub: StreamHub
     formats: dict[str, WireFormat] = field(default_factory=registry)
     draining: asyncio.Event = field(default_factory=asyncio.Event)
     background: set[asyncio.Task[Any]] = field(default_factory=set)
@@ -54,13 +56,21 @@ class Services:
 
     def begin_drain(self, loop: asyncio.AbstractEventLoop) -> None:
         """Called from the signal handler: tails end at their next event boundary."""
-        loop.call_soon_threadsafe(self.draining.set)
+        loop.call_soon_threadsafe(self._drain)
+
+    def _drain(self) -> None:
+        self.draining.set()
+        self.hub.drain()
 
 
 log = logging.getLogger(__name__)
 
 
-def get_services(request: Request) -> Services:
+# Every dependency is a coroutine function: FastAPI runs plain functions in its thread
+# pool, a thread hop per request each.
+
+
+async def get_services(request: Request) -> Services:
     services: Services = request.app.state.services
     return services
 
@@ -68,7 +78,7 @@ def get_services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
-def cancel_on_disconnect(
+async def cancel_on_disconnect(
     services: ServicesDep,
     x_spool_on_disconnect: Annotated[Literal["cancel", "continue"] | None, Header()] = None,
 ) -> bool:

@@ -12,7 +12,7 @@ from starlette.responses import Response
 
 from api.deps import Services
 from api.formats import WireFormat
-from api.responses import STREAM_ID_HEADER, EventStream, JSONBody
+from api.responses import STREAM_ID_HEADER, JSONBody
 from api.tail import START, Start, Tail, wait_for_transcript
 from shared import events as ev
 from shared.auth import ApiKey
@@ -64,7 +64,7 @@ def check_limits(settings: Settings, request: GenerationRequest) -> None:
         )
 
 
-async def start_generation(
+def new_job(
     services: Services,
     fmt: WireFormat,
     request: GenerationRequest,
@@ -72,6 +72,7 @@ async def start_generation(
     stream_id: str,
     owner: ApiKey,
 ) -> JobRecord:
+    """The job record a generation request becomes, checked but not yet stored."""
     entry = resolve_model(services.settings, request.model)
     check_limits(services.settings, request)
     payload = {
@@ -79,27 +80,6 @@ async def start_generation(
         # The API resolves the model once, so every worker runs what this replica accepted.
         "entry": entry.model_dump(mode="json"),
     }
-    try:
-        await services.admission.admit(owner, stream_id)
-    except (RateLimited, BudgetExhausted) as refused:
-        reason = "budget" if isinstance(refused, BudgetExhausted) else "limit"
-        services.metrics.refused.labels(reason).inc()
-        raise
-    try:
-        await services.store.create(
-            stream_id,
-            surface=fmt.surface,
-            model=request.model,
-            request=payload,
-            render=render,
-            owner=owner.id,
-        )
-        await services.queue.enqueue(GENERATE, stream_id, stream_id)
-        services.metrics.generations.labels(fmt.surface).inc()
-    except BaseException:
-        await services.admission.release(owner, stream_id)
-        raise
-    # The record as just written; no need to read it back on the way to the first token.
     return JobRecord(
         id=stream_id,
         status=Status.QUEUED,
@@ -116,6 +96,32 @@ async def start_generation(
     )
 
 
+async def enqueue_job(services: Services, record: JobRecord, owner: ApiKey) -> None:
+    """Admit the job (limits and budget), store it and queue it."""
+    try:
+        await services.admission.admit(owner, record.id)
+    except (RateLimited, BudgetExhausted) as refused:
+        reason = "budget" if isinstance(refused, BudgetExhausted) else "limit"
+        services.metrics.refused.labels(reason).inc()
+        raise
+    stream_id = record.id
+    try:
+        # The record, the job in the queue and the wake-up for workers: one round trip.
+        await services.store.create(
+            stream_id,
+            surface=record.surface,
+            model=record.model,
+            request=record.request,
+            render=record.render,
+            owner=owner.id,
+            then=lambda pipe: services.queue.enqueue_into(pipe, GENERATE, stream_id, stream_id),
+        )
+        services.metrics.generations.labels(record.surface).inc()
+    except BaseException:
+        await services.admission.release(owner, stream_id)
+        raise
+
+
 def error_from_event(event: ev.Error) -> SpoolError:
     """A stream's error event as the error a non-streaming request answers with."""
     error = SpoolError(event.message)
@@ -126,20 +132,15 @@ def error_from_event(event: ev.Error) -> SpoolError:
 
 
 async def respond(
-    services: Services,
-    fmt: WireFormat,
-    record: JobRecord,
-    *,
-    stream: bool,
-    cancel_on_disconnect: bool,
+    services: Services, fmt: WireFormat, record: JobRecord, tail: Tail | None
 ) -> Response:
-    settings = services.settings
-    if stream:
-        tail = Tail(services, record, fmt, cancel_on_disconnect=cancel_on_disconnect)
+    """Stream the job's tail (already listening since before the job was enqueued), or
+    wait for the job's end and answer with the assembled result."""
+    if tail is not None:
         # A stream created a moment ago has nothing to validate or catch up on.
-        return EventStream(tail.stream(Start(START, 1)), record.id)
+        return tail.response(Start(START, 1))
     transcript = await wait_for_transcript(
-        services.store, record, settings.nonstream_timeout_s, block_ms=1000
+        services.hub, record, services.settings.nonstream_timeout_s
     )
     record = await services.store.get(record.id)  # now with its final status and times
     if transcript.error is not None:
@@ -166,7 +167,16 @@ async def serve_generation(
     with the surface's render options (`render(stream_id)`), enqueue it, and answer."""
     stream_id = new_stream_id()
     fmt = services.formats[surface]
-    record = await start_generation(services, fmt, request, render(stream_id), stream_id, caller)
-    return await respond(
-        services, fmt, record, stream=stream, cancel_on_disconnect=cancel_on_disconnect
-    )
+    record = new_job(services, fmt, request, render(stream_id), stream_id, caller)
+    tail = None
+    if stream:
+        # Listen before the job exists, so its first event reaches this tail at once.
+        tail = Tail(services, record, fmt, cancel_on_disconnect=cancel_on_disconnect)
+        tail.open(Start(START, 1))
+    try:
+        await enqueue_job(services, record, caller)
+    except BaseException:
+        if tail is not None:
+            tail.close()
+        raise
+    return await respond(services, fmt, record, tail)

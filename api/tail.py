@@ -12,14 +12,15 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
 
 from redis.exceptions import RedisError
 
 from api.deps import Services
 from api.formats import Frame, WireFormat
+from api.hub import Reader, StreamHub
+from api.responses import EventStream
 from shared import events as ev
 from shared.errors import (
     GenerationTimeout,
@@ -29,7 +30,7 @@ from shared.errors import (
     StreamNotFound,
 )
 from shared.sse import format_comment, format_event
-from shared.store import Entry, JobRecord, StreamStore
+from shared.store import Entry, JobRecord
 from shared.transcript import Transcript
 
 log = logging.getLogger(__name__)
@@ -81,92 +82,6 @@ def encode_frames(
     )
 
 
-READER_MARK_INTERVAL_S = 1.0
-
-
-class Follower:
-    """Reads one stream from a given id to its terminal event, blocking on Redis between
-    events. Marks the stream as read (for the abandoned-stream policy) about once a second,
-    and stops early when `draining` is set (the process is shutting down)."""
-
-    def __init__(
-        self,
-        store: StreamStore,
-        stream_id: str,
-        block_ms: int,
-        draining: asyncio.Event | None = None,
-        *,
-        mark_readers: bool = False,
-    ) -> None:
-        self.store = store
-        self.stream_id = stream_id
-        self.block_ms = block_ms
-        self.draining = draining
-        self.drained = False
-        self.mark_readers = mark_readers
-
-    async def entries(self, after: str, next_seq: int = 1) -> AsyncGenerator[Entry | None, None]:
-        """Entries after `after` (whose successor is the `next_seq`th event), up to and
-        including the terminal one. Yields None each time `block_ms` passes without an
-        event: the caller's cue for a keep-alive."""
-        drain_wait: asyncio.Future[Any] | None = (
-            asyncio.ensure_future(self.draining.wait()) if self.draining else None
-        )
-        last_mark = -READER_MARK_INTERVAL_S
-        try:
-            while True:
-                now = time.monotonic()
-                if self.mark_readers and now - last_mark >= READER_MARK_INTERVAL_S:
-                    await self.store.mark_reader(self.stream_id)
-                    last_mark = now
-                entries = await self._read(after, drain_wait)
-                if entries is None:
-                    self.drained = True
-                    return
-                if not entries:
-                    status = await self.store.status(self.stream_id)
-                    if status is None:
-                        raise StreamNotFound("the stream expired while it was being read")
-                    if status.terminal and await self._past_the_end(after):
-                        return
-                    yield None
-                    continue
-                for entry in entries:
-                    if entry.seq != next_seq:
-                        # This reader fell further behind than the stream's length cap.
-                        raise ResumePointExpired("events were trimmed before they could be read")
-                    next_seq += 1
-                    yield entry
-                    if ev.is_terminal(entry.event):
-                        return
-                after = entries[-1].id
-        finally:
-            if drain_wait is not None:
-                drain_wait.cancel()
-
-    async def _past_the_end(self, after: str) -> bool:
-        """Whether a finished stream has nothing after `after` (the terminal event was
-        already delivered), so a reader would otherwise wait forever."""
-        return not await self.store.read(self.stream_id, after, block_ms=None, count=1)
-
-    async def _read(self, after: str, drain_wait: asyncio.Future[Any] | None) -> list[Entry] | None:
-        if drain_wait is None:
-            return await self.store.read(self.stream_id, after, block_ms=self.block_ms)
-        if drain_wait.done():
-            return None
-        read: asyncio.Future[Any] = asyncio.ensure_future(
-            self.store.read(self.stream_id, after, block_ms=self.block_ms)
-        )
-        await asyncio.wait((read, drain_wait), return_when=asyncio.FIRST_COMPLETED)
-        if read.done():
-            entries: list[Entry] = read.result()
-            return entries
-        read.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await read
-        return None
-
-
 class Tail:
     """An SSE tail of one stream in its creating surface's format."""
 
@@ -183,8 +98,8 @@ class Tail:
         self.record = record
         self.fmt = fmt
         self.cancel_on_disconnect = cancel_on_disconnect
-        self.block_ms = max(1, int(services.settings.keepalive_interval_s * 1000))
         self.renderer = fmt.renderer(record.render)
+        self.reader: Reader | None = None
 
     async def prepare(self, resume: ResumePoint | None) -> Start:
         """Validate the resume point before the response starts (so errors get a status),
@@ -217,31 +132,59 @@ class Tail:
                     self.renderer.frames(entry.id, entry.event)
         return self.renderer.frames(point.id, point.event)
 
+    def open(self, start: Start) -> Reader | None:
+        """Start listening for the stream's entries from `start`, before anything is read
+        or even written (a new stream opens its reader before it is enqueued)."""
+        if not start.after or self.reader is not None:
+            return self.reader
+        self.reader = self.services.hub.open(self.record.id, start.after, start.next_seq)
+        return self.reader
+
+    def close(self) -> None:
+        if self.reader is not None:
+            self.reader.close()
+
+    def response(self, start: Start) -> EventStream:
+        """The SSE response that serves this tail from `start`."""
+        if self.reader is None:
+            self.open(start)
+        return EventStream(
+            self.stream(start),
+            self.record.id,
+            on_disconnect=self.client_gone,
+            on_close=self.close,
+        )
+
+    def client_gone(self) -> None:
+        """The client disconnected: stop at once, even while waiting for an event."""
+        if self.reader is not None:
+            self.reader.gone = True
+            self.reader.wake()
+
     async def stream(self, start: Start) -> AsyncIterator[bytes]:
         if start.replay:
             yield start.replay
-        if not start.after:
+        reader = self.reader or self.open(start)
+        if reader is None:
             return
-        follower = Follower(
-            self.store,
-            self.record.id,
-            self.block_ms,
-            self.services.draining,
-            # Only the abandoned-stream policy reads these marks.
-            mark_readers=self.services.settings.abandon_grace_s is not None,
-        )
+        fmt, renderer = self.fmt, self.renderer
         ended = False
         self.services.metrics.open_tails.inc()
         try:
-            async for entry in follower.entries(start.after, start.next_seq):
-                if entry is None:
-                    yield self.fmt.keepalive
-                    continue
-                frames = self.renderer.frames(entry.id, entry.event)
-                if frames:
-                    yield encode_frames(entry.id, frames, with_ids=self.fmt.sse_ids)
-            ended = True
-            if follower.drained and self.fmt.sse_ids:
+            async with contextlib.aclosing(self.services.hub.follow(reader)) as batches:
+                async for batch in batches:
+                    if batch is None:
+                        yield fmt.keepalive
+                        continue
+                    out = [
+                        encode_frames(entry.id, frames, with_ids=fmt.sse_ids)
+                        for entry in batch
+                        if (frames := renderer.frames(entry.id, entry.event))
+                    ]
+                    if out:
+                        yield b"".join(out)
+            ended = not reader.gone
+            if reader.drained and not reader.finished and not reader.gone and fmt.sse_ids:
                 # Shutting down: end at an event boundary; the client resumes elsewhere.
                 yield format_comment("server shutting down; resume with Last-Event-ID")
         except (RedisError, StreamNotFound, ResumePointExpired) as exc:
@@ -253,7 +196,7 @@ class Tail:
             error = ev.Error(code=code, message=message, retryable=isinstance(exc, RedisError))
             now_id = f"{int(time.time() * 1000)}-0"
             yield b"".join(
-                format_event(f.data, event=f.event) for f in self.renderer.frames(now_id, error)
+                format_event(f.data, event=f.event) for f in renderer.frames(now_id, error)
             )
         finally:
             self.services.metrics.open_tails.dec()
@@ -261,15 +204,18 @@ class Tail:
                 self.services.spawn(self.store.request_cancel(self.record.id), "cancel")
 
 
-async def wait_for_transcript(
-    store: StreamStore, record: JobRecord, timeout_s: float, block_ms: int
-) -> Transcript:
+async def wait_for_transcript(hub: StreamHub, record: JobRecord, timeout_s: float) -> Transcript:
     """Follow a stream to its end and assemble it (non-streaming requests)."""
     transcript = Transcript()
-    deadline = time.monotonic() + timeout_s
-    async for entry in Follower(store, record.id, block_ms).entries(START):
-        if entry is not None:
-            transcript.apply(entry.event)
-        if time.monotonic() > deadline:
-            raise GenerationTimeout(f"the generation did not finish within {timeout_s:g}s")
+    reader = hub.open(record.id, START, 1)
+    try:
+        async with (
+            asyncio.timeout(timeout_s),
+            contextlib.aclosing(hub.follow(reader, drainable=False)) as batches,
+        ):
+            async for batch in batches:
+                for entry in batch or ():
+                    transcript.apply(entry.event)
+    except TimeoutError:
+        raise GenerationTimeout(f"the generation did not finish within {timeout_s:g}s") from None
     return transcript

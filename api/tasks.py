@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
-import time
 import uuid
 from urllib.parse import urlsplit
 
 import orjson
 
 from api.deps import Services
-from api.tail import START, Follower
+from api.tail import START
 from shared import events as ev
 from shared import keys
 from shared.auth import ApiKey
@@ -30,7 +30,6 @@ from shared.tasks import TaskSpec, check_demo_input
 
 MAX_WAIT_S = 60
 MAX_IDEMPOTENCY_KEY_CHARS = 255
-WAIT_BLOCK_MS = 250
 
 
 class IdempotencyConflict(Conflict):
@@ -161,18 +160,17 @@ def parse_prefer_wait(prefer: str | None) -> int | None:
 
 
 async def wait_for_end(services: Services, task_id: str, seconds: float) -> None:
-    """Return once the task has ended or `seconds` have passed, blocking on its stream."""
-    deadline = time.monotonic() + seconds
+    """Return once the task has ended or `seconds` have passed, listening on its stream."""
     last = await services.store.last_entries(task_id, 1)
     if last and ev.is_terminal(last[0].event):
         return
     after, next_seq = (last[0].id, last[0].seq + 1) if last else (START, 1)
-    block_ms = max(1, min(WAIT_BLOCK_MS, int(seconds * 1000)))
-    follower = Follower(services.store, task_id, block_ms, services.draining)
-    with contextlib.suppress(ResumePointExpired, StreamNotFound):
-        async with contextlib.aclosing(follower.entries(after, next_seq)) as entries:
-            async for entry in entries:
-                if entry is not None and ev.is_terminal(entry.event):
-                    return
-                if time.monotonic() >= deadline:
-                    return
+    hub = services.hub
+    reader = hub.open(task_id, after, next_seq)
+    with contextlib.suppress(ResumePointExpired, StreamNotFound, TimeoutError):
+        async with (
+            asyncio.timeout(seconds),
+            contextlib.aclosing(hub.follow(reader)) as batches,
+        ):
+            async for _ in batches:
+                pass  # the follow ends at the terminal event, or when the process drains

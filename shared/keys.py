@@ -38,6 +38,13 @@ def stream_key(stream_id: str) -> str:
     return f"{PREFIX}:{{{stream_id}}}:events"
 
 
+def live_channel(stream_id: str) -> str:
+    """Pub/sub channel on which every append to the stream is published as it is written
+    (`<entry id> <position> <event JSON>` lines): what API processes' stream hubs listen
+    to. The stream itself stays the record; a missed message is read back from it."""
+    return f"{PREFIX}:{{{stream_id}}}:live"
+
+
 def tombstone_key(stream_id: str) -> str:
     """Outlives a finished stream's record so late readers get 410 (expired), not 404."""
     return f"{PREFIX}:{{{stream_id}}}:gone"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from enum import StrEnum
@@ -18,9 +19,12 @@ from typing import Any, Protocol, cast
 
 import orjson
 from arq.connections import ArqRedis
+from arq.constants import job_key_prefix
 from arq.jobs import Job, JobStatus
+from arq.jobs import serialize_job as serialize_arq_job
 from arq.worker import Worker, func
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
 from shared import keys
@@ -46,6 +50,11 @@ class JobQueue(Protocol):
     async def enqueue(
         self, function: str, job_id: str, *args: Any, defer_s: float | None = None
     ) -> None: ...
+
+    def enqueue_into(self, pipe: Pipeline, function: str, job_id: str, *args: Any) -> None:
+        """Add the commands that queue a job now to `pipe`, so the enqueue shares a round
+        trip with other writes."""
+        ...
 
     async def abort(self, job_id: str) -> None: ...
 
@@ -89,6 +98,15 @@ class ArqJobQueue:
         )
         if job is not None and not defer_s:
             await self.redis.publish(keys.WAKE_CHANNEL, job_id)
+
+    def enqueue_into(self, pipe: Pipeline, function: str, job_id: str, *args: Any) -> None:
+        """What `enqueue` does, without its read-before-write (the job id is new): the job
+        as arq stores it, its place in the queue, and the wake-up for idle workers."""
+        now_ms = int(time.time() * 1000)
+        job = serialize_arq_job(function, args, {}, None, now_ms, serializer=serialize_job)
+        pipe.set(job_key_prefix + job_id, job, px=self.redis.expires_extra_ms, nx=True)
+        pipe.zadd(self.queue_name, {job_id: now_ms}, nx=True)
+        pipe.publish(keys.WAKE_CHANNEL, job_id)
 
     async def abort(self, job_id: str) -> None:
         job = Job(job_id, self.redis, _queue_name=self.queue_name, _deserializer=deserialize_job)

@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared.settings import Settings
 
 CONNECT_TIMEOUT_S = 2.0
+REDIS_BLIP_ERRORS = (RedisConnectionError, RedisTimeoutError)
+"""What a short Redis outage (a failover, a restart) raises: worth sending again."""
 
 
-def create_redis(settings: Settings, *, url: str | None = None) -> Redis:
-    """One pooled client per process, shared by the queue and the stream store. Pool
-    exhaustion waits briefly and then fails as a connection error (the API answers 503)."""
+def create_redis(
+    settings: Settings, *, url: str | None = None, max_connections: int | None = None
+) -> Redis:
+    """One pooled client per process, shared by the queue and the stream store, holding at
+    most `redis_max_connections` (or `max_connections`). Pool exhaustion waits briefly and
+    then fails as a connection error (the API answers 503)."""
     redis_url = url or settings.redis_url
     if not redis_url:
         raise ValueError("no Redis URL: set REDIS_URL, or run `spool dev` for an embedded Redis")
@@ -20,7 +27,7 @@ def create_redis(settings: Settings, *, url: str | None = None) -> Redis:
     socket_timeout = settings.keepalive_interval_s + 10.0
     pool = BlockingConnectionPool.from_url(
         redis_url,
-        max_connections=settings.redis_max_connections,
+        max_connections=max_connections or settings.redis_max_connections,
         timeout=5,
         socket_connect_timeout=CONNECT_TIMEOUT_S,
         socket_timeout=socket_timeout,

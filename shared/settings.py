@@ -176,7 +176,9 @@ class Settings(BaseSettings):
     auth_enabled: bool = True
     max_concurrent_generations: int | None = Field(default=None, ge=1)
     upstream_allowlist: str = ""  # hosts or CIDRs that may be private/loopback/link-local
-    redis_max_connections: int = Field(default=10_000, ge=10)
+    # Redis connections one process may hold, whatever its load (an API process's stream
+    # hub serves every open stream on one of them).
+    redis_max_connections: int = Field(default=32, ge=4)
 
     task_models: dict[str, TaskModelEntry] = Field(
         default_factory=lambda: dict(DEFAULT_TASK_MODELS)

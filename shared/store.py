@@ -8,12 +8,15 @@ attempt (arq re-ran the job, or the worker's lease ran out) can never append.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
 import orjson
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+from redis.exceptions import NoScriptError
 
 from shared import events as ev
 from shared import keys
@@ -91,6 +94,7 @@ class Claim:
     status: Status | None = None
     cancel_requested: bool = False
     appended: int = 0  # events the stream already held
+    record: JobRecord | None = None  # the job as claimed (for "claimed" and "lost")
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +118,17 @@ class Reaped:
 
 
 StreamEntry = tuple[str, ev.Event]
+
+
+@dataclass(frozen=True, slots=True)
+class AppendBatch:
+    """Events for one stream, sent in one fenced append; `held` is how many events the
+    stream held before them as the attempt counts them."""
+
+    stream_id: str
+    attempt: str
+    held: int
+    events: list[ev.Event]
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,25 +212,33 @@ end
 redis.call('ZADD', KEYS[4], lease, ARGV[1])
 redis.call('ZREM', KEYS[5], ARGV[1])
 return {outcome, 'running', redis.call('HGET', KEYS[1], 'cancel') or '0',
-  redis.call('HGET', KEYS[1], 'appended') or '0'}
+  redis.call('HGET', KEYS[1], 'appended') or '0', redis.call('HGETALL', KEYS[1])}
 """
 )
 
-# ARGV[4] is how many events the stream held before this batch, as the attempt counts
-# them: a batch whose reply was lost and which is sent again is not written twice.
-# KEYS: 1 job, 2 events only: this runs once per token, so it carries no more than it uses.
+# Appends a batch of events, fenced by the attempt token, and publishes it on the stream's
+# live channel for the API processes' stream hubs (one message per batch).
+# KEYS: 1 job, 2 events (this runs for every batch, so it carries no more than it uses).
+# ARGV: 1 attempt, 2 maxlen, 3 expiry of a new stream (s), 4 how many events the stream held
+#   before this batch as the attempt counts them (a batch whose reply was lost and which is
+#   sent again is not written twice), 5 live channel, 6.. the encoded events.
+# Returns false when fenced out, 0 when the batch was already written, else its length.
 _APPEND = """
 local job = redis.call('HMGET', KEYS[1], 'attempt', 'status', 'appended')
 if job[1] ~= ARGV[1] or job[2] ~= 'running' then return false end
 local held = tonumber(job[3] or '0')
 if held > tonumber(ARGV[4]) then return 0 end
-for i = 5, #ARGV do
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'e', ARGV[i], 'n', held + i - 4)
+local lines = {}
+for i = 6, #ARGV do
+  local n = held + i - 5
+  local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'e', ARGV[i], 'n', n)
+  lines[#lines + 1] = id .. ' ' .. n .. ' ' .. ARGV[i]
 end
-redis.call('HINCRBY', KEYS[1], 'appended', #ARGV - 4)
+redis.call('HINCRBY', KEYS[1], 'appended', #ARGV - 5)
 -- The stream key is born with its first entry; that is when it gets its expiry.
 if held == 0 then redis.call('EXPIRE', KEYS[2], ARGV[3]) end
-return #ARGV - 4
+redis.call('PUBLISH', ARGV[5], table.concat(lines, '\\n'))
+return #ARGV - 5
 """
 
 _RENEW = (
@@ -247,7 +270,8 @@ if owner and input + output > 0 then
   redis.call('HINCRBY', usage, 'total', input + output)
 end
 local n = redis.call('HINCRBY', KEYS[1], 'appended', 1)
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'e', ARGV[5], 'n', n)
+local eid = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'e', ARGV[5], 'n', n)
+redis.call('PUBLISH', ARGV[14], eid .. ' ' .. n .. ' ' .. ARGV[5])
 redis.call('HSET', KEYS[1], 'status', ARGV[4], 'finished_at', now / 1000, 'output', ARGV[6])
 redis.call('HDEL', KEYS[1], 'lease_until')
 local keep = redis.call('HGET', KEYS[1], 'retention') or ARGV[3]
@@ -283,7 +307,8 @@ if status == 'queued' then
   local owner = redis.call('HGET', KEYS[1], 'owner')
   release_slot(ARGV[6], owner, ARGV[7], ARGV[8])
   local n = redis.call('HINCRBY', KEYS[1], 'appended', 1)
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'e', ARGV[1], 'n', n)
+  local eid = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'e', ARGV[1], 'n', n)
+  redis.call('PUBLISH', ARGV[9], eid .. ' ' .. n .. ' ' .. ARGV[1])
   redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', now / 1000,
     'output', ARGV[4], 'cancel', '1')
   local keep = redis.call('HGET', KEYS[1], 'retention') or ARGV[3]
@@ -387,7 +412,6 @@ class StreamStore:
         self._cancel = redis.register_script(_CANCEL)
         self._release = redis.register_script(_RELEASE)
         self._reap = redis.register_script(_REAP)
-        self._mark_reader = redis.register_script(_MARK_READER)
 
     @staticmethod
     def _keys(stream_id: str) -> list[str]:
@@ -410,15 +434,26 @@ class StreamStore:
         request: dict[str, Any],
         render: dict[str, Any],
         owner: str,
+        then: Callable[[Pipeline], object] | None = None,
     ) -> None:
+        """Create a queued job record; `then` adds more commands (the enqueue) to the same
+        round trip, after the record."""
         try:
             encoded = orjson.dumps(request), orjson.dumps(render)
         except orjson.JSONEncodeError as exc:
             raise InvalidRequest(f"the request cannot be stored: {exc}") from exc
-        await self._create(
-            keys=self._keys(stream_id),
-            args=[stream_id, surface, model, *encoded, self.pending_ttl_s, owner, self.retention_s],
-        )
+        args: list[Any] = [
+            stream_id, surface, model, *encoded, self.pending_ttl_s, owner, self.retention_s
+        ]  # fmt: skip
+        if then is None:
+            await self._create(keys=self._keys(stream_id), args=args)
+            return
+        # One round trip for the record and whatever `then` adds (the enqueue). EVAL, not
+        # EVALSHA: a script cache lost to a restart cannot fail the first command alone.
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.eval(_CREATE, 5, *self._keys(stream_id), *args)
+            then(pipe)
+            await pipe.execute()
 
     async def create_task(
         self,
@@ -474,6 +509,7 @@ class StreamStore:
                 stream_id,
                 keys.CONCURRENCY_PREFIX,
                 keys.GLOBAL_CONCURRENCY_KEY,
+                keys.live_channel(stream_id),
             ],
         )
         if result is None:
@@ -483,9 +519,12 @@ class StreamStore:
             await self.redis.publish(keys.CANCEL_CHANNEL, stream_id)
         return status
 
-    async def mark_reader(self, stream_id: str) -> None:
-        """Note that someone is reading the stream (abandoned streams can be cancelled)."""
-        await self._mark_reader(keys=[keys.job_key(stream_id)])
+    async def mark_readers(self, stream_ids: list[str]) -> None:
+        """Note that someone is reading these streams (abandoned streams are cancelled)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for stream_id in stream_ids:
+                pipe.eval(_MARK_READER, 1, keys.job_key(stream_id))
+            await pipe.execute()
 
     async def resume_point(self, stream_id: str, entry_id: str | None) -> Entry | None:
         """The entry a reader resumes after: None for "from the start". Raises unless it is
@@ -520,6 +559,14 @@ class StreamStore:
         if not reply:
             return []
         return [Entry.from_redis(eid, fields) for eid, fields in reply[0][1]]
+
+    async def idle_check(self, stream_id: str, after: str) -> tuple[Status | None, bool]:
+        """A quiet stream's status, and whether it holds entries after `after`."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hget(keys.job_key(stream_id), "status")
+            pipe.xread({keys.stream_key(stream_id): after}, count=1)
+            status, more = await pipe.execute()
+        return (Status(status.decode()) if status else None), bool(more)
 
     async def status(self, stream_id: str) -> Status | None:
         raw = await self.redis.hget(keys.job_key(stream_id), "status")  # type: ignore[misc]
@@ -562,8 +609,14 @@ class StreamStore:
         )
         outcome, status = reply[0].decode(), reply[1].decode()
         if outcome in ("claimed", "lost"):
+            flat = reply[4]
+            record = JobRecord.from_hash(stream_id, dict(zip(flat[::2], flat[1::2], strict=True)))
             return Claim(
-                outcome, Status.RUNNING, cancel_requested=reply[2] == b"1", appended=int(reply[3])
+                outcome,
+                Status.RUNNING,
+                cancel_requested=reply[2] == b"1",
+                appended=int(reply[3]),
+                record=record,
             )
         return Claim(outcome, Status(status) if status != "missing" else None)
 
@@ -572,12 +625,43 @@ class StreamStore:
     ) -> None:
         """Append events, fenced by `attempt`. `held` is how many events the stream held
         before them, which makes a retried append idempotent."""
-        reply = await self._append(
-            keys=[keys.job_key(stream_id), keys.stream_key(stream_id)],
-            args=[attempt, self.maxlen, self.pending_ttl_s, held, *(ev.encode(e) for e in events)],
-        )
-        if reply is None:
+        (outcome,) = await self.append_batches([AppendBatch(stream_id, attempt, held, events)])
+        if outcome is None:
             raise FenceLost()
+
+    async def append_batches(self, batches: list[AppendBatch]) -> list[int | None]:
+        """Several fenced appends (to different streams) in one round trip. For each batch:
+        None when its attempt was fenced out, 0 when it had been written already, else the
+        number of events written. Redis connection errors propagate: every batch is then
+        safe to send again as it is."""
+        sha = self._append.sha
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for batch in batches:
+                pipe.execute_command("EVALSHA", sha, 2, *self._append_args(batch))
+            replies = await pipe.execute(raise_on_error=False)
+        if any(isinstance(r, NoScriptError) for r in replies):
+            # Redis lost its script cache (a restart or failover): load it and send those
+            # batches again, which is safe since each append is idempotent.
+            await self.redis.script_load(_APPEND)
+            for i, reply in enumerate(replies):
+                if isinstance(reply, NoScriptError):
+                    replies[i] = await self.redis.evalsha(sha, 2, *self._append_args(batches[i]))  # type: ignore[misc]
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return [None if r is None else int(r) for r in replies]
+
+    def _append_args(self, batch: AppendBatch) -> list[Any]:
+        return [
+            keys.job_key(batch.stream_id),
+            keys.stream_key(batch.stream_id),
+            batch.attempt,
+            self.maxlen,
+            self.pending_ttl_s,
+            batch.held,
+            keys.live_channel(batch.stream_id),
+            *(ev.encode(e) for e in batch.events),
+        ]
 
     async def renew_lease(self, stream_id: str, attempt: str) -> Lease:
         owned, since_reader_ms, cancel = await self._renew(
@@ -624,6 +708,7 @@ class StreamStore:
                 usage.input_tokens,
                 usage.output_tokens,
                 keys.USAGE_PREFIX,
+                keys.live_channel(stream_id),
             ],
         )
         if reply is None:

@@ -11,6 +11,7 @@ from shared.errors import UpstreamError
 from shared.request import GenerationRequest
 from shared.settings import ModelEntry, Settings
 from shared.store import JobRecord, StreamStore
+from worker.appender import Appender
 from worker.job_run import JobRun
 from worker.providers import Provider
 
@@ -25,6 +26,7 @@ class GenerationRun(JobRun):
         record: JobRecord,
         attempt: str,
         provider: Provider,
+        appender: Appender,
         held: int = 0,
     ) -> None:
         entry = ModelEntry.model_validate(record.request["entry"])
@@ -34,6 +36,7 @@ class GenerationRun(JobRun):
             record,
             attempt,
             provider.name,
+            appender,
             held,
             timeout_s=settings.job_timeout_s,
             secret=entry.api_key(),

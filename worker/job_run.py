@@ -9,20 +9,18 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable
 
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-
 from shared import events as ev
 from shared.backoff import jittered_backoff
 from shared.errors import FenceLost, UpstreamError
 from shared.redact import redact
+from shared.redis import REDIS_BLIP_ERRORS
 from shared.settings import Settings
 from shared.store import JobRecord, Status, StreamStore
 from shared.supervise import cancel_and_wait
 from shared.transcript import Transcript
+from worker.appender import Appender
 
 log = logging.getLogger(__name__)
-REDIS_BLIP_ERRORS = (RedisConnectionError, RedisTimeoutError)
 Terminal = ev.Finish | ev.Error | ev.TaskResult
 
 
@@ -56,7 +54,8 @@ async def with_redis_retry(settings: Settings, action: Callable[[], Awaitable[No
 class JobRun:
     """One attempt at one job. Subclasses implement `_attempt` (one try at the upstream,
     returning the terminal event of a success). `secret` (the upstream's key) is redacted
-    from every upstream error message."""
+    from every upstream error message. Events go to the stream through the process's
+    `Appender`, without waiting for each write; the terminal event waits for them all."""
 
     noun = "job"  # what error messages call it
     timeout_code = "generation_timeout"
@@ -68,6 +67,7 @@ class JobRun:
         record: JobRecord,
         attempt: str,
         provider_name: str,
+        appender: Appender,
         held: int = 0,
         *,
         timeout_s: float,
@@ -82,7 +82,7 @@ class JobRun:
         self.secret = secret
         self.cancelled = asyncio.Event()
         self.transcript = Transcript()
-        self.held = held  # events the stream holds, as this attempt counts them
+        self.writer = appender.writer(record.id, attempt, held)
 
     @property
     def stream_id(self) -> str:
@@ -90,22 +90,18 @@ class JobRun:
 
     @property
     def started(self) -> bool:
-        return self.held > 0
+        """Whether anything was handed to the stream (it will be there, or the run fails)."""
+        return self.writer.queued > 0
 
     async def _write(self, events: list[ev.Event]) -> None:
         """Append `events`, led by Start if nothing was written yet. Start goes out with the
         first real event, so an attempt that dies before producing anything leaves the
         stream empty and the job can simply run again."""
-        batch = list(events)
         if not self.started:
             start = ev.Start(model=self.record.model, provider=self.provider_name)
             self.transcript.apply(start)
-            batch.insert(0, start)
-        await with_redis_retry(
-            self.settings,
-            lambda: self.store.append(self.stream_id, self.attempt, batch, held=self.held),
-        )
-        self.held += len(batch)
+            events = [start, *events]
+        await self.writer.write(events)
 
     async def _attempt(self) -> Terminal:
         raise NotImplementedError
@@ -178,6 +174,7 @@ class JobRun:
         try:
             if not self.started and not isinstance(terminal, ev.Error):
                 await self._write([])
+            await self.writer.flush()
             await with_redis_retry(
                 self.settings,
                 lambda: self.store.finish(

@@ -19,7 +19,6 @@ from redis.exceptions import RedisError
 from shared import events as ev
 from shared import keys
 from shared.artifacts import ArtifactStore
-from shared.errors import StreamNotFound
 from shared.hooks import HookStore
 from shared.netguard import Allowlist, GuardedTransport
 from shared.queue import ArqJobQueue
@@ -29,6 +28,7 @@ from shared.store import JobRecord, Status, StreamStore
 from shared.supervise import cancel_and_wait, supervise
 from shared.task_view import TaskViews
 from shared.tasks import TASK_SURFACE
+from worker.appender import Appender
 from worker.generation import GenerationRun
 from worker.job_run import JobRun, new_attempt
 from worker.providers import Provider
@@ -51,6 +51,7 @@ class WorkerRuntime:
         self.settings = settings
         self.redis = redis
         self.store = StreamStore(redis, settings)
+        self.appender = Appender(self.store, settings)
         self.queue = ArqJobQueue(redis)
         self.reaper = Reaper(self.store, self.queue, settings)
         self.worker_id = uuid.uuid4().hex[:12]
@@ -97,6 +98,7 @@ class WorkerRuntime:
         )
         self.webhooks = WebhookSender(self.hooks, self.queue, self.settings, self._webhook_http)
         dispatcher = WebhookDispatcher(self.store, self.hooks, self.queue, self.views)
+        self.appender.start()
         self._tasks = [
             supervise("signals", self._listen_signals),
             supervise("heartbeat", self._heartbeat),
@@ -109,6 +111,7 @@ class WorkerRuntime:
     async def shutdown(self, ctx: dict[str, Any] | None = None) -> None:
         for task in self._tasks:
             await cancel_and_wait(task)
+        await self.appender.stop()
         with contextlib.suppress(RedisError):
             await self.redis.zrem(keys.WORKERS_KEY, self.worker_id)
         for client in (self._http, self._webhook_http):
@@ -123,11 +126,8 @@ class WorkerRuntime:
         if claim.outcome in ("busy", "done"):
             log.info("stream %s: not run (%s, %s)", stream_id, claim.outcome, claim.status)
             return claim.outcome
-        try:
-            record = await self.store.get(stream_id)
-        except StreamNotFound:
-            return "done"
-        run = self._new_run(record, attempt, claim.appended)
+        assert claim.record is not None
+        run = self._new_run(claim.record, attempt, claim.appended)
         if claim.outcome == "lost":
             # An earlier attempt died after it had emitted: never restart (that would repeat
             # text); end the stream visibly, keeping the partial output.
@@ -155,10 +155,13 @@ class WorkerRuntime:
                 self.task_providers[provider_name],
                 self.artifacts,
                 self._http,
+                self.appender,
                 held,
             )
         provider = self.providers[provider_name]
-        return GenerationRun(self.store, self.settings, record, attempt, provider, held)
+        return GenerationRun(
+            self.store, self.settings, record, attempt, provider, self.appender, held
+        )
 
     async def deliver_webhook(self, task_id: str, seq: int, attempt: int) -> str:
         assert self.webhooks is not None

@@ -14,6 +14,7 @@ from shared.errors import UpstreamError
 from shared.settings import Settings, TaskModelEntry
 from shared.store import JobRecord, StreamStore
 from shared.tasks import TaskOutput, TaskSpec, output_path
+from worker.appender import Appender
 from worker.job_run import JobRun
 from worker.task_providers import MediaOutput, TaskProvider
 
@@ -31,6 +32,7 @@ class TaskRun(JobRun):
         provider: TaskProvider,
         artifacts: ArtifactStore,
         http: httpx.AsyncClient,
+        appender: Appender,
         held: int = 0,
     ) -> None:
         entry = TaskModelEntry.model_validate(record.request["entry"])
@@ -40,6 +42,7 @@ class TaskRun(JobRun):
             record,
             attempt,
             provider.name,
+            appender,
             held,
             timeout_s=settings.task_timeout_s,
             secret=entry.api_key(),

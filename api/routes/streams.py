@@ -98,7 +98,7 @@ async def tail_stream(
     # Only the owner's disconnect may cancel; a follower only watches.
     cancels = cancel_on_disconnect and caller is not None and caller.id == record.owner
     tail = Tail(services, record, fmt, cancel_on_disconnect=cancels)
-    return EventStream(tail.stream(await tail.prepare(resume)), record.id)
+    return tail.response(await tail.prepare(resume))
 
 
 @router.get("/{stream_id}/result")

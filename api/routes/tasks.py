@@ -82,7 +82,7 @@ async def task_events(
     resume_from = last_event_id_header or last_event_id
     resume = ResumePoint.parse(resume_from) if resume_from else None
     tail = Tail(services, record, services.formats[record.surface])
-    return EventStream(tail.stream(await tail.prepare(resume)), record.id)
+    return tail.response(await tail.prepare(resume))
 
 
 @router.post("/{task_id}/cancel")

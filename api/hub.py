@@ -1,0 +1,406 @@
+"""The stream hub: one per API process, it hears every new entry of every stream that has
+local readers on one Redis pub/sub connection and hands it to all of them.
+
+Workers publish each append on the stream's live channel (`keys.live_channel`) in the same
+script that writes it, so the hub's one connection carries what a blocking XREAD per reader
+would, whatever the number of open streams. The stream stays the record: a reader that
+joins late, falls behind (more than `QUEUE_LIMIT` entries waiting) or sees a gap in the
+positions reads the missing entries from the stream itself (XREAD without BLOCK, on the
+shared pool) and goes on with what the hub hands it, dropping what it already has. A
+reader subscribes before it reads the stream, so nothing falls between the two.
+
+If the pub/sub connection drops, the hub reconnects and every reader reads back what it
+may have missed; if Redis cannot be reached, every reader ends with the error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncGenerator
+
+from redis.asyncio import Redis
+from redis.asyncio.connection import AbstractConnection
+from redis.exceptions import RedisError
+
+from shared import events as ev
+from shared import keys
+from shared.errors import ResumePointExpired, StreamNotFound
+from shared.store import Entry, StreamStore
+
+log = logging.getLogger(__name__)
+
+QUEUE_LIMIT = 256  # entries waiting for one reader before it reads the stream itself
+CATCH_UP_PAGE = 256  # entries per read when catching up
+PING_INTERVAL_S = 5.0  # the hub's connection is pinged this often, and must answer
+READER_MARK_INTERVAL_S = 1.0
+RECONNECT_BACKOFF_S = (0.05, 0.2, 0.5, 1.0, 2.0)
+
+
+def parse_live(data: bytes) -> list[Entry]:
+    """A live-channel message: `<entry id> <position> <event JSON>` lines."""
+    entries = []
+    for line in data.split(b"\n"):
+        entry_id, seq, payload = line.split(b" ", 2)
+        entries.append(Entry(entry_id.decode(), int(seq), ev.decode(payload)))
+    return entries
+
+
+class _Sub:
+    """The streams this process listens to: its channel and its local readers."""
+
+    __slots__ = ("channel", "confirmed", "readers", "stream_id")
+
+    def __init__(self, stream_id: str, channel: bytes) -> None:
+        self.stream_id = stream_id
+        self.channel = channel
+        self.readers: set[Reader] = set()
+        self.confirmed = False  # Redis has confirmed the subscription; messages flow
+
+
+class Reader:
+    """One local reader of one stream: its position (the last entry id it has and the
+    position of the next), the entries the hub handed it, and what woke it."""
+
+    __slots__ = (
+        "_last",
+        "_timer",
+        "after",
+        "catch_up",
+        "drained",
+        "error",
+        "finished",
+        "gone",
+        "hub",
+        "next_seq",
+        "queue",
+        "sub",
+        "ticked",
+        "waiter",
+    )
+
+    def __init__(self, hub: StreamHub, sub: _Sub, after: str, next_seq: int) -> None:
+        self.hub = hub
+        self.sub = sub
+        self.after = after
+        self.next_seq = next_seq
+        self.queue: list[Entry] = []
+        # Read the stream once subscribed: whatever was written before that is only there.
+        self.catch_up = True
+        self.waiter: asyncio.Future[None] | None = None
+        self.error: BaseException | None = None
+        self.drained = False
+        self.finished = False
+        self.gone = False  # its client disconnected
+        self.ticked = False
+        loop = asyncio.get_running_loop()
+        self._last = loop.time()
+        self._timer = loop.call_at(self._last + hub.tick_s, self._on_timer)
+
+    def push(self, entries: list[Entry]) -> None:
+        if len(self.queue) >= QUEUE_LIMIT:
+            # Too far behind to keep holding entries for it: it reads them from the stream.
+            self.queue = []
+            self.catch_up = True
+        else:
+            self.queue.extend(entries)
+        self.wake()
+
+    def wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def fail(self, error: BaseException) -> None:
+        self.error = error
+        self.wake()
+
+    def accept(self, entries: list[Entry]) -> list[Entry]:
+        """The entries that continue this reader's position, in order, up to its terminal
+        event; a gap in the positions means it missed some, which it then reads."""
+        out = []
+        for entry in entries:
+            if entry.seq < self.next_seq:
+                continue  # already had it (from its own read of the stream)
+            if entry.seq > self.next_seq:
+                self.catch_up = True
+                break
+            out.append(entry)
+            self.next_seq += 1
+            self.after = entry.id
+            if ev.is_terminal(entry.event):
+                self.finished = True
+                break
+        if out:
+            self._last = asyncio.get_running_loop().time()
+        return out
+
+    async def wait(self) -> None:
+        self.waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self.waiter
+        finally:
+            self.waiter = None
+
+    def _on_timer(self) -> None:
+        loop = asyncio.get_running_loop()
+        due = self._last + self.hub.tick_s
+        if loop.time() >= due:
+            self.ticked = True
+            self._last = loop.time()
+            self.wake()
+            due = self._last + self.hub.tick_s
+        self._timer = loop.call_at(due, self._on_timer)
+
+    def close(self) -> None:
+        self._timer.cancel()
+        self.hub._close(self)
+
+
+class StreamHub:
+    """Listens for the streams this process's readers follow. `tick_s` is how long a
+    reader may sit idle before it is woken for a keep-alive (and a look at the stream)."""
+
+    def __init__(self, redis: Redis, store: StreamStore, *, tick_s: float) -> None:
+        self.redis = redis
+        self.store = store
+        self.tick_s = tick_s
+        self.draining = False
+        self._subs: dict[bytes, _Sub] = {}
+        self._to_subscribe: set[bytes] = set()
+        self._to_unsubscribe: set[bytes] = set()
+        self._unconfirmed: dict[bytes, int] = {}  # (un)subscribes sent and not yet answered
+        self._dirty = asyncio.Event()
+        self._pong = 0.0
+
+    @property
+    def streams(self) -> int:
+        return len(self._subs)
+
+    # -- readers --------------------------------------------------------------------------
+
+    def open(self, stream_id: str, after: str, next_seq: int) -> Reader:
+        """Start listening for `stream_id` on behalf of a reader at `after` (an entry id,
+        "0-0" for the start) whose next event is the `next_seq`th."""
+        channel = keys.live_channel(stream_id).encode()
+        sub = self._subs.get(channel)
+        if sub is None:
+            sub = self._subs[channel] = _Sub(stream_id, channel)
+            self._to_unsubscribe.discard(channel)
+            self._to_subscribe.add(channel)
+            self._dirty.set()
+        reader = Reader(self, sub, after, next_seq)
+        reader.drained = self.draining
+        sub.readers.add(reader)
+        return reader
+
+    def _close(self, reader: Reader) -> None:
+        sub = reader.sub
+        sub.readers.discard(reader)
+        if not sub.readers and self._subs.get(sub.channel) is sub:
+            del self._subs[sub.channel]
+            self._to_subscribe.discard(sub.channel)
+            self._to_unsubscribe.add(sub.channel)
+            self._dirty.set()
+
+    async def follow(
+        self, reader: Reader, *, drainable: bool = True
+    ) -> AsyncGenerator[list[Entry] | None, None]:
+        """The reader's entries in order, in batches, up to and including the terminal
+        event; None each time it sat idle for `tick_s` (the cue for a keep-alive). Stops
+        early when the process drains, if `drainable`. Closes the reader at the end."""
+        store = self.store
+        stream_id = reader.sub.stream_id
+        try:
+            while not reader.finished:
+                if reader.error is not None:
+                    raise reader.error
+                if reader.gone or (reader.drained and drainable):
+                    return
+                if reader.catch_up and reader.sub.confirmed:
+                    reader.catch_up = False
+                    page = await store.read(
+                        stream_id, reader.after, block_ms=None, count=CATCH_UP_PAGE
+                    )
+                    if len(page) == CATCH_UP_PAGE:
+                        reader.catch_up = True  # more to read
+                    if page and page[0].seq > reader.next_seq:
+                        # This reader is further behind than the stream's length cap.
+                        raise ResumePointExpired("events were trimmed before they could be read")
+                    batch = reader.accept(page)
+                elif reader.queue:
+                    queued, reader.queue = reader.queue, []
+                    batch = reader.accept(queued)
+                elif reader.ticked:
+                    reader.ticked = False
+                    await self._look(reader)
+                    if reader.finished or reader.catch_up:
+                        continue
+                    yield None
+                    continue
+                else:
+                    await reader.wait()
+                    continue
+                if batch:
+                    yield batch
+        finally:
+            reader.close()
+
+    async def _look(self, reader: Reader) -> None:
+        """An idle reader's look at its stream: it must still exist, and if entries came
+        that the hub never handed over, read them."""
+        stream_id = reader.sub.stream_id
+        status, more = await self.store.idle_check(stream_id, reader.after)
+        if status is None:
+            raise StreamNotFound("the stream expired while it was being read")
+        if more:
+            reader.catch_up = True
+        elif status.terminal and reader.sub.confirmed:
+            # Ended, and its last event is behind this reader: nothing will ever come.
+            reader.finished = True
+
+    async def mark_readers_forever(self) -> None:
+        """Note, about once a second and in one round trip, that this process's streams
+        have readers (the abandoned-stream policy cancels streams nobody reads)."""
+        while True:
+            stream_ids = [sub.stream_id for sub in self._subs.values()]
+            if stream_ids:
+                await self.store.mark_readers(stream_ids)
+            await asyncio.sleep(READER_MARK_INTERVAL_S)
+
+    def drain(self) -> None:
+        """The process is shutting down: readers stop at their next event boundary."""
+        self.draining = True
+        for sub in self._subs.values():
+            for reader in sub.readers:
+                reader.drained = True
+                reader.wake()
+
+    # -- the connection -------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Hold the pub/sub connection, reconnecting when it drops; run supervised."""
+        failures = 0
+        while True:
+            try:
+                conn = await self._connect()
+            except (RedisError, OSError) as exc:
+                # Readers would wait on a hub that cannot hear: they end with the error.
+                self._fail_all(exc)
+                delay = RECONNECT_BACKOFF_S[min(failures, len(RECONNECT_BACKOFF_S) - 1)]
+                failures += 1
+                log.warning("stream hub cannot reach redis (%s); retrying in %.2fs", exc, delay)
+                await asyncio.sleep(delay)
+                continue
+            failures = 0
+            try:
+                await self._serve(conn)
+            except (RedisError, OSError) as exc:
+                log.warning("stream hub lost its redis connection (%s); reconnecting", exc)
+            finally:
+                await conn.disconnect(nowait=True)
+
+    async def _connect(self) -> AbstractConnection:
+        pool = self.redis.connection_pool
+        # Reads wait as long as no message comes; pings tell a dead Redis from a quiet one.
+        conn = pool.connection_class(**{**pool.connection_kwargs, "socket_timeout": None})
+        await conn.connect()  # type: ignore[no-untyped-call]
+        return conn
+
+    async def _serve(self, conn: AbstractConnection) -> None:
+        # A new connection: every stream is subscribed again, and every reader reads back
+        # what it may have missed once that is confirmed.
+        self._unconfirmed.clear()
+        self._to_unsubscribe.clear()
+        self._to_subscribe = set(self._subs)
+        for sub in self._subs.values():
+            sub.confirmed = False
+            for reader in sub.readers:
+                reader.catch_up = True
+        self._dirty.set()
+        self._pong = asyncio.get_running_loop().time()
+        writer = asyncio.create_task(self._write_loop(conn), name="spool-hub-writer")
+        listener = asyncio.create_task(self._read_loop(conn), name="spool-hub-listener")
+        try:
+            done, _ = await asyncio.wait({writer, listener}, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()
+        finally:
+            for task in (writer, listener):
+                task.cancel()
+            await asyncio.gather(writer, listener, return_exceptions=True)
+
+    async def _write_loop(self, conn: AbstractConnection) -> None:
+        """Send (un)subscribes as readers come and go, a burst in one command, and a ping
+        every `PING_INTERVAL_S`; a connection that stops answering pings is dropped."""
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                async with asyncio.timeout(PING_INTERVAL_S):
+                    await self._dirty.wait()
+            except TimeoutError:
+                if loop.time() - self._pong > 3 * PING_INTERVAL_S:
+                    raise ConnectionError(
+                        "redis stopped answering the stream hub's pings"
+                    ) from None
+                await conn.send_command("PING")
+                continue
+            self._dirty.clear()
+            commands: list[list[bytes | str]] = []
+            if self._to_unsubscribe:
+                gone, self._to_unsubscribe = list(self._to_unsubscribe), set()
+                commands.append(["UNSUBSCRIBE", *gone])
+                for channel in gone:
+                    self._unconfirmed[channel] = self._unconfirmed.get(channel, 0) + 1
+            if self._to_subscribe:
+                new, self._to_subscribe = list(self._to_subscribe), set()
+                commands.append(["SUBSCRIBE", *new])
+                for channel in new:
+                    self._unconfirmed[channel] = self._unconfirmed.get(channel, 0) + 1
+            if commands:
+                await conn.send_packed_command(conn.pack_commands(commands), check_health=False)
+
+    async def _read_loop(self, conn: AbstractConnection) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            reply = await conn.read_response(disconnect_on_error=False)
+            kind = reply[0]
+            if kind == b"message":
+                self._deliver(reply[1], reply[2])
+            elif kind in (b"subscribe", b"unsubscribe"):
+                self._confirm(reply[1])
+            elif kind == b"pong":
+                self._pong = loop.time()
+
+    def _deliver(self, channel: bytes, data: bytes) -> None:
+        sub = self._subs.get(channel)
+        if sub is None:
+            return
+        try:
+            entries = parse_live(data)
+        except ValueError as exc:
+            # Not what a worker writes; the stream itself says what was appended.
+            log.warning("unreadable live message on %r: %s", channel, exc)
+            for reader in sub.readers:
+                reader.catch_up = True
+                reader.wake()
+            return
+        for reader in sub.readers:
+            reader.push(entries)
+
+    def _confirm(self, channel: bytes) -> None:
+        left = self._unconfirmed.get(channel, 0) - 1
+        if left > 0:
+            self._unconfirmed[channel] = left
+            return
+        self._unconfirmed.pop(channel, None)
+        sub = self._subs.get(channel)
+        if sub is not None and channel not in self._to_subscribe and not sub.confirmed:
+            sub.confirmed = True
+            for reader in sub.readers:
+                reader.wake()
+
+    def _fail_all(self, error: BaseException) -> None:
+        for sub in self._subs.values():
+            for reader in sub.readers:
+                reader.fail(error)

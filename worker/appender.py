@@ -1,0 +1,151 @@
+"""Batched, pipelined appends: every run in a worker process hands its events to one
+appender, which writes them to Redis with as few round trips as the load allows.
+
+Each stream has at most one append in flight. Events a run produces while its append is in
+flight wait and go together in the next one; appends of different streams that are ready
+at the same moment share one pipeline. Nothing waits on a timer: an idle stream's event is
+sent at once. Every append stays fenced by its attempt and idempotent by the count of
+events before it (`StreamStore.append_batches`), so a pipeline whose reply was lost is
+simply sent again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from shared import events as ev
+from shared.errors import FenceLost
+from shared.redis import REDIS_BLIP_ERRORS
+from shared.settings import Settings
+from shared.store import AppendBatch, StreamStore
+from shared.supervise import cancel_and_wait, supervise
+
+log = logging.getLogger(__name__)
+
+PIPELINES = 2  # pipelines in flight at once, each on its own pooled connection
+MAX_PENDING = 1024  # events a run may have waiting before `write` makes it wait
+
+
+class StreamWriter:
+    """One attempt's writes to one stream. `queued` counts every event handed over (what
+    the stream will hold); `held` the events Redis has acknowledged."""
+
+    def __init__(self, appender: Appender, stream_id: str, attempt: str, held: int) -> None:
+        self.appender = appender
+        self.stream_id = stream_id
+        self.attempt = attempt
+        self.held = held
+        self.queued = held
+        self.pending: list[ev.Event] = []
+        self.in_flight = False
+        self.error: BaseException | None = None
+        self._settled = asyncio.Event()  # nothing pending nor in flight
+        self._settled.set()
+
+    async def write(self, events: list[ev.Event]) -> None:
+        """Hand events over; returns at once unless too many are still waiting. Raises what
+        an earlier append of this writer ran into (FenceLost, a Redis outage)."""
+        if self.error is not None:
+            raise self.error
+        if not events:
+            return
+        self.pending.extend(events)
+        self.queued += len(events)
+        self._settled.clear()
+        if not self.in_flight:
+            self.appender._ready(self)
+        if len(self.pending) > MAX_PENDING:
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Wait until every event handed over is written."""
+        await self._settled.wait()
+        if self.error is not None:
+            raise self.error
+
+    def _take(self) -> AppendBatch:
+        batch = AppendBatch(self.stream_id, self.attempt, self.held, self.pending)
+        self.pending = []
+        self.in_flight = True
+        return batch
+
+    def _written(self, count: int) -> None:
+        self.held += count
+        self.in_flight = False
+        if self.pending:
+            self.appender._ready(self)
+        else:
+            self._settled.set()
+
+    def _failed(self, error: BaseException) -> None:
+        self.error = error
+        self.in_flight = False
+        self.pending = []
+        self._settled.set()
+
+
+class Appender:
+    """The worker process's appends: `writer()` for each run, `run_forever` supervised."""
+
+    def __init__(self, store: StreamStore, settings: Settings) -> None:
+        self.store = store
+        self.settings = settings
+        self._queue: list[StreamWriter] = []
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def writer(self, stream_id: str, attempt: str, held: int) -> StreamWriter:
+        return StreamWriter(self, stream_id, attempt, held)
+
+    def start(self) -> None:
+        self._tasks = [supervise(f"appender-{i}", self._pump) for i in range(PIPELINES)]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            await cancel_and_wait(task)
+        writers, self._queue = self._queue, []
+        for writer in writers:
+            writer._failed(ConnectionError("the worker stopped before this append was sent"))
+
+    def _ready(self, writer: StreamWriter) -> None:
+        self._queue.append(writer)
+        self._wake.set()
+
+    async def _pump(self) -> None:
+        while True:
+            if not self._queue:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            writers, self._queue = self._queue, []
+            batches = [w._take() for w in writers]
+            try:
+                outcomes = await self._send(batches)
+            except BaseException as exc:
+                for writer in writers:
+                    writer._failed(exc)
+                if not isinstance(exc, Exception):
+                    raise
+                continue
+            for writer, batch, outcome in zip(writers, batches, outcomes, strict=True):
+                if outcome is None:
+                    writer._failed(FenceLost())
+                else:
+                    writer._written(len(batch.events))
+
+    async def _send(self, batches: list[AppendBatch]) -> list[int | None]:
+        """One pipeline, sent again through a short Redis outage (a failover, a restart):
+        safe because every append in it is idempotent."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.redis_retry_s
+        delay = 0.05
+        while True:
+            try:
+                return await self.store.append_batches(batches)
+            except REDIS_BLIP_ERRORS:
+                if loop.time() + delay > deadline:
+                    raise
+                log.warning("redis unreachable; retrying %d appends in %.2fs", len(batches), delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
