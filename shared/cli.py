@@ -30,12 +30,49 @@ def _setup_logging(settings: Settings) -> None:
     )
 
 
-def cmd_api(settings: Settings) -> int:
+def _group(settings: Settings, role: str, processes: int) -> int:
+    """`spool <role> --processes N`: N single-process copies under one supervisor."""
+    from shared.process_group import run_group
+
+    env = dict(os.environ)
+    if settings.config is not None:
+        env["SPOOL_CONFIG"] = str(settings.config.resolve())
+    argv = [sys.executable, "-m", "shared.cli", role, "--processes", "1"]
+    if role == "api":
+        # Every API process listens on the same port; the kernel spreads connections.
+        argv += ["--host", settings.host, "--port", str(settings.port)]
+        env[REUSE_PORT_ENV] = "1"
+    log.info("starting %d %s processes", processes, role)
+    return run_group(argv, processes, env=env, grace_s=settings.worker_shutdown_grace_s + 5)
+
+
+REUSE_PORT_ENV = "SPOOL_REUSE_PORT"
+
+
+def _listening_socket(settings: Settings) -> socket.socket:
+    """The API's socket, shared with its sibling processes through SO_REUSEPORT."""
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((settings.host, settings.port))
+    sock.listen(LISTEN_BACKLOG)
+    return sock
+
+
+LISTEN_BACKLOG = 4096
+
+
+def cmd_api(settings: Settings, processes: int | None = None) -> int:
     import asyncio
 
     import uvicorn
 
     from api.app import create_app
+
+    processes = processes or settings.api_processes
+    if processes > 1:
+        return _group(settings, "api", processes)
 
     app = create_app(settings)
 
@@ -63,14 +100,20 @@ def cmd_api(settings: Settings) -> int:
         http="httptools",
         log_level=settings.log_level.lower(),
         timeout_graceful_shutdown=5,
+        backlog=LISTEN_BACKLOG,
     )
     logging.getLogger("uvicorn.access").addFilter(RedactQueryFilter())
-    DrainingServer(config).run()
+    sockets = [_listening_socket(settings)] if os.environ.get(REUSE_PORT_ENV) else None
+    DrainingServer(config).run(sockets=sockets)
     return 0
 
 
-def cmd_worker(settings: Settings) -> int:
+def cmd_worker(settings: Settings, processes: int | None = None) -> int:
     from worker.main import run_worker
+
+    processes = processes or settings.worker_processes
+    if processes > 1:
+        return _group(settings, "worker", processes)
 
     run_worker(settings)
     return 0
@@ -195,12 +238,9 @@ def cmd_dev(settings: Settings) -> int:
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     try:
-        children.append(subprocess.Popen([*base, "worker"], env=env))
-        children.append(
-            subprocess.Popen(
-                [*base, "api", "--host", settings.host, "--port", str(settings.port)], env=env
-            )
-        )
+        children.append(subprocess.Popen([*base, "worker", "--processes", "1"], env=env))
+        api = [*base, "api", "--processes", "1", "--host", settings.host]
+        children.append(subprocess.Popen([*api, "--port", str(settings.port)], env=env))
         print(
             f"Spool is serving on http://{settings.host}:{settings.port}  (Ctrl-C stops it)",
             flush=True,
@@ -249,6 +289,14 @@ def build_parser() -> argparse.ArgumentParser:
         if name != "worker":
             cmd.add_argument("--host", help="interface to listen on (SPOOL_HOST)")
             cmd.add_argument("--port", type=int, help="port to listen on (SPOOL_PORT)")
+        if name != "dev":
+            cmd.add_argument(
+                "--processes",
+                type=int,
+                choices=range(1, 257),
+                metavar="N",
+                help=f"run N {name} processes (SPOOL_{name.upper()}_PROCESSES; default 1)",
+            )
     return parser
 
 
@@ -264,11 +312,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"spool: {exc.message}", file=sys.stderr)
         return 2
     _setup_logging(settings)
-    commands = {"dev": cmd_dev, "api": cmd_api, "worker": cmd_worker}
     try:
         if args.command == "keys":
             return cmd_keys(settings, args)
-        return commands[args.command](settings)
+        if args.command == "api":
+            return cmd_api(settings, args.processes)
+        if args.command == "worker":
+            return cmd_worker(settings, args.processes)
+        return cmd_dev(settings)
     except SpoolError as exc:
         print(f"spool: {exc.message}", file=sys.stderr)
         return 1

@@ -179,6 +179,9 @@ class Settings(BaseSettings):
     # Redis connections one process may hold, whatever its load (an API process's stream
     # hub serves every open stream on one of them).
     redis_max_connections: int = Field(default=32, ge=4)
+    # Processes `spool api` and `spool worker` run (the --processes flag overrides them).
+    api_processes: int = Field(default=1, ge=1, le=256)
+    worker_processes: int = Field(default=1, ge=1, le=256)
 
     task_models: dict[str, TaskModelEntry] = Field(
         default_factory=lambda: dict(DEFAULT_TASK_MODELS)

@@ -1,0 +1,58 @@
+"""Runs N copies of one Spool command as child processes: restarts a child that dies, and
+passes SIGTERM and SIGINT on to all of them, so one command uses every core."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import subprocess
+import time
+from types import FrameType
+
+log = logging.getLogger(__name__)
+
+RESTART_BACKOFF_S = (0.5, 1.0, 2.0, 5.0)
+
+
+def run_group(argv: list[str], processes: int, *, env: dict[str, str], grace_s: float) -> int:
+    """Run `argv` `processes` times until SIGTERM or SIGINT; then stop the children, each
+    given `grace_s` to finish before it is killed."""
+    stopping = False
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+
+    def spawn(index: int) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(argv, env={**env, "SPOOL_PROCESS_INDEX": str(index)})
+
+    children = [spawn(i) for i in range(processes)]
+    restarts = [0] * processes
+    try:
+        while not stopping:
+            for index, child in enumerate(children):
+                code = child.poll()
+                if code is None or stopping:
+                    continue
+                delay = RESTART_BACKOFF_S[min(restarts[index], len(RESTART_BACKOFF_S) - 1)]
+                log.warning("process %d (pid %d) exited with %s; restarting in %.1fs",
+                            index, child.pid, code, delay)  # fmt: skip
+                time.sleep(delay)
+                restarts[index] += 1
+                children[index] = spawn(index)
+            time.sleep(0.2)
+        return 0
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        for child in children:
+            try:
+                child.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
