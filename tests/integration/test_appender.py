@@ -1,0 +1,127 @@
+"""Batched appends against a real redis-server: order and positions under many concurrent
+writers, a lost reply that is not written twice, and a stale attempt fenced out."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from shared import events as ev
+from shared import keys
+from shared.errors import FenceLost
+from shared.settings import Settings
+from shared.store import AppendBatch, StreamStore
+from worker.appender import Appender
+
+SETTINGS = Settings.model_validate({"retention_s": 600, "redis_retry_s": 2})
+
+
+class CountingStore(StreamStore):
+    """Counts round trips; can lose the reply of the next one (written, then an error)."""
+
+    round_trips = 0
+    lose_next_reply = False
+
+    async def append_batches(self, batches: list[AppendBatch]) -> list[int | None]:
+        self.round_trips += 1
+        outcome = await super().append_batches(batches)
+        if self.lose_next_reply:
+            self.lose_next_reply = False
+            raise RedisConnectionError("connection reset while reading the reply")
+        return outcome
+
+
+@pytest.fixture
+async def setup(redis: Redis) -> AsyncIterator[tuple[CountingStore, Appender]]:
+    store = CountingStore(redis, SETTINGS)
+    appender = Appender(store, SETTINGS)
+    appender.start()
+    yield store, appender
+    await appender.stop()
+
+
+async def new_job(store: StreamStore, attempt: str = "a1") -> str:
+    stream_id = uuid.uuid4().hex
+    await store.create(
+        stream_id, surface="openai.chat", model="demo", request={}, render={}, owner="k"
+    )
+    assert (await store.claim(stream_id, attempt, "w")).outcome == "claimed"
+    return stream_id
+
+
+async def test_many_jobs_at_once_keep_order_and_positions_in_few_round_trips(
+    setup: tuple[CountingStore, Appender],
+) -> None:
+    store, appender = setup
+    streams = [await new_job(store) for _ in range(100)]
+    per_stream = 200
+
+    async def produce(stream_id: str) -> None:
+        writer = appender.writer(stream_id, "a1", 0)
+        for i in range(per_stream):
+            await writer.write([ev.TextDelta(text=f"{stream_id[:4]}-{i}")])
+            if i % 3 == 0:
+                await asyncio.sleep(0)  # runs interleave as upstream reads do
+        await writer.flush()
+        assert writer.held == per_stream
+
+    await asyncio.gather(*(produce(s) for s in streams))
+    for stream_id in streams:
+        entries = await store.read_range(stream_id, "-", "+")
+        assert [e.seq for e in entries] == list(range(1, per_stream + 1))
+        assert (
+            [e.event.text for e in entries]
+            == [  # type: ignore[union-attr]
+                f"{stream_id[:4]}-{i}" for i in range(per_stream)
+            ]
+        )
+        assert int(await store.redis.hget(keys.job_key(stream_id), "appended")) == per_stream
+    # 20,000 events from 100 streams; pipelines carry many appends, appends many events.
+    assert store.round_trips < 100 * per_stream / 20
+
+
+async def test_a_batch_whose_reply_was_lost_is_not_written_twice(
+    setup: tuple[CountingStore, Appender],
+) -> None:
+    store, appender = setup
+    stream_id = await new_job(store)
+    writer = appender.writer(stream_id, "a1", 0)
+    await writer.write([ev.TextDelta(text="one"), ev.TextDelta(text="two")])
+    await writer.flush()
+    store.lose_next_reply = True
+    await writer.write([ev.TextDelta(text="three"), ev.TextDelta(text="four")])
+    await writer.flush()  # sent again after the lost reply
+    await writer.write([ev.TextDelta(text="five")])
+    await writer.flush()
+    entries = await store.read_range(stream_id, "-", "+")
+    assert [e.event.text for e in entries] == ["one", "two", "three", "four", "five"]  # type: ignore[union-attr]
+    assert [e.seq for e in entries] == [1, 2, 3, 4, 5]
+
+
+async def test_a_stale_attempt_cannot_append_any_part_of_a_batch(
+    setup: tuple[CountingStore, Appender],
+) -> None:
+    store, appender = setup
+    stream_id = await new_job(store)
+    stale = appender.writer(stream_id, "a1", 0)
+    await stale.write([ev.TextDelta(text="mine")])
+    await stale.flush()
+    # Another attempt takes the job over (the lease ran out and it was claimed again).
+    await store.redis.hset(keys.job_key(stream_id), "attempt", "a2")
+    await stale.write([ev.TextDelta(text=f"stale-{i}") for i in range(50)])
+    with pytest.raises(FenceLost):
+        await stale.flush()
+    with pytest.raises(FenceLost):
+        await stale.write([ev.TextDelta(text="again")])
+    entries = await store.read_range(stream_id, "-", "+")
+    assert [e.event.text for e in entries] == ["mine"]  # type: ignore[union-attr]
+    # The new attempt writes on from what the stream holds.
+    fresh = appender.writer(stream_id, "a2", 1)
+    await fresh.write([ev.TextDelta(text="theirs")])
+    await fresh.flush()
+    assert [e.seq for e in await store.read_range(stream_id, "-", "+")] == [1, 2]

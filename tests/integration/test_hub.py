@@ -1,0 +1,250 @@
+"""The stream hub against a real redis-server: shared reads, late and slow readers,
+trimming, a Redis restart under hundreds of waiting readers, and its connection count."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from api import hub as hub_module
+from api.hub import Reader, StreamHub
+from shared import events as ev
+from shared.embedded_redis import EmbeddedRedis
+from shared.errors import ResumePointExpired
+from shared.redis import create_redis
+from shared.settings import Settings
+from shared.store import Entry, Status, StreamStore
+from shared.supervise import cancel_and_wait, supervise
+from shared.transcript import Transcript
+from worker.appender import Appender
+
+SETTINGS = Settings.model_validate(
+    {"retention_s": 600, "keepalive_interval_s": 0.2, "redis_retry_s": 0.5}
+)
+
+
+class Harness:
+    """A hub and a worker-side appender on one Redis, as an API and a worker hold them."""
+
+    def __init__(self, redis: Redis, settings: Settings = SETTINGS) -> None:
+        self.store = StreamStore(redis, settings)
+        self.hub = StreamHub(redis, self.store, tick_s=settings.keepalive_interval_s)
+        self.appender = Appender(self.store, settings)
+        self.settings = settings
+
+    async def __aenter__(self) -> Harness:
+        self.task = supervise("hub", self.hub.run)
+        self.appender.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.appender.stop()
+        await cancel_and_wait(self.task)
+
+    async def new_stream(self) -> str:
+        stream_id = uuid.uuid4().hex
+        await self.store.create(
+            stream_id, surface="openai.chat", model="demo", request={}, render={}, owner="k"
+        )
+        claim = await self.store.claim(stream_id, "attempt", "worker")
+        assert claim.outcome == "claimed"
+        return stream_id
+
+    async def finish(self, stream_id: str, held: int) -> None:
+        await self.store.finish(
+            stream_id,
+            "attempt",
+            status=Status.COMPLETED,
+            terminal=ev.Finish(reason="stop"),
+            transcript=Transcript(finish_reason="stop"),
+        )
+
+
+def texts(n: int, start: int = 0) -> list[ev.Event]:
+    return [ev.TextDelta(text=f"t{i}") for i in range(start, start + n)]
+
+
+async def collect(hub: StreamHub, reader: Reader) -> list[Entry]:
+    """Everything the reader gets, to its terminal event."""
+    got: list[Entry] = []
+    async with contextlib.aclosing(hub.follow(reader)) as batches:
+        async for batch in batches:
+            got.extend(batch or [])
+    return got
+
+
+def text_of(entries: list[Entry]) -> list[str]:
+    return [e.event.text for e in entries if isinstance(e.event, ev.TextDelta)]
+
+
+@pytest.fixture
+async def harness(redis: Redis) -> AsyncIterator[Harness]:
+    async with Harness(redis) as h:
+        yield h
+
+
+async def test_many_readers_of_one_stream_get_identical_events(harness: Harness) -> None:
+    sid = await harness.new_stream()
+    readers = [harness.hub.open(sid, "0-0", 1) for _ in range(50)]
+    results = [asyncio.create_task(collect(harness.hub, r)) for r in readers]
+    assert harness.hub.streams == 1  # fifty readers, one subscription
+    writer = harness.appender.writer(sid, "attempt", 0)
+    for i in range(0, 300, 7):
+        await writer.write(texts(7, i))
+        await asyncio.sleep(0)
+    await writer.flush()
+    await harness.finish(sid, writer.held)
+    got = await asyncio.wait_for(asyncio.gather(*results), 10)
+    expected = [f"t{i}" for i in range(301)]
+    for entries in got:
+        assert text_of(entries) == expected
+        assert [e.seq for e in entries] == list(range(1, len(entries) + 1))
+        assert entries == got[0]
+        assert isinstance(entries[-1].event, ev.Finish)
+    assert harness.hub.streams == 0  # the last reader gone, the channel is given up
+
+
+async def test_readers_join_before_the_first_event_midstream_and_after_the_end(
+    harness: Harness,
+) -> None:
+    sid = await harness.new_stream()
+    early = asyncio.create_task(collect(harness.hub, harness.hub.open(sid, "0-0", 1)))
+    writer = harness.appender.writer(sid, "attempt", 0)
+    await writer.write(texts(40))
+    await writer.flush()
+    entries = await harness.store.read_range(sid, "-", "+")
+    middle = entries[19]
+    # Mid-stream: from the start (a full replay) and from the 20th event.
+    replay = asyncio.create_task(collect(harness.hub, harness.hub.open(sid, "0-0", 1)))
+    resumed = asyncio.create_task(
+        collect(harness.hub, harness.hub.open(sid, middle.id, middle.seq + 1))
+    )
+    await writer.write(texts(40, 40))
+    await writer.flush()
+    await harness.finish(sid, writer.held)
+    everything = [f"t{i}" for i in range(80)]
+    assert text_of(await asyncio.wait_for(early, 10)) == everything
+    assert text_of(await asyncio.wait_for(replay, 10)) == everything
+    assert text_of(await asyncio.wait_for(resumed, 10)) == everything[20:]
+    # After the end: the whole stream from the stream itself, terminal included.
+    late = await asyncio.wait_for(collect(harness.hub, harness.hub.open(sid, "0-0", 1)), 10)
+    assert text_of(late) == everything and isinstance(late[-1].event, ev.Finish)
+
+
+async def test_a_reader_slower_than_the_stream_catches_up_without_gaps(
+    harness: Harness,
+) -> None:
+    sid = await harness.new_stream()
+    reader = harness.hub.open(sid, "0-0", 1)
+    follow = harness.hub.follow(reader)
+    got: list[Entry] = []
+    writer = harness.appender.writer(sid, "attempt", 0)
+    total = hub_module.QUEUE_LIMIT * 6 // 10 * 10
+    async with contextlib.aclosing(follow):
+        await writer.write(texts(10))
+        got.extend(await anext(follow) or [])
+        for i in range(10, total, 10):
+            await writer.write(texts(10, i))
+            await writer.flush()
+        # Far more arrived than the hub holds for one reader: it let them go, and the
+        # reader is to read them from the stream.
+        await asyncio.sleep(0.05)
+        assert reader.catch_up and len(reader.queue) <= hub_module.QUEUE_LIMIT + 10
+        await harness.finish(sid, writer.held)
+        async for batch in follow:
+            got.extend(batch or [])
+    assert text_of(got) == [f"t{i}" for i in range(total)]
+    assert [e.seq for e in got] == list(range(1, total + 2))
+
+
+async def test_a_stream_trimmed_under_a_slow_reader_is_an_error(redis: Redis) -> None:
+    settings = Settings.model_validate({**SETTINGS.model_dump(), "stream_maxlen": 100})
+    async with Harness(redis, settings) as harness:
+        sid = await harness.new_stream()
+        reader = harness.hub.open(sid, "0-0", 1)
+        follow = harness.hub.follow(reader)
+        writer = harness.appender.writer(sid, "attempt", 0)
+        async with contextlib.aclosing(follow):
+            # The reader reads nothing while 2,000 events go by a stream capped at 100.
+            for i in range(0, 2000, 50):
+                await writer.write(texts(50, i))
+                await writer.flush()
+            with pytest.raises(ResumePointExpired):
+                async for _ in follow:
+                    pass
+
+
+async def test_a_redis_restart_ends_every_waiting_reader(tmp_path: Path) -> None:
+    server = EmbeddedRedis(tmp_path / "redis", appendonly=True)
+    server.start()
+    redis = create_redis(SETTINGS, url=server.url)
+    try:
+        async with Harness(redis) as harness:
+            streams = [await harness.new_stream() for _ in range(30)]
+            readers = [harness.hub.open(sid, "0-0", 1) for sid in streams for _ in range(10)]
+            tasks = [asyncio.create_task(collect(harness.hub, r)) for r in readers]
+            writer = harness.appender.writer(streams[0], "attempt", 0)
+            await writer.write(texts(3))
+            await writer.flush()
+            await asyncio.sleep(0.3)  # subscribed and waiting
+            server.stop()
+            outcomes = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 15)
+            # Not one reader hangs: each ends with the error its tail turns into an event.
+            assert all(isinstance(o, RedisError | OSError) for o in outcomes), outcomes
+            assert harness.hub.streams == 0
+            server.start()
+            # Once Redis is back, the same hub serves new readers.
+            sid = await harness.new_stream()
+            task = asyncio.create_task(collect(harness.hub, harness.hub.open(sid, "0-0", 1)))
+            writer = harness.appender.writer(sid, "attempt", 0)
+            await writer.write(texts(5))
+            await writer.flush()
+            await harness.finish(sid, writer.held)
+            assert text_of(await asyncio.wait_for(task, 15)) == [f"t{i}" for i in range(5)]
+    finally:
+        await redis.aclose()
+        server.stop()
+
+
+async def test_bursts_of_streams_keep_the_connection_count_constant(
+    redis_server: EmbeddedRedis,
+) -> None:
+    # Readers wait for streams that are never written: no tick comes to look at them.
+    settings = Settings.model_validate({**SETTINGS.model_dump(), "keepalive_interval_s": 60})
+    redis = create_redis(settings, url=redis_server.url.replace("/0", "/1"))
+
+    async def clients() -> int:
+        return len(await redis.client_list())
+
+    try:
+        async with Harness(redis, settings) as harness:
+            before = await clients()
+            for _ in range(3):
+                streams = [uuid.uuid4().hex for _ in range(1000)]
+                readers = [harness.hub.open(sid, "0-0", 1) for sid in streams]
+                follows = [asyncio.create_task(collect(harness.hub, r)) for r in readers]
+                await asyncio.sleep(0.5)  # all subscribed, each has read its stream once
+                assert harness.hub.streams == 1000
+                counts = await redis.pubsub_numsub(*(f"spool:{{{s}}}:live" for s in streams[:5]))
+                assert [n for _, n in counts] == [1] * 5
+                assert await clients() - before <= settings.redis_max_connections
+                for reader in readers:
+                    reader.gone = True
+                    reader.wake()
+                await asyncio.wait_for(asyncio.gather(*follows), 10)
+                assert harness.hub.streams == 0
+            await asyncio.sleep(0.2)
+            # Every channel is given up in Redis too.
+            assert await redis.pubsub_numsub(*(f"spool:{{{s}}}:live" for s in streams[:5])) == [
+                (f"spool:{{{s}}}:live".encode(), 0) for s in streams[:5]
+            ]
+            assert await clients() - before <= settings.redis_max_connections
+    finally:
+        await redis.aclose()
