@@ -26,14 +26,23 @@ def write_config(path: Path, models: dict[str, Any], **settings: Any) -> Path:
 
 class SpoolProcess:
     def __init__(
-        self, role: str, redis_url: str, config: Path, log_dir: Path, port: int | None = None
+        self,
+        role: str,
+        redis_url: str,
+        config: Path,
+        log_dir: Path,
+        port: int | None = None,
+        processes: int = 1,
     ):
         self.role = role
         self.port = port
+        self.processes = processes
         self.log_path = log_dir / f"{role}-{port or os.getpid()}-{time.monotonic_ns()}.log"
         args = [sys.executable, "-m", "shared.cli", "--config", str(config), role]
         if port is not None:
             args += ["--port", str(port)]
+        if processes > 1:
+            args += ["--processes", str(processes)]
         env = {**os.environ, "REDIS_URL": redis_url, "SPOOL_LOG_LEVEL": "warning"}
         self._log = self.log_path.open("wb")
         self.process = subprocess.Popen(args, env=env, stdout=self._log, stderr=subprocess.STDOUT)
@@ -69,14 +78,17 @@ class SpoolProcess:
         self._log.close()
 
 
-def start_api(redis_url: str, config: Path, log_dir: Path) -> SpoolProcess:
-    proc = SpoolProcess("api", redis_url, config, log_dir, port=free_port())
+def start_api(redis_url: str, config: Path, log_dir: Path, processes: int = 1) -> SpoolProcess:
+    """An API process on a free port (with `processes` > 1, `spool api --processes N`),
+    once it answers /healthz."""
+    proc = SpoolProcess("api", redis_url, config, log_dir, port=free_port(), processes=processes)
     proc.wait_healthy()
     return proc
 
 
-def start_worker(redis_url: str, config: Path, log_dir: Path) -> SpoolProcess:
-    return SpoolProcess("worker", redis_url, config, log_dir)
+def start_worker(redis_url: str, config: Path, log_dir: Path, processes: int = 1) -> SpoolProcess:
+    """A worker process (with `processes` > 1, `spool worker --processes N`)."""
+    return SpoolProcess("worker", redis_url, config, log_dir, processes=processes)
 
 
 def wait_ready(api_url: str, timeout_s: float = 20.0) -> None:

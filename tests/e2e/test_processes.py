@@ -109,5 +109,5 @@ def test_a_process_that_dies_is_restarted_and_sigterm_stops_them_all(
     api.process.send_signal(signal.SIGTERM)
     worker.process.send_signal(signal.SIGTERM)
     assert api.process.wait(20) == 0 and worker.process.wait(40) == 0
-    gone, alive = psutil.wait_procs(everyone, timeout=5)
+    _, alive = psutil.wait_procs(everyone, timeout=5)
     assert not alive
