@@ -68,13 +68,17 @@ class HostUnresolvable(SpoolError):
 async def check_host(host: str, port: int, allowlist: Allowlist, setting: str) -> None:
     """Resolve `host`; raise unless every address it has is global or allow-listed (in the
     setting named `setting`)."""
-    loop = asyncio.get_running_loop()
     try:
-        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except (socket.gaierror, UnicodeError) as exc:
-        raise HostUnresolvable(f"cannot resolve the host {host!r}") from exc
-    for info in infos:
-        address = ipaddress.ip_address(info[4][0])
+        # An address needs no lookup (which would cost a trip to the resolver's threads).
+        addresses = [ipaddress.ip_address(host)]
+    except ValueError:
+        loop = asyncio.get_running_loop()
+        try:
+            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except (socket.gaierror, UnicodeError) as exc:
+            raise HostUnresolvable(f"cannot resolve the host {host!r}") from exc
+        addresses = [ipaddress.ip_address(info[4][0]) for info in infos]
+    for address in addresses:
         if is_internal(address) and not allowlist.allows(host, address):
             raise AddressRefused(
                 f"the host {host!r} resolves to an internal address; "

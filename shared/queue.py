@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from enum import StrEnum
@@ -19,9 +19,10 @@ from typing import Any, Protocol, cast
 
 import orjson
 from arq.connections import ArqRedis
-from arq.constants import job_key_prefix
+from arq.constants import in_progress_key_prefix, job_key_prefix
 from arq.jobs import Job, JobStatus
 from arq.jobs import serialize_job as serialize_arq_job
+from arq.utils import timestamp_ms
 from arq.worker import Worker, func
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
@@ -102,7 +103,7 @@ class ArqJobQueue:
     def enqueue_into(self, pipe: Pipeline, function: str, job_id: str, *args: Any) -> None:
         """What `enqueue` does, without its read-before-write (the job id is new): the job
         as arq stores it, its place in the queue, and the wake-up for idle workers."""
-        now_ms = int(time.time() * 1000)
+        now_ms = timestamp_ms()
         job = serialize_arq_job(function, args, {}, None, now_ms, serializer=serialize_job)
         pipe.set(job_key_prefix + job_id, job, px=self.redis.expires_extra_ms, nx=True)
         pipe.zadd(self.queue_name, {job_id: now_ms}, nx=True)
@@ -122,10 +123,70 @@ JobFunction = Callable[..., Awaitable[Any]]
 Hook = Callable[[dict[str, Any]], Awaitable[None]]
 
 
+# One poll of the queue in one script: what arq's worker does with ZRANGEBYSCORE, then for
+# each job WATCH, EXISTS, ZSCORE and MULTI/EXEC. A job is taken (marked in progress) when
+# its time has come and no worker holds it; jobs stay in the queue until they end, so more
+# are looked at than taken. It touches arq's in-progress keys by name, so the queue needs a
+# Redis of its own (not a cluster).
+# KEYS: 1 the queue.
+# ARGV: 1 now (ms), 2 how long an in-progress mark lasts (ms), 3 at most this many jobs to
+#   take, 4 at most this many to look at, 5 arq's in-progress key prefix.
+# Returns the taken jobs as a flat list: id, score, id, score …
+_TAKE_JOBS = """
+local taken = {}
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[4])
+for _, id in ipairs(due) do
+  if #taken >= 2 * tonumber(ARGV[3]) then break end
+  local mark = ARGV[5] .. id
+  if redis.call('EXISTS', mark) == 0 then
+    redis.call('PSETEX', mark, ARGV[2], '1')
+    taken[#taken + 1] = id
+    taken[#taken + 1] = redis.call('ZSCORE', KEYS[1], id)
+  end
+end
+return taken
+"""
+
+
 class _WakeableWorker(Worker):
+    """arq's worker, waking on the wake channel instead of sleeping between polls, taking
+    the jobs one poll finds in one round trip, and forgetting finished jobs as they end
+    (arq's own poll walks every running job each time, which grows with the load)."""
+
     def __init__(self, *args: Any, wake: asyncio.Event, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.wake = wake
+
+    async def _poll_iteration(self) -> None:
+        free = self.max_jobs - self.job_counter
+        if self.allow_pick_jobs and free > 0:
+            hold_ms = int(self.in_progress_timeout_s * 1000)
+            taken = await self.pool.eval(
+                _TAKE_JOBS,
+                1,
+                self.queue_name,
+                str(timestamp_ms()),
+                str(hold_ms),
+                str(free),
+                str(self.queue_read_limit),
+                in_progress_key_prefix,
+            )  # type: ignore[misc]
+            for job_id, score in zip(taken[::2], taken[1::2], strict=True):
+                await self.sem.acquire()
+                self.job_counter += 1
+                task = self.loop.create_task(self.run_job(job_id.decode(), int(score)))
+                task.add_done_callback(functools.partial(self._job_ended, job_id.decode()))
+                self.tasks[job_id.decode()] = task
+        if self.allow_abort_jobs:
+            await self._cancel_aborted_jobs()
+        await self.heart_beat()
+
+    def _job_ended(self, job_id: str, task: asyncio.Task[None]) -> None:
+        self._release_sem_dec_counter_on_complete()
+        if self.tasks.get(job_id) is task:
+            del self.tasks[job_id]
+        if not task.cancelled() and task.exception() is not None:
+            log.error("job %s: %r", job_id, task.exception())
 
     async def main(self) -> None:
         # arq's own loop sleeps `poll_delay` between polls; this one waits on `wake` instead,

@@ -20,16 +20,21 @@ def _single_line(value: str, what: str) -> str:
     return value
 
 
-def format_event(data: str, *, id: str | None = None, event: str | None = None) -> bytes:
+def format_event(data: str | bytes, *, id: str | None = None, event: str | None = None) -> bytes:
     """One SSE event. Multi-line data becomes several `data:` lines, as the spec wants."""
-    lines: list[str] = []
+    raw = data.encode("utf-8") if isinstance(data, str) else data
+    parts: list[bytes] = []
     if event is not None:
-        lines.append(f"event: {_single_line(event, 'event name')}")
-    for line in data.replace("\r\n", "\n").replace("\r", "\n").split("\n"):
-        lines.append(f"data: {line}")
+        parts += (b"event: ", _single_line(event, "event name").encode("utf-8"), b"\n")
+    if b"\n" in raw or b"\r" in raw:
+        for line in raw.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n"):
+            parts += (b"data: ", line, b"\n")
+    else:  # the usual case (JSON): one line, written as it is
+        parts += (b"data: ", raw, b"\n")
     if id is not None:
-        lines.append(f"id: {_single_line(id, 'id')}")
-    return ("\n".join(lines) + "\n\n").encode("utf-8")
+        parts += (b"id: ", _single_line(id, "id").encode("utf-8"), b"\n")
+    parts.append(b"\n")
+    return b"".join(parts)
 
 
 def format_comment(text: str = "") -> bytes:

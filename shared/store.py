@@ -221,7 +221,8 @@ return {outcome, 'running', redis.call('HGET', KEYS[1], 'cancel') or '0',
 # KEYS: 1 job, 2 events (this runs for every batch, so it carries no more than it uses).
 # ARGV: 1 attempt, 2 maxlen, 3 expiry of a new stream (s), 4 how many events the stream held
 #   before this batch as the attempt counts them (a batch whose reply was lost and which is
-#   sent again is not written twice), 5 live channel, 6.. the encoded events.
+#   sent again is not written twice), 5 live channel, 6 the encoded events, one per line
+#   (JSON as workers encode it never holds a raw line break).
 # Returns false when fenced out, 0 when the batch was already written, else its length.
 _APPEND = """
 local job = redis.call('HMGET', KEYS[1], 'attempt', 'status', 'appended')
@@ -229,16 +230,17 @@ if job[1] ~= ARGV[1] or job[2] ~= 'running' then return false end
 local held = tonumber(job[3] or '0')
 if held > tonumber(ARGV[4]) then return 0 end
 local lines = {}
-for i = 6, #ARGV do
-  local n = held + i - 5
-  local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'e', ARGV[i], 'n', n)
-  lines[#lines + 1] = id .. ' ' .. n .. ' ' .. ARGV[i]
+local n = held
+for event in string.gmatch(ARGV[6], '[^\\n]+') do
+  n = n + 1
+  local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'e', event, 'n', n)
+  lines[#lines + 1] = id .. ' ' .. n .. ' ' .. event
 end
-redis.call('HINCRBY', KEYS[1], 'appended', #ARGV - 5)
+redis.call('HINCRBY', KEYS[1], 'appended', n - held)
 -- The stream key is born with its first entry; that is when it gets its expiry.
 if held == 0 then redis.call('EXPIRE', KEYS[2], ARGV[3]) end
 redis.call('PUBLISH', ARGV[5], table.concat(lines, '\\n'))
-return #ARGV - 5
+return n - held
 """
 
 _RENEW = (
@@ -660,7 +662,7 @@ class StreamStore:
             self.pending_ttl_s,
             batch.held,
             keys.live_channel(batch.stream_id),
-            *(ev.encode(e) for e in batch.events),
+            b"\n".join([ev.encode(e) for e in batch.events]),
         ]
 
     async def renew_lease(self, stream_id: str, attempt: str) -> Lease:

@@ -20,9 +20,10 @@ from shared.transcript import Transcript
 
 @dataclass(frozen=True, slots=True)
 class Frame:
-    """One SSE event before it gets its id: an optional event name and its data."""
+    """One SSE event before it gets its id: an optional event name and its data, rendered
+    to bytes once (JSON as orjson writes it)."""
 
-    data: str
+    data: bytes
     event: str | None = None
 
 

@@ -43,7 +43,7 @@ def error_type(status: int) -> str:
 
 
 def _frame(name: str, value: dict[str, Any]) -> Frame:
-    return Frame(orjson.dumps({"type": name, **value}).decode(), event=name)
+    return Frame(orjson.dumps({"type": name, **value}), event=name)
 
 
 def usage_object(transcript_usage: ev.Usage | None) -> dict[str, int]:

@@ -124,7 +124,7 @@ class _GeminiRenderer:
         }
         if usage is not None:
             body["usageMetadata"] = usage
-        return Frame(orjson.dumps(body).decode())
+        return Frame(orjson.dumps(body))
 
     def _whole_calls(self) -> list[dict[str, Any]]:
         parts = [function_call_part(self.calls[i]) for i in sorted(self.calls)]
@@ -151,6 +151,6 @@ class _GeminiRenderer:
                 return [self._response(entry_id, parts, usage, finishReason=finish)]
             case ev.Error():
                 status = event.status or error_status(event.code)
-                return [Frame(orjson.dumps(error_object(status, event.message)).decode())]
+                return [Frame(orjson.dumps(error_object(status, event.message)))]
             case _:
                 return []

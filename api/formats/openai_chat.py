@@ -12,11 +12,11 @@ from shared.errors import SpoolError, error_type
 from shared.store import JobRecord
 from shared.transcript import Transcript
 
-DONE = Frame("[DONE]")
+DONE = Frame(b"[DONE]")
 
 
-def _json(value: dict[str, Any]) -> str:
-    return orjson.dumps(value).decode()
+def _json(value: dict[str, Any]) -> bytes:
+    return orjson.dumps(value)
 
 
 def usage_object(usage: ev.Usage | None) -> dict[str, int]:

@@ -17,8 +17,8 @@ from shared.transcript import Transcript
 _CHAT = OpenAIChatFormat()  # errors look the same in both OpenAI formats
 
 
-def _json(value: dict[str, Any]) -> str:
-    return orjson.dumps(value).decode()
+def _json(value: dict[str, Any]) -> bytes:
+    return orjson.dumps(value)
 
 
 class OpenAICompletionsFormat:

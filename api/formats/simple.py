@@ -23,7 +23,7 @@ from shared.transcript import ToolCall, Transcript, merge_tool_call
 
 
 def _frame(value: dict[str, Any]) -> Frame:
-    return Frame(orjson.dumps(value).decode())
+    return Frame(orjson.dumps(value))
 
 
 def _tool_input(arguments: str) -> Any:

@@ -26,7 +26,7 @@ _OPENAI = OpenAIChatFormat()
 
 
 def _frame(name: str, value: dict[str, Any]) -> Frame:
-    return Frame(orjson.dumps(value).decode(), event=name)
+    return Frame(orjson.dumps(value), event=name)
 
 
 class TaskFormat:

@@ -31,7 +31,7 @@ def group(
     config = write_config(
         workdir / "spool.yaml", models, auth_enabled=False, keepalive_interval_s=0.5
     )
-    url = redis_server.url.replace("/0", "/4")
+    url = redis_server.url.replace("/0", "/5")  # a database no other suite uses
     worker = start_worker(url, config, workdir, processes=2)
     api = start_api(url, config, workdir, processes=2)
     wait_ready(api.url)

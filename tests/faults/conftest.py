@@ -170,11 +170,12 @@ class FaultCluster:
         raise AssertionError(f"no worker claimed {stream_id}")
 
     def kill(self, proc: SpoolProcess, sig: int = signal.SIGKILL) -> None:
-        proc.process.send_signal(sig)
-        proc.process.wait(10)
+        # Out of the lists first: no client picks a process that is going away.
         for group in (self.apis, self.workers):
             if proc in group:
                 group.remove(proc)
+        proc.process.send_signal(sig)
+        proc.process.wait(10)
 
     def stop_all(self) -> None:
         for proc in [*self.apis, *self.workers]:

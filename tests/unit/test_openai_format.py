@@ -28,7 +28,7 @@ FMT = OpenAIChatFormat()
 
 
 def parsed(frames: list[Frame]) -> list[Any]:
-    return [f.data if f.data == "[DONE]" else orjson.loads(f.data) for f in frames]
+    return [f.data.decode() if f.data == b"[DONE]" else orjson.loads(f.data) for f in frames]
 
 
 def only_chunk(event: ev.Event, render: dict[str, Any] = RENDER) -> dict[str, Any]:
@@ -118,7 +118,7 @@ def test_finish_with_include_usage() -> None:
     assert usage["choices"] == []
     assert usage["usage"] == {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}
     assert done == "[DONE]"
-    assert frames[2] == Frame("[DONE]")
+    assert frames[2] == Frame(b"[DONE]")
 
 
 def test_finish_with_include_usage_but_no_usage_reports_zeros() -> None:
@@ -225,10 +225,10 @@ def test_usage_object() -> None:
 
 
 def test_frame_ids() -> None:
-    three = [Frame("a"), Frame("b"), Frame("c")]
+    three = [Frame(b"a"), Frame(b"b"), Frame(b"c")]
     assert frame_ids("5-0", three) == ["5-0:0", "5-0:1", "5-0"]
-    assert frame_ids("5-0", [Frame("a")]) == ["5-0"]
-    assert frame_ids("1712345678901-3", [Frame("a"), Frame("b")]) == [
+    assert frame_ids("5-0", [Frame(b"a")]) == ["5-0"]
+    assert frame_ids("1712345678901-3", [Frame(b"a"), Frame(b"b")]) == [
         "1712345678901-3:0",
         "1712345678901-3",
     ]
@@ -253,12 +253,12 @@ def test_encode_frames() -> None:
     )
     events = decode(raw)
     assert [e.id for e in events] == ["5-0:0", "5-0:1", "5-0"]
-    assert [e.data for e in events] == [f.data for f in frames]
+    assert [e.data for e in events] == [f.data.decode() for f in frames]
     assert events[-1].data == "[DONE]"
 
 
 def test_encode_frames_skip_through() -> None:
-    frames = [Frame("a"), Frame("b"), Frame("c", event="named")]
+    frames = [Frame(b"a"), Frame(b"b"), Frame(b"c", event="named")]
     assert [(e.data, e.id) for e in decode(encode_frames("5-0", frames, skip_through=0))] == [
         ("b", "5-0:1"),
         ("c", "5-0"),
@@ -284,7 +284,7 @@ def test_resume_point_parse_frame() -> None:
 
 
 def test_resume_point_round_trips_frame_ids() -> None:
-    for i, frame_id in enumerate(frame_ids("9-2", [Frame("a"), Frame("b"), Frame("c")])):
+    for i, frame_id in enumerate(frame_ids("9-2", [Frame(b"a"), Frame(b"b"), Frame(b"c")])):
         point = ResumePoint.parse(frame_id)
         assert point.entry_id == "9-2"
         assert point.frame == (i if i < 2 else None)

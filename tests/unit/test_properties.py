@@ -833,16 +833,18 @@ def _assert_valid_wire(surface: str, entries: Entries, rendered: list[list[Frame
         assert isinstance(frames, list)
         for frame in frames:
             assert isinstance(frame, Frame)
-            assert isinstance(frame.data, str)
+            assert isinstance(frame.data, bytes)
             assert frame.event is None or isinstance(frame.event, str)
-            if not (surface.startswith("openai") and frame.data == "[DONE]"):
+            if not (surface.startswith("openai") and frame.data == b"[DONE]"):
                 orjson.loads(frame.data)
         # What the tail writes, read back by an SSE client.
         wire += encode_frames(entry_id, frames, with_ids=fmt.sse_ids)
         ids: list[str | None] = (
             list(frame_ids(entry_id, frames)) if fmt.sse_ids else [None] * len(frames)
         )
-        expected += [(f.data, f.event or "message", i) for f, i in zip(frames, ids, strict=True)]
+        expected += [
+            (f.data.decode(), f.event or "message", i) for f, i in zip(frames, ids, strict=True)
+        ]
     assert [(e.data, e.event, e.id) for e in _decode([wire])] == expected
 
 
