@@ -38,7 +38,7 @@ class StreamWriter:
         self.held = held
         self.queued = held
         self.pending: list[ev.Event] = []
-        self.in_flight = False
+        self.scheduled = False  # waiting in the appender's queue, or in flight
         self.error: BaseException | None = None
         self._settled = asyncio.Event()  # nothing pending nor in flight
         self._settled.set()
@@ -53,7 +53,8 @@ class StreamWriter:
         self.pending.extend(events)
         self.queued += len(events)
         self._settled.clear()
-        if not self.in_flight:
+        if not self.scheduled:
+            self.scheduled = True
             self.appender._ready(self)
         if len(self.pending) > MAX_PENDING:
             await self.flush()
@@ -67,20 +68,19 @@ class StreamWriter:
     def _take(self) -> AppendBatch:
         batch = AppendBatch(self.stream_id, self.attempt, self.held, self.pending)
         self.pending = []
-        self.in_flight = True
         return batch
 
     def _written(self, count: int) -> None:
         self.held += count
-        self.in_flight = False
         if self.pending:
-            self.appender._ready(self)
+            self.appender._ready(self)  # what came while this append was in flight
         else:
+            self.scheduled = False
             self._settled.set()
 
     def _failed(self, error: BaseException) -> None:
         self.error = error
-        self.in_flight = False
+        self.scheduled = False
         self.pending = []
         self._settled.set()
 
