@@ -35,15 +35,20 @@ from shared.store import StreamStore
 from shared.supervise import cancel_and_wait, supervise
 from shared.task_view import TaskViews
 
+QUEUE_CONNECTIONS = 4
+
 
 def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # The hub holds one connection of its own beside the pool.
-        redis = create_redis(settings, max_connections=settings.redis_max_connections - 1)
+        # Three kinds of connection, a fixed number of each whatever the load: one shared
+        # by every request (multiplexed), the stream hub's pub/sub, and a few for arq,
+        # whose enqueue WATCHes keys.
+        redis = create_redis(settings, multiplexed=True)
+        queue_redis = create_redis(settings, max_connections=QUEUE_CONNECTIONS)
         store = StreamStore(redis, settings)
         hub = StreamHub(redis, store, tick_s=settings.keepalive_interval_s)
-        queue = ArqJobQueue(redis)
+        queue = ArqJobQueue(queue_redis)
         hooks = HookStore(redis, settings.task_retention_s)
         app.state.services = Services(
             settings=settings,
@@ -70,6 +75,7 @@ def create_app(settings: Settings) -> FastAPI:
             for task in background:
                 await cancel_and_wait(task)
             await redis.aclose(close_connection_pool=True)
+            await queue_redis.aclose(close_connection_pool=True)
 
     app = FastAPI(title="Spool", version="0.1.0", lifespan=lifespan)
     install_error_handlers(app)

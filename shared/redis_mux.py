@@ -1,0 +1,219 @@
+"""One Redis connection shared by every coroutine of a process: commands issued in the same
+turn of the event loop go out in one write, and replies are handed back in order.
+
+redis-py's pools give each command in flight a connection of its own, so their number
+grows with the load (or, bounded, callers queue for them, each held through every delay
+of a busy event loop). `MuxPool` is a drop-in pool for `redis.asyncio.Redis` whose
+connections are leases on one multiplexed connection: plain commands, pipelines and
+MULTI/EXEC transactions all work, since a caller's commands are written together and in
+order. Blocking commands (XREAD BLOCK, BLPOP, SUBSCRIBE) and WATCH would stall or break the
+shared connection and must not be sent through it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from redis.asyncio.connection import AbstractConnection, ConnectionPool
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+
+_NO_RETRY = Retry(NoBackoff(), 0)
+
+
+class _Packed(list[bytes]):
+    """Packed commands that know how many replies they will get."""
+
+    replies = 1
+
+
+class Mux:
+    """The shared connection: an outbox flushed once per loop turn, and a reader that
+    resolves the callers' futures in the order their commands were written."""
+
+    def __init__(self, make_connection: Callable[[], AbstractConnection]) -> None:
+        self._make_connection = make_connection
+        self._conn: AbstractConnection | None = None
+        self._connecting: asyncio.Task[None] | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._outbox: list[tuple[list[bytes], list[asyncio.Future[Any]]]] = []
+        self._waiting: deque[asyncio.Future[Any]] = deque()
+        self._flush_scheduled = False
+        self._replies_due = asyncio.Event()
+        self._closed = False
+
+    @property
+    def connection(self) -> AbstractConnection:
+        """The connection as redis-py builds it (for packing commands)."""
+        if self._conn is None:
+            self._conn = self._make_connection()
+        return self._conn
+
+    def submit(self, chunks: list[bytes], replies: int) -> list[asyncio.Future[Any]]:
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in range(replies)]
+        self._outbox.append((chunks, futures))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            loop.call_soon(self._flush)
+        return futures
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if not self._outbox:
+            return
+        conn = self.connection
+        if not conn.is_connected or self._reader is None or self._reader.done():
+            if self._connecting is None:
+                self._connecting = asyncio.ensure_future(self._connect())
+            return
+        outbox, self._outbox = self._outbox, []
+        chunks: list[bytes] = []
+        for packed, futures in outbox:
+            chunks += packed
+            self._waiting.extend(futures)
+        try:
+            conn._writer.writelines(chunks)  # type: ignore[union-attr]
+        except Exception as exc:
+            self._broken(RedisConnectionError(f"writing to redis failed: {exc}"))
+            return
+        self._replies_due.set()
+
+    async def _connect(self) -> None:
+        try:
+            conn = self.connection
+            await conn.disconnect()
+            await conn.connect()  # type: ignore[no-untyped-call]
+        except Exception as exc:
+            outbox, self._outbox = self._outbox, []
+            for _, futures in outbox:
+                for future in futures:
+                    if not future.done():
+                        future.set_exception(_as_connection_error(exc))
+            return
+        finally:
+            self._connecting = None
+        self._reader = asyncio.ensure_future(self._read_replies(conn))
+        self._flush()
+
+    async def _read_replies(self, conn: AbstractConnection) -> None:
+        while True:
+            if not self._waiting:
+                self._replies_due.clear()
+                await self._replies_due.wait()
+                continue
+            try:
+                reply: Any = await conn.read_response(disconnect_on_error=False)
+            except ResponseError as exc:
+                reply = exc
+            except asyncio.CancelledError:
+                self._broken(RedisConnectionError("the connection to redis was closed"))
+                raise
+            except Exception as exc:
+                self._broken(_as_connection_error(exc))
+                return
+            future = self._waiting.popleft()
+            if future.done():
+                continue  # its caller gave up; the reply is still consumed in order
+            if isinstance(reply, ResponseError):
+                future.set_exception(reply)
+            else:
+                future.set_result(reply)
+
+    def _broken(self, error: Exception) -> None:
+        """Every command in flight fails; the next one reconnects."""
+        waiting, self._waiting = self._waiting, deque()
+        for future in waiting:
+            if not future.done():
+                future.set_exception(error)
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                transport = getattr(self._conn._writer, "transport", None)
+                if transport is not None:
+                    transport.abort()
+            self._conn._reader = None
+            self._conn._writer = None
+        if self._outbox and not self._closed and not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    async def close(self) -> None:
+        self._closed = True
+        for task in (self._reader, self._connecting):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+        if self._conn is not None:
+            await self._conn.disconnect()
+
+
+def _as_connection_error(exc: BaseException) -> Exception:
+    if isinstance(exc, RedisConnectionError):
+        return exc
+    return RedisConnectionError(f"redis connection failed: {exc}")
+
+
+class MuxLease:
+    """What `MuxPool.get_connection` hands a caller: the connection interface redis-py's
+    client and pipelines use, over the shared connection. Cheap; one per command."""
+
+    retry = _NO_RETRY
+    retry_on_error: list[type[Exception]] | None = None
+    is_connected = True
+
+    def __init__(self, mux: Mux) -> None:
+        self.mux = mux
+        self._replies: deque[asyncio.Future[Any]] = deque()
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        packed: list[bytes] = self.mux.connection.pack_command(*args)
+        return packed
+
+    def pack_commands(self, commands: Iterable[Iterable[Any]]) -> _Packed:
+        listed = [tuple(c) for c in commands]
+        packed = _Packed(self.mux.connection.pack_commands(listed))
+        packed.replies = len(listed)
+        return packed
+
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        chunks: list[bytes] = [command] if isinstance(command, bytes) else list(command)
+        replies = command.replies if isinstance(command, _Packed) else 1
+        self._replies.extend(self.mux.submit(chunks, replies))
+
+    async def send_command(self, *args: Any, **kwargs: Any) -> None:
+        await self.send_packed_command(self.pack_command(*args))
+
+    async def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        return await self._replies.popleft()
+
+    async def connect(self) -> None:
+        return None
+
+    async def disconnect(self, nowait: bool = False) -> None:
+        self._replies.clear()
+
+
+class MuxPool(ConnectionPool):
+    """A connection pool for `redis.asyncio.Redis` that multiplexes one connection (see
+    the module's docstring). `connection_class` and `connection_kwargs` stay available for
+    components that need a connection of their own (the stream hub's pub/sub)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.mux = Mux(self.make_connection)
+
+    async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        return MuxLease(self.mux)
+
+    async def release(self, connection: Any) -> None:
+        return None
+
+    async def disconnect(self, inuse_connections: bool = True) -> None:
+        await self.mux.close()

@@ -1,0 +1,129 @@
+"""The multiplexed Redis client against a real redis-server: many callers on one
+connection, pipelines, transactions, errors, scripts, cancelled callers and restarts."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+
+from shared.embedded_redis import EmbeddedRedis
+from shared.redis import create_redis
+from shared.redis_mux import MuxPool
+from shared.settings import Settings
+
+SETTINGS = Settings()
+
+
+@pytest.fixture
+async def mux(redis_server: EmbeddedRedis) -> AsyncIterator[Redis]:
+    client = create_redis(SETTINGS, url=redis_server.url.replace("/0", "/6"), multiplexed=True)
+    await client.flushdb()
+    yield client
+    await client.aclose(close_connection_pool=True)
+
+
+def writes(client: Redis) -> list[int]:
+    """Counts the writes the shared connection makes from now on."""
+    pool = client.connection_pool
+    assert isinstance(pool, MuxPool)
+    writer = pool.mux.connection._writer
+    assert writer is not None
+    counted = [0]
+    original = writer.writelines
+
+    def counting(chunks: list[bytes]) -> None:
+        counted[0] += 1
+        original(chunks)
+
+    writer.writelines = counting  # type: ignore[method-assign]
+    return counted
+
+
+async def test_many_callers_share_one_connection_and_one_write_per_turn(mux: Redis) -> None:
+    await mux.ping()  # connected
+    counted = writes(mux)
+    before = len(await mux.client_list())
+    results = await asyncio.gather(*(mux.incrby(f"k{i % 10}", i) for i in range(1000)))
+    assert counted[0] <= 2  # issued in the same turn: one write (the list is one more)
+    assert sorted(results)[-1] == max(sum(j for j in range(1000) if j % 10 == i) for i in range(10))
+    for i in range(10):
+        assert int(await mux.get(f"k{i}")) == sum(j for j in range(1000) if j % 10 == i)
+    assert len(await mux.client_list()) == before  # no new connections for the load
+
+
+async def test_pipelines_and_transactions_keep_their_replies_together(mux: Redis) -> None:
+    async def pipeline(n: int) -> list[object]:
+        async with mux.pipeline(transaction=n % 2 == 0) as pipe:
+            pipe.set(f"p{n}", n)
+            pipe.incr(f"p{n}")
+            pipe.get(f"p{n}")
+            return await pipe.execute()  # type: ignore[no-any-return]
+
+    replies = await asyncio.gather(*(pipeline(n) for n in range(200)))
+    assert replies == [[True, n + 1, str(n + 1).encode()] for n in range(200)]
+
+
+async def test_an_error_reply_fails_only_its_own_command(mux: Redis) -> None:
+    await mux.set("text", "x")
+
+    async def bad() -> object:
+        return await mux.incr("text")
+
+    results = await asyncio.gather(mux.set("a", 1), bad(), mux.get("a"), return_exceptions=True)
+    assert results[0] is True and results[2] == b"1"
+    assert isinstance(results[1], ResponseError)
+    async with mux.pipeline(transaction=False) as pipe:
+        pipe.incr("text")
+        pipe.get("text")
+        first, second = await pipe.execute(raise_on_error=False)
+    assert isinstance(first, ResponseError) and second == b"x"
+
+
+async def test_scripts_load_themselves_after_a_flush(mux: Redis) -> None:
+    script = mux.register_script("return redis.call('INCR', KEYS[1])")
+    assert await script(keys=["s"]) == 1
+    await mux.script_flush()
+    assert await script(keys=["s"]) == 2  # NOSCRIPT, loaded again, run
+
+
+async def test_a_caller_that_gives_up_does_not_shift_the_replies(mux: Redis) -> None:
+    await mux.set("slow", "v")
+    lua = "local t = redis.call('TIME'); while redis.call('TIME')[1] - t[1] < 1 do end return 1"
+    busy = asyncio.ensure_future(mux.eval(lua, 0))  # holds Redis for about a second
+    await asyncio.sleep(0)
+    gave_up = asyncio.ensure_future(mux.get("slow"))
+    kept = asyncio.ensure_future(mux.set("after", "ok"))
+    await asyncio.sleep(0.1)
+    gave_up.cancel()
+    assert await busy == 1
+    assert await kept is True
+    assert await mux.get("after") == b"ok"
+
+
+async def test_a_redis_restart_fails_what_was_in_flight_then_reconnects(tmp_path: Path) -> None:
+    server = EmbeddedRedis(tmp_path / "redis", appendonly=True)
+    server.start()
+    client = create_redis(SETTINGS, url=server.url, multiplexed=True)
+    try:
+        await client.set("kept", "1")
+        server.stop()
+        with pytest.raises(RedisConnectionError):
+            await client.get("kept")
+        server.start()
+        for _ in range(50):  # the next commands reconnect
+            try:
+                assert await client.get("kept") == b"1"
+                break
+            except RedisConnectionError:
+                await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("never reconnected")
+    finally:
+        await client.aclose(close_connection_pool=True)
+        server.stop()
