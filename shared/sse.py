@@ -91,6 +91,14 @@ class SSEDecoder:
 
     def _drain_lines(self) -> Iterator[ServerSentEvent]:
         buf = self._buffer
+        if "\r" not in buf:
+            # LF line ends only, as nearly every server sends: split them all at once.
+            *lines, self._buffer = buf.split("\n")
+            for line in lines:
+                event = self._process_line(line)
+                if event is not None:
+                    yield event
+            return
         start = 0
         while True:
             cr = buf.find("\r", start)

@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
+from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
 from shared import events as ev
@@ -636,22 +637,28 @@ class StreamStore:
         None when its attempt was fenced out, 0 when it had been written already, else the
         number of events written. Redis connection errors propagate: every batch is then
         safe to send again as it is."""
-        sha = self._append.sha
+        calls = [(2, self._append_args(batch)) for batch in batches]
+        replies = await self._run_many(self._append, calls)
+        return [None if r is None else int(r) for r in replies]
+
+    async def _run_many(self, script: AsyncScript, calls: list[tuple[int, list[Any]]]) -> list[Any]:
+        """One script run per call (key count, keys and arguments), in one pipeline."""
         async with self.redis.pipeline(transaction=False) as pipe:
-            for batch in batches:
-                pipe.execute_command("EVALSHA", sha, 2, *self._append_args(batch))
-            replies = await pipe.execute(raise_on_error=False)
+            for numkeys, args in calls:
+                pipe.execute_command("EVALSHA", script.sha, numkeys, *args)
+            replies: list[Any] = await pipe.execute(raise_on_error=False)
         if any(isinstance(r, NoScriptError) for r in replies):
-            # Redis lost its script cache (a restart or failover): load it and send those
-            # batches again, which is safe since each append is idempotent.
-            await self.redis.script_load(_APPEND)
+            # Redis lost its script cache (a restart or failover): load it and run those
+            # calls again; they did not run, so this changes nothing twice.
+            await self.redis.script_load(script.script)
             for i, reply in enumerate(replies):
                 if isinstance(reply, NoScriptError):
-                    replies[i] = await self.redis.evalsha(sha, 2, *self._append_args(batches[i]))  # type: ignore[misc]
+                    numkeys, args = calls[i]
+                    replies[i] = await self.redis.evalsha(script.sha, numkeys, *args)  # type: ignore[misc]
         for reply in replies:
             if isinstance(reply, Exception):
                 raise reply
-        return [None if r is None else int(r) for r in replies]
+        return replies
 
     def _append_args(self, batch: AppendBatch) -> list[Any]:
         return [
@@ -665,11 +672,13 @@ class StreamStore:
             b"\n".join([ev.encode(e) for e in batch.events]),
         ]
 
-    async def renew_lease(self, stream_id: str, attempt: str) -> Lease:
-        owned, since_reader_ms, cancel = await self._renew(
-            keys=self._keys(stream_id), args=[attempt, self.lease_ms, stream_id]
-        )
-        return Lease(bool(owned), int(since_reader_ms) / 1000, cancel == b"1")
+    async def renew_leases(self, runs: list[tuple[str, str]]) -> list[Lease]:
+        """Renew the leases of (stream id, attempt) pairs, all in one round trip."""
+        calls = [(5, [*self._keys(sid), attempt, self.lease_ms, sid]) for sid, attempt in runs]
+        return [
+            Lease(bool(owned), int(since_reader_ms) / 1000, cancel == b"1")
+            for owned, since_reader_ms, cancel in await self._run_many(self._renew, calls)
+        ]
 
     async def release(self, stream_id: str, attempt: str) -> bool:
         """Hand a job that emitted nothing back to the queue (worker shutting down)."""

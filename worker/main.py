@@ -25,7 +25,7 @@ async def deliver_webhook(ctx: dict[str, Any], task_id: str, seq: int, attempt: 
 
 def build_consumer(settings: Settings) -> QueueConsumer:
     redis = create_redis(settings)
-    runtime = WorkerRuntime(settings, redis)
+    runtime = WorkerRuntime(settings, redis, create_redis(settings, multiplexed=True))
     return QueueConsumer(
         redis,
         {GENERATE: generate, DELIVER_WEBHOOK: deliver_webhook},

@@ -24,7 +24,7 @@ from shared.netguard import Allowlist, GuardedTransport
 from shared.queue import ArqJobQueue
 from shared.reaper import WORKER_LOST, Reaper
 from shared.settings import Settings
-from shared.store import JobRecord, Status, StreamStore
+from shared.store import JobRecord, Lease, Status, StreamStore
 from shared.supervise import cancel_and_wait, supervise
 from shared.task_view import TaskViews
 from shared.tasks import TASK_SURFACE
@@ -44,13 +44,18 @@ from worker.webhook_outbox import WebhookDispatcher
 from worker.webhooks import WebhookSender
 
 log = logging.getLogger(__name__)
+RENEW_PAGE = 500  # leases renewed per round trip
 
 
 class WorkerRuntime:
-    def __init__(self, settings: Settings, redis: Redis) -> None:
+    """`redis` is a pool, for arq, pub/sub and blocking reads; `shared_redis` multiplexes
+    one connection for everything the runs write (see `shared.redis_mux`)."""
+
+    def __init__(self, settings: Settings, redis: Redis, shared_redis: Redis) -> None:
         self.settings = settings
         self.redis = redis
-        self.store = StreamStore(redis, settings)
+        self.shared_redis = shared_redis
+        self.store = StreamStore(shared_redis, settings)
         self.appender = Appender(self.store, settings)
         self.queue = ArqJobQueue(redis)
         self.reaper = Reaper(self.store, self.queue, settings)
@@ -117,6 +122,7 @@ class WorkerRuntime:
         for client in (self._http, self._webhook_http):
             if client is not None:
                 await client.aclose()
+        await self.shared_redis.aclose(close_connection_pool=True)
 
     # -- the job --------------------------------------------------------------------------
 
@@ -201,8 +207,12 @@ class WorkerRuntime:
                 # Drop workers whose heartbeat stopped long ago, so the set does not grow.
                 pipe.zremrangebyscore(keys.WORKERS_KEY, "-inf", time.time() - 3600)
                 await pipe.execute()
-            for stream_id, run in list(self.runs.items()):
-                lease = await self.store.renew_lease(stream_id, run.attempt)
+            runs = list(self.runs.items())
+            leases: list[Lease] = []
+            for page in range(0, len(runs), RENEW_PAGE):  # one round trip per page
+                chunk = runs[page : page + RENEW_PAGE]
+                leases += await self.store.renew_leases([(s, run.attempt) for s, run in chunk])
+            for (stream_id, run), lease in zip(runs, leases, strict=True):
                 if not lease.owned:
                     log.warning("stream %s: lease lost; stopping this attempt", stream_id)
                     run.cancelled.set()

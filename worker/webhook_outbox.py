@@ -77,7 +77,7 @@ class WebhookDispatcher:
         streams = {keys.stream_key(t): c for t, c in cursors.items()}
         streams[keys.HOOKS_WAKE_KEY] = self.wake_after
         block = PAGED_BLOCK_MS if paged else BLOCK_MS
-        reply = await self.store.redis.xread(streams, count=READ_COUNT, block=block)  # type: ignore[arg-type]
+        reply = await self.hooks.redis.xread(streams, count=READ_COUNT, block=block)  # type: ignore[arg-type]
         handled = 0
         by_key = {keys.stream_key(t): t for t in pending}
         for key, raw_entries in reply or []:

@@ -19,7 +19,7 @@ from shared import events as ev
 from shared.errors import UpstreamError
 from shared.request import GenerationRequest, Message, parse_json_object
 from shared.settings import ModelEntry
-from worker.providers.http import EventParser, incomplete, stream_events
+from worker.providers.http import EventParser, incomplete, read_to_the_end, stream_events
 
 DEFAULT_BASE_URL = "https://api.anthropic.com/v1"
 API_VERSION = "2023-06-01"
@@ -287,6 +287,7 @@ class AnthropicProvider:
                 for event in parser.parse(sse, functools.partial(mapper.map, name=sse.event)):
                     yield event
                 if mapper.stopped:
+                    await read_to_the_end(sses)
                     break
         if not mapper.stopped:
             raise incomplete()

@@ -8,6 +8,8 @@ idle timeout), `upstream_connect_error`, `upstream_incomplete` (ended without a 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncGenerator, Callable
 from typing import Any
@@ -117,6 +119,20 @@ async def stream_events(
     except httpx.HTTPError as exc:
         silent = f"the upstream went silent for {entry.idle_timeout_s:g}s"
         raise transport_error(exc, entry.connect_timeout_s, silent) from exc
+
+
+DRAIN_S = 0.05
+
+
+async def read_to_the_end(events: AsyncGenerator[ServerSentEvent, None]) -> None:
+    """After the upstream's last event, read what is left of the response (usually only
+    the end of its chunked body, already received), so its connection goes back to the
+    pool for the next request instead of being closed. An upstream that keeps the
+    response open longer than `DRAIN_S` is not waited for."""
+    with contextlib.suppress(TimeoutError, UpstreamError):
+        async with asyncio.timeout(DRAIN_S):
+            async for _ in events:
+                pass
 
 
 class EventParser:

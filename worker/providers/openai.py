@@ -13,7 +13,7 @@ from shared import events as ev
 from shared.errors import UpstreamError
 from shared.request import GenerationRequest, Message
 from shared.settings import ModelEntry
-from worker.providers.http import EventParser, incomplete, stream_events
+from worker.providers.http import EventParser, incomplete, read_to_the_end, stream_events
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 FINISH_REASONS: dict[str, ev.FinishReason] = {
@@ -144,6 +144,7 @@ class OpenAIProvider:
         async with contextlib.aclosing(events) as sses:
             async for sse in sses:
                 if sse.data == "[DONE]":
+                    await read_to_the_end(sses)
                     break
                 for event in parser.parse(sse, mapper.map):
                     yield event
