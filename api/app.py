@@ -63,7 +63,7 @@ def create_app(settings: Settings) -> FastAPI:
             artifacts=ArtifactStore(settings.artifacts_root, settings.max_output_bytes),
             hub=hub,
         )
-        background = [supervise("stream-hub", hub.run)]
+        background = [supervise("stream-hub", hub.run), supervise("hub-ticks", hub.tick_forever)]
         if settings.abandon_grace_s is not None:
             # Only the abandoned-stream policy reads these marks.
             background.append(supervise("reader-marks", hub.mark_readers_forever))

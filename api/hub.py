@@ -16,6 +16,7 @@ may have missed; if Redis cannot be reached, every reader ends with the error.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncGenerator
 
@@ -54,7 +55,7 @@ class _Sub:
     def __init__(self, stream_id: str, channel: bytes) -> None:
         self.stream_id = stream_id
         self.channel = channel
-        self.readers: set[Reader] = set()
+        self.readers: list[Reader] = []  # most streams have one
         self.confirmed = False  # Redis has confirmed the subscription; messages flow
 
 
@@ -64,7 +65,6 @@ class Reader:
 
     __slots__ = (
         "_last",
-        "_timer",
         "after",
         "catch_up",
         "drained",
@@ -93,9 +93,7 @@ class Reader:
         self.finished = False
         self.gone = False  # its client disconnected
         self.ticked = False
-        loop = asyncio.get_running_loop()
-        self._last = loop.time()
-        self._timer = loop.call_at(self._last + hub.tick_s, self._on_timer)
+        self._last = asyncio.get_running_loop().time()  # when it last had something
 
     def push(self, entries: list[Entry]) -> None:
         if len(self.queue) >= QUEUE_LIMIT:
@@ -142,18 +140,7 @@ class Reader:
         finally:
             self.waiter = None
 
-    def _on_timer(self) -> None:
-        loop = asyncio.get_running_loop()
-        due = self._last + self.hub.tick_s
-        if loop.time() >= due:
-            self.ticked = True
-            self._last = loop.time()
-            self.wake()
-            due = self._last + self.hub.tick_s
-        self._timer = loop.call_at(due, self._on_timer)
-
     def close(self) -> None:
-        self._timer.cancel()
         self.hub._close(self)
 
 
@@ -191,12 +178,13 @@ class StreamHub:
             self._dirty.set()
         reader = Reader(self, sub, after, next_seq)
         reader.drained = self.draining
-        sub.readers.add(reader)
+        sub.readers.append(reader)
         return reader
 
     def _close(self, reader: Reader) -> None:
         sub = reader.sub
-        sub.readers.discard(reader)
+        if reader in sub.readers:
+            sub.readers.remove(reader)
         if not sub.readers and self._subs.get(sub.channel) is sub:
             del self._subs[sub.channel]
             self._to_subscribe.discard(sub.channel)
@@ -211,6 +199,8 @@ class StreamHub:
         early when the process drains, if `drainable`. Closes the reader at the end."""
         store = self.store
         stream_id = reader.sub.stream_id
+        page: list[Entry] = []
+        queued: list[Entry] = []
         try:
             while not reader.finished:
                 if reader.error is not None:
@@ -243,6 +233,8 @@ class StreamHub:
                     continue
                 if batch:
                     yield batch
+                # A reader waits with nothing of what it last read.
+                batch = page = queued = []
         finally:
             reader.close()
 
@@ -258,6 +250,21 @@ class StreamHub:
         elif status.terminal and reader.sub.confirmed:
             # Ended, and its last event is behind this reader: nothing will ever come.
             reader.finished = True
+
+    async def tick_forever(self) -> None:
+        """Wake every reader that has had nothing for `tick_s` (for a keep-alive and a look
+        at its stream): one sweep a fraction of `tick_s` apart, not a timer per reader."""
+        loop = asyncio.get_running_loop()
+        interval = min(max(self.tick_s / 4, 0.05), 2.0)
+        while True:
+            await asyncio.sleep(interval)
+            due = loop.time() - self.tick_s
+            for sub in list(self._subs.values()):
+                for reader in sub.readers:
+                    if reader._last <= due:
+                        reader._last = loop.time()
+                        reader.ticked = True
+                        reader.wake()
 
     async def mark_readers_forever(self) -> None:
         """Note, about once a second and in one round trip, that this process's streams
@@ -334,16 +341,19 @@ class StreamHub:
         """Send (un)subscribes as readers come and go, a burst in one command, and a ping
         every `PING_INTERVAL_S`; a connection that stops answering pings is dropped."""
         loop = asyncio.get_running_loop()
+        next_ping = loop.time() + PING_INTERVAL_S
         while True:
-            try:
-                async with asyncio.timeout(PING_INTERVAL_S):
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.0, next_ping - loop.time())):
                     await self._dirty.wait()
-            except TimeoutError:
-                if loop.time() - self._pong > 3 * PING_INTERVAL_S:
-                    raise ConnectionError(
-                        "redis stopped answering the stream hub's pings"
-                    ) from None
-                await conn.send_command("PING")
+            now = loop.time()
+            if now >= next_ping:
+                # Pinged however busy the hub is, so a quiet Redis is told from a dead one.
+                if now - self._pong > 3 * PING_INTERVAL_S:
+                    raise ConnectionError("redis stopped answering the hub's pings")
+                await conn.send_packed_command(conn.pack_command("PING"), check_health=False)
+                next_ping = now + PING_INTERVAL_S
+            if not self._dirty.is_set():
                 continue
             self._dirty.clear()
             commands: list[list[bytes | str]] = []

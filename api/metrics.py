@@ -9,6 +9,8 @@ import time
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.responses import DEFERRED
+
 
 class Metrics:
     def __init__(self) -> None:
@@ -68,6 +70,10 @@ class MetricsMiddleware:
 
         try:
             await self.app(scope, receive, observe)
+            if scope.get(DEFERRED):
+                # A stream that starts once this call is over (see `DeferredStreams`).
+                status = 200
+                self.metrics.latency.labels(_route(scope)).observe(time.perf_counter() - started)
         finally:
             self.metrics.requests.labels(scope["method"], _route(scope), str(status)).inc()
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 STREAM_ID_HEADER = "X-Spool-Stream-Id"
 _STREAM_HEADERS = [
@@ -30,11 +30,20 @@ def _ignore() -> None:
     return None
 
 
+DEFERRED = "spool.deferred_stream"
+"""Scope key under which `DeferredStreams` hands an `EventStream` its place to wait."""
+
+
 class EventStream(Response):
     """An SSE response written straight to the server, one write per chunk the body
     yields. It costs one small task per open stream (the one that notices the client
     leaving, which calls `on_disconnect`), not a task group; `on_close` runs once the
-    response is over, however it ended, even if the body never started."""
+    response is over, however it ended, even if the body never started.
+
+    Under `DeferredStreams` it does not stream inside the framework's call stack: it
+    leaves itself in the scope and returns, and is run once that stack (its middleware
+    frames, the request object, the parsed body) is gone, so an open stream holds only
+    what it needs."""
 
     def __init__(
         self,
@@ -52,12 +61,20 @@ class EventStream(Response):
         self.on_close = on_close
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        deferred = scope.get(DEFERRED)
+        if deferred is not None:
+            deferred.append(self)
+            return
+        await self.run(receive, send)
+
+    async def run(self, receive: Receive, send: Send) -> None:
         watcher = asyncio.ensure_future(_until_disconnect(receive))
         watcher.add_done_callback(self._watched)
         try:
             await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
             async for chunk in self.events:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                del chunk  # held no longer than it takes to write it
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             watcher.cancel()
@@ -74,3 +91,32 @@ class EventStream(Response):
 async def _until_disconnect(receive: Receive) -> None:
     while (await receive())["type"] != "http.disconnect":
         pass
+
+
+class DeferredStreams:
+    """The outermost ASGI layer: runs an `EventStream` after the application's own call
+    (middleware, routing, the route) has returned, with the server's send and receive."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        deferred: list[EventStream] = []
+        scope[DEFERRED] = deferred
+        await self.app(scope, receive, send)
+        if deferred:
+            stream = deferred.pop()
+            # The server keeps the scope as long as the connection: let go of what the
+            # framework put in it (routes, exit stacks, handlers) before streaming.
+            for key in scope.keys() - _ASGI_SCOPE_KEYS:
+                del scope[key]
+            await stream.run(receive, send)
+
+
+_ASGI_SCOPE_KEYS = frozenset(
+    ("type", "asgi", "http_version", "server", "client", "scheme", "method", "root_path",
+     "path", "raw_path", "query_string", "headers", "state", "extensions")
+)  # fmt: skip

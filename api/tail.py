@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -95,7 +96,8 @@ class Tail:
     ) -> None:
         self.services = services
         self.store = services.store
-        self.record = record
+        # What a tail needs of the job; the request it carries can be large.
+        self.record = dataclasses.replace(record, request={})
         self.fmt = fmt
         self.cancel_on_disconnect = cancel_on_disconnect
         self.renderer = fmt.renderer(record.render)
@@ -161,6 +163,14 @@ class Tail:
             self.reader.gone = True
             self.reader.wake()
 
+    def _render(self, batch: list[Entry]) -> bytes:
+        fmt, renderer = self.fmt, self.renderer
+        return b"".join(
+            encode_frames(entry.id, frames, with_ids=fmt.sse_ids)
+            for entry in batch
+            if (frames := renderer.frames(entry.id, entry.event))
+        )
+
     async def stream(self, start: Start) -> AsyncIterator[bytes]:
         if start.replay:
             yield start.replay
@@ -176,13 +186,11 @@ class Tail:
                     if batch is None:
                         yield fmt.keepalive
                         continue
-                    out = [
-                        encode_frames(entry.id, frames, with_ids=fmt.sse_ids)
-                        for entry in batch
-                        if (frames := renderer.frames(entry.id, entry.event))
-                    ]
-                    if out:
-                        yield b"".join(out)
+                    chunk = self._render(batch)
+                    del batch  # nothing of an event outlives its write
+                    if chunk:
+                        yield chunk
+                    del chunk
             ended = not reader.gone
             if reader.drained and not reader.finished and not reader.gone and fmt.sse_ids:
                 # Shutting down: end at an event boundary; the client resumes elsewhere.

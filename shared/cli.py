@@ -69,6 +69,7 @@ def cmd_api(settings: Settings, processes: int | None = None) -> int:
     import uvicorn
 
     from api.app import create_app
+    from api.responses import DeferredStreams
 
     processes = processes or settings.api_processes
     if processes > 1:
@@ -93,7 +94,7 @@ def cmd_api(settings: Settings, processes: int | None = None) -> int:
             await super().serve(sockets)
 
     config = uvicorn.Config(
-        app,
+        DeferredStreams(app),
         host=settings.host,
         port=settings.port,
         loop="uvloop",

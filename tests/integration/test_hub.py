@@ -16,8 +16,9 @@ from redis.exceptions import RedisError
 from api import hub as hub_module
 from api.hub import Reader, StreamHub
 from shared import events as ev
+from shared import keys
 from shared.embedded_redis import EmbeddedRedis
-from shared.errors import ResumePointExpired
+from shared.errors import ResumePointExpired, StreamNotFound
 from shared.redis import create_redis
 from shared.settings import Settings
 from shared.store import Entry, Status, StreamStore
@@ -40,13 +41,14 @@ class Harness:
         self.settings = settings
 
     async def __aenter__(self) -> Harness:
-        self.task = supervise("hub", self.hub.run)
+        self.tasks = [supervise("hub", self.hub.run), supervise("ticks", self.hub.tick_forever)]
         self.appender.start()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.appender.stop()
-        await cancel_and_wait(self.task)
+        for task in self.tasks:
+            await cancel_and_wait(task)
 
     async def new_stream(self) -> str:
         stream_id = uuid.uuid4().hex
@@ -248,3 +250,19 @@ async def test_bursts_of_streams_keep_the_connection_count_constant(
             assert await clients() - before <= settings.redis_max_connections
     finally:
         await redis.aclose()
+
+
+async def test_an_idle_reader_gets_keepalives_and_learns_when_its_stream_is_gone(
+    harness: Harness,
+) -> None:
+    sid = await harness.new_stream()
+    reader = harness.hub.open(sid, "0-0", 1)
+    follow = harness.hub.follow(reader)
+    async with contextlib.aclosing(follow):
+        # Nothing is written: the reader is woken for a keep-alive, one tick at a time.
+        assert await asyncio.wait_for(anext(follow), 2) is None
+        assert await asyncio.wait_for(anext(follow), 2) is None
+        await harness.store.redis.delete(keys.job_key(sid))  # the stream expires
+        with pytest.raises(StreamNotFound):
+            await asyncio.wait_for(anext(follow), 2)
+    assert harness.hub.streams == 0
