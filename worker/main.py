@@ -25,9 +25,12 @@ async def deliver_webhook(ctx: dict[str, Any], task_id: str, seq: int, attempt: 
 
 def build_consumer(settings: Settings) -> QueueConsumer:
     redis = create_redis(settings)
-    runtime = WorkerRuntime(settings, redis, create_redis(settings, multiplexed=True))
+    shared_redis = create_redis(settings, multiplexed=True)
+    runtime = WorkerRuntime(settings, redis, shared_redis)
     return QueueConsumer(
-        redis,
+        # arq's own per-job reads and writes (no WATCH, nothing blocking) share the
+        # multiplexed connection, so a burst of jobs never waits for pooled connections.
+        shared_redis,
         {GENERATE: generate, DELIVER_WEBHOOK: deliver_webhook},
         wake=runtime.wake,
         on_startup=runtime.startup,
