@@ -74,25 +74,31 @@ class Reaper:
             log.warning("stream %s: worker lost before any output; re-queued", stream_id)
             await self.queue.enqueue(GENERATE, f"{stream_id}:requeue:{reaped.requeues}", stream_id)
             return 1
+        terminal: ev.Error | ev.Finish
+        status = Status.FAILED
         if reaped.outcome == "lost":
             log.warning("stream %s: worker lost after output; ending the stream", stream_id)
-            error = WORKER_LOST
+            terminal = WORKER_LOST
         elif reaped.outcome == "expired":
             log.warning("stream %s: no worker picked it up in time", stream_id)
-            error = ev.Error(
+            terminal = ev.Error(
                 code="queue_timeout", message="no worker picked up the job in time", retryable=True
             )
+        elif reaped.outcome == "cancelled":
+            # Cancelled, and its worker did not end it within its lease (gone, or too busy).
+            log.info("stream %s: cancelled; its worker did not end it in time", stream_id)
+            terminal, status = ev.Finish(reason="cancelled"), Status.CANCELLED
         else:
             return 0
         transcript = await self.store.rebuild_transcript(stream_id)
-        transcript.apply(error)
+        transcript.apply(terminal)
         record = await self.store.get(stream_id)
         try:
             await self.store.finish(
                 stream_id,
                 token,
-                status=Status.FAILED,
-                terminal=error,
+                status=status,
+                terminal=terminal,
                 transcript=transcript,
                 request=record.request,
             )

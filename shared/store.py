@@ -110,8 +110,9 @@ class Lease:
 
 @dataclass(frozen=True, slots=True)
 class Reaped:
-    """What the reaper found: "requeued" (with the requeue count), "lost" or "expired" (the
-    reaper now holds the attempt token and must end the stream), or nothing to do."""
+    """What the reaper found: "requeued" (with the requeue count), "lost", "expired" or
+    "cancelled" (the reaper now holds the attempt token and must end the stream), or
+    nothing to do."""
 
     outcome: str
     requeues: int = 0
@@ -345,6 +346,12 @@ if status == 'running' then
   if until_ > now then
     redis.call('ZADD', KEYS[4], until_, id)
     return {'alive'}
+  end
+  if redis.call('HGET', KEYS[1], 'cancel') == '1' then
+    -- Its client asked to cancel it: it ends cancelled, whatever became of its worker.
+    redis.call('HSET', KEYS[1], 'attempt', ARGV[2], 'lease_until', lease)
+    redis.call('ZADD', KEYS[4], lease, id)
+    return {'cancelled', redis.call('HGET', KEYS[1], 'appended') or '0'}
   end
   local requeues = tonumber(redis.call('HGET', KEYS[1], 'requeues') or '0')
   if redis.call('XLEN', KEYS[2]) == 0 and requeues < tonumber(ARGV[5]) then
@@ -749,6 +756,6 @@ class StreamStore:
         outcome = reply[0].decode()
         if outcome == "requeued":
             return Reaped(outcome, requeues=int(reply[1]))
-        if outcome in ("lost", "expired"):
+        if outcome in ("lost", "expired", "cancelled"):
             return Reaped(outcome, appended=int(reply[1]))
         return Reaped(outcome)

@@ -8,6 +8,8 @@ from redis.asyncio import Redis
 from shared import events as ev
 from shared import keys
 from shared.errors import FenceLost, InvalidResumeId, ResumePointExpired, StreamNotFound
+from shared.queue import ArqJobQueue
+from shared.reaper import Reaper
 from shared.settings import Settings
 from shared.store import Status, StreamStore
 from shared.transcript import Transcript
@@ -231,3 +233,23 @@ async def test_a_retried_append_is_not_written_twice(redis: Redis) -> None:
     await store.append(sid, "t", [ev.TextDelta(text="once")], held=0)
     await store.append(sid, "t", [ev.TextDelta(text="once")], held=0)  # reply was "lost"
     assert [e for _, e in await store.read_all(sid)] == [ev.TextDelta(text="once")]
+
+
+async def test_the_reaper_ends_a_cancelled_job_whose_worker_did_not_as_cancelled(
+    redis: Redis,
+) -> None:
+    store = make_store(redis)
+    sid = await create(store)
+    await store.claim(sid, "attempt-1", "test-worker")
+    await append(store, sid, "attempt-1", [ev.TextDelta(text="partial")])
+    assert await store.request_cancel(sid) is Status.RUNNING  # flagged; the worker is slow
+    await redis.hset(keys.job_key(sid), "lease_until", 0)  # and its lease ran out
+    reaper = Reaper(store, ArqJobQueue(redis), Settings())
+    assert await reaper.settle(sid) == 1
+    record = await store.get(sid)
+    assert record.status is Status.CANCELLED
+    events = [e for _, e in await store.read_all(sid)]
+    assert events[-1] == ev.Finish(reason="cancelled")
+    assert (await store.transcript(record)).content == "partial"
+    with pytest.raises(FenceLost):  # the slow worker can no longer write
+        await append(store, sid, "attempt-1", [ev.TextDelta(text="late")])
