@@ -86,6 +86,8 @@ def encode_frames(
 class Tail:
     """An SSE tail of one stream in its creating surface's format."""
 
+    __slots__ = ("cancel_on_disconnect", "fmt", "reader", "record", "renderer", "services", "store")
+
     def __init__(
         self,
         services: Services,

@@ -127,6 +127,8 @@ class OpenAIChatFormat:
 
 
 class _ChatRenderer:
+    __slots__ = ("fmt", "render")
+
     def __init__(self, fmt: OpenAIChatFormat, render: dict[str, Any]) -> None:
         self.fmt = fmt
         self.render = render
