@@ -50,13 +50,16 @@ class StreamWriter:
             raise self.error
         if not events:
             return
+        first = self.queued == 0
         self.pending.extend(events)
         self.queued += len(events)
         self._settled.clear()
         if not self.scheduled:
             self.scheduled = True
             self.appender._ready(self)
-        if len(self.pending) > MAX_PENDING:
+        if first or len(self.pending) > MAX_PENDING:
+            # The stream's first events go out before the run reads on (an upstream's
+            # first read may hold its whole answer): the first token is never held back.
             await self.flush()
 
     async def flush(self) -> None:

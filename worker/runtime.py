@@ -208,10 +208,16 @@ class WorkerRuntime:
                 pipe.zremrangebyscore(keys.WORKERS_KEY, "-inf", time.time() - 3600)
                 await pipe.execute()
             runs = list(self.runs.items())
-            leases: list[Lease] = []
-            for page in range(0, len(runs), RENEW_PAGE):  # one round trip per page
-                chunk = runs[page : page + RENEW_PAGE]
-                leases += await self.store.renew_leases([(s, run.attempt) for s, run in chunk])
+            # Every page at once, not one after the other: a busy event loop makes each
+            # wait long, and the leases must not run out while the pages take turns.
+            pairs = [(stream_id, run.attempt) for stream_id, run in runs]
+            pages = await asyncio.gather(
+                *(
+                    self.store.renew_leases(pairs[i : i + RENEW_PAGE])
+                    for i in range(0, len(pairs), RENEW_PAGE)
+                )
+            )
+            leases: list[Lease] = [lease for page in pages for lease in page]
             for (stream_id, run), lease in zip(runs, leases, strict=True):
                 if not lease.owned:
                     log.warning("stream %s: lease lost; stopping this attempt", stream_id)
