@@ -7,7 +7,6 @@ import base64
 import logging
 import os
 import secrets
-import signal
 import socket
 import subprocess
 import sys
@@ -17,6 +16,7 @@ from types import FrameType
 
 from shared.embedded_redis import EmbeddedRedis
 from shared.errors import SpoolError
+from shared.process_group import StopSignal, stop_children
 from shared.redact import RedactQueryFilter
 from shared.settings import Settings, load_settings
 
@@ -230,14 +230,7 @@ def cmd_dev(settings: Settings) -> int:
         dev_key = asyncio.run(_dev_key(settings, env["REDIS_URL"]))
     base = [sys.executable, "-m", "shared.cli"]
     children: list[subprocess.Popen[bytes]] = []
-    stopping = False
-
-    def stop(signum: int, frame: FrameType | None) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
+    stop = StopSignal()
     try:
         children.append(subprocess.Popen([*base, "worker", "--processes", "1"], env=env))
         api = [*base, "api", "--processes", "1", "--host", settings.host]
@@ -250,19 +243,11 @@ def cmd_dev(settings: Settings) -> int:
             print(f"Your local API key:  export SPOOL_API_KEY={dev_key}", flush=True)
         if webhook_secret:
             print(f"Webhook signing secret: {webhook_secret}", flush=True)
-        while not stopping and all(c.poll() is None for c in children):
+        while not stop.received and all(c.poll() is None for c in children):
             time.sleep(0.2)
-        return 0 if stopping else 1
+        return 0 if stop.received else 1
     finally:
-        for child in reversed(children):
-            if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
-        for child in reversed(children):
-            try:
-                child.wait(settings.worker_shutdown_grace_s + 5)
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait()
+        stop_children(children, settings.worker_shutdown_grace_s + 5)
         if redis is not None:
             redis.stop()
 

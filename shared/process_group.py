@@ -7,6 +7,7 @@ import logging
 import signal
 import subprocess
 import time
+from collections.abc import Sequence
 from types import FrameType
 
 log = logging.getLogger(__name__)
@@ -14,17 +15,37 @@ log = logging.getLogger(__name__)
 RESTART_BACKOFF_S = (0.5, 1.0, 2.0, 5.0)
 
 
+class StopSignal:
+    """Notes SIGINT and SIGTERM, for a supervisor's loop to see."""
+
+    def __init__(self) -> None:
+        self.received = False
+        signal.signal(signal.SIGINT, self._note)
+        signal.signal(signal.SIGTERM, self._note)
+
+    def _note(self, signum: int, frame: FrameType | None) -> None:
+        self.received = True
+
+
+def stop_children(children: Sequence[subprocess.Popen[bytes]], grace_s: float) -> None:
+    """SIGTERM to every child still running, last started first; each has `grace_s` to
+    finish before it is killed."""
+    for child in reversed(children):
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    for child in reversed(children):
+        try:
+            child.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+
+
 def run_group(argv: list[str], processes: int, *, env: dict[str, str], grace_s: float) -> int:
-    """Run `argv` `processes` times until SIGTERM or SIGINT; then stop the children, each
-    given `grace_s` to finish before it is killed."""
-    stopping = False
-
-    def stop(signum: int, frame: FrameType | None) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
+    """Run `argv` `processes` times until SIGTERM or SIGINT, replacing a copy that exits;
+    then stop them all (`stop_children`)."""
+    stop = StopSignal()
 
     def spawn(index: int) -> subprocess.Popen[bytes]:
         return subprocess.Popen(argv, env={**env, "SPOOL_PROCESS_INDEX": str(index)})
@@ -32,10 +53,10 @@ def run_group(argv: list[str], processes: int, *, env: dict[str, str], grace_s: 
     children = [spawn(i) for i in range(processes)]
     restarts = [0] * processes
     try:
-        while not stopping:
+        while not stop.received:
             for index, child in enumerate(children):
                 code = child.poll()
-                if code is None or stopping:
+                if code is None or stop.received:
                     continue
                 delay = RESTART_BACKOFF_S[min(restarts[index], len(RESTART_BACKOFF_S) - 1)]
                 log.warning("process %d (pid %d) exited with %s; restarting in %.1fs",
@@ -46,13 +67,4 @@ def run_group(argv: list[str], processes: int, *, env: dict[str, str], grace_s: 
             time.sleep(0.2)
         return 0
     finally:
-        for child in children:
-            if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + grace_s
-        for child in children:
-            try:
-                child.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait()
+        stop_children(children, grace_s)
