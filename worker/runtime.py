@@ -36,6 +36,7 @@ from worker.providers.anthropic import AnthropicProvider
 from worker.providers.demo import DemoProvider
 from worker.providers.gemini import GeminiProvider
 from worker.providers.openai import OpenAIProvider
+from worker.providers.transport import FastTransport
 from worker.task_providers import TaskProvider
 from worker.task_providers.demo import DemoTaskProvider
 from worker.task_providers.queue_http import QueueHttpProvider
@@ -69,6 +70,7 @@ class WorkerRuntime:
         self.hooks = HookStore(redis, settings.task_retention_s)
         self.views = TaskViews(self.store, self.hooks, settings.public_base_url)
         self._http: httpx.AsyncClient | None = None
+        self._stream_http: httpx.AsyncClient | None = None
         self._webhook_http: httpx.AsyncClient | None = None
         self.webhooks: WebhookSender | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -82,11 +84,18 @@ class WorkerRuntime:
             ),
             follow_redirects=False,
         )
+        # Streamed generations get the lean transport; tasks' requests stay with httpx's.
+        self._stream_http = httpx.AsyncClient(
+            transport=GuardedTransport(
+                Allowlist.parse(self.settings.upstream_allowlist), FastTransport()
+            ),
+            follow_redirects=False,
+        )
         self.providers = {
             "demo": DemoProvider(),
-            "openai": OpenAIProvider(self._http),
-            "anthropic": AnthropicProvider(self._http),
-            "gemini": GeminiProvider(self._http),
+            "openai": OpenAIProvider(self._stream_http),
+            "anthropic": AnthropicProvider(self._stream_http),
+            "gemini": GeminiProvider(self._stream_http),
         }
         self.task_providers = {
             "demo": DemoTaskProvider(),
@@ -119,7 +128,7 @@ class WorkerRuntime:
         await self.appender.stop()
         with contextlib.suppress(RedisError):
             await self.redis.zrem(keys.WORKERS_KEY, self.worker_id)
-        for client in (self._http, self._webhook_http):
+        for client in (self._http, self._stream_http, self._webhook_http):
             if client is not None:
                 await client.aclose()
         await self.shared_redis.aclose(close_connection_pool=True)

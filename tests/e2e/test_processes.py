@@ -27,7 +27,7 @@ def group(
     tmp_path_factory: pytest.TempPathFactory, redis_server: EmbeddedRedis
 ) -> Iterator[tuple[SpoolProcess, SpoolProcess, str]]:
     workdir: Path = tmp_path_factory.mktemp("processes")
-    models = {"slow": {"provider": "demo", "tokens_per_second": 20, "max_output_tokens": 30}}
+    models = {"slow": {"provider": "demo", "tokens_per_second": 10, "max_output_tokens": 30}}
     config = write_config(
         workdir / "spool.yaml", models, auth_enabled=False, keepalive_interval_s=0.5
     )
@@ -35,6 +35,10 @@ def group(
     worker = start_worker(url, config, workdir, processes=2)
     api = start_api(url, config, workdir, processes=2)
     wait_ready(api.url)
+    # One API process answering is not both: wait until each listens on the port.
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and len(listening(api)) < 2:
+        time.sleep(0.1)
     yield api, worker, url
     api.stop()
     worker.stop()
@@ -42,6 +46,17 @@ def group(
 
 def children(proc: SpoolProcess) -> list[psutil.Process]:
     return psutil.Process(proc.process.pid).children()
+
+
+def listening(api: SpoolProcess) -> list[psutil.Process]:
+    return [
+        child
+        for child in children(api)
+        if any(
+            c.status == psutil.CONN_LISTEN and c.laddr.port == api.port
+            for c in child.net_connections()
+        )
+    ]
 
 
 def stream(url: str) -> tuple[str, str]:
@@ -75,11 +90,13 @@ def test_n_processes_share_the_port_and_the_queue(
 
     with ThreadPoolExecutor(16) as pool:
         futures = [pool.submit(one) for _ in range(16)]
-        time.sleep(0.5)  # all 16 streams open at once
-        for child in children(api):
-            port = api.port
-            if any(c.laddr and c.laddr.port == port and c.raddr for c in child.net_connections()):
-                served_by.add(child.pid)
+        deadline = time.monotonic() + 2.5  # the 16 streams last 3 s: all open at once
+        while len(served_by) < 2 and time.monotonic() < deadline:
+            for child in children(api):
+                connections = child.net_connections()
+                if any(c.laddr and c.laddr.port == api.port and c.raddr for c in connections):
+                    served_by.add(child.pid)
+            time.sleep(0.1)
         results = [f.result() for f in futures]
     # The kernel spread the connections over both API processes.
     assert len(served_by) == 2

@@ -184,6 +184,13 @@ def test_concurrency_per_key_and_per_deployment(tenancy: Tenancy) -> None:
         time.sleep(0.1)
     assert again.status_code == 200, "the cancelled stream gave its slot back"
     httpx.post(f"{tenancy.url}/v1/streams/{ids[1]}/cancel", headers=bearer(secret))
+    # Its slot is given back when its worker has ended it, which the cap below counts on.
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        ended = httpx.get(f"{tenancy.url}/v1/streams/{ids[1]}/result", headers=bearer(secret))
+        if ended.json()["status"] == "cancelled":
+            break
+        time.sleep(0.05)
 
     # The deployment-wide cap holds across keys.
     opened, refused = [], 0
