@@ -174,7 +174,9 @@ def test_concurrency_per_key_and_per_deployment(tenancy: Tenancy) -> None:
     )
     assert third.status_code == 429 and third.headers["retry-after"] == "1"
     httpx.post(f"{tenancy.url}/v1/streams/{ids[0]}/cancel", headers=bearer(secret))
-    deadline = time.monotonic() + 5
+    # Usually within milliseconds; a worker that missed the cancel message sees the flag
+    # at its next lease renewal, and this machine may be busy with other suites.
+    deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         again = httpx.post(
             f"{tenancy.url}/v1/chat/completions", json=chat(), headers=bearer(secret)
