@@ -39,7 +39,6 @@ class Services:
     artifacts: ArtifactStore
     hub: StreamHub
     formats: dict[str, WireFormat] = field(default_factory=registry)
-    draining: asyncio.Event = field(default_factory=asyncio.Event)
     background: set[asyncio.Task[Any]] = field(default_factory=set)
 
     def spawn(self, work: Coroutine[Any, Any, Any], name: str) -> None:
@@ -56,11 +55,7 @@ class Services:
 
     def begin_drain(self, loop: asyncio.AbstractEventLoop) -> None:
         """Called from the signal handler: tails end at their next event boundary."""
-        loop.call_soon_threadsafe(self._drain)
-
-    def _drain(self) -> None:
-        self.draining.set()
-        self.hub.drain()
+        loop.call_soon_threadsafe(self.hub.drain)
 
 
 log = logging.getLogger(__name__)

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -12,6 +17,26 @@ from shared.settings import Settings
 CONNECT_TIMEOUT_S = 2.0
 REDIS_BLIP_ERRORS = (RedisConnectionError, RedisTimeoutError)
 """What a short Redis outage (a failover, a restart) raises: worth sending again."""
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+async def with_redis_retry(settings: Settings, action: Callable[[], Awaitable[T]]) -> T:
+    """Ride out a short Redis outage (up to `redis_retry_s`) instead of failing: for
+    writes that are idempotent, such as a worker's fenced appends and finishes."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + settings.redis_retry_s
+    delay = 0.05
+    while True:
+        try:
+            return await action()
+        except REDIS_BLIP_ERRORS:
+            if loop.time() + delay > deadline:
+                raise
+            log.warning("redis unreachable; retrying a stream write in %.2fs", delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
 
 
 def create_redis(

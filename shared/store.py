@@ -563,7 +563,8 @@ class StreamStore:
         self, stream_id: str, after: str, *, block_ms: int | None, count: int = 256
     ) -> list[Entry]:
         """Entries after `after` (an entry id, or "0-0" for the start), waiting up to
-        `block_ms` for the first one when there are none yet."""
+        `block_ms` for the first one when there are none yet. Never block through a
+        multiplexed client (`shared.redis_mux`): it would hold every other command up."""
         key = keys.stream_key(stream_id)
         reply = await self.redis.xread({key: after}, count=count, block=block_ms)
         if not reply:

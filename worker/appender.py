@@ -12,18 +12,15 @@ simply sent again.
 from __future__ import annotations
 
 import asyncio
-import logging
 
 from shared import events as ev
 from shared.errors import FenceLost
-from shared.redis import REDIS_BLIP_ERRORS
+from shared.redis import with_redis_retry
 from shared.settings import Settings
 from shared.store import AppendBatch, StreamStore
 from shared.supervise import cancel_and_wait, supervise
 
-log = logging.getLogger(__name__)
-
-PIPELINES = 2  # pipelines in flight at once, each on its own pooled connection
+PIPELINES = 2  # pipelines in flight at once
 MAX_PENDING = 1024  # events a run may have waiting before `write` makes it wait
 
 
@@ -140,15 +137,4 @@ class Appender:
     async def _send(self, batches: list[AppendBatch]) -> list[int | None]:
         """One pipeline, sent again through a short Redis outage (a failover, a restart):
         safe because every append in it is idempotent."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.settings.redis_retry_s
-        delay = 0.05
-        while True:
-            try:
-                return await self.store.append_batches(batches)
-            except REDIS_BLIP_ERRORS:
-                if loop.time() + delay > deadline:
-                    raise
-                log.warning("redis unreachable; retrying %d appends in %.2fs", len(batches), delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 1.0)
+        return await with_redis_retry(self.settings, lambda: self.store.append_batches(batches))

@@ -7,13 +7,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
 
 from shared import events as ev
 from shared.backoff import jittered_backoff
 from shared.errors import FenceLost, UpstreamError
 from shared.redact import redact
-from shared.redis import REDIS_BLIP_ERRORS
+from shared.redis import REDIS_BLIP_ERRORS, with_redis_retry
 from shared.settings import Settings
 from shared.store import JobRecord, Status, StreamStore
 from shared.supervise import cancel_and_wait
@@ -31,24 +30,6 @@ def backoff_delay(settings: Settings, failures: int, retry_after: float | None) 
         return None
     delay = jittered_backoff(settings.upstream_backoff_s, settings.upstream_backoff_max_s, failures)
     return max(retry_after or 0.0, delay)
-
-
-async def with_redis_retry(settings: Settings, action: Callable[[], Awaitable[None]]) -> None:
-    """Ride out a short Redis outage (failover, restart) instead of failing the stream.
-    Safe because every worker write is idempotent (see `StreamStore.append`)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + settings.redis_retry_s
-    delay = 0.05
-    while True:
-        try:
-            await action()
-            return
-        except REDIS_BLIP_ERRORS:
-            if loop.time() + delay > deadline:
-                raise
-            log.warning("redis unreachable; retrying a stream write in %.2fs", delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 1.0)
 
 
 class JobRun:
