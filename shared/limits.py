@@ -10,39 +10,10 @@ from __future__ import annotations
 
 from redis.asyncio import Redis
 
-from shared import keys
+from shared import keys, scripts
 from shared.auth import ApiKey
 from shared.errors import BudgetExhausted, RateLimited
 from shared.settings import Settings
-from shared.store import NOW_MS
-
-_ADMIT = (
-    NOW_MS
-    + """
-local budget = tonumber(ARGV[6])
-if budget > 0 and tonumber(redis.call('HGET', KEYS[3], 'total') or '0') >= budget then
-  return {'budget', 0}
-end
-local rpm = tonumber(ARGV[1])
-if rpm > 0 then
-  local counter = ARGV[7] .. math.floor(now / 60000)
-  local n = redis.call('INCR', counter)
-  if n == 1 then redis.call('EXPIRE', counter, 61) end
-  if n > rpm then return {'rate', 60 - math.floor(now / 1000) % 60} end
-end
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
-if tonumber(ARGV[2]) > 0 and redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then
-  return {'concurrency', 1}
-end
-if tonumber(ARGV[3]) > 0 and redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[3]) then
-  return {'global', 1}
-end
-redis.call('ZADD', KEYS[1], now + tonumber(ARGV[5]), ARGV[4])
-redis.call('ZADD', KEYS[2], now + tonumber(ARGV[5]), ARGV[4])
-return {'ok', 0}
-"""
-)
 
 
 class Admission:
@@ -51,7 +22,7 @@ class Admission:
         self.global_limit = settings.max_concurrent_generations or 0
         # A slot outlives any job: the longest wait in the queue plus the longest run.
         self.slot_ms = (settings.queue_timeout_s + settings.job_timeout_s + 60) * 1000
-        self._admit = redis.register_script(_ADMIT)
+        self._admit = scripts.register(redis, "admit")
 
     async def admit(self, key: ApiKey, stream_id: str) -> None:
         """Take a generation slot for `stream_id`, or raise 402 / 429 (with Retry-After)."""

@@ -28,7 +28,7 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
-from shared import keys
+from shared import keys, scripts
 
 log = logging.getLogger(__name__)
 
@@ -123,31 +123,6 @@ JobFunction = Callable[..., Awaitable[Any]]
 Hook = Callable[[dict[str, Any]], Awaitable[None]]
 
 
-# One poll of the queue in one script: what arq's worker does with ZRANGEBYSCORE, then for
-# each job WATCH, EXISTS, ZSCORE and MULTI/EXEC. A job is taken (marked in progress) when
-# its time has come and no worker holds it; jobs stay in the queue until they end, so more
-# are looked at than taken. It touches arq's in-progress keys by name, so the queue needs a
-# Redis of its own (not a cluster).
-# KEYS: 1 the queue.
-# ARGV: 1 now (ms), 2 how long an in-progress mark lasts (ms), 3 at most this many jobs to
-#   take, 4 at most this many to look at, 5 arq's in-progress key prefix.
-# Returns the taken jobs as a flat list: id, score, id, score …
-_TAKE_JOBS = """
-local taken = {}
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[4])
-for _, id in ipairs(due) do
-  if #taken >= 2 * tonumber(ARGV[3]) then break end
-  local mark = ARGV[5] .. id
-  if redis.call('EXISTS', mark) == 0 then
-    redis.call('PSETEX', mark, ARGV[2], '1')
-    taken[#taken + 1] = id
-    taken[#taken + 1] = redis.call('ZSCORE', KEYS[1], id)
-  end
-end
-return taken
-"""
-
-
 class _WakeableWorker(Worker):
     """arq's worker, waking on the wake channel instead of sleeping between polls, taking
     the jobs one poll finds in one round trip, and forgetting finished jobs as they end
@@ -156,21 +131,16 @@ class _WakeableWorker(Worker):
     def __init__(self, *args: Any, wake: asyncio.Event, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.wake = wake
+        self._take_jobs = scripts.register(self.pool, "take_jobs")
 
     async def _poll_iteration(self) -> None:
         free = self.max_jobs - self.job_counter
         if self.allow_pick_jobs and free > 0:
             hold_ms = int(self.in_progress_timeout_s * 1000)
-            taken = await self.pool.eval(
-                _TAKE_JOBS,
-                1,
-                self.queue_name,
-                str(timestamp_ms()),
-                str(hold_ms),
-                str(free),
-                str(self.queue_read_limit),
-                in_progress_key_prefix,
-            )  # type: ignore[misc]
+            taken = await self._take_jobs(
+                keys=[self.queue_name],
+                args=[timestamp_ms(), hold_ms, free, self.queue_read_limit, in_progress_key_prefix],
+            )
             for job_id, score in zip(taken[::2], taken[1::2], strict=True):
                 await self.sem.acquire()
                 self.job_counter += 1

@@ -20,7 +20,7 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
 from shared import events as ev
-from shared import keys
+from shared import keys, scripts
 from shared.errors import (
     FenceLost,
     InvalidRequest,
@@ -147,248 +147,6 @@ class Entry:
         return cls(entry_id.decode(), int(fields[b"n"]), ev.decode(fields[ev.FIELD]))
 
 
-# Server time in ms; scripts use Redis' clock so leases do not depend on worker clocks.
-NOW_MS = "local t = redis.call('TIME'); local now = t[1] * 1000 + math.floor(t[2] / 1000)\n"
-
-# KEYS: 1 job, 2 events, 3 tombstone, 4 leases index, 5 queued index (see `_keys`).
-
-# Gives back the owner's concurrency slot when a job ends. Key names are built here from
-# the owner on the record (ARGV carries the prefixes from shared/keys.py).
-_RELEASE_SLOT = """
-local function release_slot(id, owner, key_prefix, global_key)
-  if owner then redis.call('ZREM', key_prefix .. owner, id) end
-  redis.call('ZREM', global_key, id)
-end
-"""
-
-_CREATE_BODY = """
-redis.call('HSET', KEYS[1], 'status', 'queued', 'surface', ARGV[2], 'model', ARGV[3],
-  'created_at', now / 1000, 'queued_at', now, 'request', ARGV[4], 'render', ARGV[5],
-  'owner', ARGV[7], 'retention', ARGV[8])
-redis.call('EXPIRE', KEYS[1], ARGV[6])
-redis.call('ZADD', KEYS[5], now, ARGV[1])
-"""
-
-_CREATE = NOW_MS + _CREATE_BODY
-
-# A task: created only when its idempotency key (KEYS[6], ARGV[9] = "<id> <digest>", kept
-# ARGV[10] s; ARGV[9] empty when none came) is new, else answers what the key holds. A
-# task with a callback joins the webhook dispatcher's index (KEYS[7]) when ARGV[11] is 1.
-_CREATE_TASK = (
-    NOW_MS
-    + """
-if ARGV[9] ~= '' then
-  local held = redis.call('GET', KEYS[6])
-  if held then return held end
-  redis.call('SET', KEYS[6], ARGV[9], 'EX', ARGV[10])
-end
-if ARGV[11] == '1' then redis.call('ZADD', KEYS[7], now, ARGV[1]) end
-"""
-    + _CREATE_BODY
-    + "return false\n"
-)
-
-_CLAIM = (
-    NOW_MS
-    + """
-local status = redis.call('HGET', KEYS[1], 'status')
-if not status then
-  redis.call('ZREM', KEYS[4], ARGV[1])
-  redis.call('ZREM', KEYS[5], ARGV[1])
-  return {'done', 'missing'}
-end
-local outcome = 'claimed'
-if status == 'running' then
-  local lease = tonumber(redis.call('HGET', KEYS[1], 'lease_until') or '0')
-  if lease > now then return {'busy', status} end
-  if redis.call('XLEN', KEYS[2]) > 0 then outcome = 'lost' end
-elseif status ~= 'queued' then
-  return {'done', status}
-end
-local lease = now + tonumber(ARGV[3])
-redis.call('HSET', KEYS[1], 'status', 'running', 'attempt', ARGV[2], 'lease_until', lease,
-  'started_at', now / 1000, 'worker', ARGV[4])
-if not redis.call('HGET', KEYS[1], 'reader_seen') then
-  redis.call('HSET', KEYS[1], 'reader_seen', now)
-end
-redis.call('ZADD', KEYS[4], lease, ARGV[1])
-redis.call('ZREM', KEYS[5], ARGV[1])
-return {outcome, 'running', redis.call('HGET', KEYS[1], 'cancel') or '0',
-  redis.call('HGET', KEYS[1], 'appended') or '0', redis.call('HGETALL', KEYS[1])}
-"""
-)
-
-# Appends a batch of events, fenced by the attempt token, and publishes it on the stream's
-# live channel for the API processes' stream hubs (one message per batch).
-# KEYS: 1 job, 2 events (this runs for every batch, so it carries no more than it uses).
-# ARGV: 1 attempt, 2 maxlen, 3 expiry of a new stream (s), 4 how many events the stream held
-#   before this batch as the attempt counts them (a batch whose reply was lost and which is
-#   sent again is not written twice), 5 live channel, 6 the encoded events, one per line
-#   (JSON as workers encode it never holds a raw line break).
-# Returns false when fenced out, 0 when the batch was already written, else its length.
-_APPEND = """
-local job = redis.call('HMGET', KEYS[1], 'attempt', 'status', 'appended')
-if job[1] ~= ARGV[1] or job[2] ~= 'running' then return false end
-local held = tonumber(job[3] or '0')
-if held > tonumber(ARGV[4]) then return 0 end
-local lines = {}
-local n = held
-for event in string.gmatch(ARGV[6], '[^\\n]+') do
-  n = n + 1
-  local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'e', event, 'n', n)
-  lines[#lines + 1] = id .. ' ' .. n .. ' ' .. event
-end
-redis.call('HINCRBY', KEYS[1], 'appended', n - held)
--- The stream key is born with its first entry; that is when it gets its expiry.
-if held == 0 then redis.call('EXPIRE', KEYS[2], ARGV[3]) end
-redis.call('PUBLISH', ARGV[5], table.concat(lines, '\\n'))
-return n - held
-"""
-
-_RENEW = (
-    NOW_MS
-    + """
-if redis.call('HGET', KEYS[1], 'attempt') ~= ARGV[1] then return {0, 0, '0'} end
-local lease = now + tonumber(ARGV[2])
-redis.call('HSET', KEYS[1], 'lease_until', lease)
-redis.call('ZADD', KEYS[4], lease, ARGV[3])
-return {1, now - tonumber(redis.call('HGET', KEYS[1], 'reader_seen') or now),
-  redis.call('HGET', KEYS[1], 'cancel') or '0'}
-"""
-)
-
-_FINISH = (
-    NOW_MS
-    + _RELEASE_SLOT
-    + """
-if redis.call('HGET', KEYS[1], 'attempt') ~= ARGV[1] then return false end
-if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 'done' end
-local owner = redis.call('HGET', KEYS[1], 'owner')
-release_slot(ARGV[8], owner, ARGV[9], ARGV[10])
-local input, output = tonumber(ARGV[11]), tonumber(ARGV[12])
-if owner and input + output > 0 then
-  local usage = ARGV[13] .. owner
-  local model = redis.call('HGET', KEYS[1], 'model')
-  redis.call('HINCRBY', usage, model .. '|input', input)
-  redis.call('HINCRBY', usage, model .. '|output', output)
-  redis.call('HINCRBY', usage, 'total', input + output)
-end
-local n = redis.call('HINCRBY', KEYS[1], 'appended', 1)
-local eid = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'e', ARGV[5], 'n', n)
-redis.call('PUBLISH', ARGV[14], eid .. ' ' .. n .. ' ' .. ARGV[5])
-redis.call('HSET', KEYS[1], 'status', ARGV[4], 'finished_at', now / 1000, 'output', ARGV[6])
-redis.call('HDEL', KEYS[1], 'lease_until')
-local keep = redis.call('HGET', KEYS[1], 'retention') or ARGV[3]
-redis.call('EXPIRE', KEYS[1], keep)
-redis.call('EXPIRE', KEYS[2], keep)
-redis.call('SET', KEYS[3], owner or '1', 'EX', ARGV[7])
-redis.call('ZREM', KEYS[4], ARGV[8])
-redis.call('ZREM', KEYS[5], ARGV[8])
-return 'finished'
-"""
-)
-
-_RELEASE = (
-    NOW_MS
-    + """
-if redis.call('HGET', KEYS[1], 'attempt') ~= ARGV[1] then return 0 end
-if redis.call('XLEN', KEYS[2]) > 0 then return 0 end
-redis.call('HSET', KEYS[1], 'status', 'queued', 'queued_at', now)
-redis.call('HDEL', KEYS[1], 'attempt', 'lease_until', 'started_at', 'worker')
-redis.call('ZREM', KEYS[4], ARGV[2])
-redis.call('ZADD', KEYS[5], now, ARGV[2])
-return 1
-"""
-)
-
-_CANCEL = (
-    NOW_MS
-    + _RELEASE_SLOT
-    + """
-local status = redis.call('HGET', KEYS[1], 'status')
-if not status then return false end
-if status == 'queued' then
-  local owner = redis.call('HGET', KEYS[1], 'owner')
-  release_slot(ARGV[6], owner, ARGV[7], ARGV[8])
-  local n = redis.call('HINCRBY', KEYS[1], 'appended', 1)
-  local eid = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'e', ARGV[1], 'n', n)
-  redis.call('PUBLISH', ARGV[9], eid .. ' ' .. n .. ' ' .. ARGV[1])
-  redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', now / 1000,
-    'output', ARGV[4], 'cancel', '1')
-  local keep = redis.call('HGET', KEYS[1], 'retention') or ARGV[3]
-  redis.call('EXPIRE', KEYS[1], keep)
-  redis.call('EXPIRE', KEYS[2], keep)
-  redis.call('SET', KEYS[3], owner or '1', 'EX', ARGV[5])
-  redis.call('ZREM', KEYS[5], ARGV[6])
-  return 'cancelled'
-end
-if status == 'running' then redis.call('HSET', KEYS[1], 'cancel', '1') end
-return status
-"""
-)
-
-# The reaper's look at one job whose lease ran out, or which has waited too long in the
-# queue. Jobs that emitted nothing go back to the queue (a bounded number of times); the
-# others are taken over with the reaper's own attempt token, so it can end them visibly.
-_REAP = (
-    NOW_MS
-    + """
-local id = ARGV[1]
-local status = redis.call('HGET', KEYS[1], 'status')
-if not status then
-  redis.call('ZREM', KEYS[4], id)
-  redis.call('ZREM', KEYS[5], id)
-  return {'gone'}
-end
-local lease = now + tonumber(ARGV[3])
-if status == 'running' then
-  local until_ = tonumber(redis.call('HGET', KEYS[1], 'lease_until') or '0')
-  if until_ > now then
-    redis.call('ZADD', KEYS[4], until_, id)
-    return {'alive'}
-  end
-  if redis.call('HGET', KEYS[1], 'cancel') == '1' then
-    -- Its client asked to cancel it: it ends cancelled, whatever became of its worker.
-    redis.call('HSET', KEYS[1], 'attempt', ARGV[2], 'lease_until', lease)
-    redis.call('ZADD', KEYS[4], lease, id)
-    return {'cancelled', redis.call('HGET', KEYS[1], 'appended') or '0'}
-  end
-  local requeues = tonumber(redis.call('HGET', KEYS[1], 'requeues') or '0')
-  if redis.call('XLEN', KEYS[2]) == 0 and requeues < tonumber(ARGV[5]) then
-    redis.call('HSET', KEYS[1], 'status', 'queued', 'queued_at', now)
-    redis.call('HDEL', KEYS[1], 'attempt', 'lease_until', 'started_at', 'worker')
-    redis.call('HINCRBY', KEYS[1], 'requeues', 1)
-    redis.call('ZREM', KEYS[4], id)
-    redis.call('ZADD', KEYS[5], now, id)
-    return {'requeued', tostring(requeues + 1)}
-  end
-  redis.call('HSET', KEYS[1], 'attempt', ARGV[2], 'lease_until', lease)
-  redis.call('ZADD', KEYS[4], lease, id)
-  return {'lost', redis.call('HGET', KEYS[1], 'appended') or '0'}
-end
-if status == 'queued' then
-  local queued_at = tonumber(redis.call('HGET', KEYS[1], 'queued_at') or '0')
-  if now - queued_at < tonumber(ARGV[4]) then return {'waiting'} end
-  redis.call('HSET', KEYS[1], 'status', 'running', 'attempt', ARGV[2], 'lease_until', lease,
-    'started_at', now / 1000)
-  redis.call('ZREM', KEYS[5], id)
-  redis.call('ZADD', KEYS[4], lease, id)
-  return {'expired', redis.call('HGET', KEYS[1], 'appended') or '0'}
-end
-redis.call('ZREM', KEYS[4], id)
-redis.call('ZREM', KEYS[5], id)
-return {'ended'}
-"""
-)
-
-_MARK_READER = (
-    NOW_MS
-    + """
-if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'reader_seen', now) end
-"""
-)
-
-
 def parse_entry_id(value: str) -> tuple[int, int]:
     match = ENTRY_ID.fullmatch(value)
     if not match or int(match[1]) > MAX_ID_PART or int(match[2]) > MAX_ID_PART:
@@ -413,18 +171,20 @@ class StreamStore:
         self.max_requeues = settings.max_requeues
         self.task_retention_s = settings.task_retention_s
         self.task_timeout_s = settings.task_timeout_s
-        self._create = redis.register_script(_CREATE)
-        self._create_task = redis.register_script(_CREATE_TASK)
-        self._claim = redis.register_script(_CLAIM)
-        self._append = redis.register_script(_APPEND)
-        self._renew = redis.register_script(_RENEW)
-        self._finish = redis.register_script(_FINISH)
-        self._cancel = redis.register_script(_CANCEL)
-        self._release = redis.register_script(_RELEASE)
-        self._reap = redis.register_script(_REAP)
+        self._create = scripts.register(redis, "create_job")
+        self._create_task = scripts.register(redis, "create_task")
+        self._claim = scripts.register(redis, "claim")
+        self._append = scripts.register(redis, "append")
+        self._renew = scripts.register(redis, "renew")
+        self._finish = scripts.register(redis, "finish")
+        self._cancel = scripts.register(redis, "cancel")
+        self._release = scripts.register(redis, "release")
+        self._reap = scripts.register(redis, "reap")
+        self._mark_reader = scripts.register(redis, "mark_reader")
 
     @staticmethod
     def _keys(stream_id: str) -> list[str]:
+        """The five keys every job script takes, in the order their headers name them."""
         return [
             keys.job_key(stream_id),
             keys.stream_key(stream_id),
@@ -461,7 +221,7 @@ class StreamStore:
         # One round trip for the record and whatever `then` adds (the enqueue). EVAL, not
         # EVALSHA: a script cache lost to a restart cannot fail the first command alone.
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.eval(_CREATE, 5, *self._keys(stream_id), *args)
+            pipe.eval(scripts.source("create_job"), 5, *self._keys(stream_id), *args)
             then(pipe)
             await pipe.execute()
 
@@ -531,10 +291,7 @@ class StreamStore:
 
     async def mark_readers(self, stream_ids: list[str]) -> None:
         """Note that someone is reading these streams (abandoned streams are cancelled)."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for stream_id in stream_ids:
-                pipe.eval(_MARK_READER, 1, keys.job_key(stream_id))
-            await pipe.execute()
+        await self._run_many(self._mark_reader, [(1, [keys.job_key(sid)]) for sid in stream_ids])
 
     async def resume_point(self, stream_id: str, entry_id: str | None) -> Entry | None:
         """The entry a reader resumes after: None for "from the start". Raises unless it is

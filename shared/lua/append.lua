@@ -1,0 +1,28 @@
+-- append.lua: appends a batch of events, fenced by the attempt token, and publishes it on
+-- the stream's live channel for the API processes' stream hubs (one message per batch).
+-- It runs for every batch, so it carries no more than it uses.
+-- KEYS[1] job record (hash)          KEYS[2] events (stream)
+-- ARGV[1] attempt token              ARGV[2] the stream's length cap (approximate MAXLEN)
+-- ARGV[3] expiry of a new stream (s)
+-- ARGV[4] how many events the stream held before this batch, as the attempt counts them
+--         (a batch whose reply was lost and which is sent again is not written twice)
+-- ARGV[5] live channel (pub/sub)
+-- ARGV[6] the encoded events, one per line (JSON as workers encode it never holds a raw
+--         line break)
+-- Returns false when fenced out, 0 when the batch was already written, else its length.
+local job = redis.call('HMGET', KEYS[1], 'attempt', 'status', 'appended')
+if job[1] ~= ARGV[1] or job[2] ~= 'running' then return false end
+local held = tonumber(job[3] or '0')
+if held > tonumber(ARGV[4]) then return 0 end
+local lines = {}
+local n = held
+for event in string.gmatch(ARGV[6], '[^\n]+') do
+  n = n + 1
+  local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'e', event, 'n', n)
+  lines[#lines + 1] = id .. ' ' .. n .. ' ' .. event
+end
+redis.call('HINCRBY', KEYS[1], 'appended', n - held)
+-- The stream key is born with its first entry; that is when it gets its expiry.
+if held == 0 then redis.call('EXPIRE', KEYS[2], ARGV[3]) end
+redis.call('PUBLISH', ARGV[5], table.concat(lines, '\n'))
+return n - held

@@ -1,0 +1,10 @@
+-- create_job.lua: creates a queued generation job.
+-- KEYS[1] job record (hash)          KEYS[2] events (stream, unused)
+-- KEYS[3] tombstone (unused)         KEYS[4] leases index (unused)
+-- KEYS[5] queued index (sorted set, scored by when the job was queued, ms)
+-- ARGV[1] stream id                  ARGV[2] surface
+-- ARGV[3] public model name          ARGV[4] canonical request (JSON)
+-- ARGV[5] render options (JSON)      ARGV[6] expiry of the record until the job ends (s)
+-- ARGV[7] owner (API key id)         ARGV[8] retention once it ends (s)
+--@include now.lua
+--@include create_record.lua
