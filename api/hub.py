@@ -374,6 +374,9 @@ class StreamHub:
         loop = asyncio.get_running_loop()
         while True:
             reply = await conn.read_response(disconnect_on_error=False)
+            if reply == b"PONG":  # a ping while subscribed to nothing gets a plain reply
+                self._pong = loop.time()
+                continue
             kind = reply[0]
             if kind == b"message":
                 self._deliver(reply[1], reply[2])

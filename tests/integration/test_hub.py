@@ -267,3 +267,27 @@ async def test_an_idle_reader_gets_keepalives_and_learns_when_its_stream_is_gone
         with pytest.raises(StreamNotFound):
             await asyncio.wait_for(anext(follow), 2)
     assert harness.hub.streams == 0
+
+
+@pytest.mark.parametrize("with_reader", [False, True])
+async def test_the_hub_keeps_its_connection_through_quiet_times(
+    redis: Redis, monkeypatch: pytest.MonkeyPatch, with_reader: bool
+) -> None:
+    # Pings are answered in both of Redis' modes: a plain PONG while the hub listens to
+    # nothing, a pub/sub pong while it does. Either way the connection is kept.
+    monkeypatch.setattr(hub_module, "PING_INTERVAL_S", 0.1)
+    connects = 0
+    real_connect = StreamHub._connect
+
+    async def counting(self: StreamHub) -> object:
+        nonlocal connects
+        connects += 1
+        return await real_connect(self)
+
+    monkeypatch.setattr(StreamHub, "_connect", counting)
+    async with Harness(redis) as harness:
+        reader = harness.hub.open(await harness.new_stream(), "0-0", 1) if with_reader else None
+        await asyncio.sleep(1.0)  # ten pings; three unanswered ones would drop it
+        assert connects == 1
+        if reader is not None:
+            reader.close()
