@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.connection import ConnectionPool
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from shared.redis_address import SentinelAddress, parse_redis_url
 from shared.redis_mux import MuxPool
 from shared.settings import Settings
 
@@ -39,6 +42,17 @@ async def with_redis_retry(settings: Settings, action: Callable[[], Awaitable[T]
             delay = min(delay * 2, 1.0)
 
 
+class _BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
+    """A bounded pool whose connections go to the primary Sentinel names at connect time;
+    callers wait (briefly) for a free connection, as with the plain pool."""
+
+
+class _SentinelMuxPool(MuxPool, SentinelConnectionPool):
+    """The multiplexed connection (see `shared.redis_mux`), to the primary Sentinel names;
+    it asks again whenever it reconnects (a failover breaks it, or demotes its server, whose
+    READONLY answers then count as a broken connection)."""
+
+
 def create_redis(
     settings: Settings,
     *,
@@ -49,27 +63,44 @@ def create_redis(
     """A pooled client, holding at most `redis_max_connections` (or `max_connections`);
     pool exhaustion waits briefly and then fails as a connection error (the API answers
     503). With `multiplexed`, every command goes over one shared connection instead (see
-    `shared.redis_mux`): no blocking commands and no WATCH through such a client."""
+    `shared.redis_mux`): no blocking commands and no WATCH through such a client. The URL
+    may name a Sentinel-managed primary (see `shared.redis_address`)."""
     redis_url = url or settings.redis_url
     if not redis_url:
         raise ValueError("no Redis URL: set REDIS_URL, or run `spool dev` for an embedded Redis")
     # Blocking stream reads wait up to one keep-alive interval; the socket timeout must
     # outlast them, yet still notice a Redis that stopped answering.
-    socket_timeout = settings.keepalive_interval_s + 10.0
-    if multiplexed:
-        mux = MuxPool.from_url(
-            redis_url,
-            socket_connect_timeout=CONNECT_TIMEOUT_S,
-            socket_timeout=socket_timeout,
-            socket_keepalive=True,
+    socket: dict[str, Any] = {
+        "socket_connect_timeout": CONNECT_TIMEOUT_S,
+        "socket_timeout": settings.keepalive_interval_s + 10.0,
+        "socket_keepalive": True,
+    }
+    limits = {"max_connections": max_connections or settings.redis_max_connections, "timeout": 5}
+    address = parse_redis_url(redis_url)
+    pool: ConnectionPool
+    if isinstance(address, SentinelAddress):
+        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+            address.sentinels,
+            sentinel_kwargs={
+                "username": address.sentinel_username,
+                "password": address.sentinel_password,
+                **socket,
+            },
         )
-        return Redis(connection_pool=mux)
-    pool = BlockingConnectionPool.from_url(
-        redis_url,
-        max_connections=max_connections or settings.redis_max_connections,
-        timeout=5,
-        socket_connect_timeout=CONNECT_TIMEOUT_S,
-        socket_timeout=socket_timeout,
-        socket_keepalive=True,
-    )
+        target = {
+            "service_name": address.service,
+            "sentinel_manager": sentinel,
+            "db": address.db,
+            "username": address.username,
+            "password": address.password,
+            **socket,
+        }
+        if multiplexed:
+            pool = _SentinelMuxPool(**target)
+        else:
+            pool = _BlockingSentinelPool(**target, **limits)  # type: ignore[no-untyped-call]
+    elif multiplexed:
+        pool = MuxPool.from_url(address, **socket)
+    else:
+        pool = BlockingConnectionPool.from_url(address, **limits, **socket)
     return Redis(connection_pool=pool)

@@ -216,4 +216,8 @@ class MuxPool(ConnectionPool):
         return None
 
     async def disconnect(self, inuse_connections: bool = True) -> None:
-        await self.mux.close()
+        # The one connection is always in use; only closing the client (the default) ends
+        # it. Sentinel's pool asks for idle connections to go when the primary moves: the
+        # shared connection is already reconnecting to the new one then.
+        if inuse_connections:
+            await self.mux.close()

@@ -22,6 +22,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.errors import ConfigError
+from shared.redis_address import parse_redis_url
 
 ProviderName = Literal["demo", "openai", "anthropic", "gemini"]
 
@@ -206,6 +207,13 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
+
+    @field_validator("redis_url", mode="after")
+    @classmethod
+    def _redis_url_form(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_redis_url(value)  # raises ValueError naming what is wrong
+        return value
 
     @model_validator(mode="after")
     def _grace_outlasts_keepalive(self) -> Settings:

@@ -1,0 +1,188 @@
+"""Real Redis topologies for tests: a primary with replicas watched by Sentinels, each
+`redis-server` a child process on a free port with its own directory."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+import redis as sync_redis
+
+from shared.embedded_redis import find_redis_server, free_port
+
+SERVICE = "mymaster"
+
+
+class RedisNode:
+    """One `redis-server` (a data node, or a Sentinel when `sentinel_conf` is given)."""
+
+    def __init__(self, workdir: Path, name: str, args: list[str], *, sentinel: bool = False):
+        self.dir = workdir / name
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.name = name
+        self.port = free_port()
+        self.args = args
+        self.sentinel = sentinel
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> RedisNode:
+        base = ["--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
+                "--logfile", "redis.log", "--daemonize", "no"]  # fmt: skip
+        if self.sentinel:
+            conf = self.dir / "sentinel.conf"  # Sentinel rewrites its own file
+            conf.write_text("\n".join(self.args) + "\n")
+            command = [find_redis_server(), str(conf), "--sentinel", *base]
+        else:
+            command = [find_redis_server(), *base, "--save", "", "--appendonly", "no",
+                       "--repl-diskless-sync-delay", "0", *self.args]  # fmt: skip
+        self.process = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                if self.client().ping():
+                    return self
+            except sync_redis.ConnectionError:
+                time.sleep(0.02)
+        raise AssertionError(f"{self.name} did not start:\n{self.log()[-2000:]}")
+
+    def client(self) -> sync_redis.Redis:
+        return sync_redis.Redis(port=self.port, socket_timeout=2)
+
+    def log(self) -> str:
+        path = self.dir / "redis.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def kill(self) -> None:
+        if self.alive:
+            assert self.process is not None
+            self.process.kill()
+            self.process.wait()
+
+    def stop(self) -> None:
+        if self.alive:
+            assert self.process is not None
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+class SentinelSet:
+    """A primary, `replicas` replicas and `sentinels` Sentinels (quorum: a majority)
+    that fail over `down_after_ms` after the primary stops answering."""
+
+    def __init__(
+        self, workdir: Path, *, replicas: int = 1, sentinels: int = 3, down_after_ms: int = 1000
+    ) -> None:
+        self.workdir = workdir
+        self.down_after_ms = down_after_ms
+        self.nodes = [RedisNode(workdir, "node-0", [])]
+        for n in range(replicas):
+            self.nodes.append(RedisNode(workdir, f"node-{n + 1}", []))
+        self.sentinel_count = sentinels
+        self.sentinels: list[RedisNode] = []
+
+    @property
+    def url(self) -> str:
+        hosts = ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
+        return f"redis+sentinel://{hosts}/{SERVICE}/0"
+
+    def start(self) -> SentinelSet:
+        primary = self.nodes[0].start()
+        for replica in self.nodes[1:]:
+            replica.args = ["--replicaof", "127.0.0.1", str(primary.port)]
+            replica.start()
+        self._wait(lambda: all(self._linked(r) for r in self.nodes[1:]), "replication link")
+        quorum = self.sentinel_count // 2 + 1
+        nodes = [RedisNode(self.workdir, f"sentinel-{n}", [], sentinel=True)
+                 for n in range(self.sentinel_count)]  # fmt: skip
+        ids = [f"{n + 1:040x}" for n in range(self.sentinel_count)]
+        for n, node in enumerate(nodes):
+            # Each is told of the replicas and the other Sentinels up front, instead of
+            # finding them over the next seconds.
+            node.args = [
+                f"sentinel myid {ids[n]}",
+                f"sentinel monitor {SERVICE} 127.0.0.1 {primary.port} {quorum}",
+                f"sentinel down-after-milliseconds {SERVICE} {self.down_after_ms}",
+                f"sentinel failover-timeout {SERVICE} 5000",
+                f"sentinel parallel-syncs {SERVICE} 1",
+                *(f"sentinel known-replica {SERVICE} 127.0.0.1 {r.port}" for r in self.nodes[1:]),
+                *(f"sentinel known-sentinel {SERVICE} 127.0.0.1 {other.port} {ids[m]}"
+                  for m, other in enumerate(nodes) if m != n),
+            ]  # fmt: skip
+        for node in nodes:
+            self.sentinels.append(node.start())
+        self._wait(self._sentinels_ready, "Sentinels to see the replicas and each other")
+        return self
+
+    def primary(self) -> RedisNode:
+        """The node the Sentinels name as primary now."""
+        for sentinel in self.sentinels:
+            if not sentinel.alive:
+                continue
+            try:
+                _, port = sentinel.client().sentinel_get_master_addr_by_name(SERVICE)
+            except sync_redis.ConnectionError:
+                continue
+            return next(n for n in self.nodes if n.port == int(port))
+        raise AssertionError("no Sentinel answers")
+
+    def wait_failover(self, old: RedisNode, timeout_s: float = 30.0) -> RedisNode:
+        """Wait until a replica has been promoted in `old`'s place and takes writes."""
+        self._wait(
+            lambda: self.primary() is not old and self._writable(self.primary()),
+            "a failover",
+            timeout_s,
+        )
+        return self.primary()
+
+    def wait_demoted(self, old: RedisNode, timeout_s: float = 30.0) -> None:
+        """Wait until a primary that lived through a failover replicates the new one."""
+        self._wait(lambda: self._linked(old), "the old primary to become a replica", timeout_s)
+
+    def stop(self) -> None:
+        for node in [*self.sentinels, *self.nodes]:
+            node.stop()
+
+    @staticmethod
+    def _linked(replica: RedisNode) -> bool:
+        info = replica.client().info("replication")
+        return info.get("master_link_status") == "up"
+
+    @staticmethod
+    def _writable(node: RedisNode) -> bool:
+        try:
+            return node.alive and node.client().info("replication").get("role") == "master"
+        except sync_redis.ConnectionError:
+            return False
+
+    def _sentinels_ready(self) -> bool:
+        for sentinel in self.sentinels:
+            state = sentinel.client().sentinel_master(SERVICE)
+            if int(state["num-slaves"]) < len(self.nodes) - 1:
+                return False
+            if int(state["num-other-sentinels"]) < self.sentinel_count - 1:
+                return False
+        return True
+
+    def _wait(self, ready: object, what: str, timeout_s: float = 30.0) -> None:
+        assert callable(ready)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                if ready():
+                    return
+            except sync_redis.RedisError:
+                pass
+            time.sleep(0.1)
+        logs = "\n".join(f"--- {s.name}\n{s.log()[-1500:]}" for s in self.sentinels)
+        raise AssertionError(f"timed out waiting for {what}\n{logs}")
