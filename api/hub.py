@@ -215,8 +215,8 @@ class StreamHub:
                     if len(page) == CATCH_UP_PAGE:
                         reader.catch_up = True  # more to read
                     if page and page[0].seq > reader.next_seq:
-                        # This reader is further behind than the stream's length cap.
-                        raise ResumePointExpired("events were trimmed before they could be read")
+                        # Behind the stream's length cap, or Redis lost events in a failover.
+                        raise ResumePointExpired("events of this stream are no longer held")
                     batch = reader.accept(page)
                 elif reader.queue:
                     queued, reader.queue = reader.queue, []

@@ -166,6 +166,16 @@ class UpstreamError(SpoolError):
         self.retryable = retryable
 
 
+class EventsLost(SpoolError):
+    """Redis holds fewer of a stream's events than its worker wrote: a failover promoted a
+    replica that had not received the last writes (or a restart lost them). The stream
+    cannot go on exactly, so it ends with this error."""
+
+    status_code = 503
+    code = "events_lost"
+    type = "service_unavailable"
+
+
 class FenceLost(SpoolError):
     """This worker attempt no longer owns the stream; another attempt took it over."""
 
@@ -184,6 +194,7 @@ ERROR_STATUSES: dict[str, int] = {
     "upstream_forbidden": 502,
     "worker_lost": 502,
     "redis_unavailable": 503,
+    "events_lost": 503,
     "worker_shutdown": 503,
     "queue_timeout": 503,
     "upstream_timeout": 504,

@@ -399,8 +399,9 @@ class StreamStore:
 
     async def append_batches(self, batches: list[AppendBatch]) -> list[int | None]:
         """Several fenced appends (to different streams) in one round trip. For each batch:
-        None when its attempt was fenced out, 0 when it had been written already, else the
-        number of events written. Redis connection errors propagate: every batch is then
+        None when its attempt was fenced out, 0 when it had been written already, minus the
+        number of events Redis lost of what the attempt wrote before it (nothing written),
+        else the number of events written. Redis connection errors propagate: every batch is then
         safe to send again as it is."""
         calls = [(2, self._append_args(batch)) for batch in batches]
         replies = await self._run_many(self._append, calls)
@@ -462,11 +463,13 @@ class StreamStore:
         terminal: ev.Finish | ev.Error | ev.TaskResult,
         transcript: Transcript,
         request: dict[str, Any] | None = None,
+        held: int = 0,
     ) -> None:
         """End the stream with `terminal`: store the output, charge the owner's usage (the
         transcript's, or an estimate when the provider never reported any, see
         `Transcript.billable_usage`; `request` is the job's stored request) and release
-        its concurrency slot, all in one script."""
+        its concurrency slot, all in one script. `held` is how many events the attempt
+        wrote: the terminal event goes after them (see finish.lua)."""
         usage = transcript.billable_usage(request or {})
         reply = await self._finish(
             keys=self._keys(stream_id),
@@ -485,6 +488,7 @@ class StreamStore:
                 usage.output_tokens,
                 keys.USAGE_PREFIX,
                 keys.live_channel(stream_id),
+                held,
             ],
         )
         if reply is None:

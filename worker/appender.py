@@ -12,13 +12,16 @@ simply sent again.
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from shared import events as ev
-from shared.errors import FenceLost
+from shared.errors import EventsLost, FenceLost
 from shared.redis import with_redis_retry
 from shared.settings import Settings
 from shared.store import AppendBatch, StreamStore
 from shared.supervise import cancel_and_wait, supervise
+
+log = logging.getLogger(__name__)
 
 PIPELINES = 2  # pipelines in flight at once
 MAX_PENDING = 1024  # events a run may have waiting before `write` makes it wait
@@ -131,6 +134,8 @@ class Appender:
             for writer, batch, outcome in zip(writers, batches, outcomes, strict=True):
                 if outcome is None:
                     writer._failed(FenceLost())
+                elif outcome < 0:
+                    writer._failed(events_lost(batch.stream_id, -outcome))
                 else:
                     writer._written(len(batch.events))
 
@@ -138,3 +143,11 @@ class Appender:
         """One pipeline, sent again through a short Redis outage (a failover, a restart):
         safe because every append in it is idempotent."""
         return await with_redis_retry(self.settings, lambda: self.store.append_batches(batches))
+
+
+def events_lost(stream_id: str, missing: int) -> EventsLost:
+    log.error("stream %s: redis lost %d of its events; ending it", stream_id, missing)
+    return EventsLost(
+        f"Redis lost the last {missing} event(s) of this stream in a failover or restart; "
+        "it cannot continue exactly"
+    )

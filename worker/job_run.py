@@ -5,12 +5,13 @@ cancel and the time limit, and exactly one terminal event at the end."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 
 from shared import events as ev
 from shared.backoff import jittered_backoff
-from shared.errors import FenceLost, UpstreamError
+from shared.errors import EventsLost, FenceLost, UpstreamError
 from shared.redact import redact
 from shared.redis import REDIS_BLIP_ERRORS, with_redis_retry
 from shared.settings import Settings
@@ -135,6 +136,9 @@ class JobRun:
         except FenceLost:
             log.warning("job %s: attempt %s was fenced out", self.stream_id, self.attempt)
             return Status.FAILED
+        except EventsLost as exc:
+            error = ev.Error(code=exc.code, message=exc.message, retryable=True)
+            return await self.finish(Status.FAILED, error)
         except UpstreamError as exc:
             # Whatever the upstream said, the key it was sent never goes further.
             exc.message = redact(exc.message, [self.secret or ""])
@@ -155,7 +159,9 @@ class JobRun:
         try:
             if not self.started and not isinstance(terminal, ev.Error):
                 await self._write([])
-            await self.writer.flush()
+            with contextlib.suppress(EventsLost):
+                # What Redis lost cannot be written again: the terminal goes after it.
+                await self.writer.flush()
             await with_redis_retry(
                 self.settings,
                 lambda: self.store.finish(
@@ -165,6 +171,7 @@ class JobRun:
                     terminal=terminal,
                     transcript=self.transcript,
                     request=self.record.request,
+                    held=self.writer.held,
                 ),
             )
         except FenceLost:

@@ -9,11 +9,16 @@
 -- ARGV[5] live channel (pub/sub)
 -- ARGV[6] the encoded events, one per line (JSON as workers encode it never holds a raw
 --         line break)
--- Returns false when fenced out, 0 when the batch was already written, else its length.
+-- Returns false when fenced out, 0 when the batch was already written, a negative number
+-- (minus the events missing) when Redis holds fewer events than the attempt had written
+-- (a failover to a replica that had not received them, or a restart that lost the last
+-- writes): nothing is written then, the stream cannot go on exactly. Else the batch's
+-- length.
 local job = redis.call('HMGET', KEYS[1], 'attempt', 'status', 'appended')
 if job[1] ~= ARGV[1] or job[2] ~= 'running' then return false end
 local held = tonumber(job[3] or '0')
 if held > tonumber(ARGV[4]) then return 0 end
+if held < tonumber(ARGV[4]) then return held - tonumber(ARGV[4]) end
 local lines = {}
 local n = held
 for event in string.gmatch(ARGV[6], '[^\n]+') do

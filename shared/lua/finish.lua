@@ -11,6 +11,9 @@
 -- ARGV[11] input tokens              ARGV[12] output tokens
 -- ARGV[13] usage key prefix (the owner's usage hash is ARGV[13] .. owner)
 -- ARGV[14] live channel
+-- ARGV[15] how many events the attempt had written: the terminal event takes the position
+--          after them even when Redis lost some of them (readers who saw them get it; a
+--          reader from the start meets the gap in the positions)
 -- Returns false when fenced out, "done" when already ended, else "finished".
 --@include now.lua
 --@include release_slot.lua
@@ -26,7 +29,9 @@ if owner and input + output > 0 then
   redis.call('HINCRBY', usage, model .. '|output', output)
   redis.call('HINCRBY', usage, 'total', input + output)
 end
-local n = redis.call('HINCRBY', KEYS[1], 'appended', 1)
+local n = math.max(tonumber(redis.call('HGET', KEYS[1], 'appended') or '0'),
+  tonumber(ARGV[15])) + 1
+redis.call('HSET', KEYS[1], 'appended', n)
 local eid = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'e', ARGV[5], 'n', n)
 redis.call('PUBLISH', ARGV[14], eid .. ' ' .. n .. ' ' .. ARGV[5])
 redis.call('HSET', KEYS[1], 'status', ARGV[4], 'finished_at', now / 1000, 'output', ARGV[6])

@@ -18,7 +18,7 @@ from api.hub import Reader, StreamHub
 from shared import events as ev
 from shared import keys
 from shared.embedded_redis import EmbeddedRedis
-from shared.errors import ResumePointExpired, StreamNotFound
+from shared.errors import EventsLost, ResumePointExpired, StreamNotFound
 from shared.redis import create_redis
 from shared.settings import Settings
 from shared.store import Entry, Status, StreamStore
@@ -291,3 +291,47 @@ async def test_the_hub_keeps_its_connection_through_quiet_times(
         assert connects == 1
         if reader is not None:
             reader.close()
+
+
+async def test_events_lost_by_redis_end_the_stream_visibly(harness: Harness, redis: Redis) -> None:
+    # A failover to a replica that had not received the last two appends: Redis holds
+    # three of the five events the worker wrote (and readers saw).
+    sid = await harness.new_stream()
+    live = harness.hub.open(sid, "0-0", 1)
+    seen: list[Entry] = []
+    writer = harness.appender.writer(sid, "attempt", 0)
+    await writer.write(texts(5))
+    await writer.flush()
+    async with contextlib.aclosing(harness.hub.follow(live)) as batches:
+        async for batch in batches:
+            seen.extend(batch or [])
+            if len(seen) == 5:
+                break
+    stream = keys.stream_key(sid)
+    for entry in seen[3:]:
+        await redis.xdel(stream, entry.id)
+    await redis.hset(keys.job_key(sid), "appended", 3)
+
+    # The worker's next append writes nothing and says what was lost ...
+    await writer.write(texts(1, start=5))
+    with pytest.raises(EventsLost, match="lost the last 2 event"):
+        await writer.flush()
+    assert await redis.xlen(stream) == 3
+    # ... and the run ends with an error placed after everything it wrote.
+    await harness.store.finish(
+        sid,
+        "attempt",
+        status=Status.FAILED,
+        terminal=ev.Error(code="events_lost", message="lost"),
+        transcript=Transcript(),
+        held=writer.held,
+    )
+    # A reader that saw all five gets the error next, from its last id (gone from Redis).
+    after_all = await collect(harness.hub, harness.hub.open(sid, seen[-1].id, 6))
+    assert [(e.seq, type(e.event)) for e in after_all] == [(6, ev.Error)]
+    # A reader from the start meets the gap in the positions: an error, never a silent
+    # jump from the third event to the end.
+    with pytest.raises(ResumePointExpired):
+        await collect(harness.hub, harness.hub.open(sid, "0-0", 1))
+    with pytest.raises(ResumePointExpired):
+        await harness.store.resume_point(sid, None)
