@@ -296,15 +296,17 @@ class StreamStore:
     async def resume_point(self, stream_id: str, entry_id: str | None) -> Entry | None:
         """The entry a reader resumes after: None for "from the start". Raises unless it is
         an event of this stream (400) that is still held (410); a replay from the start of
-        a stream whose first events were trimmed is a 410 too."""
+        a stream whose first events were trimmed, or from an event Redis lost in a
+        failover (inside a stream with a gap in its positions), is a 410 too."""
         wanted = parse_entry_id(entry_id) if entry_id is not None else (0, 0)
         key = keys.stream_key(stream_id)
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.xrange(key, min=entry_id or "-", max=entry_id or "+", count=1)
             pipe.xrange(key, count=1)
+            pipe.xrevrange(key, count=1)
             pipe.xlen(key)
             pipe.hget(keys.job_key(stream_id), "appended")
-            hit, first, held, appended = await pipe.execute()
+            hit, first, last, held, appended = await pipe.execute()
         trimmed = int(appended or 0) > held
         if entry_id is None:
             if trimmed:
@@ -314,6 +316,8 @@ class StreamStore:
             return Entry.from_redis(*hit[0])
         if trimmed and first and wanted < parse_entry_id(first[0][0].decode()):
             raise ResumePointExpired(f"event {entry_id} has been trimmed from this stream")
+        if trimmed and last and wanted < parse_entry_id(last[0][0].decode()):
+            raise ResumePointExpired(f"event {entry_id} is no longer held by this stream")
         raise InvalidResumeId(f"{entry_id!r} is not an event id of this stream")
 
     async def read(

@@ -335,3 +335,7 @@ async def test_events_lost_by_redis_end_the_stream_visibly(harness: Harness, red
         await collect(harness.hub, harness.hub.open(sid, "0-0", 1))
     with pytest.raises(ResumePointExpired):
         await harness.store.resume_point(sid, None)
+    # Resuming from an event Redis lost is a 410 (no longer held), not a 400.
+    with pytest.raises(ResumePointExpired, match="no longer held"):
+        await harness.store.resume_point(sid, seen[-1].id)
+    assert (await harness.store.resume_point(sid, seen[2].id)) == seen[2]

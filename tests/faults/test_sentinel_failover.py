@@ -1,0 +1,164 @@
+"""The Redis primary killed under load, with Sentinel: two API replicas and two workers
+(real processes, REDIS_URL in its Sentinel form) follow the promoted replica without a
+restart; every stream either continues and resumes exactly, or ends visibly."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.faults.conftest import (
+    FAULT_SETTINGS,
+    Reading,
+    chat,
+    fault_models,
+    full_replay,
+    measure,
+    read_some,
+    result,
+    result_text,
+)
+from tests.mock_upstream import MockUpstream
+from tests.processes import SpoolProcess, start_api, start_worker, wait_ready, write_config
+from tests.redis_topology import SentinelSet
+
+pytestmark = pytest.mark.faults
+
+
+class SentinelDeployment:
+    def __init__(
+        self, topology: SentinelSet, apis: list[SpoolProcess], workers: list[SpoolProcess]
+    ):
+        self.topology = topology
+        self.apis = apis
+        self.workers = workers
+
+    @property
+    def urls(self) -> list[str]:
+        return [api.url for api in self.apis]
+
+
+@pytest.fixture(scope="module")
+def deployment(
+    tmp_path_factory: pytest.TempPathFactory, mock_upstream: MockUpstream
+) -> Iterator[SentinelDeployment]:
+    workdir = tmp_path_factory.mktemp("sentinel")
+    topology = SentinelSet(workdir / "redis", replicas=1, sentinels=3, down_after_ms=1000).start()
+    # The lease outlasts a failover (down-after + election), as README's Sentinel section
+    # asks: a worker that only lost Redis for that long is not taken for dead.
+    config = write_config(
+        workdir / "spool.yaml", fault_models(mock_upstream), **{**FAULT_SETTINGS, "lease_s": 8}
+    )
+    apis = [start_api(topology.url, config, workdir) for _ in range(2)]
+    workers = [start_worker(topology.url, config, workdir) for _ in range(2)]
+    deployment = SentinelDeployment(topology, apis, workers)
+    try:
+        wait_ready(apis[0].url)
+        yield deployment
+    finally:
+        for proc in [*apis, *workers]:
+            proc.stop()
+        topology.stop()
+
+
+def read_to_the_end(client: httpx.Client, reading: Reading, urls: list[str]) -> bool:
+    """Resume until the stream's end, alternating replicas; False when the stream no longer
+    holds the event to resume from (Redis lost it in the failover)."""
+    attempts = 0
+    forget_outage(reading)
+    while not reading.finished:
+        attempts += 1
+        assert attempts < 200, "the stream never ended"
+        try:
+            read_some(client, reading, urls[attempts % len(urls)])
+        except AssertionError as exc:
+            if str(exc).startswith("503"):
+                time.sleep(0.2)  # the API has not reached the new primary yet
+                continue
+            assert str(exc).startswith("410"), exc
+            return False
+        if forget_outage(reading):
+            time.sleep(0.1)
+    return True
+
+
+def forget_outage(reading: Reading) -> bool:
+    """A tail that ended with the failover (its error event and [DONE], neither with an
+    id of its own) is resumed after its last real event."""
+    error = reading.error()
+    if error is None or error["code"] != "redis_unavailable":
+        return False
+    assert reading.events[-2][1].startswith('{"error"') and reading.events[-1][1] == "[DONE]"
+    reading.events = reading.events[:-2]
+    reading.finished = False
+    return True
+
+
+def test_primary_killed_under_load(deployment: SentinelDeployment) -> None:
+    urls = deployment.urls
+    with httpx.Client(timeout=30) as client:
+        before = Reading()
+        read_some(client, before, urls[0], body=chat("fault-demo", "written before"))
+        assert before.finished
+        old = deployment.topology.primary()
+        old.client().wait(1, 2000)  # replicated: it must survive the failover
+
+        readings = [Reading() for _ in range(10)]
+        threads = [
+            threading.Thread(
+                target=read_some,
+                args=(client, r, urls[n % 2]),
+                kwargs={"body": chat("fault-slow", f"through the failover {n}", max_tokens=50)},
+            )
+            for n, r in enumerate(readings)
+        ]
+        for t in threads:
+            t.start()
+        while any(len(r.events) < 3 for r in readings):
+            time.sleep(0.01)
+
+        old.kill()
+        killed_at = time.monotonic()
+        for t in threads:
+            t.join(15)
+        assert all(not t.is_alive() for t in threads), "a reader hung on a dead primary"
+        new = deployment.topology.wait_failover(old)
+        failover_s = time.monotonic() - killed_at
+        wait_ready(urls[0], timeout_s=30)
+        wait_ready(urls[1], timeout_s=30)
+
+        continued = lost = 0
+        for r in readings:
+            if not read_to_the_end(client, r, urls):
+                # Its last events never reached the replica: the stream says so.
+                outcome = result(urls[0], r.stream_id)
+                assert outcome["status"] == "failed", outcome
+                assert outcome["error"]["code"] == "events_lost", outcome  # type: ignore[index]
+                lost += 1
+                continue
+            error = r.error()
+            if error is not None:
+                assert error["code"] == "events_lost", error
+                lost += 1
+                continue
+            # It went on: exact, whichever replica replays it.
+            assert r.text() == result_text(urls[0], r.stream_id)
+            assert full_replay(client, urls[1], r.stream_id).events == r.events
+            continued += 1
+        measure(
+            f"sentinel failover in {failover_s:.2f}s (primary {old.port} -> {new.port}): "
+            f"{continued} streams continued exactly, {lost} ended with events_lost"
+        )
+        assert continued + lost == len(readings)
+
+        # What was written before the failover is whole; new streams work at once.
+        assert full_replay(client, urls[1], before.stream_id).events == before.events
+        fresh = Reading()
+        read_some(client, fresh, urls[1], body=chat("fault-demo", "after the failover"))
+        assert fresh.finished and fresh.error() is None
+    for proc in [*deployment.apis, *deployment.workers]:
+        assert proc.process.poll() is None, "every process followed the failover by itself"
