@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint bench clean
+.PHONY: install run test test-hosts lint bench clean
 
 install: $(STAMP)
 
@@ -20,6 +20,11 @@ test: $(STAMP)
 	$(BIN)/ruff check api worker shared tests
 	$(BIN)/mypy
 	$(BIN)/pytest
+
+# Redis, API replicas, workers, the upstream and nginx on hosts of their own (network
+# namespaces): needs root, iproute2 and nginx; fails saying so without them.
+test-hosts: $(STAMP)
+	$(BIN)/pytest tests/hosts
 
 lint: $(STAMP)
 	$(BIN)/ruff check api worker shared tests

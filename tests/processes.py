@@ -33,14 +33,20 @@ class SpoolProcess:
         log_dir: Path,
         port: int | None = None,
         processes: int = 1,
+        *,
+        host: str = "127.0.0.1",
+        prefix: tuple[str, ...] = (),
     ):
+        """`prefix` runs the process through another command (`ip netns exec <host>` for
+        the multi-host tests); `host` is the address it listens on and is reached at."""
         self.role = role
         self.port = port
+        self.host = host
         self.processes = processes
         self.log_path = log_dir / f"{role}-{port or os.getpid()}-{time.monotonic_ns()}.log"
-        args = [sys.executable, "-m", "shared.cli", "--config", str(config), role]
+        args = [*prefix, sys.executable, "-m", "shared.cli", "--config", str(config), role]
         if port is not None:
-            args += ["--port", str(port)]
+            args += ["--host", host, "--port", str(port)]
         if processes > 1:
             args += ["--processes", str(processes)]
         env = {**os.environ, "REDIS_URL": redis_url, "SPOOL_LOG_LEVEL": "warning"}
@@ -49,7 +55,7 @@ class SpoolProcess:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

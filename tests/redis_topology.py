@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import redis as sync_redis
@@ -13,22 +14,40 @@ from shared.embedded_redis import find_redis_server, free_port
 
 SERVICE = "mymaster"
 
+Place = Callable[[str], tuple[str, tuple[str, ...]]]
+"""Where a node runs: its name → (address, command prefix), e.g. a network namespace."""
+
+
+def on_this_host(name: str) -> tuple[str, tuple[str, ...]]:
+    return "127.0.0.1", ()
+
 
 class RedisNode:
     """One `redis-server` (a data node, or a Sentinel when `sentinel_conf` is given)."""
 
-    def __init__(self, workdir: Path, name: str, args: list[str], *, sentinel: bool = False):
+    def __init__(
+        self,
+        workdir: Path,
+        name: str,
+        args: list[str],
+        *,
+        sentinel: bool = False,
+        place: Place = on_this_host,
+    ):
         self.dir = workdir / name
         self.dir.mkdir(parents=True, exist_ok=True)
         self.name = name
-        self.port = free_port()
+        self.ip, self.prefix = place(name)
+        # On a host of its own a node takes Redis' usual port; beside others, a free one.
+        self.port = free_port() if self.ip == "127.0.0.1" else (26379 if sentinel else 6379)
         self.args = args
         self.sentinel = sentinel
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> RedisNode:
-        base = ["--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
-                "--logfile", "redis.log", "--daemonize", "no"]  # fmt: skip
+        # Without a password Redis refuses clients from other hosts unless told otherwise.
+        base = ["--port", str(self.port), "--bind", self.ip, "--dir", str(self.dir),
+                "--logfile", "redis.log", "--daemonize", "no", "--protected-mode", "no"]  # fmt: skip
         if self.sentinel:
             conf = self.dir / "sentinel.conf"  # Sentinel rewrites its own file
             conf.write_text("\n".join(self.args) + "\n")
@@ -37,7 +56,7 @@ class RedisNode:
             command = [find_redis_server(), *base, "--save", "", "--appendonly", "no",
                        "--repl-diskless-sync-delay", "0", *self.args]  # fmt: skip
         self.process = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL
+            [*self.prefix, *command], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL
         )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -49,7 +68,7 @@ class RedisNode:
         raise AssertionError(f"{self.name} did not start:\n{self.log()[-2000:]}")
 
     def client(self) -> sync_redis.Redis:
-        return sync_redis.Redis(port=self.port, socket_timeout=2)
+        return sync_redis.Redis(host=self.ip, port=self.port, socket_timeout=2)
 
     def log(self) -> str:
         path = self.dir / "redis.log"
@@ -81,29 +100,34 @@ class SentinelSet:
     that fail over `down_after_ms` after the primary stops answering."""
 
     def __init__(
-        self, workdir: Path, *, replicas: int = 1, sentinels: int = 3, down_after_ms: int = 1000
+        self,
+        workdir: Path,
+        *,
+        replicas: int = 1,
+        sentinels: int = 3,
+        down_after_ms: int = 1000,
+        place: Place = on_this_host,
     ) -> None:
         self.workdir = workdir
         self.down_after_ms = down_after_ms
-        self.nodes = [RedisNode(workdir, "node-0", [])]
-        for n in range(replicas):
-            self.nodes.append(RedisNode(workdir, f"node-{n + 1}", []))
+        self.place = place
+        self.nodes = [RedisNode(workdir, f"node-{n}", [], place=place) for n in range(replicas + 1)]
         self.sentinel_count = sentinels
         self.sentinels: list[RedisNode] = []
 
     @property
     def url(self) -> str:
-        hosts = ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
+        hosts = ",".join(f"{s.ip}:{s.port}" for s in self.sentinels)
         return f"redis+sentinel://{hosts}/{SERVICE}/0"
 
     def start(self) -> SentinelSet:
         primary = self.nodes[0].start()
         for replica in self.nodes[1:]:
-            replica.args = ["--replicaof", "127.0.0.1", str(primary.port)]
+            replica.args = ["--replicaof", primary.ip, str(primary.port)]
             replica.start()
         self._wait(lambda: all(self._linked(r) for r in self.nodes[1:]), "replication link")
         quorum = self.sentinel_count // 2 + 1
-        nodes = [RedisNode(self.workdir, f"sentinel-{n}", [], sentinel=True)
+        nodes = [RedisNode(self.workdir, f"sentinel-{n}", [], sentinel=True, place=self.place)
                  for n in range(self.sentinel_count)]  # fmt: skip
         ids = [f"{n + 1:040x}" for n in range(self.sentinel_count)]
         for n, node in enumerate(nodes):
@@ -111,12 +135,12 @@ class SentinelSet:
             # finding them over the next seconds.
             node.args = [
                 f"sentinel myid {ids[n]}",
-                f"sentinel monitor {SERVICE} 127.0.0.1 {primary.port} {quorum}",
+                f"sentinel monitor {SERVICE} {primary.ip} {primary.port} {quorum}",
                 f"sentinel down-after-milliseconds {SERVICE} {self.down_after_ms}",
                 f"sentinel failover-timeout {SERVICE} 5000",
                 f"sentinel parallel-syncs {SERVICE} 1",
-                *(f"sentinel known-replica {SERVICE} 127.0.0.1 {r.port}" for r in self.nodes[1:]),
-                *(f"sentinel known-sentinel {SERVICE} 127.0.0.1 {other.port} {ids[m]}"
+                *(f"sentinel known-replica {SERVICE} {r.ip} {r.port}" for r in self.nodes[1:]),
+                *(f"sentinel known-sentinel {SERVICE} {other.ip} {other.port} {ids[m]}"
                   for m, other in enumerate(nodes) if m != n),
             ]  # fmt: skip
         for node in nodes:
@@ -130,10 +154,10 @@ class SentinelSet:
             if not sentinel.alive:
                 continue
             try:
-                _, port = sentinel.client().sentinel_get_master_addr_by_name(SERVICE)
+                ip, port = sentinel.client().sentinel_get_master_addr_by_name(SERVICE)
             except sync_redis.ConnectionError:
                 continue
-            return next(n for n in self.nodes if n.port == int(port))
+            return next(n for n in self.nodes if (n.ip, n.port) == (ip.decode(), int(port)))
         raise AssertionError("no Sentinel answers")
 
     def wait_failover(self, old: RedisNode, timeout_s: float = 30.0) -> RedisNode:
