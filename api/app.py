@@ -29,7 +29,7 @@ from shared.hooks import HookStore
 from shared.limits import Admission
 from shared.queue import ArqJobQueue
 from shared.reaper import Reaper
-from shared.redis import create_redis
+from shared.redis import create_control_redis, create_data_redis
 from shared.settings import Settings
 from shared.store import StreamStore
 from shared.supervise import cancel_and_wait, supervise
@@ -43,20 +43,23 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Three kinds of connection, a fixed number of each whatever the load: one shared
         # by every request (multiplexed), the stream hub's pub/sub, and a few for arq,
-        # whose enqueue WATCHes keys.
-        redis = create_redis(settings, multiplexed=True)
-        queue_redis = create_redis(settings, max_connections=QUEUE_CONNECTIONS)
-        store = StreamStore(redis, settings)
+        # whose enqueue WATCHes keys. With the streams on their own Redis (a Cluster), the
+        # shared one is per Redis, and the cluster client holds a pool per node.
+        control = create_control_redis(settings, multiplexed=True)
+        redis = control if settings.queue_url is None else create_data_redis(settings)
+        queue_redis = create_control_redis(settings, max_connections=QUEUE_CONNECTIONS)
+        store = StreamStore(redis, settings, control)
         hub = StreamHub(redis, store, tick_s=settings.keepalive_interval_s)
         queue = ArqJobQueue(queue_redis)
-        hooks = HookStore(redis, settings.task_retention_s)
+        hooks = HookStore(redis, control, settings.task_retention_s)
         app.state.services = Services(
             settings=settings,
             redis=redis,
+            control=control,
             store=store,
             queue=queue,
-            keys=KeyStore(redis),
-            admission=Admission(redis, settings),
+            keys=KeyStore(control),
+            admission=Admission(control, settings),
             metrics=app.state.metrics,
             hooks=hooks,
             tasks=TaskViews(store, hooks, settings.public_base_url),
@@ -74,7 +77,9 @@ def create_app(settings: Settings) -> FastAPI:
         finally:
             for task in background:
                 await cancel_and_wait(task)
-            await redis.aclose(close_connection_pool=True)
+            if redis is not control:
+                await redis.aclose()
+            await control.aclose(close_connection_pool=True)
             await queue_redis.aclose(close_connection_pool=True)
 
     app = FastAPI(title="Spool", version="0.1.0", lifespan=lifespan)

@@ -20,6 +20,7 @@ from shared.errors import Unauthenticated
 from shared.hooks import HookStore
 from shared.limits import Admission
 from shared.queue import JobQueue
+from shared.redis import DataRedis
 from shared.settings import Settings
 from shared.store import StreamStore
 from shared.task_view import TaskViews
@@ -28,7 +29,8 @@ from shared.task_view import TaskViews
 @dataclass
 class Services:
     settings: Settings
-    redis: Redis
+    redis: DataRedis  # streams and job records (REDIS_URL)
+    control: Redis  # the queue's Redis: indexes, keys, limits (SPOOL_QUEUE_URL or REDIS_URL)
     store: StreamStore
     queue: JobQueue
     keys: KeyStore

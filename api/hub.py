@@ -3,11 +3,16 @@ local readers on one Redis pub/sub connection and hands it to all of them.
 
 Workers publish each append on the stream's live channel (`keys.live_channel`) in the same
 script that writes it, so the hub's one connection carries what a blocking XREAD per reader
-would, whatever the number of open streams. The stream stays the record: a reader that
-joins late, falls behind (more than `QUEUE_LIMIT` entries waiting) or sees a gap in the
-positions reads the missing entries from the stream itself (XREAD without BLOCK, on the
-shared pool) and goes on with what the hub hands it, dropping what it already has. A
-reader subscribes before it reads the stream, so nothing falls between the two.
+would, whatever the number of open streams. On a Redis Cluster the channels are shard
+channels (SPUBLISH/SSUBSCRIBE), carried only by the node that holds the stream: the hub
+then holds one connection per node it follows streams on, learns the slot map again
+when a node fails or a slot moves, and moves each channel to its new node.
+
+The stream stays the record: a reader that joins late, falls behind (more than
+`QUEUE_LIMIT` entries waiting) or sees a gap in the positions reads the missing entries
+from the stream itself (XREAD without BLOCK, on the shared pool) and goes on with what the
+hub hands it, dropping what it already has. A reader subscribes before it reads the
+stream, so nothing falls between the two.
 
 If the pub/sub connection drops, the hub reconnects and every reader reads back what it
 may have missed; if Redis cannot be reached, every reader ends with the error.
@@ -20,13 +25,15 @@ import contextlib
 import logging
 from collections.abc import AsyncGenerator
 
-from redis.asyncio import Redis
+from redis.asyncio import RedisCluster
 from redis.asyncio.connection import AbstractConnection
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from shared import events as ev
 from shared import keys
 from shared.errors import ResumePointExpired, StreamNotFound
+from shared.redis import DataRedis
 from shared.store import Entry, StreamStore
 
 log = logging.getLogger(__name__)
@@ -50,13 +57,14 @@ def parse_live(data: bytes) -> list[Entry]:
 class _Sub:
     """The streams this process listens to: its channel and its local readers."""
 
-    __slots__ = ("channel", "confirmed", "readers", "stream_id")
+    __slots__ = ("channel", "confirmed", "link", "readers", "stream_id")
 
     def __init__(self, stream_id: str, channel: bytes) -> None:
         self.stream_id = stream_id
         self.channel = channel
         self.readers: list[Reader] = []  # most streams have one
         self.confirmed = False  # Redis has confirmed the subscription; messages flow
+        self.link: _Link | None = None  # the connection it is subscribed on
 
 
 class Reader:
@@ -148,17 +156,18 @@ class StreamHub:
     """Listens for the streams this process's readers follow. `tick_s` is how long a
     reader may sit idle before it is woken for a keep-alive (and a look at the stream)."""
 
-    def __init__(self, redis: Redis, store: StreamStore, *, tick_s: float) -> None:
+    def __init__(self, redis: DataRedis, store: StreamStore, *, tick_s: float) -> None:
         self.redis = redis
         self.store = store
         self.tick_s = tick_s
         self.draining = False
+        self.sharded = isinstance(redis, RedisCluster)
         self._subs: dict[bytes, _Sub] = {}
-        self._to_subscribe: set[bytes] = set()
-        self._to_unsubscribe: set[bytes] = set()
-        self._unconfirmed: dict[bytes, int] = {}  # (un)subscribes sent and not yet answered
-        self._dirty = asyncio.Event()
-        self._pong = 0.0
+        self._links: dict[str, _Link] = {}
+        self._link_tasks: set[asyncio.Task[None]] = set()
+        self._unrouted: set[bytes] = set()  # channels whose node is not known yet
+        self._running = False
+        self._refreshing: asyncio.Task[None] | None = None
 
     @property
     def streams(self) -> int:
@@ -173,9 +182,7 @@ class StreamHub:
         sub = self._subs.get(channel)
         if sub is None:
             sub = self._subs[channel] = _Sub(stream_id, channel)
-            self._to_unsubscribe.discard(channel)
-            self._to_subscribe.add(channel)
-            self._dirty.set()
+            self._route(sub)
         reader = Reader(self, sub, after, next_seq)
         reader.drained = self.draining
         sub.readers.append(reader)
@@ -187,9 +194,10 @@ class StreamHub:
             sub.readers.remove(reader)
         if not sub.readers and self._subs.get(sub.channel) is sub:
             del self._subs[sub.channel]
-            self._to_subscribe.discard(sub.channel)
-            self._to_unsubscribe.add(sub.channel)
-            self._dirty.set()
+            self._unrouted.discard(sub.channel)
+            if sub.link is not None:
+                sub.link.unsubscribe(sub.channel)
+                sub.link = None
 
     async def follow(
         self, reader: Reader, *, drainable: bool = True
@@ -283,107 +291,94 @@ class StreamHub:
                 reader.drained = True
                 reader.wake()
 
-    # -- the connection -------------------------------------------------------------------
+    # -- the connections -----------------------------------------------------------------
 
     async def run(self) -> None:
-        """Hold the pub/sub connection, reconnecting when it drops; run supervised."""
-        failures = 0
-        while True:
-            try:
-                conn = await self._connect()
-            except (RedisError, OSError) as exc:
-                # Readers would wait on a hub that cannot hear: they end with the error.
-                self._fail_all(exc)
-                delay = RECONNECT_BACKOFF_S[min(failures, len(RECONNECT_BACKOFF_S) - 1)]
-                failures += 1
-                log.warning("stream hub cannot reach redis (%s); retrying in %.2fs", exc, delay)
-                await asyncio.sleep(delay)
-                continue
-            failures = 0
-            try:
-                await self._serve(conn)
-            except (RedisError, OSError) as exc:
-                log.warning("stream hub lost its redis connection (%s); reconnecting", exc)
-            finally:
-                await conn.disconnect(nowait=True)
+        """Hold the pub/sub connections (one; with a Cluster, one per node that holds a
+        followed stream), reconnecting as they drop; run supervised."""
+        self._running = True
+        try:
+            if self.sharded:
+                await self._refresh()
+            else:
+                self._start(self._link("redis"))
+            await asyncio.Event().wait()
+        finally:
+            self._running = False
+            for task in list(self._link_tasks):
+                task.cancel()
+            await asyncio.gather(*self._link_tasks, return_exceptions=True)
 
-    async def _connect(self) -> AbstractConnection:
-        pool = self.redis.connection_pool
+    def _route(self, sub: _Sub) -> None:
+        """Subscribe `sub` on the connection to the node that holds its stream."""
+        name = self._node_of(sub.channel)
+        if name is None:
+            self._unrouted.add(sub.channel)
+            self._refresh_soon()
+            return
+        self._unrouted.discard(sub.channel)
+        link = self._links.get(name) or self._link(name)
+        if link.task is None and self._running:
+            self._start(link)
+        sub.link = link
+        sub.confirmed = False
+        for reader in sub.readers:
+            reader.catch_up = True
+        link.subscribe(sub.channel)
+
+    def _node_of(self, channel: bytes) -> str | None:
+        if not isinstance(self.redis, RedisCluster):
+            return "redis"
+        try:
+            return str(self.redis.get_node_from_key(channel).name)
+        except (RedisError, IndexError, KeyError, AttributeError):
+            return None  # the slot map is not known (yet)
+
+    def _link(self, name: str) -> _Link:
+        link = self._links[name] = _Link(self, name)
+        return link
+
+    def _start(self, link: _Link) -> None:
+        task = asyncio.create_task(link.run(), name=f"spool-hub-link-{link.name}")
+        link.task = task
+        self._link_tasks.add(task)
+        task.add_done_callback(self._link_tasks.discard)
+
+    def _refresh_soon(self) -> None:
+        if self.sharded and self._running and (self._refreshing is None or self._refreshing.done()):
+            self._refreshing = asyncio.create_task(self._refresh(), name="spool-hub-refresh")
+
+    async def _refresh(self) -> None:
+        """Learn the cluster's slot map again (after a failover, a slot that moved, a
+        node that went away) and move every channel to the node that now holds it."""
+        assert isinstance(self.redis, RedisCluster)
+        try:
+            await self.redis.initialize()
+            await self.redis.nodes_manager.initialize()
+        except (RedisError, OSError) as exc:
+            log.warning("stream hub cannot read the cluster's slot map: %s", exc)
+            return
+        for sub in list(self._subs.values()):
+            name = self._node_of(sub.channel)
+            if sub.link is None or name != sub.link.name:
+                if sub.link is not None:
+                    sub.link.forget(sub.channel)
+                self._route(sub)
+
+    async def _connect(self, link: _Link) -> AbstractConnection:
         # Reads wait as long as no message comes; pings tell a dead Redis from a quiet one.
-        conn = pool.connection_class(**{**pool.connection_kwargs, "socket_timeout": None})
+        if isinstance(self.redis, RedisCluster):
+            node = self.redis.get_node(node_name=link.name)
+            if node is None:
+                raise RedisConnectionError(f"{link.name} is no longer a node of the cluster")
+            conn: AbstractConnection = node.connection_class(
+                **{**node.connection_kwargs, "socket_timeout": None}
+            )
+        else:
+            pool = self.redis.connection_pool
+            conn = pool.connection_class(**{**pool.connection_kwargs, "socket_timeout": None})
         await conn.connect()  # type: ignore[no-untyped-call]
         return conn
-
-    async def _serve(self, conn: AbstractConnection) -> None:
-        # A new connection: every stream is subscribed again, and every reader reads back
-        # what it may have missed once that is confirmed.
-        self._unconfirmed.clear()
-        self._to_unsubscribe.clear()
-        self._to_subscribe = set(self._subs)
-        for sub in self._subs.values():
-            sub.confirmed = False
-            for reader in sub.readers:
-                reader.catch_up = True
-        self._dirty.set()
-        self._pong = asyncio.get_running_loop().time()
-        writer = asyncio.create_task(self._write_loop(conn), name="spool-hub-writer")
-        listener = asyncio.create_task(self._read_loop(conn), name="spool-hub-listener")
-        try:
-            done, _ = await asyncio.wait({writer, listener}, return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                task.result()
-        finally:
-            for task in (writer, listener):
-                task.cancel()
-            await asyncio.gather(writer, listener, return_exceptions=True)
-
-    async def _write_loop(self, conn: AbstractConnection) -> None:
-        """Send (un)subscribes as readers come and go, a burst in one command, and a ping
-        every `PING_INTERVAL_S`; a connection that stops answering pings is dropped."""
-        loop = asyncio.get_running_loop()
-        next_ping = loop.time() + PING_INTERVAL_S
-        while True:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(max(0.0, next_ping - loop.time())):
-                    await self._dirty.wait()
-            now = loop.time()
-            if now >= next_ping:
-                # Pinged however busy the hub is, so a quiet Redis is told from a dead one.
-                if now - self._pong > 3 * PING_INTERVAL_S:
-                    raise ConnectionError("redis stopped answering the hub's pings")
-                await conn.send_packed_command(conn.pack_command("PING"), check_health=False)
-                next_ping = now + PING_INTERVAL_S
-            if not self._dirty.is_set():
-                continue
-            self._dirty.clear()
-            commands: list[list[bytes | str]] = []
-            if self._to_unsubscribe:
-                gone, self._to_unsubscribe = list(self._to_unsubscribe), set()
-                commands.append(["UNSUBSCRIBE", *gone])
-                for channel in gone:
-                    self._unconfirmed[channel] = self._unconfirmed.get(channel, 0) + 1
-            if self._to_subscribe:
-                new, self._to_subscribe = list(self._to_subscribe), set()
-                commands.append(["SUBSCRIBE", *new])
-                for channel in new:
-                    self._unconfirmed[channel] = self._unconfirmed.get(channel, 0) + 1
-            if commands:
-                await conn.send_packed_command(conn.pack_commands(commands), check_health=False)
-
-    async def _read_loop(self, conn: AbstractConnection) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            reply = await conn.read_response(disconnect_on_error=False)
-            if reply == b"PONG":  # a ping while subscribed to nothing gets a plain reply
-                self._pong = loop.time()
-                continue
-            kind = reply[0]
-            if kind == b"message":
-                self._deliver(reply[1], reply[2])
-            elif kind in (b"subscribe", b"unsubscribe"):
-                self._confirm(reply[1])
-            elif kind == b"pong":
-                self._pong = loop.time()
 
     def _deliver(self, channel: bytes, data: bytes) -> None:
         sub = self._subs.get(channel)
@@ -401,19 +396,185 @@ class StreamHub:
         for reader in sub.readers:
             reader.push(entries)
 
-    def _confirm(self, channel: bytes) -> None:
-        left = self._unconfirmed.get(channel, 0) - 1
-        if left > 0:
-            self._unconfirmed[channel] = left
-            return
-        self._unconfirmed.pop(channel, None)
+    def _confirmed(self, link: _Link, channel: bytes) -> None:
         sub = self._subs.get(channel)
-        if sub is not None and channel not in self._to_subscribe and not sub.confirmed:
+        if sub is not None and sub.link is link and not sub.confirmed:
             sub.confirmed = True
             for reader in sub.readers:
                 reader.wake()
 
-    def _fail_all(self, error: BaseException) -> None:
-        for sub in self._subs.values():
-            for reader in sub.readers:
-                reader.fail(error)
+    def _dropped(self, link: _Link, channel: bytes) -> None:
+        """The node ended a subscription nobody asked to end (its slot moved away)."""
+        sub = self._subs.get(channel)
+        if sub is not None and sub.link is link:
+            link.forget(channel)
+            sub.link = None
+            self._unrouted.add(channel)
+            self._refresh_soon()
+
+    def _fail(self, link: _Link, error: BaseException) -> None:
+        """The link cannot reach its node: its readers end with the error (their clients
+        resume, on whichever node then holds the stream)."""
+        for channel in list(link.channels):
+            sub = self._subs.get(channel)
+            if sub is not None and sub.link is link:
+                for reader in sub.readers:
+                    reader.fail(error)
+        self._refresh_soon()
+
+
+class _Link:
+    """The pub/sub connection to one Redis node and the channels subscribed on it. It
+    (un)subscribes as readers come and go, a burst in one command, pings every
+    `PING_INTERVAL_S`, and reconnects when the connection drops."""
+
+    def __init__(self, hub: StreamHub, name: str) -> None:
+        self.hub = hub
+        self.name = name
+        self.task: asyncio.Task[None] | None = None
+        self.channels: set[bytes] = set()
+        self._to_subscribe: set[bytes] = set()
+        self._to_unsubscribe: set[bytes] = set()
+        self._unconfirmed: dict[bytes, int] = {}  # (un)subscribes sent and not yet answered
+        self._dirty = asyncio.Event()
+        self._pong = 0.0
+        sharded = hub.sharded
+        self._subscribe = "SSUBSCRIBE" if sharded else "SUBSCRIBE"
+        self._unsubscribe = "SUNSUBSCRIBE" if sharded else "UNSUBSCRIBE"
+
+    def subscribe(self, channel: bytes) -> None:
+        self.channels.add(channel)
+        self._to_unsubscribe.discard(channel)
+        self._to_subscribe.add(channel)
+        self._dirty.set()
+
+    def unsubscribe(self, channel: bytes) -> None:
+        self.channels.discard(channel)
+        self._to_subscribe.discard(channel)
+        self._to_unsubscribe.add(channel)
+        self._dirty.set()
+
+    def forget(self, channel: bytes) -> None:
+        """The channel moved to another node: nothing to send here."""
+        self.channels.discard(channel)
+        self._to_subscribe.discard(channel)
+
+    async def run(self) -> None:
+        failures = 0
+        while True:
+            try:
+                conn = await self.hub._connect(self)
+            except (RedisError, OSError) as exc:
+                # Readers would wait on a link that cannot hear: they end with the error.
+                self.hub._fail(self, exc)
+                delay = RECONNECT_BACKOFF_S[min(failures, len(RECONNECT_BACKOFF_S) - 1)]
+                failures += 1
+                log.warning("stream hub cannot reach %s (%s); retrying in %.2fs",
+                            self.name, exc, delay)  # fmt: skip
+                if self.hub.sharded and not self.channels:
+                    # A node with nothing to listen to is not waited for: a new reader
+                    # starts a new link.
+                    self.hub._links.pop(self.name, None)
+                    return
+                await asyncio.sleep(delay)
+                continue
+            failures = 0
+            try:
+                await self._serve(conn)
+            except (RedisError, OSError) as exc:
+                log.warning("stream hub lost its connection to %s (%s); reconnecting",
+                            self.name, exc)  # fmt: skip
+                self.hub._refresh_soon()
+            finally:
+                await conn.disconnect(nowait=True)
+
+    async def _serve(self, conn: AbstractConnection) -> None:
+        # A new connection: every channel is subscribed again, and every reader reads back
+        # what it may have missed once that is confirmed.
+        self._unconfirmed.clear()
+        self._to_unsubscribe.clear()
+        self._to_subscribe = set(self.channels)
+        for channel in self.channels:
+            sub = self.hub._subs.get(channel)
+            if sub is not None:
+                sub.confirmed = False
+                for reader in sub.readers:
+                    reader.catch_up = True
+        self._dirty.set()
+        self._pong = asyncio.get_running_loop().time()
+        writer = asyncio.create_task(self._write_loop(conn), name="spool-hub-writer")
+        listener = asyncio.create_task(self._read_loop(conn), name="spool-hub-listener")
+        try:
+            done, _ = await asyncio.wait({writer, listener}, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()
+        finally:
+            for task in (writer, listener):
+                task.cancel()
+            await asyncio.gather(writer, listener, return_exceptions=True)
+
+    async def _write_loop(self, conn: AbstractConnection) -> None:
+        loop = asyncio.get_running_loop()
+        next_ping = loop.time() + PING_INTERVAL_S
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.0, next_ping - loop.time())):
+                    await self._dirty.wait()
+            now = loop.time()
+            if now >= next_ping:
+                # Pinged however busy the hub is, so a quiet Redis is told from a dead one.
+                if now - self._pong > 3 * PING_INTERVAL_S:
+                    raise RedisConnectionError("redis stopped answering the hub's pings")
+                await conn.send_packed_command(conn.pack_command("PING"), check_health=False)
+                next_ping = now + PING_INTERVAL_S
+            if not self._dirty.is_set():
+                continue
+            self._dirty.clear()
+            commands: list[list[bytes | str]] = []
+            if self._to_unsubscribe:
+                gone, self._to_unsubscribe = list(self._to_unsubscribe), set()
+                commands += self._commands(self._unsubscribe, gone)
+            if self._to_subscribe:
+                new, self._to_subscribe = list(self._to_subscribe), set()
+                commands += self._commands(self._subscribe, new)
+            if commands:
+                await conn.send_packed_command(conn.pack_commands(commands), check_health=False)
+
+    def _commands(self, command: str, channels: list[bytes]) -> list[list[bytes | str]]:
+        for channel in channels:
+            self._unconfirmed[channel] = self._unconfirmed.get(channel, 0) + 1
+        if self.hub.sharded:
+            # Shard channels of one command must share a slot: one command each.
+            return [[command, channel] for channel in channels]
+        return [[command, *channels]]
+
+    async def _read_loop(self, conn: AbstractConnection) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            reply = await conn.read_response(disconnect_on_error=False)
+            if reply == b"PONG":  # a ping while subscribed to nothing gets a plain reply
+                self._pong = loop.time()
+                continue
+            kind = reply[0]
+            if kind in (b"message", b"smessage"):
+                self.hub._deliver(reply[1], reply[2])
+            elif kind in (b"subscribe", b"ssubscribe"):
+                if self._answered(reply[1]):
+                    self.hub._confirmed(self, reply[1])
+            elif kind in (b"unsubscribe", b"sunsubscribe"):
+                if reply[1] in self._unconfirmed:
+                    self._answered(reply[1])
+                elif reply[1] in self.channels:
+                    self.hub._dropped(self, reply[1])
+            elif kind == b"pong":
+                self._pong = loop.time()
+
+    def _answered(self, channel: bytes) -> bool:
+        """Count an answer to a (un)subscribe; True once the last one sent is answered and
+        the channel is still wanted here."""
+        left = self._unconfirmed.get(channel, 0) - 1
+        if left > 0:
+            self._unconfirmed[channel] = left
+            return False
+        self._unconfirmed.pop(channel, None)
+        return channel in self.channels and channel not in self._to_subscribe

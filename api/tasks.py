@@ -114,7 +114,7 @@ async def submit_task(
     digest = body_digest(spec)
     idem_key = idempotency_redis_key(caller, idempotency_key) if idempotency_key else None
     if idem_key is not None:
-        held = await services.redis.get(idem_key)
+        held = await services.control.get(idem_key)
         if held is not None:
             return await _replayed(services, held.decode(), digest), False
     task_id = uuid.uuid4().hex

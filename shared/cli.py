@@ -122,8 +122,8 @@ def cmd_worker(settings: Settings, processes: int | None = None) -> int:
 
 def _redis_url(settings: Settings) -> str:
     """REDIS_URL, or the embedded Redis a running `spool dev` wrote down."""
-    if settings.redis_url:
-        return settings.redis_url
+    if settings.control_url:
+        return settings.control_url  # keys live beside the queue
     noted = settings.data_dir / "redis" / "url"
     if noted.exists():
         return noted.read_text().strip()

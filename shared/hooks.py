@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field
 from redis.asyncio import Redis
 
 from shared import keys
+from shared.redis import DataRedis
 
 WAKE_MAXLEN = 100
 # Webhook delivery records outlive their task by this much, so late retries can record.
@@ -43,14 +44,18 @@ class HookState(BaseModel):
 
 
 class HookStore:
-    def __init__(self, redis: Redis, task_retention_s: int) -> None:
+    """A task's webhook records live beside its stream (`redis`); the index of tasks still
+    to dispatch and the dispatchers' wake-up stream on the queue's Redis (`control`)."""
+
+    def __init__(self, redis: DataRedis, control: Redis, task_retention_s: int) -> None:
         self.redis = redis
+        self.control = control
         # How long a task's webhook records outlive their last change: as long as the task,
         # and a grace for retries still due.
         self.keep_s = task_retention_s + HOOK_RECORDS_GRACE_S
 
     async def pending(self, offset: int = 0, limit: int = 256) -> list[str]:
-        ids = await self.redis.zrange(keys.HOOKS_PENDING_KEY, offset, offset + limit - 1)
+        ids = await self.control.zrange(keys.HOOKS_PENDING_KEY, offset, offset + limit - 1)
         return [i.decode() for i in ids]
 
     async def cursors(self, task_ids: list[str]) -> dict[str, str]:
@@ -70,11 +75,13 @@ class HookStore:
 
     async def done(self, task_id: str) -> None:
         """Every event of the task has been turned into messages (or was not asked for)."""
-        await self.redis.zrem(keys.HOOKS_PENDING_KEY, task_id)
+        await self.control.zrem(keys.HOOKS_PENDING_KEY, task_id)
 
     async def wake(self) -> None:
         """Wake the dispatchers' blocking reads: a task with a callback was created."""
-        await self.redis.xadd(keys.HOOKS_WAKE_KEY, {"t": "1"}, maxlen=WAKE_MAXLEN, approximate=True)
+        await self.control.xadd(
+            keys.HOOKS_WAKE_KEY, {"t": "1"}, maxlen=WAKE_MAXLEN, approximate=True
+        )
 
     async def add(self, task_id: str, seq: int, message: HookMessage) -> bool:
         """Store message `seq` unless it exists; True when this call stored it."""

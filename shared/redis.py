@@ -7,13 +7,14 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
+from redis.asyncio.cluster import ClusterNode
 from redis.asyncio.connection import ConnectionPool
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from shared.redis_address import SentinelAddress, parse_redis_url
+from shared.redis_address import ClusterAddress, SentinelAddress, parse_redis_url
 from shared.redis_mux import MuxPool
 from shared.settings import Settings
 
@@ -23,6 +24,9 @@ REDIS_BLIP_ERRORS = (RedisConnectionError, RedisTimeoutError)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+DataRedis = Redis | RedisCluster
+"""What holds streams and job records: one Redis (or Sentinel's primary), or a Cluster."""
 
 
 async def with_redis_retry(settings: Settings, action: Callable[[], Awaitable[T]]) -> T:
@@ -68,16 +72,12 @@ def create_redis(
     redis_url = url or settings.redis_url
     if not redis_url:
         raise ValueError("no Redis URL: set REDIS_URL, or run `spool dev` for an embedded Redis")
-    # Blocking stream reads wait up to one keep-alive interval; the socket timeout must
-    # outlast them, yet still notice a Redis that stopped answering.
-    socket: dict[str, Any] = {
-        "socket_connect_timeout": CONNECT_TIMEOUT_S,
-        "socket_timeout": settings.keepalive_interval_s + 10.0,
-        "socket_keepalive": True,
-    }
+    socket = _socket_options(settings)
     limits = {"max_connections": max_connections or settings.redis_max_connections, "timeout": 5}
     address = parse_redis_url(redis_url)
     pool: ConnectionPool
+    if isinstance(address, ClusterAddress):
+        raise ValueError("a Redis Cluster holds streams only (see create_data_redis)")
     if isinstance(address, SentinelAddress):
         sentinel = Sentinel(  # type: ignore[no-untyped-call]
             address.sentinels,
@@ -104,3 +104,54 @@ def create_redis(
     else:
         pool = BlockingConnectionPool.from_url(address, **limits, **socket)
     return Redis(connection_pool=pool)
+
+
+def create_data_redis(settings: Settings, *, multiplexed: bool = False) -> DataRedis:
+    """The client for streams and job records (REDIS_URL): as `create_redis` for one
+    Redis or Sentinel; for a Redis Cluster, a cluster client that routes each command by
+    its key's slot, follows MOVED/ASK and learns a failed-over master's replacement. It
+    holds up to `redis_max_connections` per node, and is not multiplexed."""
+    if not settings.redis_url:
+        raise ValueError("no Redis URL: set REDIS_URL, or run `spool dev` for an embedded Redis")
+    address = parse_redis_url(settings.redis_url)
+    if not isinstance(address, ClusterAddress):
+        return create_redis(settings, multiplexed=multiplexed)
+    client: RedisCluster = RedisCluster(
+        startup_nodes=[ClusterNode(host, port) for host, port in address.nodes],
+        username=address.username,
+        password=address.password,
+        max_connections=settings.redis_max_connections,
+        **_socket_options(settings),
+    )
+    return client
+
+
+def create_control_redis(
+    settings: Settings, *, max_connections: int | None = None, multiplexed: bool = False
+) -> Redis:
+    """The client for the queue, the job indexes, API keys and limits: SPOOL_QUEUE_URL,
+    or REDIS_URL when that is one Redis (see `Settings.queue_url`)."""
+    return create_redis(
+        settings,
+        url=settings.control_url,
+        max_connections=max_connections,
+        multiplexed=multiplexed,
+    )
+
+
+def _socket_options(settings: Settings) -> dict[str, Any]:
+    # Blocking stream reads wait up to one keep-alive interval; the socket timeout must
+    # outlast them, yet still notice a Redis that stopped answering.
+    return {
+        "socket_connect_timeout": CONNECT_TIMEOUT_S,
+        "socket_timeout": settings.keepalive_interval_s + 10.0,
+        "socket_keepalive": True,
+    }
+
+
+async def ping(redis: DataRedis) -> None:
+    """Raise unless the data Redis answers: for a Cluster, every master."""
+    if isinstance(redis, RedisCluster):
+        await redis.ping(target_nodes=RedisCluster.PRIMARIES)
+    else:
+        await redis.ping()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 from redis.commands.core import AsyncScript
 
 SCRIPT_DIR = Path(__file__).with_name("lua")
@@ -26,6 +26,7 @@ def source(name: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def register(redis: Redis, name: str) -> AsyncScript:
+def register(redis: Redis | RedisCluster, name: str) -> AsyncScript:
     """The script as redis-py runs it: EVALSHA, loading it again when Redis lost it."""
-    return redis.register_script(source(name))
+    script: AsyncScript = redis.register_script(source(name))  # type: ignore[misc]
+    return script

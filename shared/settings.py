@@ -22,7 +22,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.errors import ConfigError
-from shared.redis_address import parse_redis_url
+from shared.redis_address import ClusterAddress, parse_redis_url
 
 ProviderName = Literal["demo", "openai", "anthropic", "gemini"]
 
@@ -141,6 +141,9 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(
         default=None, validation_alias=AliasChoices("REDIS_URL", "SPOOL_REDIS_URL", "redis_url")
     )
+    # The Redis that holds the queue, the job indexes, API keys and limits. Defaults to
+    # REDIS_URL; required when REDIS_URL names a Redis Cluster (arq needs one primary).
+    queue_url: str | None = None
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     config: Path | None = None
@@ -203,17 +206,45 @@ class Settings(BaseSettings):
     webhook_backoff_max_s: float = Field(default=3600.0, ge=0)
     webhook_timeout_s: float = Field(default=10.0, gt=0)
 
-    @field_validator("redis_url", mode="before")
+    @field_validator("redis_url", "queue_url", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
 
-    @field_validator("redis_url", mode="after")
+    @field_validator("redis_url", "queue_url", mode="after")
     @classmethod
     def _redis_url_form(cls, value: str | None) -> str | None:
         if value is not None:
             parse_redis_url(value)  # raises ValueError naming what is wrong
         return value
+
+    @model_validator(mode="after")
+    def _queue_beside_a_cluster(self) -> Settings:
+        if self.queue_url is not None and isinstance(
+            parse_redis_url(self.queue_url), ClusterAddress
+        ):
+            raise ValueError(
+                "SPOOL_QUEUE_URL cannot be a Redis Cluster: the queue needs one primary "
+                "(plain redis:// or redis+sentinel://)"
+            )
+        if self.queue_url is None and self.cluster:
+            raise ValueError(
+                "REDIS_URL names a Redis Cluster, which holds the streams; set SPOOL_QUEUE_URL "
+                "to a plain or Sentinel Redis for the queue, the job indexes, keys and limits"
+            )
+        return self
+
+    @property
+    def cluster(self) -> bool:
+        """Whether REDIS_URL names a Redis Cluster."""
+        return self.redis_url is not None and isinstance(
+            parse_redis_url(self.redis_url), ClusterAddress
+        )
+
+    @property
+    def control_url(self) -> str | None:
+        """The Redis of the queue, the indexes, keys and limits (see `queue_url`)."""
+        return self.queue_url or self.redis_url
 
     @model_validator(mode="after")
     def _grace_outlasts_keepalive(self) -> Settings:

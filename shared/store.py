@@ -7,17 +7,20 @@ attempt (arq re-ran the job, or the worker's lease ran out) can never append.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
 import orjson
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.client import Pipeline
 from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, RedisError
 
 from shared import events as ev
 from shared import keys, scripts
@@ -29,6 +32,7 @@ from shared.errors import (
     StreamExpired,
     StreamNotFound,
 )
+from shared.redis import DataRedis
 from shared.settings import Settings
 from shared.transcript import Transcript
 
@@ -147,6 +151,12 @@ class Entry:
         return cls(entry_id.decode(), int(fields[b"n"]), ev.decode(fields[ev.FIELD]))
 
 
+def now_ms() -> int:
+    """This host's clock in ms: only for index scores, which say when to look, not what
+    is due (the scripts decide that by Redis' own clock)."""
+    return int(time.time() * 1000)
+
+
 def parse_entry_id(value: str) -> tuple[int, int]:
     match = ENTRY_ID.fullmatch(value)
     if not match or int(match[1]) > MAX_ID_PART or int(match[2]) > MAX_ID_PART:
@@ -155,10 +165,25 @@ def parse_entry_id(value: str) -> tuple[int, int]:
 
 
 class StreamStore:
-    """Job records and event streams in Redis. One instance per process, shared by tasks."""
+    """Job records and event streams in Redis. One instance per process, shared by tasks.
 
-    def __init__(self, redis: Redis, settings: Settings) -> None:
+    Records and streams live on the data Redis (`redis`: one Redis, Sentinel's primary, or
+    a Cluster, where each stream's keys share a slot); the job indexes, concurrency slots
+    and usage on the control Redis (`control`, the queue's; the same one unless
+    SPOOL_QUEUE_URL says otherwise). No script touches both: the indexes are kept as
+    supersets, written before a job can need them and cleared after it no longer does, so
+    a crash between the two writes leaves an entry the reaper looks at and drops, never a
+    job nobody looks at."""
+
+    def __init__(self, redis: DataRedis, settings: Settings, control: Redis | None = None) -> None:
         self.redis = redis
+        if control is None:
+            if not isinstance(redis, Redis):
+                raise TypeError("a Redis Cluster needs a control Redis beside it")
+            control = redis
+        self.control: Redis = control
+        # Live channels are shard channels on a cluster: only the stream's node carries them.
+        self.publish = "SPUBLISH" if isinstance(redis, RedisCluster) else "PUBLISH"
         self.maxlen = settings.stream_maxlen
         self.retention_s = settings.retention_s
         self.tombstone_s = settings.tombstone_s
@@ -172,7 +197,6 @@ class StreamStore:
         self.task_retention_s = settings.task_retention_s
         self.task_timeout_s = settings.task_timeout_s
         self._create = scripts.register(redis, "create_job")
-        self._create_task = scripts.register(redis, "create_task")
         self._claim = scripts.register(redis, "claim")
         self._append = scripts.register(redis, "append")
         self._renew = scripts.register(redis, "renew")
@@ -184,14 +208,8 @@ class StreamStore:
 
     @staticmethod
     def _keys(stream_id: str) -> list[str]:
-        """The five keys every job script takes, in the order their headers name them."""
-        return [
-            keys.job_key(stream_id),
-            keys.stream_key(stream_id),
-            keys.tombstone_key(stream_id),
-            keys.LEASES_KEY,
-            keys.QUEUED_KEY,
-        ]
+        """The keys the job scripts take, in the order their headers name them."""
+        return [keys.job_key(stream_id), keys.stream_key(stream_id), keys.tombstone_key(stream_id)]
 
     # -- API side -------------------------------------------------------------------------
 
@@ -206,8 +224,8 @@ class StreamStore:
         owner: str,
         then: Callable[[Pipeline], object] | None = None,
     ) -> None:
-        """Create a queued job record; `then` adds more commands (the enqueue) to the same
-        round trip, after the record."""
+        """Create a queued job record; `then` adds more commands (the enqueue) to the
+        control Redis' round trip, which also puts the job on the queued index."""
         try:
             encoded = orjson.dumps(request), orjson.dumps(render)
         except orjson.JSONEncodeError as exc:
@@ -215,15 +233,36 @@ class StreamStore:
         args: list[Any] = [
             stream_id, surface, model, *encoded, self.pending_ttl_s, owner, self.retention_s
         ]  # fmt: skip
-        if then is None:
-            await self._create(keys=self._keys(stream_id), args=args)
+        await self._create_record(stream_id, args, then)
+
+    async def _create_record(
+        self, stream_id: str, args: list[Any], then: Callable[[Pipeline], object] | None
+    ) -> None:
+        # EVAL, not EVALSHA: a script cache lost to a restart cannot fail the first command.
+        source = scripts.source("create_job")
+        if self.redis is self.control:
+            # One Redis: the record, the index and the enqueue share one round trip.
+            async with self.control.pipeline(transaction=False) as pipe:
+                pipe.eval(source, 1, keys.job_key(stream_id), *args)
+                self._queued(pipe, stream_id)
+                if then is not None:
+                    then(pipe)
+                await pipe.execute()
             return
-        # One round trip for the record and whatever `then` adds (the enqueue). EVAL, not
-        # EVALSHA: a script cache lost to a restart cannot fail the first command alone.
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.eval(scripts.source("create_job"), 5, *self._keys(stream_id), *args)
-            then(pipe)
-            await pipe.execute()
+        # Two: both at once. A worker that takes the job before its record exists finds it
+        # "missing" and drops it; a record whose enqueue failed expires unclaimed.
+        async with self.control.pipeline(transaction=False) as pipe:
+            self._queued(pipe, stream_id)
+            if then is not None:
+                then(pipe)
+            await asyncio.gather(
+                self.redis.eval(source, 1, keys.job_key(stream_id), *args),  # type: ignore[arg-type]
+                pipe.execute(),
+            )
+
+    @staticmethod
+    def _queued(pipe: Pipeline, stream_id: str, at_ms: int | None = None) -> None:
+        pipe.zadd(keys.QUEUED_KEY, {stream_id: at_ms if at_ms is not None else now_ms()})
 
     async def create_task(
         self,
@@ -242,16 +281,28 @@ class StreamStore:
             encoded = orjson.dumps(request)
         except orjson.JSONEncodeError as exc:
             raise InvalidRequest(f"the task cannot be stored: {exc}") from exc
-        idem_key, idem_value = idempotency or (keys.job_key(task_id), "")
         pending_ttl = self.task_retention_s + self.task_timeout_s + self.queue_timeout_ms // 1000
-        held = await self._create_task(
-            keys=[*self._keys(task_id), idem_key, keys.HOOKS_PENDING_KEY],
-            args=[
-                task_id, "task", model, encoded, b"{}", pending_ttl, owner,
-                self.task_retention_s, idem_value, pending_ttl, int(with_callback),
-            ],
-        )  # fmt: skip
-        return held.decode() if held is not None else None
+        if idempotency is not None:
+            idem_key, idem_value = idempotency
+            # The key is taken first; the loser of a race answers what the winner stored.
+            while not await self.control.set(idem_key, idem_value, nx=True, ex=pending_ttl):
+                held = await self.control.get(idem_key)
+                if held is not None:
+                    return held.decode()  # type: ignore[no-any-return]
+        try:
+            if with_callback:
+                # Before the record: the dispatcher drops an id whose task never came.
+                await self.control.zadd(keys.HOOKS_PENDING_KEY, {task_id: now_ms()})
+            args: list[Any] = [
+                task_id, "task", model, encoded, b"{}", pending_ttl, owner, self.task_retention_s
+            ]  # fmt: skip
+            await self._create_record(task_id, args, None)
+        except BaseException:
+            if idempotency is not None:
+                with contextlib.suppress(RedisError):
+                    await self.control.delete(idempotency[0])
+            raise
+        return None
 
     async def get(self, stream_id: str) -> JobRecord:
         raw: dict[bytes, bytes] = await self.redis.hgetall(keys.job_key(stream_id))  # type: ignore[misc]
@@ -276,17 +327,17 @@ class StreamStore:
                 self.retention_s,
                 orjson.dumps(output),
                 self.tombstone_s,
-                stream_id,
-                keys.CONCURRENCY_PREFIX,
-                keys.GLOBAL_CONCURRENCY_KEY,
                 keys.live_channel(stream_id),
+                self.publish,
             ],
         )
         if result is None:
             raise StreamNotFound(f"no stream with id {stream_id!r}")
-        status = Status(result.decode())
-        if status is Status.RUNNING:
-            await self.redis.publish(keys.CANCEL_CHANNEL, stream_id)
+        status = Status(result[0].decode())
+        if status is Status.CANCELLED and len(result) > 1:
+            await self._settle(stream_id, result[1].decode() or None)
+        elif status is Status.RUNNING:
+            await self.control.publish(keys.CANCEL_CHANNEL, stream_id)
         return status
 
     async def mark_readers(self, stream_ids: list[str]) -> None:
@@ -355,7 +406,7 @@ class StreamStore:
 
     async def queue_position(self, stream_id: str) -> int | None:
         """How many queued jobs are ahead of this one; None when it is not queued."""
-        rank = await self.redis.zrank(keys.QUEUED_KEY, stream_id)
+        rank = await self.control.zrank(keys.QUEUED_KEY, stream_id)
         return int(rank) if rank is not None else None
 
     async def read_all(self, stream_id: str) -> list[StreamEntry]:
@@ -382,7 +433,12 @@ class StreamStore:
         outcome, status = reply[0].decode(), reply[1].decode()
         if outcome in ("claimed", "lost"):
             flat = reply[4]
-            record = JobRecord.from_hash(stream_id, dict(zip(flat[::2], flat[1::2], strict=True)))
+            fields = dict(zip(flat[::2], flat[1::2], strict=True))
+            record = JobRecord.from_hash(stream_id, fields)
+            async with self.control.pipeline(transaction=False) as pipe:
+                pipe.zadd(keys.LEASES_KEY, {stream_id: int(fields[b"lease_until"])})
+                pipe.zrem(keys.QUEUED_KEY, stream_id)
+                await pipe.execute()
             return Claim(
                 outcome,
                 Status.RUNNING,
@@ -440,19 +496,27 @@ class StreamStore:
             batch.held,
             keys.live_channel(batch.stream_id),
             b"\n".join([ev.encode(e) for e in batch.events]),
+            self.publish,
         ]
 
     async def renew_leases(self, runs: list[tuple[str, str]]) -> list[Lease]:
         """Renew the leases of (stream id, attempt) pairs, all in one round trip."""
-        calls = [(5, [*self._keys(sid), attempt, self.lease_ms, sid]) for sid, attempt in runs]
-        return [
-            Lease(bool(owned), int(since_reader_ms) / 1000, cancel == b"1")
-            for owned, since_reader_ms, cancel in await self._run_many(self._renew, calls)
-        ]
+        calls = [(1, [keys.job_key(sid), attempt, self.lease_ms]) for sid, attempt in runs]
+        replies = await self._run_many(self._renew, calls)
+        leases = {sid: int(r[3]) for (sid, _), r in zip(runs, replies, strict=True) if r[0]}
+        if leases:
+            await self.control.zadd(keys.LEASES_KEY, leases)
+        return [Lease(bool(r[0]), int(r[1]) / 1000, r[2] == b"1") for r in replies]
 
     async def release(self, stream_id: str, attempt: str) -> bool:
         """Hand a job that emitted nothing back to the queue (worker shutting down)."""
-        return bool(await self._release(keys=self._keys(stream_id), args=[attempt, stream_id]))
+        if not await self._release(keys=self._keys(stream_id)[:2], args=[attempt]):
+            return False
+        async with self.control.pipeline(transaction=False) as pipe:
+            self._queued(pipe, stream_id)
+            pipe.zrem(keys.LEASES_KEY, stream_id)
+            await pipe.execute()
+        return True
 
     async def cancel_requested(self, stream_id: str) -> bool:
         flag = await self.redis.hget(keys.job_key(stream_id), "cancel")  # type: ignore[misc]
@@ -485,28 +549,44 @@ class StreamStore:
                 ev.encode(terminal),
                 orjson.dumps(transcript.to_json()),
                 self.tombstone_s,
-                stream_id,
-                keys.CONCURRENCY_PREFIX,
-                keys.GLOBAL_CONCURRENCY_KEY,
-                usage.input_tokens,
-                usage.output_tokens,
-                keys.USAGE_PREFIX,
                 keys.live_channel(stream_id),
                 held,
+                self.publish,
             ],
         )
         if reply is None:
             raise FenceLost()
+        if reply[0] == b"finished":
+            owner, model = reply[1].decode() or None, reply[2].decode()
+            await self._settle(stream_id, owner, model, usage.input_tokens, usage.output_tokens)
+
+    async def _settle(
+        self, stream_id: str, owner: str | None, model: str = "", input: int = 0, output: int = 0
+    ) -> None:
+        """What an ended job leaves on the control Redis: off the indexes, its concurrency
+        slot given back, its usage charged to its owner. In one transaction."""
+        async with self.control.pipeline(transaction=True) as pipe:
+            pipe.zrem(keys.LEASES_KEY, stream_id)
+            pipe.zrem(keys.QUEUED_KEY, stream_id)
+            pipe.zrem(keys.GLOBAL_CONCURRENCY_KEY, stream_id)
+            if owner is not None:
+                pipe.zrem(keys.concurrency_key(owner), stream_id)
+                if input + output > 0:
+                    usage = keys.usage_key(owner)
+                    pipe.hincrby(usage, f"{model}|input", input)
+                    pipe.hincrby(usage, f"{model}|output", output)
+                    pipe.hincrby(usage, "total", input + output)
+            await pipe.execute()
 
     # -- reaper side ----------------------------------------------------------------------
 
     async def server_time_ms(self) -> int:
-        seconds, micros = await self.redis.time()
+        seconds, micros = await self.control.time()
         return int(seconds) * 1000 + int(micros) // 1000
 
     async def due_for_reaping(self, now_ms: int, limit: int = 100) -> list[str]:
         """Running jobs whose lease has run out, and jobs queued for too long."""
-        async with self.redis.pipeline(transaction=False) as pipe:
+        async with self.control.pipeline(transaction=False) as pipe:
             pipe.zrangebyscore(keys.LEASES_KEY, "-inf", now_ms, start=0, num=limit)
             pipe.zrangebyscore(
                 keys.QUEUED_KEY, "-inf", now_ms - self.queue_timeout_ms, start=0, num=limit
@@ -516,12 +596,24 @@ class StreamStore:
 
     async def reap(self, stream_id: str, attempt: str) -> Reaped:
         reply = await self._reap(
-            keys=self._keys(stream_id),
+            keys=self._keys(stream_id)[:2],
             args=[stream_id, attempt, self.lease_ms, self.queue_timeout_ms, self.max_requeues],
         )
-        outcome = reply[0].decode()
+        outcome, detail, at_ms = reply[0].decode(), int(reply[1]), int(reply[2])
+        # The indexes follow what the record now says.
+        async with self.control.pipeline(transaction=False) as pipe:
+            if outcome in ("gone", "ended"):
+                pipe.zrem(keys.LEASES_KEY, stream_id)
+                pipe.zrem(keys.QUEUED_KEY, stream_id)
+            elif outcome in ("waiting", "requeued"):
+                pipe.zrem(keys.LEASES_KEY, stream_id)
+                self._queued(pipe, stream_id, at_ms)
+            else:  # alive, or taken over by this reaper
+                pipe.zadd(keys.LEASES_KEY, {stream_id: at_ms})
+                pipe.zrem(keys.QUEUED_KEY, stream_id)
+            await pipe.execute()
         if outcome == "requeued":
-            return Reaped(outcome, requeues=int(reply[1]))
+            return Reaped(outcome, requeues=detail)
         if outcome in ("lost", "expired", "cancelled"):
-            return Reaped(outcome, appended=int(reply[1]))
+            return Reaped(outcome, appended=detail)
         return Reaped(outcome)

@@ -8,7 +8,7 @@ from typing import Any
 import uvloop
 
 from shared.queue import DELIVER_WEBHOOK, GENERATE, QueueConsumer
-from shared.redis import create_redis
+from shared.redis import create_control_redis, create_data_redis
 from shared.settings import Settings
 from worker.runtime import WorkerRuntime
 
@@ -24,9 +24,11 @@ async def deliver_webhook(ctx: dict[str, Any], task_id: str, seq: int, attempt: 
 
 
 def build_consumer(settings: Settings) -> QueueConsumer:
-    redis = create_redis(settings)
-    shared_redis = create_redis(settings, multiplexed=True)
-    runtime = WorkerRuntime(settings, redis, shared_redis)
+    redis = create_control_redis(settings)
+    shared_redis = create_control_redis(settings, multiplexed=True)
+    # The streams' Redis, when it is not the queue's (a Cluster): a client of its own.
+    data = None if settings.queue_url is None else create_data_redis(settings)
+    runtime = WorkerRuntime(settings, redis, shared_redis, data)
     return QueueConsumer(
         # arq's own per-job reads and writes (no WATCH, nothing blocking) share the
         # multiplexed connection, so a burst of jobs never waits for pooled connections.

@@ -23,6 +23,7 @@ from shared.hooks import HookStore
 from shared.netguard import Allowlist, GuardedTransport
 from shared.queue import ArqJobQueue
 from shared.reaper import WORKER_LOST, Reaper
+from shared.redis import DataRedis
 from shared.settings import Settings
 from shared.store import JobRecord, Lease, Status, StreamStore
 from shared.supervise import cancel_and_wait, supervise
@@ -49,14 +50,23 @@ RENEW_PAGE = 500  # leases renewed per round trip
 
 
 class WorkerRuntime:
-    """`redis` is a pool, for arq, pub/sub and blocking reads; `shared_redis` multiplexes
-    one connection for everything the runs write (see `shared.redis_mux`)."""
+    """`redis` is a pool on the queue's Redis, for arq, pub/sub and blocking reads;
+    `shared_redis` multiplexes one connection to it for everything the runs write (see
+    `shared.redis_mux`). `data` is the streams' Redis when that is another (a Cluster);
+    else the streams are on the queue's Redis too."""
 
-    def __init__(self, settings: Settings, redis: Redis, shared_redis: Redis) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        redis: Redis,
+        shared_redis: Redis,
+        data: DataRedis | None = None,
+    ) -> None:
         self.settings = settings
         self.redis = redis
         self.shared_redis = shared_redis
-        self.store = StreamStore(shared_redis, settings)
+        self.data = data
+        self.store = StreamStore(data or shared_redis, settings, shared_redis)
         self.appender = Appender(self.store, settings)
         self.queue = ArqJobQueue(redis)
         self.reaper = Reaper(self.store, self.queue, settings)
@@ -67,7 +77,7 @@ class WorkerRuntime:
         self.providers: dict[str, Provider] = {}
         self.task_providers: dict[str, TaskProvider] = {}
         self.artifacts = ArtifactStore(settings.artifacts_root, settings.max_output_bytes)
-        self.hooks = HookStore(redis, settings.task_retention_s)
+        self.hooks = HookStore(data or redis, redis, settings.task_retention_s)
         self.views = TaskViews(self.store, self.hooks, settings.public_base_url)
         self._http: httpx.AsyncClient | None = None
         self._stream_http: httpx.AsyncClient | None = None
@@ -132,6 +142,8 @@ class WorkerRuntime:
             if client is not None:
                 await client.aclose()
         await self.shared_redis.aclose(close_connection_pool=True)
+        if self.data is not None:
+            await self.data.aclose()
 
     # -- the job --------------------------------------------------------------------------
 

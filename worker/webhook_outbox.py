@@ -13,6 +13,7 @@ lost or sent twice.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import orjson
 
@@ -32,6 +33,7 @@ BLOCK_MS = 2000
 # that no page waits on another's quiet.
 PAGE = 256
 PAGED_BLOCK_MS = 50
+APART_POLL_MS = 250  # how often tasks on a Cluster are read, when nothing wakes the reads
 READ_COUNT = 100
 
 
@@ -75,9 +77,13 @@ class WebhookDispatcher:
         self.offset = self.offset + PAGE if len(pending) == PAGE else 0
         cursors = await self.hooks.cursors(pending)
         streams = {keys.stream_key(t): c for t, c in cursors.items()}
-        streams[keys.HOOKS_WAKE_KEY] = self.wake_after
         block = PAGED_BLOCK_MS if paged else BLOCK_MS
-        reply = await self.hooks.redis.xread(streams, count=READ_COUNT, block=block)  # type: ignore[arg-type]
+        if self.hooks.redis is self.hooks.control:
+            # One Redis: one blocking read over every task's stream and the wake-ups.
+            streams[keys.HOOKS_WAKE_KEY] = self.wake_after
+            reply = await self.hooks.control.xread(streams, count=READ_COUNT, block=block)  # type: ignore[arg-type]
+        else:
+            reply = await self._read_apart(streams, block)
         handled = 0
         by_key = {keys.stream_key(t): t for t in pending}
         for key, raw_entries in reply or []:
@@ -90,6 +96,23 @@ class WebhookDispatcher:
         if not reply:
             await self._forget_expired(pending)
         return handled
+
+    async def _read_apart(self, streams: dict[str, str], block: int) -> list[Any]:
+        """The tasks' streams are on a Cluster, where one command cannot read streams of
+        several slots: each is read without waiting, then the wait (at most
+        `APART_POLL_MS`) is on the wake-up stream alone."""
+        got: list[Any] = []
+        if streams:
+            async with self.hooks.redis.pipeline(transaction=False) as pipe:
+                for key, cursor in streams.items():
+                    pipe.xread({key: cursor}, count=READ_COUNT)
+                for reply in await pipe.execute():
+                    got.extend(reply or [])
+        wait = None if got else min(block, APART_POLL_MS)
+        woke = await self.hooks.control.xread(
+            {keys.HOOKS_WAKE_KEY: self.wake_after}, count=READ_COUNT, block=wait
+        )
+        return [*got, *(woke or [])]
 
     async def dispatch(self, task_id: str, entries: list[Entry]) -> int:
         try:

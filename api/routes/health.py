@@ -12,6 +12,7 @@ from starlette.responses import Response
 from api.deps import ServicesDep
 from api.responses import JSONBody
 from shared import keys
+from shared.redis import ping
 
 router = APIRouter(tags=["health"])
 
@@ -29,8 +30,8 @@ async def metrics(services: ServicesDep) -> Response:
 @router.get("/readyz")
 async def readyz(services: ServicesDep) -> JSONBody:
     try:
-        await services.redis.ping()
-        workers = await services.redis.zcount(keys.WORKERS_KEY, time.time(), "+inf")
+        await ping(services.redis)
+        workers = await services.control.zcount(keys.WORKERS_KEY, time.time(), "+inf")
     except RedisError:
         return JSONBody({"status": "unavailable", "redis": "unreachable"}, status_code=503)
     ready = workers > 0

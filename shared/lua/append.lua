@@ -9,6 +9,8 @@
 -- ARGV[5] live channel (pub/sub)
 -- ARGV[6] the encoded events, one per line (JSON as workers encode it never holds a raw
 --         line break)
+-- ARGV[7] PUBLISH, or SPUBLISH on a Redis Cluster (a shard channel: only the node that
+--         holds the stream carries it)
 -- Returns false when fenced out, 0 when the batch was already written, a negative number
 -- (minus the events missing) when Redis holds fewer events than the attempt had written
 -- (a failover to a replica that had not received them, or a restart that lost the last
@@ -29,5 +31,5 @@ end
 redis.call('HINCRBY', KEYS[1], 'appended', n - held)
 -- The stream key is born with its first entry; that is when it gets its expiry.
 if held == 0 then redis.call('EXPIRE', KEYS[2], ARGV[3]) end
-redis.call('PUBLISH', ARGV[5], table.concat(lines, '\n'))
+redis.call(ARGV[7], ARGV[5], table.concat(lines, '\n'))
 return n - held

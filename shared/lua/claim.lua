@@ -1,20 +1,15 @@
 -- claim.lua: a worker takes a job: a queued one, or a running one whose lease ran out (its
 -- worker is gone; "lost" when it had emitted events, which the new attempt must not repeat).
+-- The lease index (on the queue's Redis) is kept by the caller.
 -- KEYS[1] job record (hash)          KEYS[2] events (stream)
--- KEYS[3] tombstone (unused)         KEYS[4] leases index (sorted set, lease expiry ms)
--- KEYS[5] queued index (sorted set)
 -- ARGV[1] stream id                  ARGV[2] the new attempt token
 -- ARGV[3] lease length (ms)          ARGV[4] worker id
 -- Returns {outcome, status[, cancel flag, events appended, the record as HGETALL]}:
--- outcome "claimed" or "lost" (with the rest), "busy" (another worker holds a live lease)
--- or "done" (ended, or "missing").
+-- outcome "claimed" or "lost" (with the rest; the record holds lease_until), "busy"
+-- (another worker holds a live lease) or "done" (ended, or "missing").
 --@include now.lua
 local status = redis.call('HGET', KEYS[1], 'status')
-if not status then
-  redis.call('ZREM', KEYS[4], ARGV[1])
-  redis.call('ZREM', KEYS[5], ARGV[1])
-  return {'done', 'missing'}
-end
+if not status then return {'done', 'missing'} end
 local outcome = 'claimed'
 if status == 'running' then
   local lease = tonumber(redis.call('HGET', KEYS[1], 'lease_until') or '0')
@@ -29,7 +24,5 @@ redis.call('HSET', KEYS[1], 'status', 'running', 'attempt', ARGV[2], 'lease_unti
 if not redis.call('HGET', KEYS[1], 'reader_seen') then
   redis.call('HSET', KEYS[1], 'reader_seen', now)
 end
-redis.call('ZADD', KEYS[4], lease, ARGV[1])
-redis.call('ZREM', KEYS[5], ARGV[1])
 return {outcome, 'running', redis.call('HGET', KEYS[1], 'cancel') or '0',
   redis.call('HGET', KEYS[1], 'appended') or '0', redis.call('HGETALL', KEYS[1])}

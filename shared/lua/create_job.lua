@@ -1,10 +1,14 @@
--- create_job.lua: creates a queued generation job.
--- KEYS[1] job record (hash)          KEYS[2] events (stream, unused)
--- KEYS[3] tombstone (unused)         KEYS[4] leases index (unused)
--- KEYS[5] queued index (sorted set, scored by when the job was queued, ms)
--- ARGV[1] stream id                  ARGV[2] surface
+-- create_job.lua: creates a queued job record (a generation, or an asset task). The
+-- queued index (on the queue's Redis) is kept by the caller.
+-- KEYS[1] job record (hash)
+-- ARGV[1] stream id                  ARGV[2] surface ("task" for asset tasks)
 -- ARGV[3] public model name          ARGV[4] canonical request (JSON)
 -- ARGV[5] render options (JSON)      ARGV[6] expiry of the record until the job ends (s)
 -- ARGV[7] owner (API key id)         ARGV[8] retention once it ends (s)
+-- Returns the time the record was created (ms, Redis' clock).
 --@include now.lua
---@include create_record.lua
+redis.call('HSET', KEYS[1], 'status', 'queued', 'surface', ARGV[2], 'model', ARGV[3],
+  'created_at', now / 1000, 'queued_at', now, 'request', ARGV[4], 'render', ARGV[5],
+  'owner', ARGV[7], 'retention', ARGV[8])
+redis.call('EXPIRE', KEYS[1], ARGV[6])
+return now

@@ -279,10 +279,10 @@ async def test_the_hub_keeps_its_connection_through_quiet_times(
     connects = 0
     real_connect = StreamHub._connect
 
-    async def counting(self: StreamHub) -> object:
+    async def counting(self: StreamHub, link: object) -> object:
         nonlocal connects
         connects += 1
-        return await real_connect(self)
+        return await real_connect(self, link)  # type: ignore[arg-type]
 
     monkeypatch.setattr(StreamHub, "_connect", counting)
     async with Harness(redis) as harness:

@@ -72,7 +72,7 @@ async def http() -> AsyncIterator[httpx.AsyncClient]:
 
 @pytest.fixture
 def hooks(redis: Redis) -> HookStore:
-    return HookStore(redis, 3600)
+    return HookStore(redis, redis, 3600)
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import re
 import pytest
 
 from shared.errors import ConfigError
-from shared.redis_address import SentinelAddress, parse_redis_url
+from shared.redis_address import ClusterAddress, SentinelAddress, parse_redis_url
 from shared.settings import load_settings
 
 
@@ -57,9 +57,9 @@ def test_sentinel_url_defaults_and_password_alone() -> None:
         ("redis+sentinel://h1:26379/m/zero", "must be a number"),
         ("redis+sentinel://h1:99999/m", "no valid port"),
         ("redis+sentinel://h1:port/m", "no valid port"),
-        ("redis+sentinel://h1,,h2/m", "at least one Sentinel"),
-        ("redis+sentinel://:1/m", "cannot read the Sentinel address"),
-        ("redis+sentinel://[::1/m", "cannot read the Sentinel address"),
+        ("redis+sentinel://h1,,h2/m", "at least one host"),
+        ("redis+sentinel://:1/m", "cannot read the address"),
+        ("redis+sentinel://[::1/m", "cannot read the address"),
         ("redis+sentinel://h/m?password=x", "unknown redis+sentinel:// option(s): password"),
     ],
 )
@@ -74,3 +74,34 @@ def test_settings_refuse_a_bad_url_at_start(monkeypatch: pytest.MonkeyPatch) -> 
         load_settings()
     monkeypatch.setenv("REDIS_URL", "redis+sentinel://h1,h2/mymaster/1")
     assert load_settings().redis_url == "redis+sentinel://h1,h2/mymaster/1"
+
+
+def test_cluster_urls() -> None:
+    assert parse_redis_url(
+        "redis+cluster://:pw@10.0.0.1:7000,10.0.0.2,[::1]:7002"
+    ) == ClusterAddress(
+        nodes=(("10.0.0.1", 7000), ("10.0.0.2", 6379), ("::1", 7002)), password="pw"
+    )
+    for bad, says in [
+        ("redis+cluster://h:7000/0", "a cluster has no database"),
+        ("redis+cluster://h:7000?x=1", "a cluster has no database"),
+        ("redis+cluster://", "at least one host"),
+    ]:
+        with pytest.raises(ValueError, match=says):
+            parse_redis_url(bad)
+
+
+def test_a_cluster_needs_a_queue_redis(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REDIS_URL", "redis+cluster://h1:7000,h2:7001")
+    with pytest.raises(ConfigError, match="SPOOL_QUEUE_URL"):
+        load_settings()
+    monkeypatch.setenv("SPOOL_QUEUE_URL", "redis+cluster://h1:7000")
+    with pytest.raises(ConfigError, match="cannot be a Redis Cluster"):
+        load_settings()
+    monkeypatch.setenv("SPOOL_QUEUE_URL", "redis+sentinel://s1/mymaster/0")
+    settings = load_settings()
+    assert settings.control_url == "redis+sentinel://s1/mymaster/0"
+    monkeypatch.delenv("REDIS_URL")
+    monkeypatch.delenv("SPOOL_QUEUE_URL")
+    monkeypatch.setenv("REDIS_URL", "redis://one:6379/0")
+    assert load_settings().control_url == "redis://one:6379/0"
