@@ -9,6 +9,7 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError as PydanticValidationError
+from redis.exceptions import ClusterDownError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException
@@ -128,6 +129,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RedisConnectionError)
     @app.exception_handler(RedisTimeoutError)
+    @app.exception_handler(ClusterDownError)  # a cluster replacing a master
+    @app.exception_handler(TryAgainError)  # a slot moving between nodes
     async def redis_down(request: Request, exc: Exception):  # type: ignore[no-untyped-def]
         log.warning("redis unavailable: %s", exc)
         return error_response(request, StoreUnavailable(), headers={"Retry-After": "1"})

@@ -349,12 +349,12 @@ class StreamHub:
             self._refreshing = asyncio.create_task(self._refresh(), name="spool-hub-refresh")
 
     async def _refresh(self) -> None:
-        """Learn the cluster's slot map again (after a failover, a slot that moved, a
-        node that went away) and move every channel to the node that now holds it."""
+        """Move every channel to the node that holds its slot now. The cluster client
+        learns the slot map again by itself when its commands meet a failed node or a
+        moved slot (readers' looks at their streams are such commands)."""
         assert isinstance(self.redis, RedisCluster)
         try:
-            await self.redis.initialize()
-            await self.redis.nodes_manager.initialize()
+            await self.redis.initialize()  # the first time only; shared with the commands
         except (RedisError, OSError) as exc:
             log.warning("stream hub cannot read the cluster's slot map: %s", exc)
             return

@@ -11,6 +11,7 @@ from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 from redis.asyncio.cluster import ClusterNode
 from redis.asyncio.connection import ConnectionPool
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.exceptions import ClusterDownError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -19,8 +20,9 @@ from shared.redis_mux import MuxPool
 from shared.settings import Settings
 
 CONNECT_TIMEOUT_S = 2.0
-REDIS_BLIP_ERRORS = (RedisConnectionError, RedisTimeoutError)
-"""What a short Redis outage (a failover, a restart) raises: worth sending again."""
+REDIS_BLIP_ERRORS = (RedisConnectionError, RedisTimeoutError, ClusterDownError, TryAgainError)
+"""What a short Redis outage (a failover, a restart, a cluster whose master is being
+replaced or whose slot is moving) raises: worth sending again."""
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
@@ -132,6 +133,9 @@ class TaskModelEntry(BaseModel):
 DEFAULT_TASK_MODELS: dict[str, TaskModelEntry] = {"demo": TaskModelEntry(provider="demo")}
 
 
+_CHECK_ACROSS_FIELDS: ContextVar[bool] = ContextVar("check_across_fields", default=True)
+
+
 class Settings(BaseSettings):
     """Every knob of an API or worker process. Environment variables use the `SPOOL_` prefix
     (except `REDIS_URL`); `SPOOL_CONFIG` names a YAML file with the same keys."""
@@ -220,6 +224,8 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _queue_beside_a_cluster(self) -> Settings:
+        if not _CHECK_ACROSS_FIELDS.get():
+            return self
         if self.queue_url is not None and isinstance(
             parse_redis_url(self.queue_url), ClusterAddress
         ):
@@ -248,6 +254,8 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _grace_outlasts_keepalive(self) -> Settings:
+        if not _CHECK_ACROSS_FIELDS.get():
+            return self
         # Readers mark themselves at least once per keep-alive interval; a shorter grace
         # would cancel streams that are still being read.
         if (
@@ -309,7 +317,13 @@ def load_settings(**overrides: Any) -> Settings:
     config_path = flags.get("config") or os.environ.get("SPOOL_CONFIG")
     from_file = _read_yaml(Path(config_path)) if config_path else {}
     try:
-        env_only = Settings()
+        # The environment alone may be incomplete (the file holds the rest): fields that
+        # depend on each other are checked once everything is merged.
+        token = _CHECK_ACROSS_FIELDS.set(False)
+        try:
+            env_only = Settings()
+        finally:
+            _CHECK_ACROSS_FIELDS.reset(token)
         env_set = env_only.model_fields_set
         merged = {**from_file, **{k: getattr(env_only, k) for k in env_set}, **flags}
         return Settings.model_validate(merged)

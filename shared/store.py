@@ -7,7 +7,6 @@ attempt (arq re-ran the job, or the worker's lease ran out) can never append.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import re
 import time
@@ -249,16 +248,14 @@ class StreamStore:
                     then(pipe)
                 await pipe.execute()
             return
-        # Two: both at once. A worker that takes the job before its record exists finds it
-        # "missing" and drops it; a record whose enqueue failed expires unclaimed.
+        # Two: the record first, for a worker may take the job the moment it is queued.
+        # A record whose enqueue then fails expires unread (the caller got the error).
+        await self.redis.eval(source, 1, keys.job_key(stream_id), *args)  # type: ignore[misc]
         async with self.control.pipeline(transaction=False) as pipe:
             self._queued(pipe, stream_id)
             if then is not None:
                 then(pipe)
-            await asyncio.gather(
-                self.redis.eval(source, 1, keys.job_key(stream_id), *args),  # type: ignore[arg-type]
-                pipe.execute(),
-            )
+            await pipe.execute()
 
     @staticmethod
     def _queued(pipe: Pipeline, stream_id: str, at_ms: int | None = None) -> None:
@@ -468,23 +465,23 @@ class StreamStore:
         return [None if r is None else int(r) for r in replies]
 
     async def _run_many(self, script: AsyncScript, calls: list[tuple[int, list[Any]]]) -> list[Any]:
-        """One script run per call (key count, keys and arguments), in one pipeline."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for numkeys, args in calls:
-                pipe.execute_command("EVALSHA", script.sha, numkeys, *args)
-            replies: list[Any] = await pipe.execute(raise_on_error=False)
-        if any(isinstance(r, NoScriptError) for r in replies):
-            # Redis lost its script cache (a restart or failover): load it and run those
-            # calls again; they did not run, so this changes nothing twice.
-            await self.redis.script_load(script.script)
-            for i, reply in enumerate(replies):
-                if isinstance(reply, NoScriptError):
-                    numkeys, args = calls[i]
-                    replies[i] = await self.redis.evalsha(script.sha, numkeys, *args)  # type: ignore[misc]
-        for reply in replies:
-            if isinstance(reply, Exception):
-                raise reply
-        return replies
+        """One run of an idempotent script per call (key count, keys and arguments), in
+        one pipeline. The first error is raised (then none of the calls may be taken as
+        done; running them all again is safe)."""
+        for attempt in range(2):
+            try:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for numkeys, args in calls:
+                        pipe.execute_command("EVALSHA", script.sha, numkeys, *args)
+                    replies: list[Any] = await pipe.execute(raise_on_error=True)
+                return replies
+            except NoScriptError:
+                # Redis lost its script cache (a restart, or a replica promoted: scripts
+                # are not replicated): load it and run the calls again.
+                if attempt:
+                    raise
+                await self.redis.script_load(script.script)
+        raise AssertionError("unreachable")
 
     def _append_args(self, batch: AppendBatch) -> list[Any]:
         return [

@@ -22,6 +22,19 @@ def on_this_host(name: str) -> tuple[str, tuple[str, ...]]:
     return "127.0.0.1", ()
 
 
+_HANDED_OUT: set[int] = set()
+
+
+def fresh_port() -> int:
+    """A free port not handed out before by this process: nodes started one after the
+    other must not be given the same one."""
+    while True:
+        port = free_port()
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
+
+
 class RedisNode:
     """One `redis-server` (a data node, or a Sentinel when `sentinel_conf` is given)."""
 
@@ -39,7 +52,7 @@ class RedisNode:
         self.name = name
         self.ip, self.prefix = place(name)
         # On a host of its own a node takes Redis' usual port; beside others, a free one.
-        self.port = free_port() if self.ip == "127.0.0.1" else (26379 if sentinel else 6379)
+        self.port = fresh_port() if self.ip == "127.0.0.1" else (26379 if sentinel else 6379)
         self.args = args
         self.sentinel = sentinel
         self.process: subprocess.Popen[bytes] | None = None
@@ -209,4 +222,128 @@ class SentinelSet:
                 pass
             time.sleep(0.1)
         logs = "\n".join(f"--- {s.name}\n{s.log()[-1500:]}" for s in self.sentinels)
+        raise AssertionError(f"timed out waiting for {what}\n{logs}")
+
+
+class ClusterSet:
+    """A Redis Cluster of `masters` masters, each with `replicas_each` replicas, made with
+    CLUSTER commands (no redis-cli needed); a master that stops answering for
+    `node_timeout_ms` is replaced by its replica."""
+
+    SLOTS = 16384
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        masters: int = 3,
+        replicas_each: int = 1,
+        node_timeout_ms: int = 1000,
+        place: Place = on_this_host,
+    ) -> None:
+        conf = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                "--cluster-node-timeout", str(node_timeout_ms)]  # fmt: skip
+        count = masters * (1 + replicas_each)
+        # The cluster bus gets a port of its own (by default it is the port + 10000, which
+        # a free port may not leave room for).
+        self.bus_ports = [fresh_port() for _ in range(count)]
+        self.nodes = [
+            RedisNode(workdir, f"cluster-{n}", [*conf, "--cluster-port", str(self.bus_ports[n])],
+                      place=place)
+            for n in range(count)
+        ]  # fmt: skip
+        self.masters = masters
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(f"{n.ip}:{n.port}" for n in self.nodes[: self.masters])
+
+    def start(self) -> ClusterSet:
+        for node in self.nodes:
+            node.start()
+        ids = [node.client().execute_command("CLUSTER", "MYID").decode() for node in self.nodes]
+        per = self.SLOTS // self.masters
+        for m in range(self.masters):
+            last = self.SLOTS if m == self.masters - 1 else (m + 1) * per
+            self.nodes[m].client().execute_command("CLUSTER", "ADDSLOTS", *range(m * per, last))
+        first = self.nodes[0].client()
+        for node, bus_port in zip(self.nodes[1:], self.bus_ports[1:], strict=True):
+            first.execute_command("CLUSTER", "MEET", node.ip, node.port, bus_port)
+        self._wait(
+            lambda: all(self._known(n) == len(self.nodes) for n in self.nodes), "the nodes to meet"
+        )
+        for n, replica in enumerate(self.nodes[self.masters :]):
+            replica.client().execute_command("CLUSTER", "REPLICATE", ids[n % self.masters])
+        self._wait(self._ok, "the cluster to be ok")
+        return self
+
+    def master_of(self, key: str) -> RedisNode:
+        """The node that serves `key`'s slot now."""
+        alive = next(n for n in self.nodes if n.alive)
+        slot = alive.client().execute_command("CLUSTER", "KEYSLOT", key)
+        for node in self.nodes:
+            if not node.alive:
+                continue
+            try:
+                for start, end, (ip, port, *_), *_ in node.client().execute_command(
+                    "CLUSTER", "SLOTS"
+                ):
+                    if start <= slot <= end:
+                        return next(n for n in self.nodes if (n.ip, n.port) == (ip.decode(), port))
+            except sync_redis.ConnectionError:
+                continue
+        raise AssertionError(f"no node serves slot {slot}")
+
+    def command_counts(self) -> dict[str, int]:
+        """Commands each master has processed so far (INFO stats), by address."""
+        counts = {}
+        for node in self.nodes:
+            if node.alive and node.client().info("replication")["role"] == "master":
+                counts[f"{node.ip}:{node.port}"] = int(
+                    node.client().info("stats")["total_commands_processed"]
+                )
+        return counts
+
+    def wait_failover(self, old: RedisNode, timeout_s: float = 30.0) -> None:
+        """Wait until no slot is served by `old` any more and the cluster is ok."""
+
+        def replaced() -> bool:
+            for node in (n for n in self.nodes if n.alive):
+                client = node.client()
+                if client.cluster("info")["cluster_state"] != "ok":
+                    return False
+                for _, _, (ip, port, *_), *_ in client.execute_command("CLUSTER", "SLOTS"):
+                    if (ip.decode(), port) == (old.ip, old.port):
+                        return False
+            return True
+
+        self._wait(replaced, "the cluster to fail over", timeout_s)
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    @staticmethod
+    def _known(node: RedisNode) -> int:
+        return len(node.client().execute_command("CLUSTER", "NODES").decode().splitlines())
+
+    def _ok(self) -> bool:
+        for node in self.nodes:
+            if node.client().cluster("info")["cluster_state"] != "ok":
+                return False
+        replicas = self.nodes[self.masters :]
+        return all(
+            r.client().info("replication").get("master_link_status") == "up" for r in replicas
+        )
+
+    def _wait(self, ready: Callable[[], bool], what: str, timeout_s: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                if ready():
+                    return
+            except sync_redis.RedisError:
+                pass
+            time.sleep(0.1)
+        logs = "\n".join(f"--- {n.name}\n{n.log()[-1500:]}" for n in self.nodes)
         raise AssertionError(f"timed out waiting for {what}\n{logs}")

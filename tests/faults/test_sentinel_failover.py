@@ -19,6 +19,7 @@ from tests.faults.conftest import (
     full_replay,
     measure,
     read_some,
+    read_to_the_end,
     result,
     result_text,
 )
@@ -63,39 +64,6 @@ def deployment(
         for proc in [*apis, *workers]:
             proc.stop()
         topology.stop()
-
-
-def read_to_the_end(client: httpx.Client, reading: Reading, urls: list[str]) -> bool:
-    """Resume until the stream's end, alternating replicas; False when the stream no longer
-    holds the event to resume from (Redis lost it in the failover)."""
-    attempts = 0
-    forget_outage(reading)
-    while not reading.finished:
-        attempts += 1
-        assert attempts < 200, "the stream never ended"
-        try:
-            read_some(client, reading, urls[attempts % len(urls)])
-        except AssertionError as exc:
-            if str(exc).startswith("503"):
-                time.sleep(0.2)  # the API has not reached the new primary yet
-                continue
-            assert str(exc).startswith("410"), exc
-            return False
-        if forget_outage(reading):
-            time.sleep(0.1)
-    return True
-
-
-def forget_outage(reading: Reading) -> bool:
-    """A tail that ended with the failover (its error event and [DONE], neither with an
-    id of its own) is resumed after its last real event."""
-    error = reading.error()
-    if error is None or error["code"] != "redis_unavailable":
-        return False
-    assert reading.events[-2][1].startswith('{"error"') and reading.events[-1][1] == "[DONE]"
-    reading.events = reading.events[:-2]
-    reading.finished = False
-    return True
 
 
 def test_primary_killed_under_load(deployment: SentinelDeployment) -> None:

@@ -131,3 +131,19 @@ async def test_a_stale_attempt_cannot_append_any_part_of_a_batch(
     await fresh.write([ev.TextDelta(text="theirs")])
     await fresh.flush()
     assert [e.seq for e in await store.read_range(stream_id, "-", "+")] == [1, 2]
+
+
+async def test_a_lost_script_cache_is_loaded_again(
+    setup: tuple[CountingStore, Appender], redis: Redis
+) -> None:
+    # A restarted Redis, or a replica promoted in a failover, holds no scripts.
+    store, appender = setup
+    stream_id = await new_job(store)
+    writer = appender.writer(stream_id, "a1", 0)
+    await writer.write([ev.TextDelta(text="before")])
+    await writer.flush()
+    await redis.script_flush()
+    await writer.write([ev.TextDelta(text="after")])
+    await writer.flush()
+    texts = [e.text for _, e in await store.read_all(stream_id) if isinstance(e, ev.TextDelta)]
+    assert texts == ["before", "after"]

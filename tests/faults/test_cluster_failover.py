@@ -1,0 +1,127 @@
+"""Streams on a Redis Cluster (three masters with a replica each), the queue on a Redis of
+its own: two API replicas and two workers (real processes) serve streams from every
+master, and when a master is killed under load its replica takes over; every stream
+either continues and resumes exactly, or ends visibly."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from shared import keys
+from shared.embedded_redis import EmbeddedRedis
+from tests.faults.conftest import (
+    FAULT_SETTINGS,
+    Reading,
+    chat,
+    fault_models,
+    full_replay,
+    measure,
+    read_some,
+    read_to_the_end,
+    result,
+    result_text,
+)
+from tests.mock_upstream import MockUpstream
+from tests.processes import SpoolProcess, start_api, start_worker, wait_ready, write_config
+from tests.redis_topology import ClusterSet
+
+pytestmark = pytest.mark.faults
+
+
+class ClusterDeployment:
+    def __init__(self, cluster: ClusterSet, apis: list[SpoolProcess], workers: list[SpoolProcess]):
+        self.cluster = cluster
+        self.apis = apis
+        self.workers = workers
+
+    @property
+    def urls(self) -> list[str]:
+        return [api.url for api in self.apis]
+
+
+@pytest.fixture(scope="module")
+def deployment(
+    tmp_path_factory: pytest.TempPathFactory, mock_upstream: MockUpstream
+) -> Iterator[ClusterDeployment]:
+    workdir = tmp_path_factory.mktemp("cluster")
+    cluster = ClusterSet(workdir / "cluster").start()
+    queue = EmbeddedRedis(workdir / "queue", appendonly=False)
+    queue.start()
+    config = write_config(
+        workdir / "spool.yaml",
+        fault_models(mock_upstream),
+        **{**FAULT_SETTINGS, "lease_s": 8, "queue_url": queue.url},
+    )
+    apis = [start_api(cluster.url, config, workdir) for _ in range(2)]
+    workers = [start_worker(cluster.url, config, workdir) for _ in range(2)]
+    try:
+        wait_ready(apis[0].url)
+        yield ClusterDeployment(cluster, apis, workers)
+    finally:
+        for proc in [*apis, *workers]:
+            proc.stop()
+        cluster.stop()
+        queue.stop()
+
+
+def test_streams_on_every_master_and_one_killed_under_load(deployment: ClusterDeployment) -> None:
+    urls = deployment.urls
+    cluster = deployment.cluster
+    with httpx.Client(timeout=30) as client:
+        readings = [Reading() for _ in range(12)]
+        threads = [
+            threading.Thread(
+                target=read_some,
+                args=(client, r, urls[n % 2]),
+                kwargs={"body": chat("fault-slow", f"on the cluster {n}", max_tokens=50)},
+            )
+            for n, r in enumerate(readings)
+        ]
+        for t in threads:
+            t.start()
+        while any(len(r.events) < 3 for r in readings):
+            time.sleep(0.01)
+        masters = {r.stream_id: cluster.master_of(keys.job_key(r.stream_id)) for r in readings}
+        assert len({m.port for m in masters.values()}) >= 2, "the streams spread over masters"
+        victim = masters[readings[0].stream_id]
+        victim.client().wait(1, 2000)
+        victim.kill()
+        killed_at = time.monotonic()
+        for t in threads:
+            t.join(30)
+        assert all(not t.is_alive() for t in threads), "a reader hung on a dead master"
+        cluster.wait_failover(victim)
+        failover_s = time.monotonic() - killed_at
+        wait_ready(urls[0], timeout_s=30)
+
+        continued = lost = 0
+        for r in readings:
+            if not read_to_the_end(client, r, urls):
+                outcome = result(urls[0], r.stream_id)
+                assert outcome["error"]["code"] == "events_lost", outcome  # type: ignore[index]
+                lost += 1
+                continue
+            error = r.error()
+            if error is not None:
+                assert error["code"] == "events_lost", error
+                lost += 1
+                continue
+            assert r.text() == result_text(urls[0], r.stream_id)
+            assert full_replay(client, urls[1], r.stream_id).events == r.events
+            continued += 1
+        on_victim = sum(1 for m in masters.values() if m is victim)
+        measure(
+            f"cluster master killed ({on_victim} of 12 streams on it), replica promoted in "
+            f"{failover_s:.2f}s: {continued} continued exactly, {lost} ended with events_lost"
+        )
+        assert continued + lost == len(readings)
+        fresh = Reading()
+        read_some(client, fresh, urls[1], body=chat("fault-demo", "after the failover"))
+        assert fresh.finished and fresh.error() is None
+    for proc in [*deployment.apis, *deployment.workers]:
+        assert proc.process.poll() is None, "every process followed the failover by itself"

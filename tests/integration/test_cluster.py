@@ -1,0 +1,172 @@
+"""Streams on a Redis Cluster (real redis-server processes: three masters, each with a
+replica), the queue's data on a Redis of its own: every script stays within one slot,
+the stream hub follows streams on every node through shard channels, the streams spread
+over the masters, and a killed master's replica takes over."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+from redis.asyncio import Redis, RedisCluster
+from redis.exceptions import RedisError
+
+from api.hub import StreamHub
+from shared import events as ev
+from shared import keys
+from shared.redis import create_data_redis
+from shared.settings import Settings
+from shared.store import Status, StreamStore
+from shared.supervise import cancel_and_wait, supervise
+from shared.transcript import Transcript
+from tests.integration.test_hub import collect, text_of, texts
+from tests.redis_topology import ClusterSet
+from worker.appender import Appender
+
+SETTINGS = {"retention_s": 600, "keepalive_interval_s": 0.2, "redis_retry_s": 15, "lease_s": 5}
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterSet]:
+    topology = ClusterSet(tmp_path_factory.mktemp("cluster")).start()
+    yield topology
+    topology.stop()
+
+
+class OnCluster:
+    """A hub, a store and an appender as an API and a worker hold them with a cluster."""
+
+    def __init__(self, data: RedisCluster, control: Redis, settings: Settings) -> None:
+        self.data = data
+        self.store = StreamStore(data, settings, control)
+        self.hub = StreamHub(data, self.store, tick_s=settings.keepalive_interval_s)
+        self.appender = Appender(self.store, settings)
+
+    async def __aenter__(self) -> OnCluster:
+        self.tasks = [supervise("hub", self.hub.run), supervise("ticks", self.hub.tick_forever)]
+        self.appender.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.appender.stop()
+        for task in self.tasks:
+            await cancel_and_wait(task)
+
+    async def new_stream(self) -> str:
+        stream_id = uuid.uuid4().hex
+        await self.store.create(
+            stream_id, surface="openai.chat", model="demo", request={}, render={}, owner="k"
+        )
+        claim = await self.store.claim(stream_id, "attempt", "worker")
+        assert claim.outcome == "claimed"
+        return stream_id
+
+    async def finish(self, stream_id: str, held: int) -> None:
+        await self.store.finish(
+            stream_id,
+            "attempt",
+            status=Status.COMPLETED,
+            terminal=ev.Finish(reason="stop"),
+            transcript=Transcript(finish_reason="stop"),
+            held=held,
+        )
+
+
+@pytest.fixture
+async def on_cluster(cluster: ClusterSet, redis: Redis) -> AsyncIterator[OnCluster]:
+    settings = Settings.model_validate(
+        {**SETTINGS, "redis_url": cluster.url, "queue_url": "redis://127.0.0.1:1/0"}
+    )
+    data = create_data_redis(settings)
+    assert isinstance(data, RedisCluster)
+    async with OnCluster(data, redis, settings) as harness:
+        yield harness
+    await data.aclose()
+
+
+async def test_streams_on_every_node_reach_their_readers(
+    on_cluster: OnCluster, cluster: ClusterSet, redis: Redis
+) -> None:
+    h = on_cluster
+    before = cluster.command_counts()
+    streams = [await h.new_stream() for _ in range(30)]
+    owners = [cluster.master_of(keys.job_key(sid)) for sid in streams]
+    assert len({o.port for o in owners}) == 3, "thirty streams land on every master"
+    readers = [h.hub.open(sid, "0-0", 1) for sid in streams]
+    tasks = [asyncio.create_task(collect(h.hub, r)) for r in readers]
+    writers = [h.appender.writer(sid, "attempt", 0) for sid in streams]
+    for round_ in range(4):
+        for writer in writers:
+            await writer.write(texts(5, start=5 * round_))
+    for sid, writer in zip(streams, writers, strict=True):
+        await writer.flush()
+        await h.finish(sid, writer.held)
+    got = await asyncio.wait_for(asyncio.gather(*tasks), 20)
+    assert all(text_of(g) == [f"t{i}" for i in range(20)] for g in got)
+    # One pub/sub link per master, each carrying its own streams' messages only.
+    assert len(h.hub._links) == 3
+    # Each master did the work of its own streams: a create, a claim, four appends and
+    # a finish each, at least.
+    after = cluster.command_counts()
+    for node in {o.port for o in owners}:
+        name = f"127.0.0.1:{node}"
+        mine = sum(1 for o in owners if o.port == node)
+        assert after[name] - before.get(name, 0) >= 7 * mine, (name, mine, before, after)
+    # The indexes live on the queue's Redis and were kept in step.
+    assert await redis.zcard(keys.LEASES_KEY) == 0
+    assert await redis.zcard(keys.QUEUED_KEY) == 0
+
+
+async def test_a_cancel_and_a_reap_on_the_cluster(on_cluster: OnCluster, redis: Redis) -> None:
+    h = on_cluster
+    queued = uuid.uuid4().hex
+    await h.store.create(
+        queued, surface="openai.chat", model="demo", request={}, render={}, owner="k"
+    )
+    assert await redis.zscore(keys.QUEUED_KEY, queued) is not None
+    assert await h.store.request_cancel(queued) is Status.CANCELLED
+    assert await redis.zscore(keys.QUEUED_KEY, queued) is None
+    events = await h.store.read_all(queued)
+    assert isinstance(events[-1][1], ev.Finish) and events[-1][1].reason == "cancelled"
+
+    running = await h.new_stream()
+    assert await redis.zscore(keys.LEASES_KEY, running) is not None
+    writer = h.appender.writer(running, "attempt", 0)
+    await writer.write(texts(2))
+    await writer.flush()
+    # Its worker vanishes: once the lease ran out, the reaper takes the stream over.
+    await h.data.hset(keys.job_key(running), "lease_until", 1)
+    reaped = await h.store.reap(running, "reaper")
+    assert (reaped.outcome, reaped.appended) == ("lost", 2)
+    assert await redis.zscore(keys.LEASES_KEY, running) is not None  # the reaper's lease
+
+
+async def test_a_killed_master_is_replaced_and_its_streams_go_on(
+    on_cluster: OnCluster, cluster: ClusterSet
+) -> None:
+    h = on_cluster
+    sid = await h.new_stream()
+    writer = h.appender.writer(sid, "attempt", 0)
+    await writer.write(texts(3))
+    await writer.flush()
+    first = h.hub.open(sid, "0-0", 1)
+    waiting = asyncio.create_task(collect(h.hub, first))
+    await asyncio.sleep(0.3)  # subscribed on the stream's master
+    master = cluster.master_of(keys.job_key(sid))
+    master.client().wait(1, 2000)
+    master.kill()
+    # The reader on the dead master ends with the error (its client resumes) ...
+    with pytest.raises((RedisError, OSError)):
+        await asyncio.wait_for(waiting, 20)
+    # ... while the worker's writes wait out the failover and land on the new master.
+    await writer.write(texts(3, start=3))
+    await writer.flush()
+    cluster.wait_failover(master)
+    again = asyncio.create_task(collect(h.hub, h.hub.open(sid, "0-0", 1)))
+    await writer.write(texts(2, start=6))
+    await writer.flush()
+    await h.finish(sid, writer.held)
+    assert text_of(await asyncio.wait_for(again, 20)) == [f"t{i}" for i in range(8)]
+    assert cluster.master_of(keys.job_key(sid)) is not master
