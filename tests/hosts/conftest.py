@@ -16,9 +16,9 @@ import httpx
 import pytest
 
 from tests.faults.conftest import FAULT_SETTINGS, MEASUREMENTS
-from tests.hosts.netlab import SUBNET, Host, Lab
+from tests.hosts.netlab import Host, Lab
 from tests.processes import SpoolProcess, wait_ready, write_config
-from tests.redis_topology import SentinelSet
+from tests.redis_topology import ClusterSet, Place, RedisNode, SentinelSet
 
 REPO = Path(__file__).resolve().parents[2]
 API_PORT = 8000
@@ -38,7 +38,7 @@ class Deployment:
     lab: Lab
     workdir: Path
     config: Path
-    redis: SentinelSet
+    redis: SentinelSet | ClusterSet
     hosts: dict[str, Host]
     apis: dict[str, SpoolProcess]
     workers: dict[str, SpoolProcess]
@@ -52,6 +52,7 @@ class Deployment:
 
     def worker_named(self, stream_id: str) -> str:
         """The worker host whose process has claimed the stream."""
+        assert isinstance(self.redis, SentinelSet)
         client = self.redis.primary().client()
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -99,8 +100,61 @@ http {{
     return conf
 
 
+def serve(
+    lab: Lab, hosts: dict[str, Host], workdir: Path, redis_url: str, **extra: object
+) -> tuple[Path, dict[str, SpoolProcess], dict[str, SpoolProcess]]:
+    """The mock upstream, two API replicas and two workers on their hosts, and nginx in
+    front of the replicas, all with `redis_url` (and `extra` settings)."""
+    up = hosts["up"]
+    up.popen(
+        [".venv/bin/python", "-m", "tests.bench_upstream", "--host", up.ip,
+         "--port", str(UPSTREAM_PORT)],
+        workdir / "upstream.log", cwd=REPO,
+    )  # fmt: skip
+    models = {
+        "quick": {"provider": "demo", "tokens_per_second": 300, "max_output_tokens": 30},
+        "slow": {"provider": "demo", "tokens_per_second": 20, "max_output_tokens": 60},
+        "mock": {
+            "provider": "openai",
+            "base_url": f"http://{up.ip}:{UPSTREAM_PORT}/v1",
+            "model": "bench",
+        },
+    }
+    settings = {**FAULT_SETTINGS, "lease_s": LEASE_S,
+                "upstream_allowlist": f"{lab.subnet}.0/24", **extra}  # fmt: skip
+    config = write_config(workdir / "spool.yaml", models, **settings)
+    apis = {
+        name: SpoolProcess("api", redis_url, config, workdir, port=API_PORT,
+                           host=hosts[name].ip, prefix=hosts[name].prefix)
+        for name in ("api1", "api2")
+    }  # fmt: skip
+    workers = {
+        name: SpoolProcess("worker", redis_url, config, workdir, prefix=hosts[name].prefix)
+        for name in ("w1", "w2")
+    }
+    for api in apis.values():
+        api.wait_healthy()
+    lb = hosts["lb"]
+    conf = nginx_conf(workdir, lb, [hosts["api1"], hosts["api2"]])
+    lb.popen(["nginx", "-c", str(conf), "-g", "daemon off;"], workdir / "nginx.log")
+    if not lab.netem:
+        note = "this kernel has no netem: the hosts' links add no delay"
+        if note not in MEASUREMENTS:
+            MEASUREMENTS.append(note)
+    return config, apis, workers
+
+
+def placed_on(hosts: dict[str, Host], placement: dict[str, str]) -> Place:
+    def place(node: str) -> tuple[str, tuple[str, ...]]:
+        host = hosts[placement[node]]
+        return host.ip, host.prefix
+
+    return place
+
+
 @pytest.fixture(scope="session")
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    """Redis with Sentinel: a primary and a replica, three Sentinels on three hosts."""
     workdir = tmp_path_factory.mktemp("hosts")
     lab = Lab("sph")
     try:
@@ -108,51 +162,45 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         hosts = {name: lab.add_host(name) for name in names}
         placement = {"node-0": "r1", "node-1": "r2", "sentinel-0": "r1", "sentinel-1": "r2",
                      "sentinel-2": "r3"}  # fmt: skip
-
-        def place(node: str) -> tuple[str, tuple[str, ...]]:
-            host = hosts[placement[node]]
-            return host.ip, host.prefix
-
-        redis = SentinelSet(workdir / "redis", down_after_ms=1000, place=place).start()
-        up = hosts["up"]
-        up.popen(
-            [".venv/bin/python", "-m", "tests.bench_upstream", "--host", up.ip,
-             "--port", str(UPSTREAM_PORT)],
-            workdir / "upstream.log", cwd=REPO,
-        )  # fmt: skip
-        models = {
-            "quick": {"provider": "demo", "tokens_per_second": 300, "max_output_tokens": 30},
-            "slow": {"provider": "demo", "tokens_per_second": 20, "max_output_tokens": 60},
-            "mock": {
-                "provider": "openai",
-                "base_url": f"http://{up.ip}:{UPSTREAM_PORT}/v1",
-                "model": "bench",
-            },
-        }
-        settings = {**FAULT_SETTINGS, "lease_s": LEASE_S, "upstream_allowlist": f"{SUBNET}.0/24"}
-        config = write_config(workdir / "spool.yaml", models, **settings)
-        apis = {
-            name: SpoolProcess("api", redis.url, config, workdir, port=API_PORT,
-                               host=hosts[name].ip, prefix=hosts[name].prefix)
-            for name in ("api1", "api2")
-        }  # fmt: skip
-        workers = {
-            name: SpoolProcess("worker", redis.url, config, workdir, prefix=hosts[name].prefix)
-            for name in ("w1", "w2")
-        }
-        for api in apis.values():
-            api.wait_healthy()
-        lb = hosts["lb"]
-        conf = nginx_conf(workdir, lb, [hosts["api1"], hosts["api2"]])
-        lb.popen(["nginx", "-c", str(conf), "-g", "daemon off;"], workdir / "nginx.log")
+        redis = SentinelSet(
+            workdir / "redis", down_after_ms=1000, place=placed_on(hosts, placement)
+        ).start()
+        config, apis, workers = serve(lab, hosts, workdir, redis.url)
         deployment = Deployment(lab, workdir, config, redis, hosts, apis, workers)
         deployment.wait_all_ready()
-        if not lab.netem:
-            MEASUREMENTS.append("this kernel has no netem: the hosts' links add no delay")
         yield deployment
         for proc in [*apis.values(), *workers.values()]:
             proc.stop()
         redis.stop()
+    finally:
+        lab.close()
+
+
+@pytest.fixture(scope="session")
+def cluster_deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    """The streams on a Redis Cluster of three masters and three replicas, each node on a
+    host of its own; the queue on one more host."""
+    workdir = tmp_path_factory.mktemp("hosts-cluster")
+    lab = Lab("spc", subnet="10.78.0")
+    try:
+        nodes = [f"c{n}" for n in range(6)]
+        names = [*nodes, "queue", "api1", "api2", "w1", "w2", "up", "lb"]
+        hosts = {name: lab.add_host(name) for name in names}
+        placement = {f"cluster-{n}": f"c{n}" for n in range(6)}
+        cluster = ClusterSet(workdir / "cluster", place=placed_on(hosts, placement)).start()
+        queue = RedisNode(workdir, "queue", [], place=placed_on(hosts, {"queue": "queue"}))
+        queue.start()
+        config, apis, workers = serve(
+            lab, hosts, workdir, cluster.url,
+            queue_url=f"redis://{queue.ip}:{queue.port}/0", lease_s=8,
+        )  # fmt: skip
+        deployment = Deployment(lab, workdir, config, cluster, hosts, apis, workers)
+        deployment.wait_all_ready()
+        yield deployment
+        for proc in [*apis.values(), *workers.values()]:
+            proc.stop()
+        cluster.stop()
+        queue.stop()
     finally:
         lab.close()
 

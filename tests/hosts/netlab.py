@@ -83,21 +83,22 @@ class Host:
 
 
 class Lab:
-    def __init__(self, tag: str, *, delay_ms: float = 1.0) -> None:
+    def __init__(self, tag: str, *, subnet: str = SUBNET, delay_ms: float = 1.0) -> None:
         check_machine()
         self.tag = tag  # keeps names unique and short (interface names hold 15 bytes)
+        self.subnet = subnet  # the first three bytes of a /24 of its own
         self.bridge = f"{tag}br"
         self.delay_ms = delay_ms
         self.hosts: list[Host] = []
         self.netem = False
         self._cleanup()
         run("ip", "link", "add", self.bridge, "type", "bridge")
-        run("ip", "addr", "add", f"{SUBNET}.1/24", "dev", self.bridge)
+        run("ip", "addr", "add", f"{subnet}.1/24", "dev", self.bridge)
         run("ip", "link", "set", self.bridge, "up")
 
     def add_host(self, name: str) -> Host:
         n = len(self.hosts) + 10
-        host = Host(name, f"{self.tag}-{name}", f"{SUBNET}.{n}", f"{self.tag}{n}r")
+        host = Host(name, f"{self.tag}-{name}", f"{self.subnet}.{n}", f"{self.tag}{n}r")
         inside = f"{self.tag}{n}h"
         run("ip", "netns", "add", host.ns)
         run("ip", "link", "add", host.link, "type", "veth", "peer", "name", inside)
