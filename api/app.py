@@ -29,7 +29,7 @@ from shared.hooks import HookStore
 from shared.limits import Admission
 from shared.queue import ArqJobQueue
 from shared.reaper import Reaper
-from shared.redis import create_control_redis, create_data_redis
+from shared.redis import close_data_redis, create_control_redis, create_data_redis
 from shared.settings import Settings
 from shared.store import StreamStore
 from shared.supervise import cancel_and_wait, supervise
@@ -46,7 +46,9 @@ def create_app(settings: Settings) -> FastAPI:
         # whose enqueue WATCHes keys. With the streams on their own Redis (a Cluster), the
         # shared one is per Redis, and the cluster client holds a pool per node.
         control = create_control_redis(settings, multiplexed=True)
-        redis = control if settings.queue_url is None else create_data_redis(settings)
+        redis = (
+            control if settings.queue_url is None else create_data_redis(settings, multiplexed=True)
+        )
         queue_redis = create_control_redis(settings, max_connections=QUEUE_CONNECTIONS)
         store = StreamStore(redis, settings, control)
         hub = StreamHub(redis, store, tick_s=settings.keepalive_interval_s)
@@ -78,7 +80,7 @@ def create_app(settings: Settings) -> FastAPI:
             for task in background:
                 await cancel_and_wait(task)
             if redis is not control:
-                await redis.aclose()
+                await close_data_redis(redis)
             await control.aclose(close_connection_pool=True)
             await queue_redis.aclose(close_connection_pool=True)
 

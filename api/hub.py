@@ -26,7 +26,7 @@ import logging
 from collections.abc import AsyncGenerator
 
 from redis.asyncio import RedisCluster
-from redis.asyncio.connection import AbstractConnection
+from redis.asyncio.connection import AbstractConnection, Connection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
@@ -371,9 +371,10 @@ class StreamHub:
             node = self.redis.get_node(node_name=link.name)
             if node is None:
                 raise RedisConnectionError(f"{link.name} is no longer a node of the cluster")
-            conn: AbstractConnection = node.connection_class(
-                **{**node.connection_kwargs, "socket_timeout": None}
-            )
+            # A connection of its own, whatever the node's commands go over (see
+            # shared.redis_mux.NodeMuxLease).
+            kwargs = {k: v for k, v in node.connection_kwargs.items() if k != "muxes"}
+            conn: AbstractConnection = Connection(**{**kwargs, "socket_timeout": None})
         else:
             pool = self.redis.connection_pool
             conn = pool.connection_class(**{**pool.connection_kwargs, "socket_timeout": None})

@@ -1,8 +1,9 @@
 """Every Redis key and channel Spool uses, in one place.
 
-Per-stream keys share the hash tag `{id}`. The scripts that change a job also keep the two
-global indexes (`LEASES_KEY`, `QUEUED_KEY`) in step, so Spool runs on a single Redis
-primary (with replicas or Sentinel), not on Redis Cluster.
+Per-stream keys share the hash tag `{id}`, so on a Redis Cluster each stream lives in one
+slot: these are on the streams' Redis (REDIS_URL). The keys without a tag (the queue, the
+job indexes, workers, API keys, limits, usage, idempotency, webhook dispatch) are on the
+queue's Redis (SPOOL_QUEUE_URL, else REDIS_URL), which is never a cluster.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared.redis_address import ClusterAddress, SentinelAddress, parse_redis_url
-from shared.redis_mux import MuxPool
+from shared.redis_mux import MuxPool, NodeMuxes, NodeMuxLease
 from shared.settings import Settings
 
 CONNECT_TIMEOUT_S = 2.0
@@ -111,8 +111,9 @@ def create_redis(
 def create_data_redis(settings: Settings, *, multiplexed: bool = False) -> DataRedis:
     """The client for streams and job records (REDIS_URL): as `create_redis` for one
     Redis or Sentinel; for a Redis Cluster, a cluster client that routes each command by
-    its key's slot, follows MOVED/ASK and learns a failed-over master's replacement. It
-    holds up to `redis_max_connections` per node, and is not multiplexed."""
+    its key's slot, follows MOVED/ASK and learns a failed-over master's replacement. With
+    `multiplexed`, it holds one multiplexed connection per node; else up to
+    `redis_max_connections` per node."""
     if not settings.redis_url:
         raise ValueError("no Redis URL: set REDIS_URL, or run `spool dev` for an embedded Redis")
     address = parse_redis_url(settings.redis_url)
@@ -122,9 +123,14 @@ def create_data_redis(settings: Settings, *, multiplexed: bool = False) -> DataR
         startup_nodes=[ClusterNode(host, port) for host, port in address.nodes],
         username=address.username,
         password=address.password,
-        max_connections=settings.redis_max_connections,
+        max_connections=2**31 if multiplexed else settings.redis_max_connections,
         **_socket_options(settings),
     )
+    if multiplexed:
+        # Each node's "connections" become leases on one multiplexed connection to it
+        # (nodes are made from these arguments when the client learns the slot map).
+        client.connection_kwargs["connection_class"] = NodeMuxLease
+        client.connection_kwargs["muxes"] = NodeMuxes()
     return client
 
 
@@ -157,3 +163,12 @@ async def ping(redis: DataRedis) -> None:
         await redis.ping(target_nodes=RedisCluster.PRIMARIES)
     else:
         await redis.ping()
+
+
+async def close_data_redis(redis: DataRedis) -> None:
+    """Close the streams' client, and a cluster client's multiplexed node connections."""
+    await redis.aclose()
+    if isinstance(redis, RedisCluster):
+        muxes = redis.connection_kwargs.get("muxes")
+        if isinstance(muxes, NodeMuxes):
+            await muxes.close()

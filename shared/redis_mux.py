@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from redis.asyncio.connection import AbstractConnection, ConnectionPool
+from redis.asyncio.connection import AbstractConnection, Connection, ConnectionPool
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -150,6 +150,13 @@ class Mux:
                 task.cancel()
                 with contextlib.suppress(BaseException):
                     await task
+        # Whatever was still to be sent or answered never will be: its callers learn so.
+        closed = RedisConnectionError("the connection to redis was closed")
+        outbox, self._outbox = self._outbox, []
+        waiting, self._waiting = list(self._waiting), deque()
+        for future in [*waiting, *(f for _, futures in outbox for f in futures)]:
+            if not future.done():
+                future.set_exception(closed)
         if self._conn is not None:
             await self._conn.disconnect()
 
@@ -169,8 +176,12 @@ class MuxLease:
     is_connected = True
 
     def __init__(self, mux: Mux) -> None:
-        self.mux = mux
+        self._mux = mux
         self._replies: deque[asyncio.Future[Any]] = deque()
+
+    @property
+    def mux(self) -> Mux:
+        return self._mux
 
     def pack_command(self, *args: Any) -> list[bytes]:
         packed: list[bytes] = self.mux.connection.pack_command(*args)
@@ -221,3 +232,45 @@ class MuxPool(ConnectionPool):
         # shared connection is already reconnecting to the new one then.
         if inuse_connections:
             await self.mux.close()
+
+
+class NodeMuxes:
+    """The multiplexed connections of a Redis Cluster client, one per node: what
+    `NodeMuxLease` (the cluster client's connection class) shares."""
+
+    def __init__(self) -> None:
+        self._muxes: dict[tuple[str, int], Mux] = {}
+
+    def get(self, kwargs: dict[str, Any]) -> Mux:
+        key = (str(kwargs["host"]), int(kwargs["port"]))
+        mux = self._muxes.get(key)
+        if mux is None:
+            mux = self._muxes[key] = Mux(lambda: Connection(**kwargs))
+        return mux
+
+    async def close(self) -> None:
+        muxes, self._muxes = list(self._muxes.values()), {}
+        for mux in muxes:
+            await mux.close()
+
+
+class NodeMuxLease(MuxLease):
+    """A redis-py cluster node's "connection": a lease on the node's one multiplexed
+    connection, so however many commands are in flight, each node gets one socket. The
+    node makes these with its connection arguments, which carry the `NodeMuxes`.
+
+    The client disconnects its nodes whenever it learns the slot map again, while new
+    node objects for the same addresses already send commands: a lease's disconnect
+    leaves the shared connection alone (a broken one reconnects by itself), and
+    `NodeMuxes.close` ends them all when the client is done."""
+
+    def __init__(self, *, muxes: NodeMuxes, **kwargs: Any) -> None:
+        kwargs.pop("connection_pool", None)
+        self._muxes = muxes
+        self._kwargs = kwargs
+        self.host, self.port = kwargs["host"], kwargs["port"]
+        super().__init__(muxes.get(kwargs))
+
+    @property
+    def mux(self) -> Mux:
+        return self._muxes.get(self._kwargs)

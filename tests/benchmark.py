@@ -2,6 +2,7 @@
 
     .venv/bin/python tests/benchmark.py [--ttft-requests 300] [--streams 10000]
         [--duration 5 | --requests N] [--rounds 2] [--skip-open] [--skip-multi]
+        [--skip-cluster]
         [--open-sample 500] [--open-timeout 120] [--json PATH] [--workdir DIR]
 
 Starts its own redis-server, a fast mock OpenAI-compatible upstream (tests/bench_upstream.py,
@@ -14,7 +15,10 @@ asyncio HTTP client (tests/loadgen.py) in this process. It measures:
   3. N streams held open on one API process against a 1 token/s demo model: time until
      all are streaming, API memory per stream, the API's Redis connections; then all are
      cancelled and must end;
-  4. the load of (2) through `spool api --processes 2` and `spool worker --processes 2`.
+  4. the load of (2) through `spool api --processes 2` and `spool worker --processes 2`;
+  5. the load of (2) with the streams on a Redis Cluster of 3 masters (its own
+     redis-server processes) and the queue on the first Redis, with the commands each
+     Redis served, beside the commands the one Redis of (2) served.
 Every Spool stream's text (all of 1, 2 and 4, a sample of 3) is compared with the stream's
 assembled output from `GET /v1/streams/{id}/result`, and mock-backed streams also with the
 text the mock sent. A mismatch, a broken stream (error event, no `[DONE]`), or a held
@@ -51,6 +55,7 @@ from shared.embedded_redis import EmbeddedRedis, free_port
 from tests import loadgen
 from tests.bench_upstream import expected_text
 from tests.processes import SpoolProcess, start_api, start_worker, wait_ready, write_config
+from tests.redis_topology import ClusterSet
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
@@ -570,9 +575,11 @@ class Run:
             ttft = loadgen.run(bench_ttft(api.port, self.upstream_port, self.args.ttft_requests))
             self.record("ttft", ttft, api.port)
             cpu = self.meter(api, worker)
+            before = commands_served([self.redis.url])
             load = loadgen.run(bench_load(api.port, self.upstream_port, self.args, cpu))
             self.record("load", load, api.port)
             self.figures["load"]["cpu_share"] = cpu.shares()
+            self.figures["load"]["redis_commands"] = served_since(before)
             if not self.args.skip_open:
                 assert self.redis.port is not None
                 cpu = self.meter(api, worker)
@@ -610,6 +617,32 @@ class Run:
         finally:
             stop_all([api, worker])
 
+    def cluster(self) -> None:
+        """The load of `single`, the streams on a 3-master Redis Cluster."""
+        with redis_client.Redis.from_url(self.redis.url) as client:
+            client.flushall()
+        topology = ClusterSet(self.workdir / "cluster", replicas_each=0).start()
+        settings = yaml_settings(self.config)
+        models = settings.pop("models")
+        config = write_config(
+            self.workdir / "spool-cluster.yaml", models, **settings, queue_url=self.redis.url
+        )
+        try:
+            api, worker = start_cluster(topology.url, config, self.workdir, 1)
+            assert api.port is not None
+            try:
+                nodes = [f"redis://{n.ip}:{n.port}/0" for n in topology.nodes]
+                before = commands_served([self.redis.url, *nodes])
+                cpu = self.meter(api, worker)
+                load = loadgen.run(bench_load(api.port, self.upstream_port, self.args, cpu))
+                self.record("cluster", load, api.port)
+                self.figures["cluster"]["cpu_share"] = cpu.shares()
+                self.figures["cluster"]["redis_commands"] = served_since(before)
+            finally:
+                stop_all([api, worker])
+        finally:
+            topology.stop()
+
     def meter(self, api: SpoolProcess, worker: SpoolProcess) -> CpuMeter:
         assert self.redis.process is not None
         return CpuMeter(
@@ -634,6 +667,27 @@ class Run:
             self.failed.append(f"{name}: {check['mismatches']} client/result mismatches")
         if check["unanswered"]:
             self.failed.append(f"{name}: {check['unanswered']} /result requests unanswered")
+
+
+def commands_served(urls: list[str]) -> dict[str, int]:
+    """Commands each Redis has served so far (INFO stats), by URL."""
+    counts = {}
+    for url in urls:
+        with redis_client.Redis.from_url(url) as client:
+            counts[url] = int(client.info("stats")["total_commands_processed"])
+    return counts
+
+
+def served_since(before: dict[str, int]) -> dict[str, int]:
+    now = commands_served(list(before))
+    return {url.split("//")[1].rsplit("/", 1)[0]: now[url] - n for url, n in before.items()}
+
+
+def yaml_settings(config: Path) -> dict[str, Any]:
+    import yaml
+
+    settings: dict[str, Any] = yaml.safe_load(config.read_text())
+    return settings
 
 
 def start_run(args: argparse.Namespace, workdir: Path) -> Run:
@@ -730,6 +784,13 @@ def table(figures: dict[str, Any], args: argparse.Namespace) -> str:
         rows.append([multi_label, "", "n/a (--processes unsupported)", ""])
     else:
         rows += load_rows(multi_label, multi)
+    if "cluster" in figures:
+        rows += load_rows(f"{CLIENTS} clients, streams on a 3-master cluster", figures["cluster"])
+    for name, label in (("load", "one Redis"), ("cluster", "cluster run")):
+        served = (figures.get(name) or {}).get("redis_commands")
+        if served:
+            text = ", ".join(f"{addr} {n:,}" for addr, n in served.items())
+            rows.append([f"Redis commands served, {label} (queue Redis first)", "", text, ""])
     held = figures.get("open")
     if held is not None:
         opened = held["streams"]
@@ -791,7 +852,7 @@ def table(figures: dict[str, Any], args: argparse.Namespace) -> str:
         rows.append(["cancel all open streams", "", ended, ""])
     checks = []
     direct_bad = 0
-    for name in ("ttft", "load", "multi"):
+    for name in ("ttft", "load", "multi", "cluster"):
         part = figures.get(name) or {}
         if "check" in part:
             checks.append(part["check"])
@@ -805,7 +866,7 @@ def table(figures: dict[str, Any], args: argparse.Namespace) -> str:
     broken = sum(
         (figures.get(n) or {}).get("spool", {}).get("broken", 0)
         + (figures.get(n) or {}).get("spool", {}).get("upstream_mismatches", 0)
-        for n in ("ttft", "load", "multi")
+        for n in ("ttft", "load", "multi", "cluster")
     )
     rows.append(
         [
@@ -854,6 +915,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--skip-open", action="store_true", help="skip the held streams")
     parser.add_argument("--skip-multi", action="store_true", help="skip 2 API + 2 workers")
+    parser.add_argument("--skip-cluster", action="store_true", help="skip the Redis Cluster")
     parser.add_argument("--json", type=Path, help="write every figure to this JSON file")
     parser.add_argument(
         "--workdir", type=Path, help="keep Redis data, settings and process logs here"
@@ -875,6 +937,8 @@ def main(argv: list[str] | None = None) -> int:
             steps: list[tuple[str, Callable[[], None]]] = [("single", run.single)]
             if not args.skip_multi:
                 steps.append(("multi", run.multi))
+            if not args.skip_cluster:
+                steps.append(("cluster", run.cluster))
             for name, step in steps:
                 try:
                     step()

@@ -27,7 +27,7 @@ def build_consumer(settings: Settings) -> QueueConsumer:
     redis = create_control_redis(settings)
     shared_redis = create_control_redis(settings, multiplexed=True)
     # The streams' Redis, when it is not the queue's (a Cluster): a client of its own.
-    data = None if settings.queue_url is None else create_data_redis(settings)
+    data = None if settings.queue_url is None else create_data_redis(settings, multiplexed=True)
     runtime = WorkerRuntime(settings, redis, shared_redis, data)
     return QueueConsumer(
         # arq's own per-job reads and writes (no WATCH, nothing blocking) share the

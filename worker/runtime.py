@@ -23,7 +23,7 @@ from shared.hooks import HookStore
 from shared.netguard import Allowlist, GuardedTransport
 from shared.queue import ArqJobQueue
 from shared.reaper import WORKER_LOST, Reaper
-from shared.redis import DataRedis
+from shared.redis import DataRedis, close_data_redis
 from shared.settings import Settings
 from shared.store import JobRecord, Lease, Status, StreamStore
 from shared.supervise import cancel_and_wait, supervise
@@ -143,7 +143,7 @@ class WorkerRuntime:
                 await client.aclose()
         await self.shared_redis.aclose(close_connection_pool=True)
         if self.data is not None:
-            await self.data.aclose()
+            await close_data_redis(self.data)
 
     # -- the job --------------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ from redis.exceptions import RedisError
 from api.hub import StreamHub
 from shared import events as ev
 from shared import keys
-from shared.redis import create_data_redis
+from shared.redis import close_data_redis, create_data_redis
 from shared.settings import Settings
 from shared.store import Status, StreamStore
 from shared.supervise import cancel_and_wait, supervise
@@ -79,11 +79,11 @@ async def on_cluster(cluster: ClusterSet, redis: Redis) -> AsyncIterator[OnClust
     settings = Settings.model_validate(
         {**SETTINGS, "redis_url": cluster.url, "queue_url": "redis://127.0.0.1:1/0"}
     )
-    data = create_data_redis(settings)
+    data = create_data_redis(settings, multiplexed=True)
     assert isinstance(data, RedisCluster)
     async with OnCluster(data, redis, settings) as harness:
         yield harness
-    await data.aclose()
+    await close_data_redis(data)
 
 
 async def test_streams_on_every_node_reach_their_readers(
