@@ -170,3 +170,23 @@ async def test_a_killed_master_is_replaced_and_its_streams_go_on(
     await h.finish(sid, writer.held)
     assert text_of(await asyncio.wait_for(again, 20)) == [f"t{i}" for i in range(8)]
     assert cluster.master_of(keys.job_key(sid)) is not master
+
+
+async def test_one_connection_per_node_however_many_commands(
+    on_cluster: OnCluster, cluster: ClusterSet
+) -> None:
+    h = on_cluster
+    watchers = {n.port: n.client() for n in cluster.nodes if n.alive}
+
+    def clients() -> dict[int, int]:
+        return {port: int(c.info("clients")["connected_clients"]) for port, c in watchers.items()}
+
+    streams = [await h.new_stream() for _ in range(3)]
+    before = clients()
+    # Hundreds of commands in flight at once, on every master.
+    await asyncio.gather(*(h.store.status(sid) for sid in streams * 100))
+    await asyncio.gather(*(h.data.set(f"k{i}", i) for i in range(300)))
+    after = clients()
+    # Each node holds the watcher's connection and, once used, the client's one
+    # multiplexed connection: no more however many commands were in flight.
+    assert all(after[port] <= 2 for port in after), (before, after)
