@@ -23,12 +23,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Iterable
 
 from redis.asyncio import RedisCluster
 from redis.asyncio.connection import AbstractConnection, Connection
+from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import MovedError, RedisError
 
 from shared import events as ev
 from shared import keys
@@ -166,6 +167,7 @@ class StreamHub:
         self._links: dict[str, _Link] = {}
         self._link_tasks: set[asyncio.Task[None]] = set()
         self._unrouted: set[bytes] = set()  # channels whose node is not known yet
+        self._recheck: set[bytes] = set()  # channels whose node may have changed
         self._running = False
         self._refreshing: asyncio.Task[None] | None = None
 
@@ -309,9 +311,10 @@ class StreamHub:
                 task.cancel()
             await asyncio.gather(*self._link_tasks, return_exceptions=True)
 
-    def _route(self, sub: _Sub) -> None:
-        """Subscribe `sub` on the connection to the node that holds its stream."""
-        name = self._node_of(sub.channel)
+    def _route(self, sub: _Sub, name: str | None = None) -> None:
+        """Subscribe `sub` on the connection to the node that holds its stream (`name`,
+        when a node just said so)."""
+        name = name or self._node_of(sub.channel)
         if name is None:
             self._unrouted.add(sub.channel)
             self._refresh_soon()
@@ -344,26 +347,42 @@ class StreamHub:
         self._link_tasks.add(task)
         task.add_done_callback(self._link_tasks.discard)
 
-    def _refresh_soon(self) -> None:
+    def _refresh_soon(self, channels: Iterable[bytes] = ()) -> None:
+        """Look again, soon, where `channels` (and any not routed yet) belong."""
+        self._recheck.update(channels)
         if self.sharded and self._running and (self._refreshing is None or self._refreshing.done()):
             self._refreshing = asyncio.create_task(self._refresh(), name="spool-hub-refresh")
 
     async def _refresh(self) -> None:
-        """Move every channel to the node that holds its slot now. The cluster client
-        learns the slot map again by itself when its commands meet a failed node or a
-        moved slot (readers' looks at their streams are such commands)."""
+        """Move channels whose node may have changed (it failed, dropped them, or was
+        never known) to the node that holds their slot now. A keyed command for each lets
+        the cluster client learn a moved slot (MOVED) or a failed node (it then reads
+        the slot map again) before the channel is routed by it."""
         assert isinstance(self.redis, RedisCluster)
         try:
             await self.redis.initialize()  # the first time only; shared with the commands
         except (RedisError, OSError) as exc:
             log.warning("stream hub cannot read the cluster's slot map: %s", exc)
             return
-        for sub in list(self._subs.values()):
-            name = self._node_of(sub.channel)
-            if sub.link is None or name != sub.link.name:
-                if sub.link is not None:
-                    sub.link.forget(sub.channel)
-                self._route(sub)
+        while self._recheck or self._unrouted:
+            wanted, self._recheck = self._recheck | self._unrouted, set()
+            subs = [self._subs[c] for c in wanted if c in self._subs]
+            await asyncio.gather(
+                *(self.redis.exists(keys.job_key(sub.stream_id)) for sub in subs),
+                return_exceptions=True,
+            )
+            for sub in subs:
+                if self._subs.get(sub.channel) is not sub:
+                    continue  # its readers left meanwhile
+                name = self._node_of(sub.channel)
+                if name is None:
+                    continue  # the map is not known yet: a later look routes it
+                if sub.link is None or name != sub.link.name:
+                    if sub.link is not None:
+                        sub.link.forget(sub.channel)
+                    self._route(sub, name)
+            if self._unrouted:
+                await asyncio.sleep(0.5)
 
     async def _connect(self, link: _Link) -> AbstractConnection:
         # Reads wait as long as no message comes; pings tell a dead Redis from a quiet one.
@@ -413,6 +432,17 @@ class StreamHub:
             self._unrouted.add(channel)
             self._refresh_soon()
 
+    def _moved(self, link: _Link, moved: MovedError) -> None:
+        """A node refused a subscription: the slot is served by the node it names."""
+        for channel in list(link.channels):
+            if key_slot(channel) != moved.slot_id:
+                continue
+            link.forget(channel)
+            sub = self._subs.get(channel)
+            if sub is not None and sub.link is link:
+                self._route(sub, f"{moved.host}:{moved.port}")
+        self._refresh_soon()  # the client's own map learns it too
+
     def _fail(self, link: _Link, error: BaseException) -> None:
         """The link cannot reach its node: its readers end with the error (their clients
         resume, on whichever node then holds the stream)."""
@@ -421,7 +451,7 @@ class StreamHub:
             if sub is not None and sub.link is link:
                 for reader in sub.readers:
                     reader.fail(error)
-        self._refresh_soon()
+        self._refresh_soon(link.channels)
 
 
 class _Link:
@@ -459,6 +489,7 @@ class _Link:
         """The channel moved to another node: nothing to send here."""
         self.channels.discard(channel)
         self._to_subscribe.discard(channel)
+        self._unconfirmed.pop(channel, None)
 
     async def run(self) -> None:
         failures = 0
@@ -485,7 +516,7 @@ class _Link:
             except (RedisError, OSError) as exc:
                 log.warning("stream hub lost its connection to %s (%s); reconnecting",
                             self.name, exc)  # fmt: skip
-                self.hub._refresh_soon()
+                self.hub._refresh_soon(self.channels)
             finally:
                 await conn.disconnect(nowait=True)
 
@@ -552,7 +583,11 @@ class _Link:
     async def _read_loop(self, conn: AbstractConnection) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            reply = await conn.read_response(disconnect_on_error=False)
+            try:
+                reply = await conn.read_response(disconnect_on_error=False)
+            except MovedError as moved:  # a subscription sent to a node that lost the slot
+                self.hub._moved(self, moved)
+                continue
             if reply == b"PONG":  # a ping while subscribed to nothing gets a plain reply
                 self._pong = loop.time()
                 continue

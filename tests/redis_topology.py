@@ -294,6 +294,26 @@ class ClusterSet:
                 continue
         raise AssertionError(f"no node serves slot {slot}")
 
+    def masters_now(self) -> list[RedisNode]:
+        return [n for n in self.nodes
+                if n.alive and n.client().info("replication")["role"] == "master"]  # fmt: skip
+
+    def move_slot(self, key: str, target: RedisNode) -> None:
+        """Move `key`'s slot, with its keys, to the master `target`, as resharding does."""
+        source = self.master_of(key)
+        slot = source.client().execute_command("CLUSTER", "KEYSLOT", key)
+        source_id, target_id = (
+            n.client().execute_command("CLUSTER", "MYID").decode() for n in (source, target)
+        )
+        target.client().execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+        source.client().execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+        while keys := source.client().execute_command("CLUSTER", "GETKEYSINSLOT", slot, 100):
+            source.client().execute_command(
+                "MIGRATE", target.ip, target.port, "", 0, 5000, "KEYS", *keys
+            )
+        for master in self.masters_now():
+            master.client().execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+
     def command_counts(self) -> dict[str, int]:
         """Commands each master has processed so far (INFO stats), by address."""
         counts = {}

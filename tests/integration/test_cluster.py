@@ -143,6 +143,38 @@ async def test_a_cancel_and_a_reap_on_the_cluster(on_cluster: OnCluster, redis: 
     assert await redis.zscore(keys.LEASES_KEY, running) is not None  # the reaper's lease
 
 
+async def test_a_stream_whose_slot_moves_keeps_its_readers(
+    on_cluster: OnCluster, cluster: ClusterSet
+) -> None:
+    h = on_cluster
+    sid = await h.new_stream()
+    waiting = asyncio.create_task(collect(h.hub, h.hub.open(sid, "0-0", 1)))
+    writer = h.appender.writer(sid, "attempt", 0)
+    await writer.write(texts(3))
+    await writer.flush()
+    await asyncio.sleep(0.3)  # subscribed on the stream's master
+    source = cluster.master_of(keys.job_key(sid))
+    target = next(m for m in cluster.masters_now() if m is not source)
+    cluster.move_slot(keys.job_key(sid), target)
+    # The old master ends the shard channel's subscription; the hub finds where the slot
+    # went (nothing else has told this process's cluster client yet) and follows it.
+    sub = h.hub._subs[keys.live_channel(sid).encode()]
+    for _ in range(100):
+        if sub.link is not None and sub.link.name == f"127.0.0.1:{target.port}" and sub.confirmed:
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise AssertionError(f"the subscription stayed on {sub.link and sub.link.name}")
+    await writer.write(texts(3, start=3))
+    await writer.flush()
+    await h.finish(sid, writer.held)
+    assert text_of(await asyncio.wait_for(waiting, 20)) == [f"t{i}" for i in range(6)]
+    # New readers of the moved stream are routed to its new master at once.
+    again = h.hub.open(sid, "0-0", 1)
+    assert again.sub.link is not None and again.sub.link.name == f"127.0.0.1:{target.port}"
+    assert text_of(await asyncio.wait_for(collect(h.hub, again), 20)) == [f"t{i}" for i in range(6)]
+
+
 async def test_a_killed_master_is_replaced_and_its_streams_go_on(
     on_cluster: OnCluster, cluster: ClusterSet
 ) -> None:
@@ -187,6 +219,6 @@ async def test_one_connection_per_node_however_many_commands(
     await asyncio.gather(*(h.store.status(sid) for sid in streams * 100))
     await asyncio.gather(*(h.data.set(f"k{i}", i) for i in range(300)))
     after = clients()
-    # Each node holds the watcher's connection and, once used, the client's one
-    # multiplexed connection: no more however many commands were in flight.
-    assert all(after[port] <= 2 for port in after), (before, after)
+    # A node the client had not used yet gains its one multiplexed connection; none
+    # gains more, however many commands were in flight.
+    assert all(after[port] - before[port] <= 1 for port in after), (before, after)
