@@ -348,9 +348,12 @@ class StreamHub:
         task.add_done_callback(self._link_tasks.discard)
 
     def _refresh_soon(self, channels: Iterable[bytes] = ()) -> None:
-        """Look again, soon, where `channels` (and any not routed yet) belong."""
+        """Look again, soon, where `channels` (and any not routed yet) belong: on a
+        cluster only (one Redis has one place for everything)."""
+        if not self.sharded:
+            return
         self._recheck.update(channels)
-        if self.sharded and self._running and (self._refreshing is None or self._refreshing.done()):
+        if self._running and (self._refreshing is None or self._refreshing.done()):
             self._refreshing = asyncio.create_task(self._refresh(), name="spool-hub-refresh")
 
     async def _refresh(self) -> None:

@@ -211,18 +211,8 @@ class SentinelSet:
                 return False
         return True
 
-    def _wait(self, ready: object, what: str, timeout_s: float = 30.0) -> None:
-        assert callable(ready)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            try:
-                if ready():
-                    return
-            except sync_redis.RedisError:
-                pass
-            time.sleep(0.1)
-        logs = "\n".join(f"--- {s.name}\n{s.log()[-1500:]}" for s in self.sentinels)
-        raise AssertionError(f"timed out waiting for {what}\n{logs}")
+    def _wait(self, ready: Callable[[], bool], what: str, timeout_s: float = 30.0) -> None:
+        wait_until(ready, what, self.sentinels, timeout_s)
 
 
 class ClusterSet:
@@ -357,13 +347,21 @@ class ClusterSet:
         )
 
     def _wait(self, ready: Callable[[], bool], what: str, timeout_s: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            try:
-                if ready():
-                    return
-            except sync_redis.RedisError:
-                pass
-            time.sleep(0.1)
-        logs = "\n".join(f"--- {n.name}\n{n.log()[-1500:]}" for n in self.nodes)
-        raise AssertionError(f"timed out waiting for {what}\n{logs}")
+        wait_until(ready, what, self.nodes, timeout_s)
+
+
+def wait_until(
+    ready: Callable[[], bool], what: str, logs_of: list[RedisNode], timeout_s: float
+) -> None:
+    """Poll `ready` (Redis errors count as not yet) until it holds; on timeout, fail
+    with the tail of each node's log."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if ready():
+                return
+        except sync_redis.RedisError:
+            pass
+        time.sleep(0.1)
+    logs = "\n".join(f"--- {n.name}\n{n.log()[-1500:]}" for n in logs_of)
+    raise AssertionError(f"timed out waiting for {what}\n{logs}")

@@ -129,6 +129,21 @@ def fault_task_models(queue_http: MockQueueHttp) -> dict[str, object]:
 
 
 @dataclass
+class Deployed:
+    """Spool's processes on a Redis topology of a test's own (Sentinel, a cluster)."""
+
+    apis: list[SpoolProcess]
+    workers: list[SpoolProcess]
+
+    @property
+    def urls(self) -> list[str]:
+        return [api.url for api in self.apis]
+
+    def all_alive(self) -> bool:
+        return all(proc.process.poll() is None for proc in [*self.apis, *self.workers])
+
+
+@dataclass
 class FaultCluster:
     workdir: Path
     config: Path
@@ -350,3 +365,29 @@ def forget_outage(reading: Reading) -> bool:
     reading.events = reading.events[:-2]
     reading.finished = False
     return True
+
+
+def finish_after_failover(
+    client: httpx.Client, readings: list[Reading], urls: list[str]
+) -> tuple[int, int]:
+    """Resume every stream to its end after a failover. Each either continued exactly
+    (its text and a full replay match) or ended visibly with `events_lost`; returns how
+    many did each."""
+    continued = lost = 0
+    for r in readings:
+        if not read_to_the_end(client, r, urls):
+            # Resuming from an event the new primary never received: the stream says so.
+            outcome = result(urls[0], r.stream_id)
+            assert outcome["error"]["code"] == "events_lost", outcome  # type: ignore[index]
+            lost += 1
+            continue
+        error = r.error()
+        if error is not None:
+            assert error["code"] == "events_lost", error
+            lost += 1
+            continue
+        assert r.text() == result_text(urls[0], r.stream_id)
+        assert full_replay(client, urls[-1], r.stream_id).events == r.events
+        continued += 1
+    assert continued + lost == len(readings)
+    return continued, lost

@@ -8,6 +8,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import httpx
 import pytest
@@ -16,32 +17,24 @@ from shared import keys
 from shared.embedded_redis import EmbeddedRedis
 from tests.faults.conftest import (
     FAULT_SETTINGS,
+    Deployed,
     Reading,
     chat,
     fault_models,
-    full_replay,
+    finish_after_failover,
     measure,
     read_some,
-    read_to_the_end,
-    result,
-    result_text,
 )
 from tests.mock_upstream import MockUpstream
-from tests.processes import SpoolProcess, start_api, start_worker, wait_ready, write_config
+from tests.processes import start_api, start_worker, wait_ready, write_config
 from tests.redis_topology import ClusterSet
 
 pytestmark = pytest.mark.faults
 
 
-class ClusterDeployment:
-    def __init__(self, cluster: ClusterSet, apis: list[SpoolProcess], workers: list[SpoolProcess]):
-        self.cluster = cluster
-        self.apis = apis
-        self.workers = workers
-
-    @property
-    def urls(self) -> list[str]:
-        return [api.url for api in self.apis]
+@dataclass
+class ClusterDeployment(Deployed):
+    cluster: ClusterSet
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +54,7 @@ def deployment(
     workers = [start_worker(cluster.url, config, workdir) for _ in range(2)]
     try:
         wait_ready(apis[0].url)
-        yield ClusterDeployment(cluster, apis, workers)
+        yield ClusterDeployment(apis, workers, cluster)
     finally:
         for proc in [*apis, *workers]:
             proc.stop()
@@ -99,29 +92,13 @@ def test_streams_on_every_master_and_one_killed_under_load(deployment: ClusterDe
         failover_s = time.monotonic() - killed_at
         wait_ready(urls[0], timeout_s=30)
 
-        continued = lost = 0
-        for r in readings:
-            if not read_to_the_end(client, r, urls):
-                outcome = result(urls[0], r.stream_id)
-                assert outcome["error"]["code"] == "events_lost", outcome  # type: ignore[index]
-                lost += 1
-                continue
-            error = r.error()
-            if error is not None:
-                assert error["code"] == "events_lost", error
-                lost += 1
-                continue
-            assert r.text() == result_text(urls[0], r.stream_id)
-            assert full_replay(client, urls[1], r.stream_id).events == r.events
-            continued += 1
+        continued, lost = finish_after_failover(client, readings, urls)
         on_victim = sum(1 for m in masters.values() if m is victim)
         measure(
             f"cluster master killed ({on_victim} of 12 streams on it), replica promoted in "
             f"{failover_s:.2f}s: {continued} continued exactly, {lost} ended with events_lost"
         )
-        assert continued + lost == len(readings)
         fresh = Reading()
         read_some(client, fresh, urls[1], body=chat("fault-demo", "after the failover"))
         assert fresh.finished and fresh.error() is None
-    for proc in [*deployment.apis, *deployment.workers]:
-        assert proc.process.poll() is None, "every process followed the failover by itself"
+    assert deployment.all_alive(), "every process followed the failover by itself"

@@ -7,40 +7,32 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import httpx
 import pytest
 
 from tests.faults.conftest import (
     FAULT_SETTINGS,
+    Deployed,
     Reading,
     chat,
     fault_models,
+    finish_after_failover,
     full_replay,
     measure,
     read_some,
-    read_to_the_end,
-    result,
-    result_text,
 )
 from tests.mock_upstream import MockUpstream
-from tests.processes import SpoolProcess, start_api, start_worker, wait_ready, write_config
+from tests.processes import start_api, start_worker, wait_ready, write_config
 from tests.redis_topology import SentinelSet
 
 pytestmark = pytest.mark.faults
 
 
-class SentinelDeployment:
-    def __init__(
-        self, topology: SentinelSet, apis: list[SpoolProcess], workers: list[SpoolProcess]
-    ):
-        self.topology = topology
-        self.apis = apis
-        self.workers = workers
-
-    @property
-    def urls(self) -> list[str]:
-        return [api.url for api in self.apis]
+@dataclass
+class SentinelDeployment(Deployed):
+    topology: SentinelSet
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +48,7 @@ def deployment(
     )
     apis = [start_api(topology.url, config, workdir) for _ in range(2)]
     workers = [start_worker(topology.url, config, workdir) for _ in range(2)]
-    deployment = SentinelDeployment(topology, apis, workers)
+    deployment = SentinelDeployment(apis, workers, topology)
     try:
         wait_ready(apis[0].url)
         yield deployment
@@ -99,34 +91,15 @@ def test_primary_killed_under_load(deployment: SentinelDeployment) -> None:
         wait_ready(urls[0], timeout_s=30)
         wait_ready(urls[1], timeout_s=30)
 
-        continued = lost = 0
-        for r in readings:
-            if not read_to_the_end(client, r, urls):
-                # Its last events never reached the replica: the stream says so.
-                outcome = result(urls[0], r.stream_id)
-                assert outcome["status"] == "failed", outcome
-                assert outcome["error"]["code"] == "events_lost", outcome  # type: ignore[index]
-                lost += 1
-                continue
-            error = r.error()
-            if error is not None:
-                assert error["code"] == "events_lost", error
-                lost += 1
-                continue
-            # It went on: exact, whichever replica replays it.
-            assert r.text() == result_text(urls[0], r.stream_id)
-            assert full_replay(client, urls[1], r.stream_id).events == r.events
-            continued += 1
+        continued, lost = finish_after_failover(client, readings, urls)
         measure(
             f"sentinel failover in {failover_s:.2f}s (primary {old.port} -> {new.port}): "
             f"{continued} streams continued exactly, {lost} ended with events_lost"
         )
-        assert continued + lost == len(readings)
 
         # What was written before the failover is whole; new streams work at once.
         assert full_replay(client, urls[1], before.stream_id).events == before.events
         fresh = Reading()
         read_some(client, fresh, urls[1], body=chat("fault-demo", "after the failover"))
         assert fresh.finished and fresh.error() is None
-    for proc in [*deployment.apis, *deployment.workers]:
-        assert proc.process.poll() is None, "every process followed the failover by itself"
+    assert deployment.all_alive(), "every process followed the failover by itself"

@@ -10,9 +10,9 @@ import time
 import httpx
 
 from shared import keys
-from tests.faults.conftest import measure, read_to_the_end, result
+from tests.faults.conftest import finish_after_failover, measure
 from tests.hosts.conftest import Deployment
-from tests.hosts.test_partitions import assert_exact, start_readers
+from tests.hosts.test_partitions import start_readers
 from tests.redis_topology import ClusterSet
 
 
@@ -33,20 +33,7 @@ def test_a_cluster_master_killed_under_load(cluster_deployment: Deployment) -> N
         cluster.wait_failover(victim)
         failover_s = time.monotonic() - killed_at
         d.wait_all_ready()
-        continued = lost = 0
-        for r in readings:
-            if not read_to_the_end(client, r, [d.lb_url]):
-                outcome = result(d.lb_url, r.stream_id)
-                assert outcome["error"]["code"] == "events_lost", outcome  # type: ignore[index]
-                lost += 1
-                continue
-            error = r.error()
-            if error is not None:
-                assert error["code"] == "events_lost", error
-                lost += 1
-                continue
-            assert_exact(client, d.lb_url, r)
-            continued += 1
+        continued, lost = finish_after_failover(client, readings, [d.lb_url])
         on_victim = sum(1 for m in masters.values() if m is victim)
         measure(
             f"cluster master on {victim.ip} killed ({on_victim} of 12 streams on it), replica "

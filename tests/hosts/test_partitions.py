@@ -11,7 +11,16 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
-from tests.faults.conftest import Reading, chat, full_replay, measure, read_some, result_text
+from tests.faults.conftest import (
+    Reading,
+    chat,
+    finish_after_failover,
+    full_replay,
+    measure,
+    read_some,
+    read_to_the_end,
+    result_text,
+)
 from tests.hosts.conftest import LEASE_S, Deployment
 
 
@@ -34,31 +43,6 @@ def start_readers(
         assert time.monotonic() < deadline, "streams did not start"
         time.sleep(0.01)
     return readings, threads
-
-
-def resume_to_the_end(client: httpx.Client, reading: Reading, url: str) -> None:
-    """Resume through `url` (the load balancer) until the stream's end; a replica that
-    cannot serve (503) is simply asked again, as a client would."""
-    for _ in range(200):
-        if reading.finished:
-            return
-        try:
-            read_some(client, reading, url)
-        except AssertionError as exc:
-            assert str(exc).startswith("503"), exc
-            time.sleep(0.1)
-    raise AssertionError(f"stream {reading.stream_id} never ended")
-
-
-def forget_tail_error(reading: Reading, code: str) -> bool:
-    """A tail that ended with `code` (its error event and [DONE] carry no ids) resumes
-    after its last real event."""
-    error = reading.error()
-    if error is None or error["code"] != code:
-        return False
-    reading.events = reading.events[:-2]
-    reading.finished = False
-    return True
 
 
 def assert_exact(client: httpx.Client, url: str, reading: Reading) -> None:
@@ -122,8 +106,9 @@ def test_an_api_replica_cut_off_from_redis(healthy: Deployment) -> None:
         for r in readings:
             # Each got an error event it can act on, then resumed through the load balancer
             # (which sends it to whichever replica answers).
-            assert forget_tail_error(r, "redis_unavailable"), r.events[-3:]
-            resume_to_the_end(client, r, d.lb_url)
+            error = r.error()
+            assert error is not None and error["code"] == "redis_unavailable", r.events[-3:]
+            assert read_to_the_end(client, r, [d.lb_url])
             assert r.error() is None
             assert_exact(client, d.api_url("api2"), r)
         measure(
@@ -148,23 +133,7 @@ def test_redis_primary_killed_under_load(healthy: Deployment) -> None:
         new = d.redis.wait_failover(old)
         failover_s = time.monotonic() - killed_at
         d.wait_all_ready()
-        continued = lost = 0
-        for r in readings:
-            forget_tail_error(r, "redis_unavailable")
-            try:
-                resume_to_the_end(client, r, d.lb_url)
-            except AssertionError as exc:
-                # Resuming from an event the new primary never received: the stream says so.
-                assert str(exc).startswith("410"), exc
-                lost += 1
-                continue
-            error = r.error()
-            if error is not None:
-                assert error["code"] == "events_lost", error
-                lost += 1
-                continue
-            assert_exact(client, d.lb_url, r)
-            continued += 1
+        continued, lost = finish_after_failover(client, readings, [d.lb_url])
         measure(
             f"primary on {old.ip} killed, {new.ip} promoted in {failover_s:.1f}s: "
             f"{continued} streams continued exactly, {lost} ended with events_lost"
@@ -190,7 +159,7 @@ def test_200_clients_dropping_at_random_through_the_load_balancer(healthy: Deplo
                 if reading.finished:
                     break
                 read_some(client, reading, d.lb_url, stop_after=stop_after or None)
-            resume_to_the_end(client, reading, d.lb_url)
+            assert read_to_the_end(client, reading, [d.lb_url])
             assert reading.error() is None
             assert_exact(client, d.lb_url, reading)
         return reading

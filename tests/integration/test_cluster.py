@@ -13,17 +13,13 @@ import pytest
 from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import RedisError
 
-from api.hub import StreamHub
 from shared import events as ev
 from shared import keys
 from shared.redis import close_data_redis, create_data_redis
 from shared.settings import Settings
-from shared.store import Status, StreamStore
-from shared.supervise import cancel_and_wait, supervise
-from shared.transcript import Transcript
-from tests.integration.test_hub import collect, text_of, texts
+from shared.store import Status
+from tests.integration.test_hub import Harness, collect, text_of, texts
 from tests.redis_topology import ClusterSet
-from worker.appender import Appender
 
 SETTINGS = {"retention_s": 600, "keepalive_interval_s": 0.2, "redis_retry_s": 15, "lease_s": 5}
 
@@ -35,59 +31,20 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterSet]:
     topology.stop()
 
 
-class OnCluster:
-    """A hub, a store and an appender as an API and a worker hold them with a cluster."""
-
-    def __init__(self, data: RedisCluster, control: Redis, settings: Settings) -> None:
-        self.data = data
-        self.store = StreamStore(data, settings, control)
-        self.hub = StreamHub(data, self.store, tick_s=settings.keepalive_interval_s)
-        self.appender = Appender(self.store, settings)
-
-    async def __aenter__(self) -> OnCluster:
-        self.tasks = [supervise("hub", self.hub.run), supervise("ticks", self.hub.tick_forever)]
-        self.appender.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.appender.stop()
-        for task in self.tasks:
-            await cancel_and_wait(task)
-
-    async def new_stream(self) -> str:
-        stream_id = uuid.uuid4().hex
-        await self.store.create(
-            stream_id, surface="openai.chat", model="demo", request={}, render={}, owner="k"
-        )
-        claim = await self.store.claim(stream_id, "attempt", "worker")
-        assert claim.outcome == "claimed"
-        return stream_id
-
-    async def finish(self, stream_id: str, held: int) -> None:
-        await self.store.finish(
-            stream_id,
-            "attempt",
-            status=Status.COMPLETED,
-            terminal=ev.Finish(reason="stop"),
-            transcript=Transcript(finish_reason="stop"),
-            held=held,
-        )
-
-
 @pytest.fixture
-async def on_cluster(cluster: ClusterSet, redis: Redis) -> AsyncIterator[OnCluster]:
+async def on_cluster(cluster: ClusterSet, redis: Redis) -> AsyncIterator[Harness]:
     settings = Settings.model_validate(
         {**SETTINGS, "redis_url": cluster.url, "queue_url": "redis://127.0.0.1:1/0"}
     )
     data = create_data_redis(settings, multiplexed=True)
     assert isinstance(data, RedisCluster)
-    async with OnCluster(data, redis, settings) as harness:
+    async with Harness(data, settings, redis) as harness:
         yield harness
     await close_data_redis(data)
 
 
 async def test_streams_on_every_node_reach_their_readers(
-    on_cluster: OnCluster, cluster: ClusterSet, redis: Redis
+    on_cluster: Harness, cluster: ClusterSet, redis: Redis
 ) -> None:
     h = on_cluster
     before = cluster.command_counts()
@@ -119,7 +76,7 @@ async def test_streams_on_every_node_reach_their_readers(
     assert await redis.zcard(keys.QUEUED_KEY) == 0
 
 
-async def test_a_cancel_and_a_reap_on_the_cluster(on_cluster: OnCluster, redis: Redis) -> None:
+async def test_a_cancel_and_a_reap_on_the_cluster(on_cluster: Harness, redis: Redis) -> None:
     h = on_cluster
     queued = uuid.uuid4().hex
     await h.store.create(
@@ -144,7 +101,7 @@ async def test_a_cancel_and_a_reap_on_the_cluster(on_cluster: OnCluster, redis: 
 
 
 async def test_a_stream_whose_slot_moves_keeps_its_readers(
-    on_cluster: OnCluster, cluster: ClusterSet
+    on_cluster: Harness, cluster: ClusterSet
 ) -> None:
     h = on_cluster
     sid = await h.new_stream()
@@ -176,7 +133,7 @@ async def test_a_stream_whose_slot_moves_keeps_its_readers(
 
 
 async def test_a_killed_master_is_replaced_and_its_streams_go_on(
-    on_cluster: OnCluster, cluster: ClusterSet
+    on_cluster: Harness, cluster: ClusterSet
 ) -> None:
     h = on_cluster
     sid = await h.new_stream()
@@ -205,7 +162,7 @@ async def test_a_killed_master_is_replaced_and_its_streams_go_on(
 
 
 async def test_one_connection_per_node_however_many_commands(
-    on_cluster: OnCluster, cluster: ClusterSet
+    on_cluster: Harness, cluster: ClusterSet
 ) -> None:
     h = on_cluster
     watchers = {n.port: n.client() for n in cluster.nodes if n.alive}

@@ -19,7 +19,7 @@ from shared import events as ev
 from shared import keys
 from shared.embedded_redis import EmbeddedRedis
 from shared.errors import EventsLost, ResumePointExpired, StreamNotFound
-from shared.redis import create_redis
+from shared.redis import DataRedis, create_redis
 from shared.settings import Settings
 from shared.store import Entry, Status, StreamStore
 from shared.supervise import cancel_and_wait, supervise
@@ -34,8 +34,11 @@ SETTINGS = Settings.model_validate(
 class Harness:
     """A hub and a worker-side appender on one Redis, as an API and a worker hold them."""
 
-    def __init__(self, redis: Redis, settings: Settings = SETTINGS) -> None:
-        self.store = StreamStore(redis, settings)
+    def __init__(
+        self, redis: DataRedis, settings: Settings = SETTINGS, control: Redis | None = None
+    ) -> None:
+        self.data = redis
+        self.store = StreamStore(redis, settings, control)
         self.hub = StreamHub(redis, self.store, tick_s=settings.keepalive_interval_s)
         self.appender = Appender(self.store, settings)
         self.settings = settings
