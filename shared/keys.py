@@ -28,6 +28,13 @@ LEASES_KEY = f"{PREFIX}:leases"
 QUEUED_KEY = f"{PREFIX}:queued"
 """Sorted set of queued stream ids scored by when they were queued (ms)."""
 
+REAPER_CLOCK_KEY = f"{PREFIX}:reaper-clock"
+"""When a reaper last swept (ms, Redis' clock): a stamp far older than a sweep interval
+means Redis was out of everyone's reach (see shared/lua/reaper_clock.lua)."""
+
+REAPER_HOLD_KEY = f"{PREFIX}:reaper-hold"
+"""Reaping is held until this time (ms, Redis' clock), after Redis was out of reach."""
+
 
 def job_key(stream_id: str) -> str:
     """Hash: the job record (status, request, attempt token, lease, output, error)."""

@@ -6,6 +6,10 @@ and settles each one atomically in Redis, so concurrent reapers never double-han
 - a job that emitted nothing goes back to the queue (a bounded number of times);
 - a job that emitted something ends with a `worker_lost` error, keeping its partial output;
 - a job nobody picked up within `queue_timeout_s` ends with a `queue_timeout` error.
+
+A Redis that stopped answering everyone (frozen, failing over) is not taken for dead
+workers: reapers stamp Redis' clock each sweep, and after a gap they hold off until live
+workers had a lease period to renew.
 """
 
 from __future__ import annotations
@@ -37,6 +41,12 @@ class Reaper:
         self.queue = queue
         self.interval_s = max(0.2, settings.lease_s / 3)
         self.reconnect_hold_s = 2 * settings.lease_s
+        # Workers renew every third of a lease, so a live lease has at least about two
+        # thirds left: a Redis out of reach for half a lease may already have let some
+        # run out. Reapers (one per process) stamp more often than that.
+        self.gap_ms = int(settings.lease_s * 1000 / 2)
+        self.hold_ms = int((settings.lease_s + self.interval_s) * 1000)
+        self._held = False
 
     async def run_forever(self) -> None:
         """Sweep every `interval_s`. After this process could not reach Redis for a while,
@@ -60,8 +70,19 @@ class Reaper:
             await asyncio.sleep(self.interval_s)
 
     async def sweep(self) -> int:
-        """Settle every job that is due; returns how many were acted on."""
-        now_ms = await self.store.server_time_ms()
+        """Settle every job that is due; returns how many were acted on. Nothing is due
+        while reaping is held after Redis was out of everyone's reach (a freeze, a
+        failover): the leases that ran out meanwhile are renewed by their workers first."""
+        now_ms, held_until = await self.store.reaper_clock(self.gap_ms, self.hold_ms)
+        if held_until:
+            if not self._held:
+                log.warning(
+                    "redis was out of reach; reaping waits %.1fs for live workers to renew",
+                    (held_until - now_ms) / 1000,
+                )
+            self._held = True
+            return 0
+        self._held = False
         acted = 0
         for stream_id in await self.store.due_for_reaping(now_ms):
             acted += await self.settle(stream_id)

@@ -207,6 +207,7 @@ class StreamStore:
         self._release = scripts.register(redis, "release")
         self._reap = scripts.register(redis, "reap")
         self._mark_reader = scripts.register(redis, "mark_reader")
+        self._reaper_clock = scripts.register(self.control, "reaper_clock")
 
     @staticmethod
     def _keys(stream_id: str) -> list[str]:
@@ -608,6 +609,14 @@ class StreamStore:
     async def server_time_ms(self) -> int:
         seconds, micros = await self.control.time()
         return int(seconds) * 1000 + int(micros) // 1000
+
+    async def reaper_clock(self, gap_ms: int, hold_ms: int) -> tuple[int, int]:
+        """Stamp this sweep; (Redis' time now, reaping held until or 0), see
+        reaper_clock.lua."""
+        now, held = await self._reaper_clock(
+            keys=[keys.REAPER_CLOCK_KEY, keys.REAPER_HOLD_KEY], args=[gap_ms, hold_ms]
+        )
+        return int(now), int(held)
 
     async def due_for_reaping(self, now_ms: int, limit: int = 100) -> list[str]:
         """Running jobs whose lease has run out, and jobs queued for too long."""

@@ -253,3 +253,36 @@ async def test_the_reaper_ends_a_cancelled_job_whose_worker_did_not_as_cancelled
     assert (await store.transcript(record)).content == "partial"
     with pytest.raises(FenceLost):  # the slow worker can no longer write
         await append(store, sid, "attempt-1", [ev.TextDelta(text="late")])
+
+
+async def test_a_redis_out_of_everyones_reach_is_not_taken_for_dead_workers(
+    redis: Redis,
+) -> None:
+    settings = Settings.model_validate({"retention_s": 600, "lease_s": 2})
+    store = StreamStore(redis, settings)
+    reaper = Reaper(store, ArqJobQueue(redis), settings)
+    sid = await create(store)
+    assert (await store.claim(sid, "w1", "worker")).outcome == "claimed"
+    await append(store, sid, "w1", [ev.TextDelta(text="hi")])
+    assert await reaper.sweep() == 0  # stamps the clock; nothing is due
+
+    # Redis froze for 5 s: no reaper could stamp, no worker could renew, the lease ran out.
+    now = await store.server_time_ms()
+    await redis.set(keys.REAPER_CLOCK_KEY, now - 5000)
+    await redis.hset(keys.job_key(sid), "lease_until", now - 1)
+    await redis.zadd(keys.LEASES_KEY, {sid: now - 1})
+    assert await reaper.sweep() == 0  # held: the worker gets a lease period to renew
+    assert await reaper.sweep() == 0  # every reaper holds, not only the first to notice
+    assert (await store.get(sid)).status is Status.RUNNING
+    (lease,) = await store.renew_leases([(sid, "w1")])
+    assert lease.owned
+    await redis.delete(keys.REAPER_HOLD_KEY)  # the hold has run its course
+    assert await reaper.sweep() == 0  # renewed: alive
+    assert (await store.get(sid)).status is Status.RUNNING
+
+    # A worker that really stopped renewing, while Redis answered all along, is reaped.
+    await redis.hset(keys.job_key(sid), "lease_until", now - 1)
+    await redis.zadd(keys.LEASES_KEY, {sid: now - 1})
+    assert await reaper.sweep() == 1
+    events = await store.read_all(sid)
+    assert isinstance(events[-1][1], ev.Error) and events[-1][1].code == "worker_lost"
