@@ -208,6 +208,7 @@ class StreamStore:
         self._reap = scripts.register(redis, "reap")
         self._mark_reader = scripts.register(redis, "mark_reader")
         self._reaper_clock = scripts.register(self.control, "reaper_clock")
+        self._settle_script = scripts.register(self.control, "settle")
 
     @staticmethod
     def _keys(stream_id: str) -> list[str]:
@@ -590,19 +591,17 @@ class StreamStore:
         self, stream_id: str, owner: str | None, model: str = "", input: int = 0, output: int = 0
     ) -> None:
         """What an ended job leaves on the control Redis: off the indexes, its concurrency
-        slot given back, its usage charged to its owner. In one transaction."""
-        async with self.control.pipeline(transaction=True) as pipe:
-            pipe.zrem(keys.LEASES_KEY, stream_id)
-            pipe.zrem(keys.QUEUED_KEY, stream_id)
-            pipe.zrem(keys.GLOBAL_CONCURRENCY_KEY, stream_id)
-            if owner is not None:
-                pipe.zrem(keys.concurrency_key(owner), stream_id)
-                if input + output > 0:
-                    usage = keys.usage_key(owner)
-                    pipe.hincrby(usage, f"{model}|input", input)
-                    pipe.hincrby(usage, f"{model}|output", output)
-                    pipe.hincrby(usage, "total", input + output)
-            await pipe.execute()
+        slot given back, its usage charged to its owner (settle.lua)."""
+        await self._settle_script(
+            keys=[
+                keys.LEASES_KEY,
+                keys.QUEUED_KEY,
+                keys.GLOBAL_CONCURRENCY_KEY,
+                keys.concurrency_key(owner or ""),
+                keys.usage_key(owner or ""),
+            ],
+            args=[stream_id, int(owner is not None), model, input, output],
+        )
 
     # -- reaper side ----------------------------------------------------------------------
 

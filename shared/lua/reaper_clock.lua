@@ -11,7 +11,9 @@
 -- Returns {now, held until (0 when reaping may go on)}.
 --@include now.lua
 local last = tonumber(redis.call('GET', KEYS[1]) or '0')
-redis.call('SET', KEYS[1], now, 'PX', ARGV[2])
+-- Kept a day, not a lease: a stamp that expired during the very gap it should reveal
+-- would hide it (a missing stamp means no reaper has run for a day).
+redis.call('SET', KEYS[1], now, 'EX', 86400)
 local held = tonumber(redis.call('GET', KEYS[2]) or '0')
 if last > 0 and now - last > tonumber(ARGV[1]) then
   held = now + tonumber(ARGV[2])

@@ -286,3 +286,14 @@ async def test_a_redis_out_of_everyones_reach_is_not_taken_for_dead_workers(
     assert await reaper.sweep() == 1
     events = await store.read_all(sid)
     assert isinstance(events[-1][1], ev.Error) and events[-1][1].code == "worker_lost"
+
+
+async def test_a_gap_longer_than_any_lease_is_still_seen(redis: Redis) -> None:
+    # The stamp must outlive the gap it reveals (Redis frozen for many leases).
+    store = make_store(redis, lease_s=1)
+    await store.reaper_clock(500, 1500)
+    assert await redis.ttl(keys.REAPER_CLOCK_KEY) > 3600
+    now = await store.server_time_ms()
+    await redis.set(keys.REAPER_CLOCK_KEY, now - 60_000, ex=86400)
+    _, held = await store.reaper_clock(500, 1500)
+    assert held > now
