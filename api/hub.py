@@ -268,6 +268,8 @@ class StreamHub:
         interval = min(max(self.tick_s / 4, 0.05), 2.0)
         while True:
             await asyncio.sleep(interval)
+            if self._unrouted:
+                self._refresh_soon()  # the cluster's slot map may be known by now
             due = loop.time() - self.tick_s
             for sub in list(self._subs.values()):
                 for reader in sub.readers:
@@ -352,7 +354,7 @@ class StreamHub:
         cluster only (one Redis has one place for everything)."""
         if not self.sharded:
             return
-        self._recheck.update(channels)
+        self._recheck.update(channels or self._unrouted)
         if self._running and (self._refreshing is None or self._refreshing.done()):
             self._refreshing = asyncio.create_task(self._refresh(), name="spool-hub-refresh")
 
@@ -367,7 +369,8 @@ class StreamHub:
         except (RedisError, OSError) as exc:
             log.warning("stream hub cannot read the cluster's slot map: %s", exc)
             return
-        while self._recheck or self._unrouted:
+        # Channels whose node is still unknown afterwards wait for the next tick's look.
+        while self._recheck:
             wanted, self._recheck = self._recheck | self._unrouted, set()
             subs = [self._subs[c] for c in wanted if c in self._subs]
             await asyncio.gather(
@@ -384,8 +387,6 @@ class StreamHub:
                     if sub.link is not None:
                         sub.link.forget(sub.channel)
                     self._route(sub, name)
-            if self._unrouted:
-                await asyncio.sleep(0.5)
 
     async def _connect(self, link: _Link) -> AbstractConnection:
         # Reads wait as long as no message comes; pings tell a dead Redis from a quiet one.

@@ -391,3 +391,32 @@ def finish_after_failover(
         continued += 1
     assert continued + lost == len(readings)
     return continued, lost
+
+
+def start_readers(
+    client: httpx.Client,
+    urls: str | list[str],
+    model: str,
+    count: int,
+    label: str,
+    max_tokens: int = 50,
+) -> tuple[list[Reading], list[threading.Thread]]:
+    """`count` streams of `model`, each read in a thread of its own through `urls` in
+    turn, once every one has at least three events."""
+    urls = [urls] if isinstance(urls, str) else urls
+    readings = [Reading() for _ in range(count)]
+    threads = [
+        threading.Thread(
+            target=read_some,
+            args=(client, r, urls[n % len(urls)]),
+            kwargs={"body": chat(model, f"{label} {n}", max_tokens=max_tokens)},
+        )
+        for n, r in enumerate(readings)
+    ]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 20
+    while any(len(r.events) < 3 for r in readings):
+        assert time.monotonic() < deadline, "streams did not start"
+        time.sleep(0.01)
+    return readings, threads

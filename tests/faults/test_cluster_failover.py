@@ -5,7 +5,6 @@ either continues and resumes exactly, or ends visibly."""
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from tests.faults.conftest import (
     finish_after_failover,
     measure,
     read_some,
+    start_readers,
 )
 from tests.mock_upstream import MockUpstream
 from tests.processes import start_api, start_worker, wait_ready, write_config
@@ -66,19 +66,9 @@ def test_streams_on_every_master_and_one_killed_under_load(deployment: ClusterDe
     urls = deployment.urls
     cluster = deployment.cluster
     with httpx.Client(timeout=30) as client:
-        readings = [Reading() for _ in range(12)]
-        threads = [
-            threading.Thread(
-                target=read_some,
-                args=(client, r, urls[n % 2]),
-                kwargs={"body": chat("fault-slow", f"on the cluster {n}", max_tokens=50)},
-            )
-            for n, r in enumerate(readings)
-        ]
-        for t in threads:
-            t.start()
-        while any(len(r.events) < 3 for r in readings):
-            time.sleep(0.01)
+        readings, threads = start_readers(
+            client, urls, "fault-slow", 12, "on the cluster", max_tokens=50
+        )
         masters = {r.stream_id: cluster.master_of(keys.job_key(r.stream_id)) for r in readings}
         assert len({m.port for m in masters.values()}) >= 2, "the streams spread over masters"
         victim = masters[readings[0].stream_id]

@@ -5,7 +5,6 @@ reapers see the gap in their own stamps and give the workers a lease period to r
 from __future__ import annotations
 
 import signal
-import threading
 import time
 
 import httpx
@@ -14,13 +13,11 @@ import pytest
 from tests.faults.conftest import (
     LEASE_S,
     FaultCluster,
-    Reading,
-    chat,
     full_replay,
     measure,
-    read_some,
     read_to_the_end,
     result_text,
+    start_readers,
 )
 
 pytestmark = pytest.mark.faults
@@ -31,19 +28,9 @@ def test_a_redis_stall_is_not_a_worker_death(healthy: FaultCluster, stall_s: flo
     process = healthy.redis.process
     assert process is not None
     with httpx.Client(timeout=30) as client:
-        readings = [Reading() for _ in range(10)]
-        threads = [
-            threading.Thread(
-                target=read_some,
-                args=(client, r, healthy.urls[n % 2]),
-                kwargs={"body": chat("fault-slow", f"through a stall {n}", max_tokens=60)},
-            )
-            for n, r in enumerate(readings)
-        ]
-        for t in threads:
-            t.start()
-        while any(len(r.events) < 3 for r in readings):
-            time.sleep(0.01)
+        readings, threads = start_readers(
+            client, healthy.urls, "fault-slow", 10, "through a stall", max_tokens=60
+        )
         process.send_signal(signal.SIGSTOP)
         try:
             time.sleep(stall_s)

@@ -4,7 +4,6 @@ restart; every stream either continues and resumes exactly, or ends visibly."""
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from tests.faults.conftest import (
     full_replay,
     measure,
     read_some,
+    start_readers,
 )
 from tests.mock_upstream import MockUpstream
 from tests.processes import start_api, start_worker, wait_ready, write_config
@@ -67,19 +67,9 @@ def test_primary_killed_under_load(deployment: SentinelDeployment) -> None:
         old = deployment.topology.primary()
         old.client().wait(1, 2000)  # replicated: it must survive the failover
 
-        readings = [Reading() for _ in range(10)]
-        threads = [
-            threading.Thread(
-                target=read_some,
-                args=(client, r, urls[n % 2]),
-                kwargs={"body": chat("fault-slow", f"through the failover {n}", max_tokens=50)},
-            )
-            for n, r in enumerate(readings)
-        ]
-        for t in threads:
-            t.start()
-        while any(len(r.events) < 3 for r in readings):
-            time.sleep(0.01)
+        readings, threads = start_readers(
+            client, urls, "fault-slow", 10, "through the failover", max_tokens=50
+        )
 
         old.kill()
         killed_at = time.monotonic()

@@ -10,9 +10,8 @@ import time
 import httpx
 
 from shared import keys
-from tests.faults.conftest import finish_after_failover, measure
+from tests.faults.conftest import finish_after_failover, measure, start_readers
 from tests.hosts.conftest import Deployment
-from tests.hosts.test_partitions import start_readers
 from tests.redis_topology import ClusterSet
 
 

@@ -5,7 +5,6 @@ balancer. Real processes on separate network namespaces (see conftest.py)."""
 from __future__ import annotations
 
 import random
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -20,29 +19,9 @@ from tests.faults.conftest import (
     read_some,
     read_to_the_end,
     result_text,
+    start_readers,
 )
 from tests.hosts.conftest import LEASE_S, Deployment
-
-
-def start_readers(
-    client: httpx.Client, url: str, model: str, count: int, label: str
-) -> tuple[list[Reading], list[threading.Thread]]:
-    readings = [Reading() for _ in range(count)]
-    threads = [
-        threading.Thread(
-            target=read_some,
-            args=(client, r, url),
-            kwargs={"body": chat(model, f"{label} {n}", max_tokens=50)},
-        )
-        for n, r in enumerate(readings)
-    ]
-    for t in threads:
-        t.start()
-    deadline = time.monotonic() + 20
-    while any(len(r.events) < 3 for r in readings):
-        assert time.monotonic() < deadline, "streams did not start"
-        time.sleep(0.01)
-    return readings, threads
 
 
 def assert_exact(client: httpx.Client, url: str, reading: Reading) -> None:
