@@ -8,9 +8,10 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from api.deps import Services
-from api.errors import RequestLimits, install_error_handlers
+from api.errors import install_error_handlers
 from api.hub import StreamHub
 from api.metrics import Metrics, MetricsMiddleware
+from api.request_limits import RequestLimits
 from api.routes import (
     anthropic,
     gemini,

@@ -100,7 +100,10 @@ def presented_secret(request: Request) -> str | None:
     return request.query_params.get("key") or None
 
 
-async def optional_caller(request: Request, services: ServicesDep) -> ApiKey | None:
+CALLER_STATE = "spool_caller"  # where a caller authenticated before its body was read is kept
+
+
+async def authenticate(request: Request, services: Services) -> ApiKey | None:
     """The caller's key, None when no credentials came, 401 when they are not valid."""
     if not services.settings.auth_enabled:
         return ANONYMOUS
@@ -111,6 +114,13 @@ async def optional_caller(request: Request, services: ServicesDep) -> ApiKey | N
     if key is None:
         raise Unauthenticated("the API key is not valid, or has been revoked")
     return key
+
+
+async def optional_caller(request: Request, services: ServicesDep) -> ApiKey | None:
+    """The caller's key (see `authenticate`), looked up once per request: a request with a
+    body was authenticated before the body was read (`api.request_limits`)."""
+    known: ApiKey | None = getattr(request.state, CALLER_STATE, None)
+    return known if known is not None else await authenticate(request, services)
 
 
 async def caller(key: Annotated[ApiKey | None, Depends(optional_caller)]) -> ApiKey:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError as PydanticValidationError
@@ -13,7 +12,6 @@ from redis.exceptions import ClusterDownError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.formats import WireFormat
 from api.formats.anthropic import AnthropicFormat
@@ -21,16 +19,7 @@ from api.formats.gemini import GeminiFormat
 from api.formats.openai_chat import OpenAIChatFormat
 from api.formats.simple import SimpleFormat
 from api.responses import JSONBody
-from shared.errors import (
-    HeadersTooLarge,
-    InvalidRequest,
-    RequestTooLarge,
-    RouteNotFound,
-    SpoolError,
-    StoreUnavailable,
-)
-from shared.request import json_depth
-from shared.settings import Settings
+from shared.errors import InvalidRequest, RouteNotFound, SpoolError, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -139,78 +128,3 @@ def install_error_handlers(app: FastAPI) -> None:
     async def unexpected(request: Request, exc: Exception):  # type: ignore[no-untyped-def]
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return error_response(request, SpoolError())
-
-
-class RequestLimits:
-    """Bounds on what a request may carry, checked before any route sees it: header size
-    (431), body size (413, with or without Content-Length) and JSON nesting (400). The
-    body is read here, up to the limit, and handed on whole."""
-
-    def __init__(self, app: ASGIApp, settings: Settings) -> None:
-        self.app = app
-        self.max_body = settings.max_body_bytes
-        self.max_headers = settings.max_header_bytes
-        self.max_depth = settings.max_json_depth
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        header_bytes = sum(len(k) + len(v) for k, v in scope["headers"])
-        if header_bytes > self.max_headers:
-            error: SpoolError = HeadersTooLarge(
-                f"the request headers are {header_bytes} bytes; at most {self.max_headers}"
-            )
-            await self._reject(scope, receive, send, error)
-            return
-        too_large = RequestTooLarge(f"the request body exceeds {self.max_body} bytes")
-        length = next((v for k, v in scope["headers"] if k == b"content-length"), None)
-        declared = int(length) if length and length.isascii() and length.isdigit() else 0
-        if declared > self.max_body:
-            await self._reject(scope, receive, send, too_large)
-            return
-        parts: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                await self.app(scope, receive, send)
-                return
-            body = message.get("body", b"")
-            size += len(body)
-            if size > self.max_body:
-                await self._reject(scope, receive, send, too_large)
-                return
-            parts.append(body)
-            if not message.get("more_body", False):
-                break
-        whole = b"".join(parts)
-        # JSON parsers skip leading white space and a byte order mark; so does this check.
-        start = whole.removeprefix(b"\xef\xbb\xbf").lstrip(b" \t\r\n")[:1]
-        if start in (b"{", b"[") and self._too_deep(whole):
-            error = InvalidRequest(f"the JSON body is nested deeper than {self.max_depth} levels")
-            await self._reject(scope, receive, send, error)
-            return
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": whole, "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
-
-    def _too_deep(self, body: bytes) -> bool:
-        try:
-            parsed = orjson.loads(body.removeprefix(b"\xef\xbb\xbf"))
-        except orjson.JSONDecodeError as exc:
-            # orjson refuses nesting past 1024 levels itself; anything else is left to the
-            # route, which answers malformed JSON in its own words.
-            return "recursion" in str(exc)
-        return json_depth(parsed, self.max_depth) > self.max_depth
-
-    async def _reject(self, scope: Scope, receive: Receive, send: Send, error: SpoolError) -> None:
-        response = error_response(Request(scope, receive), error)
-        await response(scope, receive, send)

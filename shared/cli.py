@@ -69,6 +69,7 @@ def cmd_api(settings: Settings, processes: int | None = None) -> int:
     import uvicorn
 
     from api.app import create_app
+    from api.http_protocol import GuardedHttpProtocol
     from api.responses import DeferredStreams
 
     processes = processes or settings.api_processes
@@ -98,7 +99,8 @@ def cmd_api(settings: Settings, processes: int | None = None) -> int:
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http="httptools",
+        http=GuardedHttpProtocol.configured(settings),
+        timeout_keep_alive=settings.http_idle_timeout_s,  # type: ignore[arg-type]
         log_level=settings.log_level.lower(),
         timeout_graceful_shutdown=5,
         backlog=LISTEN_BACKLOG,

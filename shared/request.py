@@ -3,6 +3,9 @@ provider adapter turns into its own upstream request."""
 
 from __future__ import annotations
 
+import re
+from array import array
+from itertools import accumulate
 from typing import Any, Literal
 
 import orjson
@@ -28,6 +31,20 @@ def json_depth(value: Any, limit: int = MAX_JSON_DEPTH) -> int:
         elif isinstance(node, list):
             stack.extend((child, depth + 1) for child in node)
     return deepest
+
+
+# A JSON string, escapes included (the unrolled form: no backtracking per character).
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_STEPS = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")  # +1 and -1 as signed bytes
+
+
+def json_text_too_deep(text: bytes, limit: int) -> bool:
+    """Whether JSON text nests arrays and objects deeper than `limit`, judged on the bytes
+    before anything is parsed: strings are blanked out, everything but brackets dropped,
+    and the deepest running count of open brackets taken, all in C loops."""
+    steps = _JSON_STRING.sub(b"", text).translate(None, _NOT_BRACKETS).translate(_STEPS)
+    return max(accumulate(array("b", steps)), default=0) > limit
 
 
 def json_text(value: Any, what: str) -> str:

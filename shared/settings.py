@@ -177,6 +177,10 @@ class Settings(BaseSettings):
     worker_shutdown_grace_s: int = Field(default=30, ge=0)
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     max_header_bytes: int = Field(default=16 * 1024, ge=1024)
+    # A connection must send a whole request head within this time of opening (or of its
+    # last response), or it is closed; an idle keep-alive connection is closed sooner.
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    http_idle_timeout_s: float = Field(default=5.0, gt=0)
     max_json_depth: int = Field(default=64, ge=4, le=1000)
     max_messages: int = Field(default=1000, ge=1)
     max_string_chars: int = Field(default=1_000_000, ge=1)
