@@ -3,6 +3,10 @@
 Workers write them and API replicas serve them, so with several hosts the root must be a
 shared volume. Files are written to a temporary name and renamed into place, so a reader
 never sees half a file. A task's directory is removed once its task record has expired.
+
+Outputs are served from Spool's own origin (or from `artifacts_base_url`, by file name), so
+only media types a browser cannot run script from keep their type and extension; anything
+else (HTML, SVG, XML, unknown types) is named `.bin` and served as a download.
 """
 
 from __future__ import annotations
@@ -27,7 +31,41 @@ TASK_ID = re.compile(r"^[0-9a-f]{32}\Z")  # \Z: "$" would let a trailing newline
 # A task directory younger than this is never swept, whatever Redis says: it may belong to
 # a task whose record another process is still creating or has just read.
 SWEEP_MIN_AGE_S = 60.0
-_EXTENSIONS = {"image/png": ".png", "image/gif": ".gif", "audio/wav": ".wav", "video/mp4": ".mp4"}
+DOWNLOAD_TYPE = "application/octet-stream"
+# The media types an output is served as (inline), each with its file extension.
+SERVED_TYPES = {
+    "image/png": ".png",
+    "image/jpeg": ".jpg",
+    "image/gif": ".gif",
+    "image/webp": ".webp",
+    "image/avif": ".avif",
+    "audio/wav": ".wav",
+    "audio/mpeg": ".mp3",
+    "audio/ogg": ".oga",
+    "audio/flac": ".flac",
+    "audio/aac": ".aac",
+    "audio/webm": ".weba",
+    "video/mp4": ".mp4",
+    "video/webm": ".webm",
+    "video/quicktime": ".mov",
+    "video/ogg": ".ogv",
+}
+# Other names upstreams give the same types.
+_ALIASES = {
+    "image/jpg": "image/jpeg",
+    "audio/x-wav": "audio/wav",
+    "audio/wave": "audio/wav",
+    "audio/vnd.wave": "audio/wav",
+    "audio/mp3": "audio/mpeg",
+    "audio/x-flac": "audio/flac",
+}
+# How outputs stored before the list above were named (so they can still be found).
+_EARLIER_EXTENSIONS = {
+    "image/png": ".png",
+    "image/gif": ".gif",
+    "audio/wav": ".wav",
+    "video/mp4": ".mp4",
+}
 
 
 class OutputTooLarge(SpoolError):
@@ -36,11 +74,31 @@ class OutputTooLarge(SpoolError):
     code = "output_too_large"
 
 
+def _essence(media_type: str) -> str:
+    """The type and subtype alone: parameters dropped, lower-cased."""
+    return media_type.split(";", 1)[0].strip().lower()
+
+
+def served_type(media_type: str | None) -> str | None:
+    """The allow-listed type an output of `media_type` is served as (inline), or None when
+    it may only be downloaded (as `DOWNLOAD_TYPE`). Parameters are never passed on."""
+    if not media_type:
+        return None
+    essence = _essence(media_type)
+    essence = _ALIASES.get(essence, essence)
+    return essence if essence in SERVED_TYPES else None
+
+
 def extension_for(media_type: str | None) -> str:
+    served = served_type(media_type)
+    return SERVED_TYPES[served] if served else ".bin"
+
+
+def _earlier_extension(media_type: str | None) -> str:
     if not media_type:
         return ".bin"
-    base = media_type.split(";", 1)[0].strip().lower()
-    return _EXTENSIONS.get(base) or mimetypes.guess_extension(base) or ".bin"
+    essence = _essence(media_type)
+    return _EARLIER_EXTENSIONS.get(essence) or mimetypes.guess_extension(essence) or ".bin"
 
 
 class ArtifactStore:
@@ -50,6 +108,13 @@ class ArtifactStore:
 
     def name(self, index: int, media_type: str | None) -> str:
         return f"{index}{extension_for(media_type)}"
+
+    def names(self, index: int, media_type: str | None) -> list[str]:
+        """Where an output may be kept: its name, then the name outputs stored before the
+        served types were restricted had, if that differs."""
+        name = self.name(index, media_type)
+        earlier = f"{index}{_earlier_extension(media_type)}"
+        return [name] if earlier == name else [name, earlier]
 
     def path(self, task_id: str, name: str) -> Path:
         if not TASK_ID.match(task_id) or "/" in name or name.startswith("."):

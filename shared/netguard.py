@@ -4,6 +4,10 @@ callback URL cannot be turned against the network Spool runs in.
 
 The guard is an httpx transport: every request a worker makes goes through it, and the
 address is checked after resolution, on the address actually connected to.
+
+IPv6 addresses that carry an IPv4 address (IPv4-mapped and -compatible, NAT64, 6to4,
+Teredo) lead to that IPv4 host through the kernel or a translator, so they are judged by
+the IPv4 address they carry, not by the IPv6 prefix.
 """
 
 from __future__ import annotations
@@ -18,10 +22,60 @@ import httpx
 from shared.errors import SpoolError, UpstreamError
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+_V4_COMPATIBLE = ipaddress.IPv6Network("::/96")  # deprecated IPv4-compatible (RFC 4291)
+_V4_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")  # RFC 4291
+_V4_TRANSLATED = ipaddress.IPv6Network("::ffff:0:0:0/96")  # SIIT (RFC 2765)
+_NAT64_WELL_KNOWN = ipaddress.IPv6Network("64:ff9b::/96")  # RFC 6052
+_NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")  # RFC 8215
+_SIX_TO_FOUR = ipaddress.IPv6Network("2002::/16")  # RFC 3056
+_TEREDO = ipaddress.IPv6Network("2001::/32")  # RFC 4380
+_LAST_32 = 0xFFFFFFFF
+
+
+def embedded_ipv4(address: Address) -> tuple[ipaddress.IPv4Address, ...] | None:
+    """The IPv4 address(es) an IPv6 address leads to, or None when it carries none.
+
+    A local-use NAT64 address (64:ff9b:1::/48) is read with the RFC 6052 layout of a /48
+    prefix (bits 48-63 and 72-87); one that does not follow it (a non-zero u-octet or
+    suffix, as a translator with a longer prefix inside the /48 would use) gives an empty
+    tuple: it carries an IPv4 address Spool cannot read, so it is internal.
+    """
+    if not isinstance(address, ipaddress.IPv6Address):
+        return None
+    value = int(address)
+    if address in _V4_MAPPED or address in _V4_TRANSLATED or address in _NAT64_WELL_KNOWN:
+        return (ipaddress.IPv4Address(value & _LAST_32),)
+    if address in _V4_COMPATIBLE:
+        # "::" and "::1" are the unspecified and loopback addresses, not IPv4 ones.
+        return (ipaddress.IPv4Address(value),) if value > 1 else None
+    if address in _NAT64_LOCAL:
+        u_octet = (value >> 56) & 0xFF
+        suffix = value & ((1 << 40) - 1)
+        if u_octet or suffix:
+            return ()
+        high = (value >> 64) & 0xFFFF
+        low = (value >> 40) & 0xFFFF
+        return (ipaddress.IPv4Address(high << 16 | low),)
+    if address in _SIX_TO_FOUR:
+        return (ipaddress.IPv4Address((value >> 80) & _LAST_32),)
+    if address in _TEREDO:
+        server = ipaddress.IPv4Address((value >> 64) & _LAST_32)
+        client = ipaddress.IPv4Address((value & _LAST_32) ^ _LAST_32)
+        return (server, client)
+    return None
 
 
 class Allowlist:
-    """Hosts and CIDRs (comma-separated, as in `upstream_allowlist`) that may be internal."""
+    """Hosts and CIDRs (comma-separated, as in `upstream_allowlist`) that may be internal.
+
+    An IPv6 address that carries IPv4 addresses (see `embedded_ipv4`) is allowed when it is
+    listed itself, or when every internal IPv4 address it carries is: allow-listing
+    127.0.0.0/8 allows ::ffff:127.0.0.1 and 64:ff9b::7f00:1 too, since they reach the same
+    hosts. A Teredo address whose server is listed but whose client is another internal
+    address stays refused.
+    """
 
     def __init__(self, entries: Iterable[str]) -> None:
         self.hosts: set[str] = set()
@@ -39,14 +93,33 @@ class Allowlist:
     def parse(cls, text: str) -> Allowlist:
         return cls(text.split(","))
 
-    def allows(self, host: str, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-        return host.lower() in self.hosts or any(address in n for n in self.networks)
+    def allows(self, host: str, address: Address) -> bool:
+        if host.lower() in self.hosts or self._listed(address):
+            return True
+        embedded = embedded_ipv4(address)
+        if not embedded:
+            return False
+        return all(self._listed(inner) or not _not_global(inner) for inner in embedded)
+
+    def _listed(self, address: Address) -> bool:
+        return any(address in network for network in self.networks)
 
 
-def is_internal(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    """Anything not globally routable: private, loopback, link-local, carrier-grade NAT
-    (where some clouds keep their metadata service), reserved, multicast."""
+def _not_global(address: Address) -> bool:
     return not address.is_global or address.is_multicast
+
+
+def is_internal(address: Address) -> bool:
+    """Anything not globally routable: private, loopback, link-local, carrier-grade NAT
+    (where some clouds keep their metadata service), reserved, multicast.
+
+    An IPv6 address carrying IPv4 addresses is internal when any of them is (a NAT64 or
+    6to4 address of a public IPv4 host is as reachable as the host itself), or when it
+    carries one that cannot be read."""
+    embedded = embedded_ipv4(address)
+    if embedded is None:
+        return _not_global(address)
+    return not embedded or any(_not_global(inner) for inner in embedded)
 
 
 class AddressRefused(SpoolError):

@@ -6,6 +6,7 @@ A task belongs to the key that created it; another key gets 404.
 from __future__ import annotations
 
 from typing import Annotated
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Body, Header, Path, Query
 from starlette.responses import FileResponse, RedirectResponse, Response
@@ -15,18 +16,58 @@ from api.responses import EventStream, JSONBody
 from api.routes.streams import StreamId, load
 from api.tail import ResumePoint, Tail
 from api.tasks import parse_prefer_wait, submit_task, wait_for_end
-from shared.errors import ResumePointExpired, TaskNotFound
+from shared.artifacts import DOWNLOAD_TYPE, served_type
+from shared.errors import ResumePointExpired, SpoolError, TaskNotFound
+from shared.netguard import AddressRefused, Allowlist, HostUnresolvable, check_host
+from shared.settings import Settings
 from shared.store import JobRecord, Status
 from shared.tasks import TaskSpec
 
 router = APIRouter(prefix="/v1/tasks", tags=["tasks"])
 CANCEL_WAIT_S = 10.0
+# On every output response: an output is content, never a page of Spool's origin.
+OUTPUT_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": "default-src 'none'; sandbox",
+}
 
 
 class OutputExpired(ResumePointExpired):
     """The output has expired."""
 
     code = "output_expired"
+
+
+class OutputUrlRefused(SpoolError):
+    """The upstream's URL for an output Spool did not keep is not one to send clients to."""
+
+    status_code = 502
+    code = "output_url_refused"
+    type = "upstream_error"
+
+
+async def check_output_url(settings: Settings, url: str) -> None:
+    """An output left with the upstream is redirected to only when Spool could have fetched
+    it itself: an http(s) URL without credentials, to a host that passes the guard of output
+    fetches (public addresses, or `SPOOL_UPSTREAM_ALLOWLIST`). Otherwise 502
+    `output_url_refused`: the upstream named something clients must not be sent to."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise OutputUrlRefused("the upstream's URL for the output is not a valid URL") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise OutputUrlRefused("the upstream's URL for the output is not an http or https URL")
+    if parts.username or parts.password:
+        raise OutputUrlRefused("the upstream's URL for the output carries credentials")
+    port = port or (443 if parts.scheme == "https" else 80)
+    allowlist = Allowlist.parse(settings.upstream_allowlist)
+    try:
+        await check_host(parts.hostname, port, allowlist, "SPOOL_UPSTREAM_ALLOWLIST")
+    except (AddressRefused, HostUnresolvable) as exc:
+        raise OutputUrlRefused(
+            f"the upstream's URL for the output was refused: {exc.message}"
+        ) from None
 
 
 def _retry_after(record: JobRecord) -> dict[str, str]:
@@ -106,7 +147,11 @@ async def task_output(
     services: ServicesDep,
     caller: CallerDep,
 ) -> Response:
-    """One output's bytes (with range requests), or a redirect to the upstream's copy."""
+    """One output's bytes (with range requests), or a redirect to the upstream's copy.
+
+    An output is served inline only as an allow-listed image, audio or video type (see
+    `shared.artifacts.served_type`); any other is a download of `application/octet-stream`.
+    """
     record = await load(services, task_id, caller, task=True)
     state = await services.tasks.state(record.id)
     outputs = state.outputs or []
@@ -114,15 +159,18 @@ async def task_output(
         raise TaskNotFound(f"task {record.id} has no output {index}")
     output = outputs[index]
     if not output.stored:
-        return RedirectResponse(output.url, status_code=307)
-    name = services.artifacts.name(index, output.media_type)
-    path = services.artifacts.path(record.id, name)
-    if not path.is_file():
+        await check_output_url(services.settings, output.url)
+        return RedirectResponse(output.url, status_code=307, headers=OUTPUT_HEADERS)
+    names = services.artifacts.names(index, output.media_type)
+    paths = [services.artifacts.path(record.id, name) for name in names]
+    path = next((p for p in paths if p.is_file()), None)
+    if path is None:
         raise OutputExpired(f"output {index} of task {record.id} is no longer kept")
+    media_type = served_type(output.media_type)
     return FileResponse(
         path,
-        media_type=output.media_type,
-        filename=f"{record.id}-{name}",
-        content_disposition_type="inline",
-        headers={"Cache-Control": "private, max-age=3600"},
+        media_type=media_type or DOWNLOAD_TYPE,
+        filename=f"{record.id}-{names[0]}",
+        content_disposition_type="inline" if media_type else "attachment",
+        headers={"Cache-Control": "private, max-age=3600", **OUTPUT_HEADERS},
     )

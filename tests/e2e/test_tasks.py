@@ -199,6 +199,8 @@ def test_each_kind_succeeds_with_a_valid_file(
         download = client.get(output["url"])
         assert download.status_code == 200
         assert download.headers["content-type"].startswith(output["media_type"])
+        assert download.headers["content-disposition"].startswith("inline;")
+        assert download.headers["x-content-type-options"] == "nosniff"
         assert len(download.content) == output["size"] == int(download.headers["content-length"])
     data = download.content
     if kind == "image":
@@ -482,6 +484,8 @@ def test_queue_http_outputs_can_pass_through_as_upstream_urls(tasks: TaskCluster
         redirect = client.get(f"{task['urls']['get']}/outputs/0")
         assert redirect.status_code == 307
         assert redirect.headers["location"] == output["url"]
+        assert redirect.headers["x-content-type-options"] == "nosniff"
+        assert redirect.headers["content-security-policy"] == "default-src 'none'; sandbox"
     picture = Image.open(io.BytesIO(httpx.get(output["url"]).content))
     assert picture.format == "PNG"
 
