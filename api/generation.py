@@ -27,7 +27,7 @@ from shared.errors import (
 )
 from shared.queue import GENERATE
 from shared.request import GenerationRequest
-from shared.settings import ModelEntry, Settings
+from shared.settings import PASSTHROUGH_DEFAULTS, ModelEntry, Settings
 from shared.store import JobRecord, Status
 
 
@@ -35,14 +35,28 @@ def new_stream_id() -> str:
     return uuid.uuid4().hex
 
 
-def resolve_model(settings: Settings, name: str) -> ModelEntry:
-    """A model-table entry, or a `provider/model` name passed through to that provider."""
+def model_not_permitted(name: str) -> ModelNotFound:
+    """What a key limited to other models hears: the same answer whether or not the model
+    exists, so a key cannot probe the deployment's table."""
+    return ModelNotFound(f"the model {name!r} does not exist or this key may not use it")
+
+
+def resolve_model(settings: Settings, name: str, caller: ApiKey) -> ModelEntry:
+    """A model-table entry, or a `provider/model` name passed through to that provider
+    when the `passthrough` setting allows it; the caller's key must allow the name."""
+    if not caller.may_use(name):
+        raise model_not_permitted(name)
     entry = settings.models.get(name)
     if entry is not None:
         return entry
     provider, sep, upstream = name.partition("/")
-    if sep and upstream and provider in ("openai", "demo"):
-        defaults = {"openai": {"api_key_env": "OPENAI_API_KEY"}, "demo": {}}[provider]
+    if sep and upstream and provider in PASSTHROUGH_DEFAULTS:
+        if not settings.passthrough_allows(name):
+            raise ModelNotFound(
+                f"the model {name!r} does not exist: pass-through of {name!r} to "
+                f"{provider} is not allowed on this deployment"
+            )
+        defaults = PASSTHROUGH_DEFAULTS[provider]
         return ModelEntry.model_validate({"provider": provider, "model": upstream, **defaults})
     raise ModelNotFound(f"the model {name!r} does not exist")
 
@@ -73,7 +87,7 @@ def new_job(
     owner: ApiKey,
 ) -> JobRecord:
     """The job record a generation request becomes, checked but not yet stored."""
-    entry = resolve_model(services.settings, request.model)
+    entry = resolve_model(services.settings, request.model, owner)
     check_limits(services.settings, request)
     payload = {
         "request": request.model_dump(mode="json"),

@@ -44,7 +44,12 @@ class CallbackRefused(InvalidRequest):
     code = "invalid_callback_url"
 
 
-def resolve_task_model(settings: Settings, spec: TaskSpec) -> TaskModelEntry:
+def resolve_task_model(settings: Settings, spec: TaskSpec, caller: ApiKey) -> TaskModelEntry:
+    """The task model a task names, which the caller's key must be allowed to use."""
+    if not caller.may_use(spec.model):
+        raise ModelNotFound(
+            f"the task model {spec.model!r} does not exist or this key may not use it"
+        )
     entry = settings.task_models.get(spec.model)
     if entry is None:
         raise ModelNotFound(f"the task model {spec.model!r} does not exist")
@@ -108,7 +113,7 @@ async def submit_task(
 ) -> tuple[JobRecord, bool]:
     """Create and queue a task; returns it and whether it is new (False when the
     Idempotency-Key names an earlier one)."""
-    entry = resolve_task_model(services.settings, spec)
+    entry = resolve_task_model(services.settings, spec, caller)
     if spec.callback_url is not None:
         await check_callback(services.settings, spec.callback_url)
     digest = body_digest(spec)

@@ -1,9 +1,11 @@
 """API keys: random secrets shown once, stored only as SHA-256 digests, each with its own
-limits (requests per minute, concurrent generations, token budget)."""
+limits (requests per minute, concurrent generations, token budget, models)."""
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
+import json
 import secrets
 import time
 from dataclasses import dataclass
@@ -28,6 +30,16 @@ class ApiKey:
     budget_tokens: int | None = None
     created_at: float = 0.0
     revoked: bool = False
+    # The model names (exact, or fnmatch patterns such as `gpt-4o*`) the key may use, on
+    # chat and task models alike; None: any model the deployment offers.
+    models: tuple[str, ...] | None = None
+
+    def may_use(self, model: str) -> bool:
+        """Whether this key may use the model of that name (a table entry or a
+        `provider/model` pass-through name)."""
+        if self.models is None:
+            return True
+        return any(fnmatch.fnmatchcase(model, pattern) for pattern in self.models)
 
     @classmethod
     def from_hash(cls, h: dict[bytes, bytes]) -> ApiKey:
@@ -42,6 +54,7 @@ class ApiKey:
             budget_tokens=opt_int(b"budget_tokens"),
             created_at=float(h.get(b"created_at", b"0")),
             revoked=h.get(b"revoked") == b"1",
+            models=tuple(json.loads(h[b"models"])) if h.get(b"models") else None,
         )
 
 
@@ -60,8 +73,11 @@ class KeyStore:
         rpm: int | None = None,
         concurrency: int | None = None,
         budget_tokens: int | None = None,
+        models: tuple[str, ...] | None = None,
     ) -> tuple[str, ApiKey]:
         """A new key. The secret is returned once and never stored."""
+        if models is not None and not all(name.strip() for name in models):
+            raise ValueError("a key's model names must not be empty")
         secret = SECRET_PREFIX + secrets.token_urlsafe(32)
         key = ApiKey(
             id="key_" + secrets.token_hex(6),
@@ -70,12 +86,15 @@ class KeyStore:
             concurrency=concurrency,
             budget_tokens=budget_tokens,
             created_at=time.time(),
+            models=models,
         )
         fields = {"id": key.id, "name": key.name, "created_at": repr(key.created_at)}
         for field in ("rpm", "concurrency", "budget_tokens"):
             value = getattr(key, field)
             if value is not None:
                 fields[field] = str(value)
+        if key.models is not None:
+            fields["models"] = json.dumps(list(key.models))
         secret_digest = digest(secret)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(keys.api_key_key(secret_digest), mapping=fields)

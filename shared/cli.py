@@ -145,18 +145,21 @@ async def _keys_command(settings: Settings, args: argparse.Namespace) -> int:
                 rpm=args.rpm,
                 concurrency=args.concurrency,
                 budget_tokens=args.budget_tokens,
+                models=args.models,
             )
             print(f"created {key.id} ({key.name}); the key is shown only once:")
             print(secret)
         elif args.action == "list":
             for key in await store.list():
-                limits = ", ".join(
+                limits = [
                     f"{name}={getattr(key, name)}"
                     for name in ("rpm", "concurrency", "budget_tokens")
                     if getattr(key, name) is not None
-                )
+                ]
+                if key.models is not None:
+                    limits.append("models=" + ",".join(key.models))
                 state = "revoked" if key.revoked else "active"
-                print(f"{key.id}  {key.name}  {state}  {limits or 'no limits'}")
+                print(f"{key.id}  {key.name}  {state}  {', '.join(limits) or 'no limits'}")
         elif not await store.revoke(args.key_id):
             print(f"spool: no key {args.key_id}", file=sys.stderr)
             return 1
@@ -254,6 +257,13 @@ def cmd_dev(settings: Settings) -> int:
             redis.stop()
 
 
+def _model_list(value: str) -> tuple[str, ...]:
+    names = tuple(name.strip() for name in value.split(",") if name.strip())
+    if not names:
+        raise argparse.ArgumentTypeError("name at least one model")
+    return names
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="spool", description=__doc__)
     parser.add_argument("--config", help="YAML settings file (or SPOOL_CONFIG)")
@@ -265,6 +275,11 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--rpm", type=int, help="requests per minute")
     create.add_argument("--concurrency", type=int, help="open generations at once")
     create.add_argument("--budget-tokens", type=int, help="total tokens the key may use")
+    create.add_argument(
+        "--models",
+        type=_model_list,
+        help="comma-separated models the key may use, exact or patterns (gpt-4o*); default: any",
+    )
     keys_sub.add_parser("list", help="list keys (never their secrets)")
     revoke = keys_sub.add_parser("revoke", help="revoke a key by its id")
     revoke.add_argument("key_id")

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import fnmatch
 import os
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -20,7 +21,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared.errors import ConfigError
 from shared.redis_address import ClusterAddress, parse_redis_url
@@ -54,6 +55,20 @@ class ModelEntry(BaseModel):
 
 
 DEFAULT_MODELS: dict[str, ModelEntry] = {"demo": ModelEntry(provider="demo")}
+
+# Providers a `provider/model` name may pass straight through to, and what such an entry
+# gets besides its upstream model name.
+PASSTHROUGH_DEFAULTS: dict[str, dict[str, str]] = {
+    "openai": {"api_key_env": "OPENAI_API_KEY"},
+    "demo": {},
+}
+
+
+def passthrough_pattern(entry: str) -> str:
+    """A `passthrough` entry as the pattern it stands for: a bare provider means every
+    model of that provider (`openai` is `openai/*`)."""
+    return entry if "/" in entry else f"{entry}/*"
+
 
 TaskKind = Literal["image", "video", "audio"]
 TASK_KINDS: tuple[TaskKind, ...] = ("image", "video", "audio")
@@ -154,7 +169,8 @@ class Settings(BaseSettings):
     data_dir: Path = Path(".spool")
     log_level: str = "info"
 
-    models: dict[str, ModelEntry] = Field(default_factory=lambda: dict(DEFAULT_MODELS))
+    # The model table; the demo model is added unless demo_enabled is false.
+    models: dict[str, ModelEntry] = Field(default_factory=dict)
 
     keepalive_interval_s: float = Field(default=15.0, gt=0)
     stream_maxlen: int = Field(default=10_000, ge=100)
@@ -188,6 +204,14 @@ class Settings(BaseSettings):
     auth_enabled: bool = True
     max_concurrent_generations: int | None = Field(default=None, ge=1)
     upstream_allowlist: str = ""  # hosts or CIDRs that may be private/loopback/link-local
+    # The built-in `demo` chat and task models. Off in production: no `demo` entry, no
+    # `demo/<x>` pass-through, and a model-table entry with `provider: demo` is refused.
+    demo_enabled: bool = True
+    # `provider/model` names clients may send without a model-table entry, passed straight
+    # through to that provider (openai: api.openai.com on OPENAI_API_KEY; demo). Patterns
+    # in fnmatch style against the whole name (`openai/gpt-4o*`); a bare provider
+    # (`openai`) allows all of its models. Empty: no pass-through. Environment: commas.
+    passthrough: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["demo/*"])
     # Redis connections one process may hold, whatever its load (an API process's stream
     # hub serves every open stream on one of them).
     redis_max_connections: int = Field(default=32, ge=4)
@@ -195,9 +219,8 @@ class Settings(BaseSettings):
     api_processes: int = Field(default=1, ge=1, le=256)
     worker_processes: int = Field(default=1, ge=1, le=256)
 
-    task_models: dict[str, TaskModelEntry] = Field(
-        default_factory=lambda: dict(DEFAULT_TASK_MODELS)
-    )
+    # Asset task models; the demo task model is added unless demo_enabled is false.
+    task_models: dict[str, TaskModelEntry] = Field(default_factory=dict)
     task_timeout_s: int = Field(default=3600, ge=1)
     task_retention_s: int = Field(default=7 * 24 * 3600, ge=1)
     artifacts_dir: Path | None = None  # default: <data_dir>/artifacts
@@ -289,15 +312,55 @@ class Settings(BaseSettings):
     def artifacts_root(self) -> Path:
         return self.artifacts_dir or self.data_dir / "artifacts"
 
-    @field_validator("task_models", mode="after")
+    @field_validator("passthrough", mode="before")
     @classmethod
-    def _keep_demo_tasks(cls, models: dict[str, TaskModelEntry]) -> dict[str, TaskModelEntry]:
-        return {**DEFAULT_TASK_MODELS, **models}
+    def _passthrough_from_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
 
-    @field_validator("models", mode="after")
+    @field_validator("passthrough", mode="after")
     @classmethod
-    def _keep_demo(cls, models: dict[str, ModelEntry]) -> dict[str, ModelEntry]:
-        return {**DEFAULT_MODELS, **models}
+    def _passthrough_providers(cls, entries: list[str]) -> list[str]:
+        for entry in entries:
+            provider = passthrough_pattern(entry).partition("/")[0]
+            if provider not in PASSTHROUGH_DEFAULTS:
+                raise ValueError(
+                    f"passthrough entry {entry!r} must start with a provider that supports "
+                    f"pass-through ({', '.join(PASSTHROUGH_DEFAULTS)}), as in 'openai/gpt-4o*'"
+                )
+        return entries
+
+    @model_validator(mode="after")
+    def _demo_models(self) -> Settings:
+        if not _CHECK_ACROSS_FIELDS.get():
+            return self
+        if self.demo_enabled:
+            # The demo models are always there unless the table redefines them.
+            self.models = {**DEFAULT_MODELS, **self.models}
+            self.task_models = {**DEFAULT_TASK_MODELS, **self.task_models}
+            return self
+        demo = [f"models.{n}" for n, e in self.models.items() if e.provider == "demo"]
+        demo += [f"task_models.{n}" for n, e in self.task_models.items() if e.provider == "demo"]
+        if demo:
+            raise ValueError(
+                f"demo_enabled is false, but {', '.join(demo)} use provider: demo; "
+                "remove them or set demo_enabled: true"
+            )
+        if "passthrough" in self.model_fields_set and any(
+            passthrough_pattern(p).startswith("demo/") for p in self.passthrough
+        ):
+            raise ValueError(
+                "demo_enabled is false, but passthrough allows demo/ names; "
+                "remove them or set demo_enabled: true"
+            )
+        return self
+
+    def passthrough_allows(self, name: str) -> bool:
+        """Whether the `provider/model` name may pass straight through to its provider."""
+        if name.startswith("demo/") and not self.demo_enabled:
+            return False
+        return any(fnmatch.fnmatchcase(name, passthrough_pattern(p)) for p in self.passthrough)
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""`GET /v1/models`: the model table in OpenAI's list shape."""
+"""`GET /v1/models`: the models the caller may use, in OpenAI's list shape."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import APIRouter
 
 from api.deps import CallerDep, ServicesDep
+from api.generation import model_not_permitted
 from api.responses import JSONBody
 from shared.errors import ModelNotFound
 from shared.settings import ModelEntry
@@ -22,12 +23,15 @@ def model_object(name: str, entry: ModelEntry) -> dict[str, Any]:
 @router.get("/openai/v1/models", include_in_schema=False)
 @router.get("/v2/models", include_in_schema=False)
 async def list_models(services: ServicesDep, caller: CallerDep) -> JSONBody:
-    data = [model_object(n, e) for n, e in sorted(services.settings.models.items())]
+    models = sorted(services.settings.models.items())
+    data = [model_object(n, e) for n, e in models if caller.may_use(n)]
     return JSONBody({"object": "list", "data": data})
 
 
 @router.get("/v1/models/{model:path}")
 async def get_model(model: str, services: ServicesDep, caller: CallerDep) -> JSONBody:
+    if not caller.may_use(model):
+        raise model_not_permitted(model)
     entry = services.settings.models.get(model)
     if entry is None:
         raise ModelNotFound(f"the model {model!r} does not exist")

@@ -412,3 +412,54 @@ def test_metrics_count_requests_without_ids_or_secrets(tenancy: Tenancy) -> None
     assert 'spool_generations_started_total{surface="openai.chat"}' in text
     assert "spool_open_stream_tails" in text
     assert secret not in text and created.headers["x-spool-stream-id"] not in text
+
+
+def test_a_key_limited_to_models_sees_and_uses_only_those(tenancy: Tenancy) -> None:
+    key_id, secret = tenancy.new_key("demo-only", "--models", "demo")
+    assert f"{key_id}  demo-only  active  models=demo" in tenancy.spool("keys", "list")
+    listed = httpx.get(f"{tenancy.url}/v1/models", headers=bearer(secret)).json()
+    assert [m["id"] for m in listed["data"]] == ["demo"]
+    hidden = httpx.get(f"{tenancy.url}/v1/models/demo-fast", headers=bearer(secret))
+    assert hidden.status_code == 404
+    url = f"{tenancy.url}/v1/chat/completions"
+    allowed = httpx.post(url, json=chat("demo", max_tokens=2), headers=bearer(secret))
+    assert allowed.status_code == 200
+    # Another configured model, a pass-through name the deployment allows (demo/*), one it
+    # does not, and an unknown one: all the same 404, so nothing about the table leaks.
+    messages = set()
+    for model in ("demo-fast", "demo/fast", "openai/gpt-4o-mini", "nope"):
+        refused = httpx.post(url, json=chat(model), headers=bearer(secret))
+        assert refused.status_code == 404, (model, refused.text)
+        assert refused.json()["error"]["code"] == "model_not_found"
+        messages.add(refused.json()["error"]["message"].replace(repr(model), "<model>"))
+    assert messages == {"the model <model> does not exist or this key may not use it"}
+    body = {"contents": [{"parts": [{"text": "x"}]}]}
+    for path, payload, shape in (
+        ("/v1/completions", {"model": "demo-fast", "prompt": "x"},
+         lambda b: b["error"]["code"] == "model_not_found"),
+        ("/v1/messages", {**chat("demo-fast"), "max_tokens": 5},
+         lambda b: b["error"]["type"] == "not_found_error"),
+        ("/v1beta/models/demo-fast:generateContent", body,
+         lambda b: b["error"]["status"] == "NOT_FOUND"),
+        ("/api/chat", {"message": "x", "model": "demo-fast"},
+         lambda b: b["error_code"] == "model_not_found"),
+    ):  # fmt: skip
+        refused = httpx.post(tenancy.url + path, json=payload, headers=bearer(secret))
+        assert refused.status_code == 404 and shape(refused.json()), (path, refused.text)
+    # Task models too: a key for demo-fast only may not start a demo task.
+    _, fast_only = tenancy.new_key("fast-only", "--models", "demo-f*")
+    task = {"kind": "image", "model": "demo", "input": {"prompt": "x"}}
+    refused = httpx.post(f"{tenancy.url}/v1/tasks", json=task, headers=bearer(fast_only))
+    assert refused.status_code == 404 and refused.json()["error"]["code"] == "model_not_found"
+
+
+def test_provider_names_pass_through_only_when_allowed(tenancy: Tenancy) -> None:
+    _, secret = tenancy.new_key("any-model")
+    url = f"{tenancy.url}/v1/chat/completions"
+    refused = httpx.post(url, json=chat("openai/gpt-4o-mini"), headers=bearer(secret))
+    assert refused.status_code == 404
+    assert refused.json()["error"]["code"] == "model_not_found"
+    assert "pass-through" in refused.json()["error"]["message"]
+    # demo/* is allowed by default.
+    allowed = httpx.post(url, json=chat("demo/x", max_tokens=2), headers=bearer(secret))
+    assert allowed.status_code == 200

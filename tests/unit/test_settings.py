@@ -259,7 +259,11 @@ def test_the_example_settings_file_loads() -> None:
     assert settings.task_models["flux-dev"].queue_http is not None
     assert settings.task_models["flux-dev"].queue_http.id_field == "request_id"
     assert settings.task_models["musicgen"].kinds == ["audio"]
-    assert set(settings.models) >= {"demo", "gpt-4o-mini", "claude-sonnet", "gemini-flash"}
+    assert set(settings.models) >= {"gpt-4o-mini", "claude-sonnet", "gemini-flash"}
+    # The production example turns the demo models and pass-through off.
+    assert not settings.demo_enabled and "demo" not in settings.models
+    assert "demo" not in settings.task_models
+    assert settings.passthrough == []
 
 
 def test_a_queue_http_task_model_needs_its_section() -> None:
