@@ -110,10 +110,15 @@ def new_job(
     )
 
 
-async def enqueue_job(services: Services, record: JobRecord, owner: ApiKey) -> None:
-    """Admit the job (limits and budget), store it and queue it."""
+async def enqueue_job(
+    services: Services, record: JobRecord, owner: ApiKey, request: GenerationRequest
+) -> None:
+    """Admit the job (limits and budget), store it and queue it. On a key whose budget
+    left is less than the request's worst case, the job's `max_tokens` is cut to it."""
     try:
-        await services.admission.admit(owner, record.id)
+        allowed = await services.admission.admit(owner, record.id, request)
+        if allowed is not None:
+            record.request["request"]["max_tokens"] = allowed
     except (RateLimited, BudgetExhausted) as refused:
         reason = "budget" if isinstance(refused, BudgetExhausted) else "limit"
         services.metrics.refused.labels(reason).inc()
@@ -188,7 +193,7 @@ async def serve_generation(
         tail = Tail(services, record, fmt, cancel_on_disconnect=cancel_on_disconnect)
         tail.open(Start(START, 1))
     try:
-        await enqueue_job(services, record, caller)
+        await enqueue_job(services, record, caller, request)
     except BaseException:
         if tail is not None:
             tail.close()

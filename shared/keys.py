@@ -79,15 +79,26 @@ def concurrency_key(key_id: str) -> str:
     return CONCURRENCY_PREFIX + key_id
 
 
-def rate_key_prefix(key_id: str) -> str:
-    """Counters `<prefix><minute>`: a key's requests in one clock minute (the admission
-    script appends the minute, from Redis' clock)."""
-    return f"{PREFIX}:rate:{key_id}:"
-
-
 def usage_key(key_id: str) -> str:
-    """Hash: a key's token usage, fields `<model>|input`, `<model>|output` and `total`."""
+    """Hash: a key's token usage for its budget: `total` spent, `reserved` held by its open
+    jobs (two fields, whatever the key does)."""
     return USAGE_PREFIX + key_id
+
+
+def daily_usage_key(key_id: str, day: str) -> str:
+    """Hash: a key's usage on one UTC day (`YYYY-MM-DD`), fields `<model>|input`,
+    `<model>|output`, `<model>|requests` (kept `usage_retention_days`)."""
+    return f"{USAGE_PREFIX}{key_id}:{day}"
+
+
+def reservations_key(key_id: str) -> str:
+    """Hash: job id → tokens of the key's budget held for that open job."""
+    return f"{PREFIX}:reserved:{key_id}"
+
+
+def requests_key(key_id: str) -> str:
+    """Sorted set: the key's admitted requests of the last minute, scored by when (ms)."""
+    return f"{PREFIX}:rate:{key_id}"
 
 
 def follow_token_key(stream_id: str, digest: str) -> str:

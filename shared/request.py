@@ -47,6 +47,13 @@ def json_text_too_deep(text: bytes, limit: int) -> bool:
     return max(accumulate(array("b", steps)), default=0) > limit
 
 
+def estimate_input_tokens(characters: int, messages: int) -> int:
+    """Input tokens of a prompt by its size: about one per 4 characters, and a few per
+    message for its framing. Used where no provider has said (budgets are reserved before
+    the upstream counts; a stream cut short may never hear its count)."""
+    return characters // 4 + 3 * messages
+
+
 def json_text(value: Any, what: str) -> str:
     """`value` as JSON text, or a 400 when it cannot be: integers past 64 bits, lone
     surrogates, or nesting deeper than `MAX_JSON_DEPTH`."""
@@ -122,6 +129,17 @@ class GenerationRequest(BaseModel):
     tool_choice: ToolChoice | None = None
     reasoning: bool = False  # ask for reasoning / thinking output where the model has it
     reasoning_budget: int | None = Field(default=None, ge=1)
+
+    def estimated_input_tokens(self) -> int:
+        """What the prompt costs, before any provider has counted it (see
+        `estimate_input_tokens`)."""
+        return estimate_input_tokens(sum(len(m.content) for m in self.messages), len(self.messages))
+
+    def worst_case_tokens(self) -> int | None:
+        """The most the request can cost: its input and `max_tokens`; None when unbounded."""
+        if self.max_tokens is None:
+            return None
+        return self.estimated_input_tokens() + self.max_tokens
 
     @classmethod
     def build(cls, **fields: Any) -> GenerationRequest:

@@ -202,6 +202,8 @@ class Settings(BaseSettings):
     max_string_chars: int = Field(default=1_000_000, ge=1)
     max_tools: int = Field(default=128, ge=0)
     auth_enabled: bool = True
+    # Per-key usage by model and day is kept this long (the budget's total is kept for good).
+    usage_retention_days: int = Field(default=31, ge=1, le=3660)
     max_concurrent_generations: int | None = Field(default=None, ge=1)
     upstream_allowlist: str = ""  # hosts or CIDRs that may be private/loopback/link-local
     # The built-in `demo` chat and task models. Off in production: no `demo` entry, no

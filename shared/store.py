@@ -33,6 +33,7 @@ from shared.errors import (
     StreamExpired,
     StreamNotFound,
 )
+from shared.limits import settle, usage_model
 from shared.redis import DataRedis
 from shared.settings import Settings
 from shared.transcript import Transcript
@@ -209,6 +210,7 @@ class StreamStore:
         self._mark_reader = scripts.register(redis, "mark_reader")
         self._reaper_clock = scripts.register(self.control, "reaper_clock")
         self._settle_script = scripts.register(self.control, "settle")
+        self.settings = settings
 
     @staticmethod
     def _keys(stream_id: str) -> list[str]:
@@ -590,17 +592,15 @@ class StreamStore:
     async def _settle(
         self, stream_id: str, owner: str | None, model: str = "", input: int = 0, output: int = 0
     ) -> None:
-        """What an ended job leaves on the control Redis: off the indexes, its concurrency
-        slot given back, its usage charged to its owner (settle.lua)."""
-        await self._settle_script(
-            keys=[
-                keys.LEASES_KEY,
-                keys.QUEUED_KEY,
-                keys.GLOBAL_CONCURRENCY_KEY,
-                keys.concurrency_key(owner or ""),
-                keys.usage_key(owner or ""),
-            ],
-            args=[stream_id, int(owner is not None), model, input, output],
+        """What an ended job leaves on the control Redis (see `limits.settle`)."""
+        await settle(
+            self._settle_script,
+            stream_id,
+            owner,
+            usage_model(self.settings, model),
+            input,
+            output,
+            usage_ttl_s=self.settings.usage_retention_days * 86400,
         )
 
     # -- reaper side ----------------------------------------------------------------------

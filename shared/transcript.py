@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shared import events as ev
+from shared.request import estimate_input_tokens
 
 
 @dataclass(slots=True)
@@ -47,6 +48,9 @@ class Transcript:
     error: ev.Error | None = None
     events: int = 0
     content_events: int = 0  # text, reasoning and tool-call deltas: a floor for output tokens
+    # The prompt reached an upstream that was working on it when the run ended (cancelled,
+    # timed out): its input is charged even with no output.
+    prompt_sent: bool = False
 
     def apply(self, event: ev.Event) -> None:
         self.events += 1
@@ -76,13 +80,14 @@ class Transcript:
     def billable_usage(self, request: dict[str, Any]) -> ev.Usage:
         """The usage to charge. A stream that ended early (cancelled, failed, lost its
         worker) often never got the provider's usage report; it is still charged, with
-        an estimate: one token per streamed delta and about one per 4 characters of input."""
+        an estimate: one token per streamed delta and its input by size. A stream cut
+        before its first token is charged its input when its prompt reached the upstream."""
         reported = self.usage or ev.Usage()
-        if reported.output_tokens or not self.content_events:
+        if reported.output_tokens or not (self.content_events or self.prompt_sent):
             return reported
         messages = (request.get("request") or {}).get("messages") or []
         characters = sum(len(str(m.get("content", ""))) for m in messages)
-        estimated_input = reported.input_tokens or characters // 4 + 3 * len(messages)
+        estimated_input = reported.input_tokens or estimate_input_tokens(characters, len(messages))
         return ev.Usage(input_tokens=estimated_input, output_tokens=self.content_events)
 
     @property

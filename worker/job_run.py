@@ -64,6 +64,7 @@ class JobRun:
         self.secret = secret
         self.cancelled = asyncio.Event()
         self.transcript = Transcript()
+        self.attempting = False  # an upstream attempt is under way (not backing off)
         self.writer = appender.writer(record.id, attempt, held)
 
     @property
@@ -94,8 +95,10 @@ class JobRun:
         failures = 0
         while True:
             try:
+                self.attempting = True
                 return await self._attempt()
             except UpstreamError as exc:
+                self.attempting = False
                 failures += 1
                 if self.started or not exc.retryable:
                     raise
@@ -125,6 +128,8 @@ class JobRun:
             cancel_wait.cancel()
 
         if pump not in done:
+            # Cut while an attempt was under way: the upstream had the prompt.
+            self.transcript.prompt_sent = self.attempting
             await cancel_and_wait(pump)
             if self.cancelled.is_set():
                 finish = ev.Finish(reason="cancelled", usage=self.transcript.usage)

@@ -1,6 +1,6 @@
-"""A deployment under attack: an API replica on a 1,024-descriptor limit and a worker,
-real processes on loopback, with keys required and short timeouts so each attack and its
-remedy fit in seconds."""
+"""A deployment under attack: an API replica on a 1,024-descriptor limit, a second replica
+and a worker, real processes on loopback, with keys required and short timeouts so each
+attack and its remedy fit in seconds."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 from shared.embedded_redis import EmbeddedRedis
 from tests.conftest import UPSTREAM_KEY, Tenancy, cluster_models
 from tests.mock_upstream import MockUpstream
-from tests.processes import SpoolProcess, free_port, start_worker, write_config
+from tests.processes import SpoolProcess, free_port, start_api, start_worker, write_config
 
 DESCRIPTORS = 1024
 HEADER_TIMEOUT_S = 2.0
@@ -39,7 +39,11 @@ def hostile(
     mock_upstream: MockUpstream,
 ) -> Iterator[Tenancy]:
     workdir = tmp_path_factory.mktemp("hostile")
-    config = write_config(workdir / "spool.yaml", cluster_models(mock_upstream), **HOSTILE_SETTINGS)
+    models = {
+        **cluster_models(mock_upstream),
+        "demo-long": {"provider": "demo", "tokens_per_second": 0, "max_output_tokens": 6000},
+    }
+    config = write_config(workdir / "spool.yaml", models, **HOSTILE_SETTINGS)
     url = redis_server.url.replace("/0", "/7")
     os.environ["SPOOL_TEST_UPSTREAM_KEY"] = UPSTREAM_KEY
     worker = start_worker(url, config, workdir)
@@ -51,9 +55,11 @@ def hostile(
         port=free_port(),
         prefix=("prlimit", f"--nofile={DESCRIPTORS}:{DESCRIPTORS}", "--"),
     )
+    apis = [api]
     try:
         api.wait_healthy()
-        yield Tenancy([api], worker, config, url)
+        apis.append(start_api(url, config, workdir))  # a second replica, for races
+        yield Tenancy(apis, worker, config, url)
     finally:
-        for proc in (api, worker):
+        for proc in (*apis, worker):
             proc.stop()

@@ -213,17 +213,29 @@ def test_a_key_that_hits_its_budget_gets_402_before_any_upstream_call(
     tenancy: Tenancy, mock_upstream: MockUpstream
 ) -> None:
     _, secret = tenancy.new_key("frugal", "--budget-tokens", "60")
-    for _ in range(2):  # demo-fast: 40 output tokens plus a few input tokens each
-        assert (
-            httpx.post(
-                f"{tenancy.url}/v1/chat/completions", json=chat(), headers=bearer(secret)
-            ).status_code
-            == 200
-        )
+    answers = [
+        httpx.post(f"{tenancy.url}/v1/chat/completions", json=chat(), headers=bearer(secret))
+        for _ in range(2)
+    ]
+    assert [a.status_code for a in answers] == [200, 200]
+    # demo-fast answers 40 tokens; the second answer was cut to what the budget had left.
+    first, second = (a.json() for a in answers)
+    assert first["usage"]["completion_tokens"] == 40
+    assert second["choices"][0]["finish_reason"] == "length"
+    assert second["usage"]["completion_tokens"] < 40
     usage = httpx.get(f"{tenancy.url}/v1/usage", headers=bearer(secret)).json()
-    assert usage["used_tokens"] >= 60 and usage["budget_tokens"] == 60
+    spent = first["usage"]["total_tokens"] + second["usage"]["total_tokens"]
+    assert usage["used_tokens"] == spent and usage["budget_tokens"] == 60
+    # Over by no more than the error in one request's input estimate (the prompt "hi").
+    assert 60 <= spent <= 60 + first["usage"]["prompt_tokens"]
+    assert usage["reserved_tokens"] == 0
     assert usage["models"] == [
-        {"model": "demo-fast", "input_tokens": usage["used_tokens"] - 80, "output_tokens": 80}
+        {
+            "model": "demo-fast",
+            "input_tokens": spent - 40 - second["usage"]["completion_tokens"],
+            "output_tokens": 40 + second["usage"]["completion_tokens"],
+            "requests": 2,
+        }
     ]
     seen_before = len(mock_upstream.seen)
     refused = httpx.post(
