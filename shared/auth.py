@@ -118,6 +118,14 @@ class KeyStore:
                 found.append(ApiKey.from_hash(raw))
         return sorted(found, key=lambda k: k.created_at)
 
+    async def active(self, key_id: str) -> bool:
+        """Whether the key with this id exists and is not revoked."""
+        secret_digest = await self.redis.hget(keys.API_KEYS_INDEX, key_id)  # type: ignore[misc]
+        if secret_digest is None:
+            return False
+        revoked = await self.redis.hget(keys.api_key_key(secret_digest.decode()), "revoked")  # type: ignore[misc]
+        return bool(revoked != b"1")
+
     async def revoke(self, key_id: str) -> bool:
         secret_digest = await self.redis.hget(keys.API_KEYS_INDEX, key_id)  # type: ignore[misc]
         if secret_digest is None:

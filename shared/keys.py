@@ -101,9 +101,10 @@ def requests_key(key_id: str) -> str:
     return f"{PREFIX}:rate:{key_id}"
 
 
-def follow_token_key(stream_id: str, digest: str) -> str:
-    """A read-only follow token for one stream, by the digest of the token."""
-    return f"{PREFIX}:{{{stream_id}}}:follow:{digest}"
+def follow_tokens_key(stream_id: str) -> str:
+    """Hash: the read-only follow tokens of one stream, digest of the token → "1"; at most
+    `max_follow_tokens` of them, kept as long as the stream."""
+    return f"{PREFIX}:{{{stream_id}}}:follow"
 
 
 def idempotency_key(owner: str, digest: str) -> str:

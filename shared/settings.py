@@ -202,6 +202,7 @@ class Settings(BaseSettings):
     max_string_chars: int = Field(default=1_000_000, ge=1)
     max_tools: int = Field(default=128, ge=0)
     auth_enabled: bool = True
+    max_follow_tokens: int = Field(default=16, ge=1, le=10_000)  # per stream
     # Per-key usage by model and day is kept this long (the budget's total is kept for good).
     usage_retention_days: int = Field(default=31, ge=1, le=3660)
     max_concurrent_generations: int | None = Field(default=None, ge=1)

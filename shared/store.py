@@ -210,6 +210,7 @@ class StreamStore:
         self._mark_reader = scripts.register(redis, "mark_reader")
         self._reaper_clock = scripts.register(self.control, "reaper_clock")
         self._settle_script = scripts.register(self.control, "settle")
+        self._follow_mint = scripts.register(redis, "follow_mint")
         self.settings = settings
 
     @staticmethod
@@ -407,6 +408,17 @@ class StreamStore:
         """The stream's last `count` entries, oldest first."""
         entries = await self.redis.xrevrange(keys.stream_key(stream_id), count=count)
         return [Entry.from_redis(eid, fields) for eid, fields in reversed(entries)]
+
+    async def mint_follow_token(
+        self, stream_id: str, token_digest: str, most: int, longest_s: int
+    ) -> int:
+        """Keep a follow token for the stream (see follow_mint.lua): its lifetime in
+        seconds, or 0 when the stream already has `most`."""
+        ttl = await self._follow_mint(
+            keys=[keys.follow_tokens_key(stream_id), keys.job_key(stream_id)],
+            args=[token_digest, most, longest_s],
+        )
+        return int(ttl)
 
     async def queue_position(self, stream_id: str) -> int | None:
         """How many queued jobs are ahead of this one; None when it is not queued."""

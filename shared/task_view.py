@@ -13,6 +13,15 @@ from shared.tasks import TaskState, task_object
 TAIL_EVENTS = 32
 
 
+def coarse_position(ahead: int | None) -> int | None:
+    """How many jobs are ahead in the queue, as clients see it: 0 when the task is next,
+    else the power of ten at or above the count (10, 100, 1000 …). The queue is shared by
+    every key; an exact figure would tell one tenant how busy the others are."""
+    if ahead is None or ahead == 0:
+        return ahead
+    return int(10 ** len(str(ahead - 1)))
+
+
 class TaskViews:
     def __init__(self, store: StreamStore, hooks: HookStore, base_url: str) -> None:
         self.store = store
@@ -28,7 +37,9 @@ class TaskViews:
     async def show(self, record: JobRecord, *, with_webhooks: bool = True) -> dict[str, Any]:
         state = await self.state(record.id)
         position = (
-            await self.store.queue_position(record.id) if record.status is Status.QUEUED else None
+            coarse_position(await self.store.queue_position(record.id))
+            if record.status is Status.QUEUED
+            else None
         )
         has_callback = bool((record.request.get("task") or {}).get("callback_url"))
         webhooks = await self.hooks.listing(record.id) if has_callback and with_webhooks else None

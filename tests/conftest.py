@@ -136,6 +136,7 @@ TENANCY_SETTINGS = {
     "max_tools": 8,
     "max_json_depth": 40,
     "max_header_bytes": 8192,
+    "max_follow_tokens": 3,
     # Loopback is allowed for the mock upstream only by name: 127.0.0.1 stays forbidden.
     "upstream_allowlist": "localhost",
 }

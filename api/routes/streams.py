@@ -20,7 +20,13 @@ from api.responses import EventStream, JSONBody
 from api.tail import ResumePoint, Tail
 from shared import keys
 from shared.auth import ApiKey
-from shared.errors import StreamExpired, StreamNotFound, TaskNotFound, Unauthenticated
+from shared.errors import (
+    Conflict,
+    StreamExpired,
+    StreamNotFound,
+    TaskNotFound,
+    Unauthenticated,
+)
 from shared.store import JobRecord
 from shared.tasks import TASK_SURFACE
 
@@ -30,6 +36,12 @@ FOLLOW_TOKEN_PREFIX = "ft_"
 
 StreamId = Annotated[str, Path(max_length=64)]
 FollowToken = Annotated[str | None, Query(max_length=128)]
+
+
+class FollowTokensExhausted(Conflict):
+    """The stream has as many follow tokens as a stream may have."""
+
+    code = "follow_tokens_exhausted"
 
 
 def _token_digest(token: str) -> str:
@@ -62,11 +74,17 @@ async def load(
         raise missing(not_found)
     if caller is not None and (record.owner == caller.id or not services.settings.auth_enabled):
         return record
-    if follow_token is not None and await services.redis.exists(
-        keys.follow_token_key(stream_id, _token_digest(follow_token))
-    ):
+    if follow_token is not None and await _follow_token_opens(services, record, follow_token):
         return record
     raise missing(not_found)
+
+
+async def _follow_token_opens(services: Services, record: JobRecord, token: str) -> bool:
+    """A follow token opens its stream while the stream is kept and the key that minted
+    it (the stream's owner) is not revoked."""
+    if not await services.redis.hexists(keys.follow_tokens_key(record.id), _token_digest(token)):  # type: ignore[misc]
+        return False
+    return record.owner is None or await services.keys.active(record.owner)
 
 
 def stream_object(record: JobRecord, **extra: Any) -> dict[str, Any]:
@@ -129,11 +147,21 @@ async def cancel_stream(stream_id: StreamId, services: ServicesDep, caller: Call
 
 @router.post("/{stream_id}/follow-token")
 async def follow_token(stream_id: StreamId, services: ServicesDep, caller: CallerDep) -> JSONBody:
-    """A read-only token for this one stream, valid as long as the stream is kept."""
+    """A read-only token for this one stream, valid as long as the stream is kept and its
+    owner's key is not revoked; at most `max_follow_tokens` per stream (409 past that)."""
     record = await load(services, stream_id, caller)
     token = FOLLOW_TOKEN_PREFIX + secrets.token_urlsafe(24)
-    ttl = services.settings.retention_s + services.settings.job_timeout_s
-    await services.redis.set(keys.follow_token_key(record.id, _token_digest(token)), "1", ex=ttl)
+    settings = services.settings
+    ttl = await services.store.mint_follow_token(
+        record.id,
+        _token_digest(token),
+        settings.max_follow_tokens,
+        settings.retention_s + settings.job_timeout_s,
+    )
+    if not ttl:
+        raise FollowTokensExhausted(
+            f"stream {record.id} already has {settings.max_follow_tokens} follow tokens"
+        )
     return JSONBody(
         {
             "object": "spool.follow_token",

@@ -124,6 +124,27 @@ def test_follow_tokens_are_read_only_and_for_one_stream(tenancy: Tenancy) -> Non
     assert forged.status_code == 404
 
 
+def test_follow_tokens_are_few_per_stream_and_end_with_their_key(tenancy: Tenancy) -> None:
+    owner_id, owner = tenancy.new_key("minter")
+    created = httpx.post(
+        f"{tenancy.url}/v1/chat/completions", json=chat(stream=True), headers=bearer(owner)
+    )
+    stream_id = created.headers["x-spool-stream-id"]
+    mint = f"{tenancy.url}/v1/streams/{stream_id}/follow-token"
+    tokens = [httpx.post(mint, headers=bearer(owner)) for _ in range(3)]  # max_follow_tokens
+    assert all(t.status_code == 200 for t in tokens)
+    refused = httpx.post(mint, headers=bearer(owner))
+    assert refused.status_code == 409
+    assert refused.json()["error"]["code"] == "follow_tokens_exhausted"
+    # A token lasts as long as its stream is kept (a day, by default).
+    assert tokens[0].json()["expires_at"] - time.time() > 23 * 3600
+    follow = f"{tenancy.apis[1].url}/v1/streams/{stream_id}"
+    token = tokens[0].json()["token"]
+    assert httpx.get(follow, params={"follow_token": token}).status_code == 200
+    tenancy.spool("keys", "revoke", owner_id)
+    assert httpx.get(follow, params={"follow_token": token}).status_code == 404
+
+
 def test_two_keys_racing_their_rate_limits_across_two_replicas(tenancy: Tenancy) -> None:
     keys = [tenancy.new_key(f"racer-{n}", "--rpm", "5")[1] for n in range(2)]
     results: dict[str, list[int]] = {k: [] for k in keys}
