@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError as PydanticValidationError
-from redis.exceptions import ClusterDownError, TryAgainError
+from redis.exceptions import ClusterDownError, OutOfMemoryError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException
@@ -20,6 +20,7 @@ from api.formats.openai_chat import OpenAIChatFormat
 from api.formats.simple import SimpleFormat
 from api.responses import JSONBody
 from shared.errors import InvalidRequest, RouteNotFound, SpoolError, StoreUnavailable
+from shared.limits import StorageFull
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +124,11 @@ def install_error_handlers(app: FastAPI) -> None:
     async def redis_down(request: Request, exc: Exception):  # type: ignore[no-untyped-def]
         log.warning("redis unavailable: %s", exc)
         return error_response(request, StoreUnavailable(), headers={"Retry-After": "1"})
+
+    @app.exception_handler(OutOfMemoryError)  # Redis at maxmemory before admission saw it
+    async def redis_full(request: Request, exc: Exception):  # type: ignore[no-untyped-def]
+        log.warning("redis refused a write: %s", exc)
+        return error_response(request, StorageFull())
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception):  # type: ignore[no-untyped-def]

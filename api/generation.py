@@ -8,6 +8,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+import orjson
 from starlette.responses import Response
 
 from api.deps import Services
@@ -21,6 +22,7 @@ from shared.errors import (
     InvalidRequest,
     ModelNotFound,
     RateLimited,
+    RequestTooLarge,
     SpoolError,
     error_status,
     error_type,
@@ -115,8 +117,15 @@ async def enqueue_job(
 ) -> None:
     """Admit the job (limits and budget), store it and queue it. On a key whose budget
     left is less than the request's worst case, the job's `max_tokens` is cut to it."""
+    settings = services.settings
+    stored = len(orjson.dumps(record.request))
+    if stored > settings.max_stored_request_bytes:
+        raise RequestTooLarge(
+            f"the request would be kept as {stored} bytes; at most "
+            f"{settings.max_stored_request_bytes} (max_stored_request_bytes)"
+        )
     try:
-        allowed = await services.admission.admit(owner, record.id, request)
+        allowed = await services.admission.admit(owner, record.id, request, stored_bytes=stored)
         if allowed is not None:
             record.request["request"]["max_tokens"] = allowed
     except (RateLimited, BudgetExhausted) as refused:

@@ -19,6 +19,7 @@ from shared.errors import (
     Conflict,
     InvalidRequest,
     ModelNotFound,
+    RequestTooLarge,
     ResumePointExpired,
     StreamNotFound,
 )
@@ -59,7 +60,24 @@ def resolve_task_model(settings: Settings, spec: TaskSpec, caller: ApiKey) -> Ta
         )
     if entry.provider == "demo":
         check_demo_input(spec)
+    check_task_input(settings, spec, entry)
     return entry
+
+
+def check_task_input(settings: Settings, spec: TaskSpec, entry: TaskModelEntry) -> None:
+    """A task's input holds the common fields and those its model declares
+    (`input_fields`), and is at most `max_task_input_bytes` as JSON."""
+    unknown = sorted(set(spec.input.model_extra or {}) - set(entry.input_fields))
+    if unknown:
+        raise InvalidRequest(
+            f"input.{unknown[0]}: the model {spec.model!r} takes no such input field"
+            + (f" (nor {', '.join(unknown[1:])})" if len(unknown) > 1 else "")
+        )
+    size = len(orjson.dumps(spec.input.model_dump(mode="json")))
+    if size > settings.max_task_input_bytes:
+        raise RequestTooLarge(
+            f"the task input is {size} bytes as JSON; at most {settings.max_task_input_bytes}"
+        )
 
 
 async def check_callback(settings: Settings, url: str) -> None:
@@ -123,7 +141,10 @@ async def submit_task(
         if held is not None:
             return await _replayed(services, held.decode(), digest), False
     task_id = uuid.uuid4().hex
-    await services.admission.admit(caller, task_id)
+    stored = len(orjson.dumps(spec.input.model_dump(mode="json")))
+    await services.admission.admit(
+        caller, task_id, stored_bytes=stored, kept_s=services.settings.task_retention_s
+    )
     try:
         held_now = await services.store.create_task(
             task_id,

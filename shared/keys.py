@@ -96,6 +96,11 @@ def reservations_key(key_id: str) -> str:
     return f"{PREFIX}:reserved:{key_id}"
 
 
+def stored_bytes_key(key_id: str) -> str:
+    """Hash: the bytes a key's jobs keep, as a bucket that drains (`level` at `at` ms)."""
+    return f"{PREFIX}:stored:{key_id}"
+
+
 def requests_key(key_id: str) -> str:
     """Sorted set: the key's admitted requests of the last minute, scored by when (ms)."""
     return f"{PREFIX}:rate:{key_id}"

@@ -134,6 +134,9 @@ class TaskModelEntry(BaseModel):
     request_timeout_s: float = Field(default=60.0, gt=0)
     extra_headers: dict[str, str] = Field(default_factory=dict)
     queue_http: QueueHttpConfig | None = None
+    # Input fields this model takes besides the common ones (prompt, width, duration_s …);
+    # any other field a client sends is refused.
+    input_fields: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _queue_http_is_configured(self) -> TaskModelEntry:
@@ -203,6 +206,18 @@ class Settings(BaseSettings):
     max_tools: int = Field(default=128, ge=0)
     auth_enabled: bool = True
     max_follow_tokens: int = Field(default=16, ge=1, le=10_000)  # per stream
+    # What a job may make Spool keep: its stored request (a generation's messages and
+    # options; a task's input), and per key, the bytes its jobs keep for as long as they
+    # are kept (stream retention for generations, task retention for tasks; a quota that
+    # drains over retention_s, so a key's jobs hold about this much at any time). None: no
+    # per-key limit.
+    max_stored_request_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)
+    max_task_input_bytes: int = Field(default=64 * 1024, ge=1024)
+    max_stored_bytes_per_key: int | None = Field(default=512 * 1024 * 1024, ge=1024)
+    # New jobs are refused (503) once the Redis holding the streams uses this share of its
+    # `maxmemory`, so running streams finish in the rest. Redis must set maxmemory (and
+    # maxmemory-policy noeviction): with no maxmemory there is nothing to measure against.
+    redis_memory_high: float = Field(default=0.9, gt=0, le=1)
     # Per-key usage by model and day is kept this long (the budget's total is kept for good).
     usage_retention_days: int = Field(default=31, ge=1, le=3660)
     max_concurrent_generations: int | None = Field(default=None, ge=1)

@@ -6,14 +6,18 @@
 -- KEYS[3] the key's usage (hash; fields "total" spent and "reserved" held by open jobs)
 -- KEYS[4] the key's reservations (hash: job id -> tokens held)
 -- KEYS[5] the key's requests of the last minute (sorted set: job id -> when, ms)
+-- KEYS[6] the key's stored bytes (hash: "level" bytes at "at" ms; drains steadily)
 -- ARGV[1] requests per minute (0: none)   ARGV[2] concurrent jobs (0: no limit)
 -- ARGV[3] deployment-wide limit (0: none) ARGV[4] job id (the slot's member)
 -- ARGV[5] how long a slot lasts (ms)      ARGV[6] token budget (0: none)
 -- ARGV[7] the job's worst case in tokens (-1: unbounded; 0: it spends none)
 -- ARGV[8] the job's estimated input tokens (what it costs at the least)
+-- ARGV[9] the bytes the job makes Spool keep, weighted by how long it keeps them
+-- ARGV[10] the key's stored-bytes quota (0: none)
+-- ARGV[11] how long the quota takes to drain from full (ms)
 -- Returns {"ok", 0, tokens reserved}, {"budget", 0, 0},
--- {"rate", seconds until a request of the minute ages out, 0}, {"concurrency", 1, 0}
--- or {"global", 1, 0}.
+-- {"rate", seconds until a request of the minute ages out, 0}, {"concurrency", 1, 0},
+-- {"global", 1, 0} or {"storage", seconds until the job's bytes fit, 0}.
 --@include now.lua
 local id = ARGV[4]
 
@@ -40,6 +44,18 @@ if budget > 0 then
   if want >= 0 and want < left then reserve = want end
 end
 
+local quota, stored = tonumber(ARGV[10]), 0
+if quota > 0 then
+  local window, size = tonumber(ARGV[11]), tonumber(ARGV[9])
+  local bucket = redis.call('HMGET', KEYS[6], 'level', 'at')
+  local drained = (now - tonumber(bucket[2] or now)) * quota / window
+  stored = math.max(0, tonumber(bucket[1] or '0') - drained)
+  if stored + size > quota then
+    return {'storage', math.max(1, math.ceil((stored + size - quota) * window / quota / 1000)), 0}
+  end
+  stored = stored + size
+end
+
 local rpm = tonumber(ARGV[1])
 if rpm > 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now - 60000)
@@ -55,6 +71,10 @@ if tonumber(ARGV[3]) > 0 and redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[3]) t
   return {'global', 1, 0}
 end
 
+if quota > 0 then
+  redis.call('HSET', KEYS[6], 'level', math.floor(stored), 'at', now)
+  redis.call('PEXPIRE', KEYS[6], tonumber(ARGV[11]))
+end
 if rpm > 0 then
   redis.call('ZADD', KEYS[5], now, id)
   redis.call('PEXPIRE', KEYS[5], 60000)

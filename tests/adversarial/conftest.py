@@ -17,10 +17,11 @@ from tests.processes import SpoolProcess, free_port, start_api, start_worker, wr
 
 DESCRIPTORS = 1024
 HEADER_TIMEOUT_S = 2.0
-HOSTILE_SETTINGS = {
+HOSTILE_SETTINGS: dict[str, object] = {
     "keepalive_interval_s": 0.5,
     "lease_s": 3,
     "header_timeout_s": HEADER_TIMEOUT_S,
+    "max_stored_bytes_per_key": 4 * 1024 * 1024,
     "upstream_allowlist": "127.0.0.1",
 }
 

@@ -187,7 +187,8 @@ def test_each_kind_succeeds_with_a_valid_file(
 ) -> None:
     with tasks.client() as client:
         created = submit(client, kind, input={"prompt": f"a {kind} of the sea", **input_})
-        assert created["status"] == "queued" and created["kind"] == kind
+        # A worker may have taken it by the time the answer is written.
+        assert created["status"] in ("queued", "running") and created["kind"] == kind
         task = wait_done(client, created["id"])
         assert task["status"] == "succeeded", task
         assert task["progress"] == 1.0 and task["error"] is None
