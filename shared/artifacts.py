@@ -13,17 +13,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import logging
 import mimetypes
 import os
 import re
 import shutil
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import IO, TYPE_CHECKING
 
 from shared.errors import SpoolError
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +78,33 @@ class OutputTooLarge(SpoolError):
     """A task output is larger than `max_output_bytes`."""
 
     code = "output_too_large"
+
+
+class _Abandoned(Exception):
+    """The write of an output was given up (its task was cancelled)."""
+
+
+class _OutputFile(io.BufferedWriter):
+    """The file a writer function fills: it counts what it is given, refuses anything past
+    `limit` bytes, and stops the writer at its next write once `stop` is set."""
+
+    def __init__(self, raw: io.FileIO, limit: int, stop: threading.Event) -> None:
+        super().__init__(raw)
+        self.limit = limit
+        self.stop = stop
+        self.size = 0
+
+    def write(self, buffer: ReadableBuffer, /) -> int:
+        if self.stop.is_set():
+            raise _Abandoned
+        self.size += memoryview(buffer).nbytes
+        if self.size > self.limit:
+            raise OutputTooLarge(f"the output is larger than {self.limit} bytes")
+        return super().write(buffer)
+
+    def fileno(self) -> int:
+        # Without a descriptor, encoders that would write to one (Pillow's) call `write`.
+        raise io.UnsupportedOperation("fileno")
 
 
 def _essence(media_type: str) -> str:
@@ -150,6 +183,42 @@ class ArtifactStore:
             finally:
                 await asyncio.to_thread(out.close)
             await asyncio.to_thread(os.replace, partial, final)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                partial.unlink()
+        return size
+
+    async def write_with(self, task_id: str, name: str, write: Callable[[IO[bytes]], None]) -> int:
+        """Write an output by calling `write` (in a worker thread) with the file to fill, so
+        an output made here goes to disk a piece at a time instead of whole through memory;
+        returns its size. Stops (and leaves nothing) past `max_bytes`, or when cancelled."""
+        final = self.path(task_id, name)
+        stop = threading.Event()
+        job = asyncio.ensure_future(asyncio.to_thread(self._write_with, final, write, stop))
+        try:
+            return await asyncio.shield(job)
+        except asyncio.CancelledError:
+            stop.set()
+            # The writer gives up at its next write; waiting for it leaves nothing behind.
+            with contextlib.suppress(Exception):
+                await job
+            raise
+
+    def _write_with(
+        self, final: Path, write: Callable[[IO[bytes]], None], stop: threading.Event
+    ) -> int:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        partial = final.with_name(f".{final.name}.{uuid.uuid4().hex}.part")
+        try:
+            raw = io.FileIO(partial, "w")
+            with _OutputFile(raw, self.max_bytes, stop) as out:
+                write(out)
+                out.flush()
+                os.fsync(raw.fileno())
+                size = out.size
+            if stop.is_set():
+                raise _Abandoned
+            os.replace(partial, final)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 partial.unlink()

@@ -82,6 +82,9 @@ class TaskRun(JobRun):
         if output.data is not None:
             name = self.artifacts.name(index, media_type)
             size = await self.artifacts.write_bytes(self.stream_id, name, output.data)
+        elif output.write is not None:
+            name = self.artifacts.name(index, media_type)
+            size = await self.artifacts.write_with(self.stream_id, name, output.write)
         elif output.url is not None and not self.entry.store_outputs:
             return self._describe(index, output, output.url, media_type, None, stored=False)
         elif output.url is not None:
@@ -122,8 +125,11 @@ class TaskRun(JobRun):
         """Download an upstream-hosted output into the artifact store, streaming it to disk
         (bounded by `max_output_bytes`)."""
         timeout = httpx.Timeout(self.entry.request_timeout_s, connect=self.entry.connect_timeout_s)
+        # Media is compressed already. Asking for it as it is keeps every chunk the size it
+        # arrives in: a transfer-compressed chunk could inflate to many times that in memory.
+        headers = {"Accept-Encoding": "identity"}
         try:
-            async with self.http.stream("GET", url, timeout=timeout) as response:
+            async with self.http.stream("GET", url, timeout=timeout, headers=headers) as response:
                 if response.status_code != 200:
                     raise UpstreamError(
                         f"fetching output {index} answered HTTP {response.status_code}",

@@ -3,19 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import itertools
+import random
 import time
+import tracemalloc
+import uuid
 import wave
+import weakref
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
-from PIL import Image
+from PIL import Image, ImageChops, ImageSequence, ImageStat
 
+from shared.artifacts import ArtifactStore
 from shared.errors import InvalidRequest
 from shared.settings import TaskModelEntry
 from shared.tasks import TaskSpec
-from worker.task_providers import MediaOutput
-from worker.task_providers.demo import DemoTaskProvider, _render
+from worker.task_providers import MediaOutput, demo
+from worker.task_providers.demo import DemoTaskProvider, _output
 
 ENTRY = TaskModelEntry(provider="demo")
 
@@ -33,11 +42,21 @@ class Recorder:
         self.steps.append((fraction, message))
 
 
+def encode(output: MediaOutput) -> bytes:
+    """The file the output's writer makes."""
+    assert output.write is not None
+    buffer = io.BytesIO()
+    output.write(buffer)
+    return buffer.getvalue()
+
+
 async def run_one(task: TaskSpec, report: Recorder | None = None) -> MediaOutput:
+    """The run's one output, with the file its writer makes as its `data`."""
     outputs = await DemoTaskProvider().run(task, ENTRY, report or Recorder())
     assert len(outputs) == 1
-    assert outputs[0].data is not None and outputs[0].url is None
-    return outputs[0]
+    out = outputs[0]
+    assert out.write is not None and out.data is None and out.url is None
+    return dataclasses.replace(out, data=encode(out), write=None)
 
 
 def open_image(data: bytes) -> Image.Image:
@@ -93,9 +112,97 @@ async def test_video_with_zero_duration_is_one_frame() -> None:
 async def test_tiny_slow_video_keeps_every_frame() -> None:
     # Far more frames than a 16-pixel ball has positions; the GIF must not merge any.
     task = spec("video", width=16, height=16, duration_s=30, fps=10)
-    out = _render(task)  # the encoding alone, without 30 s of pacing
-    assert out.data is not None
-    assert open_image(out.data).n_frames == 300
+    data = encode(_output(task))  # the encoding alone, without 30 s of pacing
+    assert open_image(data).n_frames == 300
+
+
+async def test_every_video_frame_shows_what_was_drawn() -> None:
+    # Frames after the first only redraw what changed, the rest transparent; decoded in
+    # order, every frame must still be the whole picture.
+    task = spec("video", width=96, height=64, duration_s=1, fps=12)
+    gif = open_image(encode(_output(task)))
+    drawn = demo._animation(random.Random(demo._seed(task)), (96, 64), 12)
+    decoded = (frame.convert("RGB") for frame in ImageSequence.Iterator(gif))
+    for want, got in zip(drawn, decoded, strict=True):
+        assert max(ImageStat.Stat(ImageChops.difference(want, got)).mean) < 1
+
+
+class Sizes(io.BytesIO):
+    """A file that notes the size of every write."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[int] = []
+
+    def write(self, data: bytes) -> int:  # type: ignore[override]
+        self.writes.append(memoryview(data).nbytes)
+        return super().write(data)
+
+
+async def test_long_audio_is_written_in_pieces() -> None:
+    out = _output(spec("audio", duration_s=20, sample_rate=16000))
+    assert out.write is not None
+    file = Sizes()
+    out.write(file)
+    longest_note = 2 * round(0.75 * 16000)
+    assert len(file.writes) > 3
+    assert max(file.writes) < demo.AUDIO_CHUNK_BYTES + longest_note
+    with wave.open(io.BytesIO(file.getvalue()), "rb") as wav:
+        assert (wav.getnframes(), wav.getframerate()) == (320_000, 16000)
+    assert len(file.getvalue()) == 44 + 2 * 320_000
+
+
+LARGEST = {
+    "image": {"width": 1024, "height": 1024},
+    "video": {"width": 512, "height": 512, "duration_s": 30, "fps": 10},
+    # The longest tune; a lower rate than the highest keeps it quick under tracemalloc, and
+    # its file is still 3.7 MiB, all of it written in 256 KiB pieces.
+    "audio": {"duration_s": 120, "sample_rate": 16000},
+}
+
+
+@pytest.mark.parametrize("kind", ["image", "video", "audio"])
+async def test_the_largest_outputs_are_written_in_bounded_memory(
+    kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Pillow's pixels are not Python allocations, so video frames are counted separately: at
+    # most the one being drawn and the one before it may be alive at once.
+    frames: list[weakref.ref[Image.Image]] = []
+    most_alive = 0
+    animation = demo._animation
+
+    def counted(*args: Any) -> Iterator[Image.Image]:
+        nonlocal most_alive
+        for frame in animation(*args):
+            frames.append(weakref.ref(frame))
+            most_alive = max(most_alive, sum(ref() is not None for ref in frames))
+            yield frame
+            del frame
+
+    monkeypatch.setattr(demo, "_animation", counted)
+    out = _output(spec(kind, **LARGEST[kind]))
+    assert out.write is not None
+    artifacts = ArtifactStore(tmp_path, max_bytes=1024**3)
+    task_id = uuid.uuid4().hex
+    tracemalloc.start()
+    try:
+        size = await artifacts.write_with(task_id, "0.out", out.write)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * 1024 * 1024
+    data = artifacts.path(task_id, "0.out").read_bytes()
+    assert len(data) == size
+    if kind == "audio":
+        assert size == 44 + 2 * 120 * 16000
+        with wave.open(io.BytesIO(data), "rb") as wav:
+            assert wav.getnframes() == 120 * 16000
+    else:
+        image = open_image(data)
+        assert image.size == (1024, 1024) if kind == "image" else (512, 512)
+    if kind == "video":
+        assert open_image(data).n_frames == 300
+        assert most_alive <= 2
 
 
 async def test_audio_is_a_mono_16_bit_wav() -> None:

@@ -4,8 +4,9 @@ and handles cancellation, timeouts and failures around it."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import IO, Protocol
 
 from shared.settings import TaskModelEntry
 from shared.tasks import TaskSpec
@@ -13,12 +14,16 @@ from shared.tasks import TaskSpec
 
 @dataclass(frozen=True, slots=True)
 class MediaOutput:
-    """One output: its bytes (to store), or the URL where the upstream hosts it (which the
-    run fetches into the artifact store, or passes through, as the model entry says)."""
+    """One output: its bytes (to store); a function that writes it into the file the run
+    stores it in, a piece at a time (for outputs made on the worker, so a large one is never
+    whole in memory; the run calls it in a worker thread); or the URL where the upstream hosts
+    it (which the run fetches into the artifact store, or passes through, as the model entry
+    says)."""
 
     media_type: str | None
     data: bytes | None = None
     url: str | None = None
+    write: Callable[[IO[bytes]], None] | None = None
     width: int | None = None
     height: int | None = None
     duration_s: float | None = None

@@ -3,23 +3,29 @@
 Images are PNGs, videos animated GIFs, audio 16-bit mono WAVs. Everything is drawn from a
 PRNG seeded with `input.seed` (or a hash of the prompt, kind and size), so the same spec
 always yields byte-identical files. A task takes about `input.duration_s` seconds of wall
-time and reports progress along the way, so clients can watch one run like a real job.
+time (its last tenth is the file's encoding, which can run over for the largest outputs) and
+reports progress along the way, so clients can watch one run like a real job.
+
+Files are encoded straight into the artifact store a piece at a time (a frame of video, a few
+seconds of audio), so even the largest demo output never sits whole in a worker's memory.
 """
 
 from __future__ import annotations
 
 import asyncio
 import colorsys
+import functools
 import hashlib
-import io
 import math
 import random
+import struct
 import sys
-import wave
 from array import array
+from collections.abc import Iterator
+from typing import IO
 
 import orjson
-from PIL import Image, ImageDraw
+from PIL import GifImagePlugin, Image, ImageChops, ImageDraw
 
 from shared.settings import TaskModelEntry
 from shared.tasks import TaskSpec, check_demo_input
@@ -33,6 +39,8 @@ STEPS = 10
 # Major pentatonic: any sequence of these notes sounds pleasant, so a random walk is a tune.
 PENTATONIC = (0, 2, 4, 7, 9)
 FADE_S = 0.01
+# Audio is written in pieces of about this many bytes.
+AUDIO_CHUNK_BYTES = 256 * 1024
 
 RGB = tuple[int, int, int]
 
@@ -92,7 +100,7 @@ def _picture(rng: random.Random, size: tuple[int, int]) -> Image.Image:
     return canvas
 
 
-def _animation(rng: random.Random, size: tuple[int, int], count: int) -> list[Image.Image]:
+def _animation(rng: random.Random, size: tuple[int, int], count: int) -> Iterator[Image.Image]:
     colours = _colours(rng, 4)
     backdrop = _backdrop(rng, size, colours[0], colours[1])
     width, height = size
@@ -102,7 +110,6 @@ def _animation(rng: random.Random, size: tuple[int, int], count: int) -> list[Im
     # GIF encoders merge identical consecutive frames, which would change the frame count of
     # tiny or slow clips; a binary frame counter along the bottom edge keeps each distinct.
     cell = max(1, width // 64)
-    frames: list[Image.Image] = []
     for i in range(count):
         t = i / max(1, count - 1)
         frame = backdrop.copy()
@@ -116,66 +123,131 @@ def _animation(rng: random.Random, size: tuple[int, int], count: int) -> list[Im
             shade = 255 if (i >> bit) & 1 else 0
             box = (bit * cell, height - cell, (bit + 1) * cell - 1, height - 1)
             draw.rectangle(box, fill=(shade, shade, shade))
-        frames.append(frame)
-    return frames
+        yield frame
 
 
-def _melody(rng: random.Random, duration_s: float, rate: int) -> array[int]:
+def _melody(rng: random.Random, duration_s: float, rate: int) -> Iterator[array[int]]:
+    """The tune's samples, one note at a time."""
     total = round(duration_s * rate)
-    samples = array("h", bytes(2 * total))
     root = rng.choice((196.0, 220.0, 246.94, 261.63))
     amplitude = 0.3 * 32767
     fade = max(1, round(FADE_S * rate))
+    # A tune has only about 30 distinct notes (ten pitches, three lengths, and a cut-short
+    # last one), so each is synthesised once: a few seconds of samples per pitch at most,
+    # whatever the tune's length.
+    notes: dict[tuple[int, int], array[int]] = {}
     pos = 0
     while pos < total:
         length = min(total - pos, round(rate * rng.choice((0.25, 0.25, 0.5, 0.75))))
         semitones = rng.choice(PENTATONIC) + 12 * rng.choice((0, 0, 1))
-        step = 2 * math.pi * root * 2 ** (semitones / 12) / rate
-        # Each note rises from and falls back to silence, so note boundaries do not click.
-        for n in range(length):
-            envelope = min(1.0, n / fade, (length - 1 - n) / fade)
-            samples[pos + n] = round(amplitude * envelope * math.sin(step * n))
+        note = notes.get((length, semitones))
+        if note is None:
+            step = 2 * math.pi * root * 2 ** (semitones / 12) / rate
+            note = array("h", bytes(2 * length))
+            # Each note rises from and falls back to silence, so note boundaries do not click.
+            for n in range(length):
+                envelope = min(1.0, n / fade, (length - 1 - n) / fade)
+                note[n] = round(amplitude * envelope * math.sin(step * n))
+            notes[(length, semitones)] = note
+        yield note
         pos += length
-    return samples
 
 
-def _render(spec: TaskSpec) -> MediaOutput:
+def _write_png(spec: TaskSpec, out: IO[bytes]) -> None:
     rng = random.Random(_seed(spec))
-    buffer = io.BytesIO()
-    if spec.kind == "image":
-        width, height = _size(spec)
-        _picture(rng, (width, height)).save(buffer, format="PNG")
-        return MediaOutput("image/png", buffer.getvalue(), width=width, height=height)
-    if spec.kind == "video":
-        width, height = _size(spec)
-        fps = spec.input.fps or DEFAULT_FPS
-        frames = _animation(rng, (width, height), _frame_count(spec))
-        frames[0].save(
-            buffer,
-            format="GIF",
-            save_all=True,
-            append_images=frames[1:],
-            duration=round(1000 / fps),
-            loop=0,
-        )
-        return MediaOutput(
-            "image/gif",
-            buffer.getvalue(),
-            width=width,
-            height=height,
-            frames=len(frames),
-            duration_s=len(frames) / fps,
-        )
+    # Pillow encodes into `out` block by block; only the picture itself is held.
+    _picture(rng, _size(spec)).save(out, format="PNG")
+
+
+def _write_gif(spec: TaskSpec, out: IO[bytes]) -> None:
+    """An animated GIF, encoded frame by frame as the frames are drawn: only the frame being
+    drawn and the one before it are ever held."""
+    rng = random.Random(_seed(spec))
+    width, height = _size(spec)
+    delay_ms = round(1000 / (spec.input.fps or DEFAULT_FPS))
+    # GIF89a header: no global colour table (each frame brings its own), colour resolution 8.
+    out.write(b"GIF89a" + struct.pack("<HHBBB", width, height, 0x70, 0, 0))
+    # The NETSCAPE2.0 application extension: loop forever.
+    out.write(b"!\xff\x0bNETSCAPE2.0\x03\x01\x00\x00\x00")
+    whole = (0, 0, width, height)
+    previous: Image.Image | None = None
+    for frame in _animation(rng, (width, height), _frame_count(spec)):
+        params: dict[str, object] = {"duration": delay_ms, "include_color_table": True}
+        if previous is None:
+            box = whole
+            indexed = frame.convert("P", palette=Image.Palette.ADAPTIVE)
+        else:
+            # Later frames redraw only the rectangle that changed, and inside it every pixel
+            # that did not change is transparent (the one before shows through), as Pillow's
+            # own encoder does: far smaller files.
+            changed = _changed(previous, frame)
+            box = changed.getbbox() or (0, 0, 1, 1)  # unchanged: one transparent pixel
+            indexed = frame.crop(box).convert("P", palette=Image.Palette.ADAPTIVE, colors=255)
+            palette = indexed.getpalette() or []
+            clear = len(palette) // 3  # one past the colours used: the transparent index
+            indexed.putpalette([*palette, 0, 0, 0])
+            indexed.paste(clear, mask=changed.crop(box).point([255, *(0,) * 255], "1"))
+            params["transparency"] = clear
+        for piece in GifImagePlugin.getdata(indexed, box[:2], **params):
+            out.write(piece)
+        previous = frame
+    out.write(b";")
+
+
+def _changed(before: Image.Image, after: Image.Image) -> Image.Image:
+    """A mask, nonzero wherever the two RGB frames differ in any band."""
+    red, green, blue = ImageChops.difference(before, after).split()
+    return ImageChops.lighter(ImageChops.lighter(red, green), blue)
+
+
+def _write_wav(spec: TaskSpec, out: IO[bytes]) -> None:
+    """A 16-bit mono PCM WAV: the header (the length is known up front), then the samples
+    a batch of notes at a time."""
+    rng = random.Random(_seed(spec))
     rate = spec.input.sample_rate or DEFAULT_SAMPLE_RATE
-    samples = _melody(rng, _duration(spec), rate)
+    data_bytes = 2 * round(_duration(spec) * rate)
+    fmt = struct.pack("<HHIIHH", 1, 1, rate, 2 * rate, 2, 16)  # PCM, mono, 16-bit
+    out.write(b"RIFF" + struct.pack("<I", 36 + data_bytes) + b"WAVE")
+    out.write(b"fmt " + struct.pack("<I", len(fmt)) + fmt)
+    out.write(b"data" + struct.pack("<I", data_bytes))
+    batch = array("h")
+    for note in _melody(rng, _duration(spec), rate):
+        batch.extend(note)
+        if 2 * len(batch) >= AUDIO_CHUNK_BYTES:
+            _write_samples(out, batch)
+            batch = array("h")
+    _write_samples(out, batch)
+
+
+def _write_samples(out: IO[bytes], samples: array[int]) -> None:
     if sys.byteorder == "big":
         samples.byteswap()  # WAV is little-endian
-    with wave.open(buffer, "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(rate)
-        out.writeframes(samples.tobytes())
-    return MediaOutput("audio/wav", buffer.getvalue(), duration_s=len(samples) / rate)
+    out.write(samples)
+
+
+def _output(spec: TaskSpec) -> MediaOutput:
+    """The task's output: its description, and the function that encodes it into the file it
+    is stored in (which the task run calls)."""
+    if spec.kind == "image":
+        width, height = _size(spec)
+        write = functools.partial(_write_png, spec)
+        return MediaOutput("image/png", write=write, width=width, height=height)
+    if spec.kind == "video":
+        width, height = _size(spec)
+        frames = _frame_count(spec)
+        return MediaOutput(
+            "image/gif",
+            write=functools.partial(_write_gif, spec),
+            width=width,
+            height=height,
+            frames=frames,
+            duration_s=frames / (spec.input.fps or DEFAULT_FPS),
+        )
+    rate = spec.input.sample_rate or DEFAULT_SAMPLE_RATE
+    duration_s = round(_duration(spec) * rate) / rate
+    return MediaOutput(
+        "audio/wav", write=functools.partial(_write_wav, spec), duration_s=duration_s
+    )
 
 
 def _messages(spec: TaskSpec) -> list[str]:
@@ -214,20 +286,12 @@ class DemoTaskProvider:
         duration = _duration(spec)
         loop = asyncio.get_running_loop()
         start = loop.time()
-        # Render while the progress ticks, so the task takes about `duration` seconds in all
-        # (unless rendering itself is slower) instead of duration plus rendering time.
-        render = asyncio.ensure_future(asyncio.to_thread(_render, spec))
-        try:
-            for i, message in enumerate(_messages(spec)):
-                # Pace against absolute deadlines so the total does not drift with reporting.
-                delay = start + duration * i / STEPS - loop.time()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                await report.progress(round(0.05 + 0.9 * i / (STEPS - 1), 3), message)
-            delay = start + duration - loop.time()
+        for i, message in enumerate(_messages(spec)):
+            # Pace against absolute deadlines so the total does not drift with reporting.
+            delay = start + duration * i / STEPS - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
-            return [await render]
-        finally:
-            # The thread cannot be stopped; cancelling just drops its result.
-            render.cancel()
+            await report.progress(round(0.05 + 0.9 * i / (STEPS - 1), 3), message)
+        # The last step, encoding, is the run storing the output: the file is encoded straight
+        # into the artifact store then, so it fills the last tenth of the time.
+        return [_output(spec)]
