@@ -27,10 +27,15 @@ from api.routes import (
 from shared.artifacts import ArtifactStore
 from shared.auth import KeyStore
 from shared.hooks import HookStore
-from shared.limits import Admission
+from shared.limits import Admission, RedisMemory
 from shared.queue import ArqJobQueue
 from shared.reaper import Reaper
-from shared.redis import close_data_redis, create_control_redis, create_data_redis
+from shared.redis import (
+    client_name,
+    close_data_redis,
+    create_control_redis,
+    create_data_redis,
+)
 from shared.settings import Settings
 from shared.store import StreamStore
 from shared.supervise import cancel_and_wait, supervise
@@ -46,15 +51,30 @@ def create_app(settings: Settings) -> FastAPI:
         # by every request (multiplexed), the stream hub's pub/sub, and a few for arq,
         # whose enqueue WATCHes keys. With the streams on their own Redis (a Cluster), the
         # shared one is per Redis, and the cluster client holds a pool per node.
-        control = create_control_redis(settings, multiplexed=True)
-        redis = (
-            control if settings.queue_url is None else create_data_redis(settings, multiplexed=True)
+        # A request's commands wait for Redis `redis_request_timeout_s` at most: a stalled
+        # Redis answers 503, not a hang. Each connection is named for this process and its
+        # use, as CLIENT LIST shows it.
+        bound = settings.redis_request_timeout_s
+        control = create_control_redis(
+            settings, multiplexed=True, name=client_name("api", "mux"), command_timeout=bound
         )
-        queue_redis = create_control_redis(settings, max_connections=QUEUE_CONNECTIONS)
+        redis = (
+            control
+            if settings.queue_url is None
+            else create_data_redis(
+                settings, multiplexed=True, name=client_name("api", "data"), command_timeout=bound
+            )
+        )
+        queue_redis = create_control_redis(
+            settings, max_connections=QUEUE_CONNECTIONS, name=client_name("api", "queue")
+        )
         store = StreamStore(redis, settings, control)
-        hub = StreamHub(redis, store, tick_s=settings.keepalive_interval_s)
+        hub = StreamHub(
+            redis, store, tick_s=settings.keepalive_interval_s, name=client_name("api", "hub")
+        )
         queue = ArqJobQueue(queue_redis)
         hooks = HookStore(redis, control, settings.task_retention_s)
+        memory = RedisMemory(redis, settings)  # the streams' Redis: where a job grows
         app.state.services = Services(
             settings=settings,
             redis=redis,
@@ -62,14 +82,18 @@ def create_app(settings: Settings) -> FastAPI:
             store=store,
             queue=queue,
             keys=KeyStore(control),
-            admission=Admission(control, settings),
+            admission=Admission(control, settings, memory),
             metrics=app.state.metrics,
             hooks=hooks,
             tasks=TaskViews(store, hooks, settings.public_base_url),
             artifacts=ArtifactStore(settings.artifacts_root, settings.max_output_bytes),
             hub=hub,
         )
-        background = [supervise("stream-hub", hub.run), supervise("hub-ticks", hub.tick_forever)]
+        background = [
+            supervise("stream-hub", hub.run),
+            supervise("hub-ticks", hub.tick_forever),
+            supervise("redis-memory", memory.watch),
+        ]
         if settings.abandon_grace_s is not None:
             # Only the abandoned-stream policy reads these marks.
             background.append(supervise("reader-marks", hub.mark_readers_forever))

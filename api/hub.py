@@ -15,7 +15,9 @@ hub hands it, dropping what it already has. A reader subscribes before it reads 
 stream, so nothing falls between the two.
 
 If the pub/sub connection drops, the hub reconnects and every reader reads back what it
-may have missed; if Redis cannot be reached, every reader ends with the error.
+may have missed; if Redis cannot be reached, every reader ends with the error. A reader's
+own reads that Redis does not answer in time (a stall) are tried again at its next tick:
+whether Redis is gone is the hub's pings' call, not one slow read's.
 """
 
 from __future__ import annotations
@@ -30,11 +32,12 @@ from redis.asyncio.connection import AbstractConnection, Connection
 from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import MovedError, RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared import events as ev
 from shared import keys
 from shared.errors import ResumePointExpired, StreamNotFound
-from shared.redis import DataRedis
+from shared.redis import DataRedis, RedisOutage
 from shared.store import Entry, StreamStore
 
 log = logging.getLogger(__name__)
@@ -42,6 +45,7 @@ log = logging.getLogger(__name__)
 QUEUE_LIMIT = 256  # entries waiting for one reader before it reads the stream itself
 CATCH_UP_PAGE = 256  # entries per read when catching up
 PING_INTERVAL_S = 5.0  # the hub's connection is pinged this often, and must answer
+HANDSHAKE_TIMEOUT_S = 5.0  # a new connection must be set up (connect, name) within this
 READER_MARK_INTERVAL_S = 1.0
 RECONNECT_BACKOFF_S = (0.05, 0.2, 0.5, 1.0, 2.0)
 
@@ -83,6 +87,7 @@ class Reader:
         "hub",
         "next_seq",
         "queue",
+        "stalled",
         "sub",
         "ticked",
         "waiter",
@@ -102,9 +107,11 @@ class Reader:
         self.finished = False
         self.gone = False  # its client disconnected
         self.ticked = False
+        self.stalled = False  # its last read timed out: the next waits for a tick
         self._last = asyncio.get_running_loop().time()  # when it last had something
 
     def push(self, entries: list[Entry]) -> None:
+        self.stalled = False  # Redis is talking again: a read it owes may go now
         if len(self.queue) >= QUEUE_LIMIT:
             # Too far behind to keep holding entries for it: it reads them from the stream.
             self.queue = []
@@ -157,10 +164,13 @@ class StreamHub:
     """Listens for the streams this process's readers follow. `tick_s` is how long a
     reader may sit idle before it is woken for a keep-alive (and a look at the stream)."""
 
-    def __init__(self, redis: DataRedis, store: StreamStore, *, tick_s: float) -> None:
+    def __init__(
+        self, redis: DataRedis, store: StreamStore, *, tick_s: float, name: str | None = None
+    ) -> None:
         self.redis = redis
         self.store = store
         self.tick_s = tick_s
+        self.name = name  # the client name of its connections in Redis
         self.draining = False
         self.sharded = isinstance(redis, RedisCluster)
         self._subs: dict[bytes, _Sub] = {}
@@ -217,11 +227,16 @@ class StreamHub:
                     raise reader.error
                 if reader.gone or (reader.drained and drainable):
                     return
-                if reader.catch_up and reader.sub.confirmed:
+                if reader.catch_up and reader.sub.confirmed and not reader.stalled:
                     reader.catch_up = False
-                    page = await store.read(
-                        stream_id, reader.after, block_ms=None, count=CATCH_UP_PAGE
-                    )
+                    try:
+                        page = await store.read(
+                            stream_id, reader.after, block_ms=None, count=CATCH_UP_PAGE
+                        )
+                    except RedisTimeoutError:
+                        # Redis is slow or stalled: read again at the next tick.
+                        reader.catch_up = reader.stalled = True
+                        continue
                     if len(page) == CATCH_UP_PAGE:
                         reader.catch_up = True  # more to read
                     if page and page[0].seq > reader.next_seq:
@@ -232,10 +247,14 @@ class StreamHub:
                     queued, reader.queue = reader.queue, []
                     batch = reader.accept(queued)
                 elif reader.ticked:
-                    reader.ticked = False
-                    await self._look(reader)
-                    if reader.finished or reader.catch_up:
-                        continue
+                    reader.ticked = reader.stalled = False
+                    try:
+                        await self._look(reader)
+                    except RedisTimeoutError:
+                        reader.stalled = True  # Redis is slow or stalled: look next tick
+                    else:
+                        if reader.finished or reader.catch_up:
+                            continue
                     yield None
                     continue
                 else:
@@ -397,11 +416,25 @@ class StreamHub:
             # A connection of its own, whatever the node's commands go over (see
             # shared.redis_mux.NodeMuxLease).
             kwargs = {k: v for k, v in node.connection_kwargs.items() if k != "muxes"}
-            conn: AbstractConnection = Connection(**{**kwargs, "socket_timeout": None})
+            connection_class: type[AbstractConnection] = Connection
         else:
-            pool = self.redis.connection_pool
-            conn = pool.connection_class(**{**pool.connection_kwargs, "socket_timeout": None})
-        await conn.connect()  # type: ignore[no-untyped-call]
+            kwargs = self.redis.connection_pool.connection_kwargs
+            connection_class = self.redis.connection_pool.connection_class
+        options = {**kwargs, "socket_timeout": None}
+        if self.name is not None:
+            options["client_name"] = self.name
+        conn = connection_class(**options)
+        # Reads on it never time out, so its setup is bounded here: a frozen Redis accepts
+        # the TCP connection and then answers nothing.
+        try:
+            async with asyncio.timeout(HANDSHAKE_TIMEOUT_S):
+                await conn.connect()  # type: ignore[no-untyped-call]
+        except BaseException as exc:
+            await conn.disconnect(nowait=True)
+            if isinstance(exc, TimeoutError):
+                message = f"redis did not answer within {HANDSHAKE_TIMEOUT_S:g}s"
+                raise RedisTimeoutError(message) from None
+            raise
         return conn
 
     def _deliver(self, channel: bytes, data: bytes) -> None:
@@ -425,6 +458,7 @@ class StreamHub:
         if sub is not None and sub.link is link and not sub.confirmed:
             sub.confirmed = True
             for reader in sub.readers:
+                reader.stalled = False
                 reader.wake()
 
     def _dropped(self, link: _Link, channel: bytes) -> None:
@@ -496,33 +530,38 @@ class _Link:
         self._unconfirmed.pop(channel, None)
 
     async def run(self) -> None:
-        failures = 0
+        """Connect, serve, and connect again, whatever goes wrong (Redis down, frozen or
+        refusing clients at `maxclients`): the link ends only with the hub."""
+        loop = asyncio.get_running_loop()
+        outage = RedisOutage(f"stream hub ({self.name})", RECONNECT_BACKOFF_S)
         while True:
             try:
                 conn = await self.hub._connect(self)
-            except (RedisError, OSError) as exc:
+            except Exception as exc:
                 # Readers would wait on a link that cannot hear: they end with the error.
                 self.hub._fail(self, exc)
-                delay = RECONNECT_BACKOFF_S[min(failures, len(RECONNECT_BACKOFF_S) - 1)]
-                failures += 1
-                log.warning("stream hub cannot reach %s (%s); retrying in %.2fs",
-                            self.name, exc, delay)  # fmt: skip
                 if self.hub.sharded and not self.channels:
                     # A node with nothing to listen to is not waited for: a new reader
                     # starts a new link.
                     self.hub._links.pop(self.name, None)
                     return
-                await asyncio.sleep(delay)
+                await outage.wait(exc)
                 continue
-            failures = 0
+            outage.ok()
+            started = loop.time()
             try:
                 await self._serve(conn)
             except (RedisError, OSError) as exc:
                 log.warning("stream hub lost its connection to %s (%s); reconnecting",
                             self.name, exc)  # fmt: skip
-                self.hub._refresh_soon(self.channels)
+            except Exception:
+                log.exception("stream hub connection to %s failed; reconnecting", self.name)
             finally:
                 await conn.disconnect(nowait=True)
+            self.hub._refresh_soon(self.channels)
+            if loop.time() - started < PING_INTERVAL_S:
+                # Dropped as soon as it was made: not a reconnect loop at full speed.
+                await asyncio.sleep(RECONNECT_BACKOFF_S[-1])
 
     async def _serve(self, conn: AbstractConnection) -> None:
         # A new connection: every channel is subscribed again, and every reader reads back

@@ -29,6 +29,7 @@ from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
 from shared import keys, scripts
+from shared.redis import RedisOutage
 
 log = logging.getLogger(__name__)
 
@@ -164,17 +165,16 @@ class _WakeableWorker(Worker):
         self.ctx["redis"] = self.pool
         if self.on_startup:
             await self.on_startup(self.ctx)
-        failures = 0
+        # Redis restarting, failing over, stalled or refusing clients at `maxclients`:
+        # keep the process, poll again shortly.
+        outage = RedisOutage("queue poll", (0.1, 0.2, 0.4, 0.8, 1.6, 2.0))
         while True:
             self.wake.clear()
             try:
                 await self._poll_iteration()
-                failures = 0
+                outage.ok()
             except RedisError as exc:
-                # Redis restarting or failing over: keep the process, poll again shortly.
-                failures += 1
-                log.warning("queue poll failed (%s); retrying", exc)
-                await asyncio.sleep(min(2.0, 0.05 * 2**failures))
+                await outage.wait(exc)
                 continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), self.poll_delay_s)

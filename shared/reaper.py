@@ -23,6 +23,7 @@ from redis.exceptions import RedisError
 from shared import events as ev
 from shared.errors import FenceLost
 from shared.queue import GENERATE, JobQueue
+from shared.redis import RedisOutage
 from shared.settings import Settings
 from shared.store import Status, StreamStore
 
@@ -55,6 +56,9 @@ class Reaper:
         loop = asyncio.get_running_loop()
         last_ok = loop.time()
         hold_until = 0.0
+        # Whatever Redis does (refuses clients at `maxclients`, stalls, restarts), the next
+        # sweep tries again: the reaper never needs its process restarted.
+        outage = RedisOutage("reaper")
         while True:
             try:
                 if loop.time() - last_ok > 2 * self.interval_s:
@@ -65,8 +69,9 @@ class Reaper:
                 else:
                     await self.store.server_time_ms()
                 last_ok = loop.time()
+                outage.ok()
             except RedisError as exc:
-                log.warning("reaper cannot reach redis: %s", exc)
+                outage.failed(exc)
             await asyncio.sleep(self.interval_s)
 
     async def sweep(self) -> int:
@@ -85,7 +90,13 @@ class Reaper:
         self._held = False
         acted = 0
         for stream_id in await self.store.due_for_reaping(now_ms):
-            acted += await self.settle(stream_id)
+            try:
+                acted += await self.settle(stream_id)
+            except RedisError:
+                raise
+            except Exception:
+                # One job that cannot be settled does not keep the others from being.
+                log.exception("stream %s: reaping failed", stream_id)
         return acted
 
     async def settle(self, stream_id: str) -> int:

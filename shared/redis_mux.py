@@ -8,6 +8,16 @@ connections are leases on one multiplexed connection: plain commands, pipelines 
 MULTI/EXEC transactions all work, since a caller's commands are written together and in
 order. Blocking commands (XREAD BLOCK, BLPOP, SUBSCRIBE) and WATCH would stall or break the
 shared connection and must not be sent through it.
+
+With a `command_timeout`, a caller waits that long for its replies at most (a Redis that
+stalls answers an API request with an error, not a hang). The connection is not torn down
+for it: a late reply is read and dropped in its turn, and only the socket's own timeout
+tells a dead connection from a slow one. Once a caller has timed out, Redis (which
+answers in order) is taken for stalled, and new commands fail at once instead of queueing
+behind it, until the next reply comes.
+
+After a failed connect, commands fail at once for a short, growing while instead of each
+trying again (a Redis refusing clients is not hammered with connects).
 """
 
 from __future__ import annotations
@@ -23,8 +33,10 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 _NO_RETRY = Retry(NoBackoff(), 0)
+CONNECT_BACKOFF_S = (0.05, 0.1, 0.2, 0.5)  # after 1, 2, 3, more failed connects in a row
 
 
 class _Packed(list[bytes]):
@@ -37,8 +49,13 @@ class Mux:
     """The shared connection: an outbox flushed once per loop turn, and a reader that
     resolves the callers' futures in the order their commands were written."""
 
-    def __init__(self, make_connection: Callable[[], AbstractConnection]) -> None:
+    def __init__(
+        self,
+        make_connection: Callable[[], AbstractConnection],
+        command_timeout: float | None = None,
+    ) -> None:
         self._make_connection = make_connection
+        self.command_timeout = command_timeout
         self._conn: AbstractConnection | None = None
         self._connecting: asyncio.Task[None] | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -47,6 +64,19 @@ class Mux:
         self._flush_scheduled = False
         self._replies_due = asyncio.Event()
         self._closed = False
+        self._connect_failures = 0
+        self._connect_error: Exception | None = None
+        self._retry_connect_at = 0.0
+        self._stalled = False  # a caller timed out, and no reply has come since
+
+    @property
+    def stalled(self) -> bool:
+        return self._stalled
+
+    def timed_out(self) -> None:
+        """A caller's `command_timeout` ran out: until Redis answers again (or the
+        connection is made anew), new commands fail at once."""
+        self._stalled = bool(self._waiting) or self._connecting is not None
 
     @property
     def connection(self) -> AbstractConnection:
@@ -70,8 +100,13 @@ class Mux:
             return
         conn = self.connection
         if not conn.is_connected or self._reader is None or self._reader.done():
-            if self._connecting is None:
-                self._connecting = asyncio.ensure_future(self._connect())
+            if self._connecting is not None:
+                return
+            error = self._connect_error
+            if error is not None and asyncio.get_running_loop().time() < self._retry_connect_at:
+                self._fail_outbox(error)  # the last connect failed a moment ago
+                return
+            self._connecting = asyncio.ensure_future(self._connect())
             return
         outbox, self._outbox = self._outbox, []
         chunks: list[bytes] = []
@@ -91,16 +126,27 @@ class Mux:
             await conn.disconnect()
             await conn.connect()  # type: ignore[no-untyped-call]
         except Exception as exc:
-            outbox, self._outbox = self._outbox, []
-            for _, futures in outbox:
-                for future in futures:
-                    if not future.done():
-                        future.set_exception(_as_connection_error(exc))
+            error = _as_connection_error(exc)
+            delay = CONNECT_BACKOFF_S[min(self._connect_failures, len(CONNECT_BACKOFF_S) - 1)]
+            self._connect_failures += 1
+            self._connect_error = error
+            self._retry_connect_at = asyncio.get_running_loop().time() + delay
+            self._fail_outbox(error)
             return
         finally:
             self._connecting = None
+            self._stalled = False
+        self._connect_failures = 0
+        self._connect_error = None
         self._reader = asyncio.ensure_future(self._read_replies(conn))
         self._flush()
+
+    def _fail_outbox(self, error: Exception) -> None:
+        outbox, self._outbox = self._outbox, []
+        for _, futures in outbox:
+            for future in futures:
+                if not future.done():
+                    future.set_exception(error)
 
     async def _read_replies(self, conn: AbstractConnection) -> None:
         while True:
@@ -118,6 +164,7 @@ class Mux:
             except Exception as exc:
                 self._broken(_as_connection_error(exc))
                 return
+            self._stalled = False
             future = self._waiting.popleft()
             if future.done():
                 continue  # its caller gave up; the reply is still consumed in order
@@ -128,6 +175,7 @@ class Mux:
 
     def _broken(self, error: Exception) -> None:
         """Every command in flight fails; the next one reconnects."""
+        self._stalled = False
         waiting, self._waiting = self._waiting, deque()
         for future in waiting:
             if not future.done():
@@ -178,6 +226,7 @@ class MuxLease:
     def __init__(self, mux: Mux) -> None:
         self._mux = mux
         self._replies: deque[asyncio.Future[Any]] = deque()
+        self._deadline: float | None = None  # when its caller stops waiting for replies
 
     @property
     def mux(self) -> Mux:
@@ -196,18 +245,44 @@ class MuxLease:
     async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
         chunks: list[bytes] = [command] if isinstance(command, bytes) else list(command)
         replies = command.replies if isinstance(command, _Packed) else 1
-        self._replies.extend(self.mux.submit(chunks, replies))
+        mux = self.mux
+        if mux.stalled:
+            raise RedisTimeoutError(
+                f"redis has not answered for over {mux.command_timeout:g}s (stalled)"
+            )
+        if mux.command_timeout is not None and not self._replies:
+            # One bound for what the caller sends before reading (a whole pipeline); a
+            # lease the cluster client reuses starts a new one with its next command.
+            self._deadline = asyncio.get_running_loop().time() + mux.command_timeout
+        self._replies.extend(mux.submit(chunks, replies))
 
     async def send_command(self, *args: Any, **kwargs: Any) -> None:
         await self.send_packed_command(self.pack_command(*args))
 
     async def read_response(self, *args: Any, **kwargs: Any) -> Any:
-        return await self._replies.popleft()
+        future = self._replies.popleft()
+        if self._deadline is None or future.done():
+            return await future
+        left = self._deadline - asyncio.get_running_loop().time()
+        try:
+            # On timeout the future is cancelled: the mux reads its reply and drops it.
+            return await asyncio.wait_for(future, max(left, 0.0))
+        except TimeoutError:
+            self.mux.timed_out()
+            raise RedisTimeoutError(
+                f"redis did not answer within {self.mux.command_timeout:g}s"
+            ) from None
 
     async def connect(self) -> None:
         return None
 
     async def disconnect(self, nowait: bool = False) -> None:
+        # Replies nobody will read (a pipeline that failed halfway) are dropped when they come.
+        for future in self._replies:
+            if not future.done():
+                future.cancel()
+            elif not future.cancelled():
+                future.exception()  # seen: not reported as an error nobody retrieved
         self._replies.clear()
 
 
@@ -216,9 +291,9 @@ class MuxPool(ConnectionPool):
     the module's docstring). `connection_class` and `connection_kwargs` stay available for
     components that need a connection of their own (the stream hub's pub/sub)."""
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, *, command_timeout: float | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.mux = Mux(self.make_connection)
+        self.mux = Mux(self.make_connection, command_timeout)
 
     async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
         return MuxLease(self.mux)
@@ -238,14 +313,15 @@ class NodeMuxes:
     """The multiplexed connections of a Redis Cluster client, one per node: what
     `NodeMuxLease` (the cluster client's connection class) shares."""
 
-    def __init__(self) -> None:
+    def __init__(self, command_timeout: float | None = None) -> None:
         self._muxes: dict[tuple[str, int], Mux] = {}
+        self.command_timeout = command_timeout
 
     def get(self, kwargs: dict[str, Any]) -> Mux:
         key = (str(kwargs["host"]), int(kwargs["port"]))
         mux = self._muxes.get(key)
         if mux is None:
-            mux = self._muxes[key] = Mux(lambda: Connection(**kwargs))
+            mux = self._muxes[key] = Mux(lambda: Connection(**kwargs), self.command_timeout)
         return mux
 
     async def close(self) -> None:

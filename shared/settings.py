@@ -189,6 +189,10 @@ class Settings(BaseSettings):
     upstream_backoff_max_s: float = Field(default=8.0, ge=0)
     upstream_retry_after_max_s: float = Field(default=30.0, ge=0)
     redis_retry_s: float = Field(default=10.0, ge=0)
+    # How long an API process waits for Redis to answer one round trip of a request (a
+    # stalled Redis then answers 503 redis_unavailable instead of a hang). Blocking reads
+    # and the workers' writes (which ride outages out for redis_retry_s) are not cut by it.
+    redis_request_timeout_s: float = Field(default=3.0, gt=0)
     on_disconnect: Literal["continue", "cancel"] = "continue"
     abandon_grace_s: float | None = Field(default=None, gt=0)
     worker_max_jobs: int = Field(default=200, ge=1)

@@ -8,7 +8,7 @@ from typing import Any
 import uvloop
 
 from shared.queue import DELIVER_WEBHOOK, GENERATE, QueueConsumer
-from shared.redis import create_control_redis, create_data_redis
+from shared.redis import client_name, create_control_redis, create_data_redis
 from shared.settings import Settings
 from worker.runtime import WorkerRuntime
 
@@ -24,10 +24,18 @@ async def deliver_webhook(ctx: dict[str, Any], task_id: str, seq: int, attempt: 
 
 
 def build_consumer(settings: Settings) -> QueueConsumer:
-    redis = create_control_redis(settings)
-    shared_redis = create_control_redis(settings, multiplexed=True)
+    # Each connection is named for this process and its use, as CLIENT LIST shows it. The
+    # runs' writes ride a Redis outage out for `redis_retry_s`: no per-command bound here.
+    redis = create_control_redis(settings, name=client_name("worker", "pool"))
+    shared_redis = create_control_redis(
+        settings, multiplexed=True, name=client_name("worker", "mux")
+    )
     # The streams' Redis, when it is not the queue's (a Cluster): a client of its own.
-    data = None if settings.queue_url is None else create_data_redis(settings, multiplexed=True)
+    data = (
+        None
+        if settings.queue_url is None
+        else create_data_redis(settings, multiplexed=True, name=client_name("worker", "data"))
+    )
     runtime = WorkerRuntime(settings, redis, shared_redis, data)
     return QueueConsumer(
         # arq's own per-job reads and writes (no WATCH, nothing blocking) share the

@@ -16,12 +16,14 @@ import logging
 from typing import Any
 
 import orjson
+from redis.exceptions import RedisError
 
 from shared import events as ev
 from shared import keys
 from shared.errors import StreamExpired, StreamNotFound
 from shared.hooks import HookMessage, HookStore
 from shared.queue import DELIVER_WEBHOOK, JobQueue
+from shared.redis import RedisOutage
 from shared.store import Entry, JobRecord, StreamStore
 from shared.task_view import TaskViews
 from shared.tasks import DEFAULT_WEBHOOK_EVENTS
@@ -67,8 +69,16 @@ class WebhookDispatcher:
         self.offset = 0
 
     async def run_forever(self) -> None:
+        # Redis out of reach (down, stalled, refusing clients at `maxclients`): wait a
+        # little, longer each time up to a bound, and read again from the cursors in Redis.
+        outage = RedisOutage("webhook dispatcher")
         while True:
-            await self.step()
+            try:
+                await self.step()
+            except RedisError as exc:
+                await outage.wait(exc)
+                continue
+            outage.ok()
 
     async def step(self) -> int:
         """One blocking read over every pending task; returns the events handled."""

@@ -1,10 +1,13 @@
 """Redis frozen (SIGSTOP) under load, for up to twice the lease: no healthy stream is taken
 for a dead worker's. Leases run out by Redis' clock while nobody can renew them; the
-reapers see the gap in their own stamps and give the workers a lease period to renew."""
+reapers see the gap in their own stamps and give the workers a lease period to renew.
+Requests that arrive during a stall answer 503 within `redis_request_timeout_s`, and the
+API's connections outlive the stall."""
 
 from __future__ import annotations
 
 import signal
+import threading
 import time
 
 import httpx
@@ -13,12 +16,16 @@ import pytest
 from tests.faults.conftest import (
     LEASE_S,
     FaultCluster,
+    Reading,
+    chat,
     full_replay,
     measure,
+    read_some,
     read_to_the_end,
     result_text,
     start_readers,
 )
+from tests.processes import wait_ready
 
 pytestmark = pytest.mark.faults
 
@@ -45,3 +52,84 @@ def test_a_redis_stall_is_not_a_worker_death(healthy: FaultCluster, stall_s: flo
             assert r.text() == result_text(healthy.urls[0], r.stream_id)
             assert full_replay(client, healthy.urls[1], r.stream_id).events == r.events
         measure(f"redis frozen {stall_s:.1f}s (lease {LEASE_S}s): 10 of 10 streams went on")
+
+
+REQUEST_BOUND_S = 3.0  # the default redis_request_timeout_s
+STALL_S = 6.0
+
+
+def mux_ids(cluster: FaultCluster) -> dict[str, str]:
+    """Each API process's multiplexed connection to Redis, by its client name."""
+    names = {f"spool-api-{api.process.pid}-mux" for api in cluster.apis}
+    clients = cluster.redis_client().client_list()
+    return {c["name"]: c["id"] for c in clients if c["name"] in names}
+
+
+def test_requests_during_a_redis_stall_get_503_within_the_bound(healthy: FaultCluster) -> None:
+    process = healthy.redis.process
+    assert process is not None
+    with httpx.Client(timeout=30) as client:
+        done = Reading()
+        read_some(client, done, healthy.urls[0], body=chat("fault-demo", "before the stall"))
+        assert done.finished
+        before = mux_ids(healthy)
+        assert len(before) == len(healthy.apis)
+        requests = [
+            ("POST", "/v1/chat/completions", chat("fault-demo", "during the stall")),
+            ("POST", "/v1/chat/completions", {**chat("fault-demo", "not streamed"), "stream": False}),
+            ("GET", f"/v1/streams/{done.stream_id}/result", None),
+            ("GET", f"/v1/streams/{done.stream_id}", None),
+            ("POST", "/v1/messages", {"model": "fault-demo", "max_tokens": 10, "stream": True,
+                                      "messages": [{"role": "user", "content": "stalled"}]}),
+        ]  # fmt: skip
+        outcomes: list[tuple[int, float, dict[str, object], str | None]] = []
+
+        def ask(method: str, path: str, body: dict[str, object] | None, url: str) -> None:
+            started = time.monotonic()
+            response = client.request(method, f"{url}{path}", json=body)
+            took = time.monotonic() - started
+            outcomes.append(
+                (response.status_code, took, response.json(), response.headers.get("retry-after"))
+            )
+
+        process.send_signal(signal.SIGSTOP)
+        frozen_at = time.monotonic()
+        try:
+            # Requests arriving at the start of the stall, and after the first have timed out.
+            for wave in range(2):
+                threads = [
+                    threading.Thread(target=ask, args=(*request, url))
+                    for request in requests
+                    for url in healthy.urls
+                ]
+                for t in threads:
+                    t.start()
+                for t in threads:
+                    t.join(REQUEST_BOUND_S + 5)
+                assert len(outcomes) == (wave + 1) * len(threads), "a request hung"
+            time.sleep(max(0.0, frozen_at + STALL_S - time.monotonic()))
+        finally:
+            process.send_signal(signal.SIGCONT)
+        thawed_at = time.monotonic()
+        for status, took, body, retry_after in outcomes:
+            assert status == 503, body
+            assert took < REQUEST_BOUND_S + 1, f"answered after {took:.2f}s"
+            assert retry_after is not None
+            error = body["error"]
+            assert isinstance(error, dict)
+            if body.get("type") == "error":  # Anthropic's shape
+                assert error["type"] == "overloaded_error", body
+            else:
+                assert error["code"] == "redis_unavailable", body
+        slowest = max(took for _, took, _, _ in outcomes)
+
+        # Everything works again at once, on the same connections: no reconnect storm.
+        wait_ready(healthy.urls[1], timeout_s=2)
+        recovered_s = time.monotonic() - thawed_at
+        after = Reading()
+        read_some(client, after, healthy.urls[1], body=chat("fault-demo", "after the stall"))
+        assert after.finished and after.error() is None
+        assert after.text() == result_text(healthy.urls[0], after.stream_id) != ""
+        assert mux_ids(healthy) == before
+    measure(f"redis frozen {STALL_S:.0f}s: {len(outcomes)} requests answered 503 in at most "
+            f"{slowest:.2f}s; ready {recovered_s:.2f}s after it thawed")  # fmt: skip

@@ -4,6 +4,7 @@ connection, pipelines, transactions, errors, scripts, cancelled callers and rest
 from __future__ import annotations
 
 import asyncio
+import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared.embedded_redis import EmbeddedRedis
 from shared.redis import create_redis
@@ -132,4 +134,76 @@ async def test_a_redis_restart_fails_what_was_in_flight_then_reconnects(tmp_path
             raise AssertionError("never reconnected")
     finally:
         await client.aclose(close_connection_pool=True)
+        server.stop()
+
+
+async def test_a_stalled_redis_times_callers_out_without_a_new_connection(tmp_path: Path) -> None:
+    server = EmbeddedRedis(tmp_path / "redis", appendonly=False)
+    server.start()
+    assert server.process is not None
+    client = create_redis(SETTINGS, url=server.url, multiplexed=True, command_timeout=0.5)
+    try:
+        await client.set("k", "before")
+        connection_id = await client.client_id()
+        server.process.send_signal(signal.SIGSTOP)
+        try:
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            outcomes = await asyncio.gather(
+                client.get("k"),
+                client.set("k", "during"),
+                client.pipeline(transaction=True).incr("n").incr("n").execute(),
+                return_exceptions=True,
+            )
+            took = loop.time() - started
+            assert all(isinstance(o, RedisTimeoutError) for o in outcomes), outcomes
+            assert 0.4 < took < 1.5
+            # Redis is known to be stalled now: a new command fails at once.
+            started = loop.time()
+            with pytest.raises(RedisTimeoutError, match="stalled"):
+                await client.exists("k")
+            assert loop.time() - started < 0.1
+        finally:
+            server.process.send_signal(signal.SIGCONT)
+        await asyncio.sleep(0.2)  # Redis answers what it owes; the stall is over
+        # The late replies are read and dropped in their turn: nothing is shifted, and the
+        # connection is the one from before the stall.
+        assert await client.get("k") == b"during"
+        assert await client.incr("n") == 3
+        assert await client.client_id() == connection_id
+    finally:
+        await client.aclose(close_connection_pool=True)
+        server.stop()
+
+
+async def test_a_full_redis_fails_fast_and_is_reached_once_it_has_room(tmp_path: Path) -> None:
+    server = EmbeddedRedis(tmp_path / "redis", appendonly=False)
+    server.start()
+    admin = Redis.from_url(server.url)
+    client = create_redis(SETTINGS, url=server.url, multiplexed=True, name="mux-under-test")
+    try:
+        await admin.config_set("maxclients", 4)  # this client and the three below
+        held = [await asyncio.open_connection("127.0.0.1", server.port) for _ in range(3)]
+        rejected = int((await admin.info("stats"))["rejected_connections"])
+        for _ in range(20):
+            with pytest.raises(RedisConnectionError):
+                await client.ping()
+        # Commands right after a refused connect fail without trying again.
+        rejected = int((await admin.info("stats"))["rejected_connections"]) - rejected
+        assert 1 <= rejected <= 3
+        for _, writer in held:
+            writer.close()
+        for _ in range(100):  # the next command after the back-off connects
+            try:
+                assert await client.ping() is True
+                break
+            except RedisConnectionError:
+                await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("never reconnected")
+        names = [c["name"] for c in await admin.client_list()]
+        assert names.count("mux-under-test") == 1
+    finally:
+        await client.aclose(close_connection_pool=True)
+        await admin.aclose()
         server.stop()
