@@ -91,7 +91,7 @@ class Reaper:
         acted = 0
         for stream_id in await self.store.due_for_reaping(now_ms):
             try:
-                acted += await self.settle(stream_id)
+                acted += await self.settle(stream_id, now_ms)
             except RedisError:
                 raise
             except Exception:
@@ -99,9 +99,9 @@ class Reaper:
                 log.exception("stream %s: reaping failed", stream_id)
         return acted
 
-    async def settle(self, stream_id: str) -> int:
+    async def settle(self, stream_id: str, as_of_ms: int) -> int:
         token = uuid.uuid4().hex
-        reaped = await self.store.reap(stream_id, token)
+        reaped = await self.store.reap(stream_id, token, as_of_ms)
         if reaped.outcome == "requeued":
             log.warning("stream %s: worker lost before any output; re-queued", stream_id)
             await self.queue.enqueue(GENERATE, f"{stream_id}:requeue:{reaped.requeues}", stream_id)

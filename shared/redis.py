@@ -38,15 +38,19 @@ DataRedis = Redis | RedisCluster
 
 
 async def with_redis_retry(settings: Settings, action: Callable[[], Awaitable[T]]) -> T:
-    """Ride out a short Redis outage (up to `redis_retry_s`) instead of failing: for
-    writes that are idempotent, such as a worker's fenced appends and finishes."""
+    """Ride out a short Redis outage (up to `redis_retry_s` from the first failure) instead
+    of failing: for writes that are idempotent, such as a worker's fenced appends and
+    finishes. The window starts when an attempt fails, not when the first was sent: a
+    frozen Redis makes that attempt wait out the socket timeout first."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + settings.redis_retry_s
+    deadline: float | None = None
     delay = 0.05
     while True:
         try:
             return await action()
         except REDIS_BLIP_ERRORS:
+            if deadline is None:
+                deadline = loop.time() + settings.redis_retry_s
             if loop.time() + delay > deadline:
                 raise
             log.warning("redis unreachable; retrying a stream write in %.2fs", delay)

@@ -639,11 +639,16 @@ class StreamStore:
             expired, stale = await pipe.execute()
         return [i.decode() for i in (*expired, *stale)]
 
-    async def reap(self, stream_id: str, attempt: str) -> Reaped:
+    async def reap(self, stream_id: str, attempt: str, as_of_ms: int) -> Reaped:
+        """Look at a job the sweep that began at `as_of_ms` (Redis' time) found due; see
+        reap.lua."""
         reply = await self._reap(
             keys=self._keys(stream_id)[:2],
-            args=[stream_id, attempt, self.lease_ms, self.queue_timeout_ms, self.max_requeues],
-        )
+            args=[
+                stream_id, attempt, self.lease_ms, self.queue_timeout_ms, self.max_requeues,
+                as_of_ms,
+            ],
+        )  # fmt: skip
         outcome, detail, at_ms = reply[0].decode(), int(reply[1]), int(reply[2])
         # The indexes follow what the record now says.
         async with self.control.pipeline(transaction=False) as pipe:

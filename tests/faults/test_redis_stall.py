@@ -9,11 +9,15 @@ from __future__ import annotations
 import signal
 import threading
 import time
+from collections.abc import Iterator
 
 import httpx
 import pytest
 
+from shared.embedded_redis import EmbeddedRedis
+from shared.settings import Settings
 from tests.faults.conftest import (
+    FAULT_SETTINGS,
     LEASE_S,
     FaultCluster,
     Reading,
@@ -25,7 +29,8 @@ from tests.faults.conftest import (
     result_text,
     start_readers,
 )
-from tests.processes import wait_ready
+from tests.mock_upstream import MockUpstream
+from tests.processes import wait_ready, write_config
 
 pytestmark = pytest.mark.faults
 
@@ -52,6 +57,53 @@ def test_a_redis_stall_is_not_a_worker_death(healthy: FaultCluster, stall_s: flo
             assert r.text() == result_text(healthy.urls[0], r.stream_id)
             assert full_replay(client, healthy.urls[1], r.stream_id).events == r.events
         measure(f"redis frozen {stall_s:.1f}s (lease {LEASE_S}s): 10 of 10 streams went on")
+
+
+@pytest.fixture(scope="module")
+def default_lease(
+    tmp_path_factory: pytest.TempPathFactory, mock_upstream: MockUpstream
+) -> Iterator[FaultCluster]:
+    """Two APIs and two workers with the default lease (10 s), on a Redis of their own."""
+    workdir = tmp_path_factory.mktemp("default-lease")
+    models = {"steady": {"provider": "demo", "tokens_per_second": 5, "max_output_tokens": 80}}
+    settings = {**FAULT_SETTINGS, "lease_s": Settings().lease_s}
+    config = write_config(workdir / "spool.yaml", models, **settings)
+    redis = EmbeddedRedis(workdir / "redis", appendonly=False)
+    redis.start()
+    cluster = FaultCluster(workdir, config, redis, mock_upstream)
+    try:
+        for _ in range(2):
+            cluster.add_worker()
+            cluster.add_api()
+        wait_ready(cluster.urls[0])
+        yield cluster
+    finally:
+        cluster.stop_all()
+        redis.stop()
+
+
+@pytest.mark.parametrize("stall_s", [8.0, 12.0])
+def test_redis_frozen_for_8_and_12_s_at_the_default_lease_ends_no_stream(
+    default_lease: FaultCluster, stall_s: float
+) -> None:
+    cluster = default_lease
+    process = cluster.redis.process
+    assert process is not None
+    with httpx.Client(timeout=30) as client:
+        readings, threads = start_readers(client, cluster.urls, "steady", 10, "frozen")
+        process.send_signal(signal.SIGSTOP)
+        try:
+            time.sleep(stall_s)
+        finally:
+            process.send_signal(signal.SIGCONT)
+        for t in threads:
+            t.join(60)
+        assert all(not t.is_alive() for t in threads), "a reader hung after the stall"
+        for r in readings:
+            assert read_to_the_end(client, r, cluster.urls)
+            assert r.error() is None, r.error()
+            assert r.text() == result_text(cluster.urls[0], r.stream_id)
+    measure(f"redis frozen {stall_s:.0f}s (lease 10s): 10 of 10 streams went on")
 
 
 REQUEST_BOUND_S = 3.0  # the default redis_request_timeout_s

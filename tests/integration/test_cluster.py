@@ -95,7 +95,7 @@ async def test_a_cancel_and_a_reap_on_the_cluster(on_cluster: Harness, redis: Re
     await writer.flush()
     # Its worker vanishes: once the lease ran out, the reaper takes the stream over.
     await h.data.hset(keys.job_key(running), "lease_until", 1)
-    reaped = await h.store.reap(running, "reaper")
+    reaped = await h.store.reap(running, "reaper", await h.store.server_time_ms())
     assert (reaped.outcome, reaped.appended) == ("lost", 2)
     assert await redis.zscore(keys.LEASES_KEY, running) is not None  # the reaper's lease
 

@@ -245,7 +245,7 @@ async def test_the_reaper_ends_a_cancelled_job_whose_worker_did_not_as_cancelled
     assert await store.request_cancel(sid) is Status.RUNNING  # flagged; the worker is slow
     await redis.hset(keys.job_key(sid), "lease_until", 0)  # and its lease ran out
     reaper = Reaper(store, ArqJobQueue(redis), Settings())
-    assert await reaper.settle(sid) == 1
+    assert await reaper.settle(sid, await store.server_time_ms()) == 1
     record = await store.get(sid)
     assert record.status is Status.CANCELLED
     events = [e for _, e in await store.read_all(sid)]
@@ -297,3 +297,21 @@ async def test_a_gap_longer_than_any_lease_is_still_seen(redis: Redis) -> None:
     await redis.set(keys.REAPER_CLOCK_KEY, now - 60_000, ex=86400)
     _, held = await store.reaper_clock(500, 1500)
     assert held > now
+
+
+async def test_a_look_that_reaches_redis_late_judges_leases_as_of_its_sweep(
+    redis: Redis,
+) -> None:
+    """A reap sent just before Redis stalled runs after it: by then every lease has run out
+    with nobody able to renew it. Judged as of the sweep's start, the job is alive."""
+    store = make_store(redis)
+    sid = await create(store)
+    await store.claim(sid, "attempt-1", "test-worker")
+    await append(store, sid, "attempt-1", [ev.TextDelta(text="partial")])
+    now = await store.server_time_ms()
+    # The lease ran out a second ago; the sweep that found the job began two seconds ago.
+    await redis.hset(keys.job_key(sid), "lease_until", now - 1000)
+    late = await store.reap(sid, "reaper", as_of_ms=now - 2000)
+    assert late.outcome == "alive"
+    due = await store.reap(sid, "reaper", as_of_ms=await store.server_time_ms())
+    assert due.outcome == "lost"
