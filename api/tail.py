@@ -4,6 +4,10 @@ serves, and the wait behind non-streaming answers.
 A canonical event can render to several SSE events (OpenAI's finish chunk, usage chunk and
 `[DONE]`). The last of them carries the Redis entry id; the ones before it carry
 `<entry id>:<n>`, so a client that resumes from any of them gets exactly what follows.
+
+A tail of a stateful format saves its renderer's state every `RENDER_STATE_EVERY` events
+(in the background, see keys.render_state_key), so a resume anywhere in a long stream
+renders from the latest snapshot before its point, not from the start.
 """
 
 from __future__ import annotations
@@ -15,11 +19,12 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import cast
 
 from redis.exceptions import RedisError
 
 from api.deps import Services
-from api.formats import Frame, WireFormat
+from api.formats import Frame, StatefulRenderer, WireFormat
 from api.hub import Reader, StreamHub
 from api.responses import EventStream
 from shared import events as ev
@@ -31,13 +36,17 @@ from shared.errors import (
     StreamNotFound,
 )
 from shared.sse import format_comment, format_event
-from shared.store import Entry, JobRecord
+from shared.store import Entry, JobRecord, RenderState
 from shared.transcript import Transcript
 
 log = logging.getLogger(__name__)
 
 START = "0-0"
 MAX_RESUME_ID_CHARS = 64
+RENDER_STATE_EVERY = 256  # events between two snapshots of a stateful renderer's state
+# A larger state (a long tool call held until it is whole) is not kept: a resume then
+# reads from an earlier snapshot, and Redis never holds much more than the stream itself.
+RENDER_STATE_MAX_BYTES = 16 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +95,16 @@ def encode_frames(
 class Tail:
     """An SSE tail of one stream in its creating surface's format."""
 
-    __slots__ = ("cancel_on_disconnect", "fmt", "reader", "record", "renderer", "services", "store")
+    __slots__ = (
+        "cancel_on_disconnect",
+        "fmt",
+        "reader",
+        "record",
+        "renderer",
+        "services",
+        "state_due",
+        "store",
+    )
 
     def __init__(
         self,
@@ -104,6 +122,8 @@ class Tail:
         self.cancel_on_disconnect = cancel_on_disconnect
         self.renderer = fmt.renderer(record.render)
         self.reader: Reader | None = None
+        # The position from which the renderer's state is saved next (0: never, stateless).
+        self.state_due = RENDER_STATE_EVERY if fmt.stateful else 0
 
     async def prepare(self, resume: ResumePoint | None) -> Start:
         """Validate the resume point before the response starts (so errors get a status),
@@ -128,13 +148,44 @@ class Tail:
         return Start(point.id, point.seq + 1, replay)
 
     async def _catch_up(self, point: Entry) -> list[Frame]:
-        """Feed the renderer what the client already has, up to and including `point`;
-        returns the frames of `point` itself."""
+        """Bring the renderer up to what the client already has, up to and including
+        `point`: from the latest snapshot of its state before the point, feeding it the
+        entries after that (all of them, when no tail ever saved one: then this one saves
+        snapshots as it goes). Returns the frames of `point` itself."""
+        renderer = self.renderer
         if self.fmt.stateful:
-            for entry in await self.store.read_range(self.record.id, "-", point.id):
+            stateful = cast(StatefulRenderer, renderer)
+            snapshot, entries = await self.store.read_to_resume(
+                self.record.id, stateful.state_tag, point
+            )
+            if snapshot is not None:
+                stateful.restore(snapshot.state)
+            due = (snapshot.seq if snapshot is not None else 0) + RENDER_STATE_EVERY
+            taken: list[RenderState] = []
+            for entry in entries:
                 if entry.id != point.id:
-                    self.renderer.frames(entry.id, entry.event)
-        return self.renderer.frames(point.id, point.event)
+                    renderer.frames(entry.id, entry.event)
+                    if entry.seq >= due:
+                        taken.append(RenderState(entry.seq, entry.id, stateful.snapshot()))
+                        due = entry.seq + RENDER_STATE_EVERY
+            self.state_due = due
+            if taken:
+                self._save_states(taken)
+        return renderer.frames(point.id, point.event)
+
+    def _keep_state(self, entry: Entry) -> None:
+        """Save the renderer's state as it is after `entry` (in the background)."""
+        self.state_due = entry.seq + RENDER_STATE_EVERY
+        state = cast(StatefulRenderer, self.renderer).snapshot()
+        self._save_states([RenderState(entry.seq, entry.id, state)])
+
+    def _save_states(self, states: list[RenderState]) -> None:
+        states = [s for s in states if len(s.state) <= RENDER_STATE_MAX_BYTES]
+        if not states:
+            return
+        tag = cast(StatefulRenderer, self.renderer).state_tag
+        save = self.store.save_render_states(self.record.id, tag, states, RENDER_STATE_EVERY)
+        self.services.spawn(save, "render-state")
 
     def open(self, start: Start) -> Reader | None:
         """Start listening for the stream's entries from `start`, before anything is read
@@ -189,6 +240,8 @@ class Tail:
                         yield fmt.keepalive
                         continue
                     chunk = self._render(batch)
+                    if self.state_due and batch[-1].seq >= self.state_due:
+                        self._keep_state(batch[-1])
                     del batch  # nothing of an event outlives its write
                     if chunk:
                         yield chunk

@@ -58,6 +58,15 @@ def tombstone_key(stream_id: str) -> str:
     return f"{PREFIX}:{{{stream_id}}}:gone"
 
 
+def render_state_key(stream_id: str, tag: str) -> str:
+    """Sorted set: snapshots of a wire format's renderer state along the stream (`tag`
+    names the format and its state's layout), scored by the position of the entry each
+    was taken after; members are `<position> <entry id> <state>`. Written by the API's
+    tails every few hundred events, so a resume renders from the latest one before its
+    point instead of from the start; kept as long as the stream."""
+    return f"{PREFIX}:{{{stream_id}}}:render:{tag}"
+
+
 API_KEYS_INDEX = f"{PREFIX}:apikeys"
 """Hash: key id → digest of the secret, for listing and revoking."""
 

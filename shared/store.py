@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import re
 import time
@@ -153,6 +154,24 @@ class Entry:
     @classmethod
     def from_redis(cls, entry_id: bytes, fields: dict[bytes, bytes]) -> Entry:
         return cls(entry_id.decode(), int(fields[b"n"]), ev.decode(fields[ev.FIELD]))
+
+
+@dataclass(frozen=True, slots=True)
+class RenderState:
+    """A snapshot of a wire format's renderer state, taken after the entry `entry_id` at
+    position `seq` (see keys.render_state_key)."""
+
+    seq: int
+    entry_id: str
+    state: bytes
+
+    def member(self) -> bytes:
+        return b"%d %s %s" % (self.seq, self.entry_id.encode(), self.state)
+
+    @classmethod
+    def from_member(cls, member: bytes) -> RenderState:
+        seq, entry_id, state = member.split(b" ", 2)
+        return cls(int(seq), entry_id.decode(), state)
 
 
 def now_ms() -> int:
@@ -403,6 +422,43 @@ class StreamStore:
     async def read_range(self, stream_id: str, first: str, last: str) -> list[Entry]:
         entries = await self.redis.xrange(keys.stream_key(stream_id), min=first, max=last)
         return [Entry.from_redis(eid, fields) for eid, fields in entries]
+
+    @functools.cached_property
+    def _render_state_read(self) -> AsyncScript:
+        return scripts.register(self.redis, "render_state_read")
+
+    @functools.cached_property
+    def _render_state_save(self) -> AsyncScript:
+        return scripts.register(self.redis, "render_state_save")
+
+    async def read_to_resume(
+        self, stream_id: str, tag: str, point: Entry
+    ) -> tuple[RenderState | None, list[Entry]]:
+        """What a stateful renderer (its state's kind `tag`) needs to reach `point`, in one
+        round trip: the latest snapshot of its state taken before the point, and the
+        entries after the snapshot up to and including the point (with no snapshot,
+        every entry up to the point)."""
+        member, raw = await self._render_state_read(
+            keys=[keys.render_state_key(stream_id, tag), keys.stream_key(stream_id)],
+            args=[point.seq, point.id],
+        )
+        entries = [
+            Entry.from_redis(eid, dict(zip(flat[::2], flat[1::2], strict=True)))
+            for eid, flat in raw
+        ]
+        return (RenderState.from_member(member) if member is not None else None), entries
+
+    async def save_render_states(
+        self, stream_id: str, tag: str, states: list[RenderState], spacing: int
+    ) -> None:
+        """Keep snapshots of a renderer's state (its kind `tag`), unless the stream already
+        has one within `spacing` positions of each (see render_state_save.lua)."""
+        key = keys.render_state_key(stream_id, tag)
+        events = keys.stream_key(stream_id)
+        await self._run_many(
+            self._render_state_save,
+            [(2, [key, events, s.seq, s.member(), spacing, self.retention_s]) for s in states],
+        )
 
     async def last_entries(self, stream_id: str, count: int) -> list[Entry]:
         """The stream's last `count` entries, oldest first."""

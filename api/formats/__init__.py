@@ -3,8 +3,9 @@ transcript into that API's non-streaming response and error shape.
 
 Rendering may need memory of earlier events (Anthropic numbers its content blocks; Gemini
 sends a function call only once it is whole), so a format hands out one `Renderer` per
-stream. Rendering is deterministic: a resumed tail rebuilds the renderer's state by
-feeding it the events before the resume point, and gets exactly the frames it sent before.
+stream. Rendering is deterministic: a resumed tail rebuilds the renderer's state (from
+the latest saved snapshot of it, then the events after that up to the resume point) and
+gets exactly the frames it sent before.
 """
 
 from __future__ import annotations
@@ -12,10 +13,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import orjson
+
 from shared import events as ev
 from shared.errors import SpoolError
 from shared.store import JobRecord
-from shared.transcript import Transcript
+from shared.transcript import ToolCall, Transcript
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,9 +37,20 @@ class Renderer(Protocol):
         ...
 
 
+class StatefulRenderer(Renderer, Protocol):
+    """The renderer of a stateful format: its state can be saved to a few bytes and put back
+    into a fresh renderer, which then renders exactly what the saved one would."""
+
+    state_tag: str  # names the format and the layout of its state; a new layout, a new tag
+
+    def snapshot(self) -> bytes: ...
+
+    def restore(self, state: bytes) -> None: ...
+
+
 class WireFormat(Protocol):
     surface: str
-    stateful: bool  # whether a resumed tail must replay earlier events into the renderer
+    stateful: bool  # whether its renderers remember earlier events (then `StatefulRenderer`)
     sse_ids: bool  # whether events carry `id:` lines (else the id travels in the data)
     keepalive: bytes  # what an idle stream sends to keep proxies from timing it out
 
@@ -54,6 +68,18 @@ PING = b": ping\n\n"
 
 def entry_ms(entry_id: str) -> int:
     return int(entry_id.partition("-")[0])
+
+
+def snapshot_calls(calls: dict[int, ToolCall]) -> bytes:
+    """Tool calls a renderer holds until they are whole, as a snapshot of its state."""
+    return orjson.dumps([[c.index, c.id, c.name, c.arguments] for c in calls.values()])
+
+
+def restore_calls(state: bytes) -> dict[int, ToolCall]:
+    return {
+        int(index): ToolCall(int(index), str(call_id), str(name), str(arguments))
+        for index, call_id, name, arguments in orjson.loads(state)
+    }
 
 
 def registry() -> dict[str, WireFormat]:

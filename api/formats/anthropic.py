@@ -101,11 +101,22 @@ class AnthropicFormat:
 
 
 class _MessagesRenderer:
+    state_tag = "anthropic.messages.1"
+
     def __init__(self, render: dict[str, Any]) -> None:
         self.render = render
         self.started = False
         self.next_index = 0
         self.open: tuple[str, int] | None = None  # (block kind, tool call index or -1)
+
+    def snapshot(self) -> bytes:
+        return orjson.dumps([self.started, self.next_index, self.open])
+
+    def restore(self, state: bytes) -> None:
+        started, next_index, open_block = orjson.loads(state)
+        self.started = bool(started)
+        self.next_index = int(next_index)
+        self.open = (str(open_block[0]), int(open_block[1])) if open_block else None
 
     def _start(self) -> list[Frame]:
         if self.started:

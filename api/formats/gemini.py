@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from api.formats import Frame
+from api.formats import Frame, restore_calls, snapshot_calls
 from shared import events as ev
 from shared.errors import SpoolError, error_status
 from shared.request import parse_json_object
@@ -106,9 +106,17 @@ class GeminiFormat:
 
 
 class _GeminiRenderer:
+    state_tag = "gemini.1"
+
     def __init__(self, render: dict[str, Any]) -> None:
         self.render = render
         self.calls: dict[int, ToolCall] = {}
+
+    def snapshot(self) -> bytes:
+        return snapshot_calls(self.calls)
+
+    def restore(self, state: bytes) -> None:
+        self.calls = restore_calls(state)
 
     def _response(
         self,

@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from api.formats import PING, Frame, entry_ms
+from api.formats import PING, Frame, entry_ms, restore_calls, snapshot_calls
 from shared import events as ev
 from shared.errors import SpoolError
 from shared.request import parse_json_object
@@ -67,9 +67,17 @@ class SimpleFormat:
 
 
 class _SimpleRenderer:
+    state_tag = "simple.1"
+
     def __init__(self, render: dict[str, Any]) -> None:
         self.render = render
         self.calls: dict[int, ToolCall] = {}  # fragments of calls not sent yet
+
+    def snapshot(self) -> bytes:
+        return snapshot_calls(self.calls)
+
+    def restore(self, state: bytes) -> None:
+        self.calls = restore_calls(state)
 
     def _flush_calls(self) -> list[Frame]:
         out = [

@@ -17,7 +17,7 @@ from shared import events as ev
 from shared import keys
 from shared.redis import close_data_redis, create_data_redis
 from shared.settings import Settings
-from shared.store import Status
+from shared.store import RenderState, Status
 from tests.integration.test_hub import Harness, collect, text_of, texts
 from tests.redis_topology import ClusterSet
 
@@ -179,3 +179,19 @@ async def test_one_connection_per_node_however_many_commands(
     # A node the client had not used yet gains its one multiplexed connection; none
     # gains more, however many commands were in flight.
     assert all(after[port] - before[port] <= 1 for port in after), (before, after)
+
+
+async def test_renderer_snapshots_are_kept_and_read_in_their_streams_slot(
+    on_cluster: Harness,
+) -> None:
+    h = on_cluster
+    sid = await h.new_stream()
+    writer = h.appender.writer(sid, "attempt", 0)
+    await writer.write(texts(10))
+    await writer.flush()
+    entries = await h.store.read_range(sid, "-", "+")
+    kept = RenderState(4, entries[3].id, b'["a b", 1]')
+    await h.store.save_render_states(sid, "test.1", [kept], 256)
+    snapshot, after = await h.store.read_to_resume(sid, "test.1", entries[8])
+    assert snapshot == kept
+    assert [e.seq for e in after] == [5, 6, 7, 8, 9]
