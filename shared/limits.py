@@ -173,7 +173,7 @@ class Admission:
                 )
             case "concurrency":
                 raise RateLimited(
-                    f"the key {key.name!r} already has {key.concurrency} generations open",
+                    f"the key {key.name!r} already has {key.concurrency} jobs open",
                     retry_after=1.0,
                 )
             case _:

@@ -143,7 +143,7 @@ def test_a_refusal_for_concurrency_uses_no_request_of_the_minute(hostile: Tenanc
         for _ in range(5):
             refused = client.post(url, json=chat(), headers=h)
             assert refused.status_code == 429
-            assert "generations open" in refused.json()["error"]["message"]
+            assert "jobs open" in refused.json()["error"]["message"]
         stream_id = slow.headers["x-spool-stream-id"]
         client.post(f"{hostile.url}/v1/streams/{stream_id}/cancel", headers=h)
         slow.close()
@@ -152,10 +152,33 @@ def test_a_refusal_for_concurrency_uses_no_request_of_the_minute(hostile: Tenanc
         answers = []
         while len(answers) < 2:
             answer = client.post(url, json=chat(), headers=h)
-            if answer.status_code == 429 and "generations open" in answer.text:
+            if answer.status_code == 429 and "jobs open" in answer.text:
                 assert time.monotonic() < deadline
                 time.sleep(0.05)  # the cancelled stream's slot is on its way back
                 continue
             answers.append(answer.status_code)
         assert answers == [200, 200]
         assert client.post(url, json=chat(), headers=h).status_code == 429
+
+
+def test_a_keys_open_jobs_count_tasks_and_generations_alike(hostile: Tenancy) -> None:
+    _, secret = hostile.new_key("painter", "--concurrency", "2")
+    h = bearer(secret)
+    slow = {"kind": "video", "model": "demo", "input": {"prompt": "slow", "duration_s": 30}}
+    with httpx.Client(timeout=30) as client:
+        held = [client.post(f"{hostile.url}/v1/tasks", json=slow, headers=h) for _ in range(2)]
+        assert [t.status_code for t in held] == [202, 202]
+        third = client.post(f"{hostile.url}/v1/tasks", json=slow, headers=h)
+        assert third.status_code == 429 and "jobs open" in third.json()["error"]["message"]
+        chat_refused = client.post(f"{hostile.url}/v1/chat/completions", json=chat(), headers=h)
+        assert chat_refused.status_code == 429
+        for task in held:
+            client.post(f"{hostile.url}/v1/tasks/{task.json()['id']}/cancel", headers=h)
+        deadline = time.monotonic() + 15
+        while (
+            answer := client.post(f"{hostile.url}/v1/tasks", json=slow, headers=h)
+        ).status_code == 429:
+            assert time.monotonic() < deadline, "the cancelled tasks' slots never came back"
+            time.sleep(0.1)
+        assert answer.status_code == 202
+        client.post(f"{hostile.url}/v1/tasks/{answer.json()['id']}/cancel", headers=h)
