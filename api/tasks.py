@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import hashlib
 import uuid
-from urllib.parse import urlsplit
 
 import orjson
 
@@ -23,7 +22,7 @@ from shared.errors import (
     ResumePointExpired,
     StreamNotFound,
 )
-from shared.netguard import AddressRefused, Allowlist, HostUnresolvable, check_host
+from shared.netguard import Allowlist, UrlRefused, check_url
 from shared.queue import GENERATE
 from shared.settings import Settings, TaskModelEntry
 from shared.store import JobRecord
@@ -87,21 +86,11 @@ async def check_callback(settings: Settings, url: str) -> None:
         raise CallbackRefused(
             "webhooks are not configured on this deployment (SPOOL_WEBHOOK_SECRET is not set)"
         )
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError:
-        raise CallbackRefused("callback_url is not a valid URL") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise CallbackRefused("callback_url must be an http or https URL")
-    if parts.username or parts.password:
-        raise CallbackRefused("callback_url may not carry credentials")
-    port = port or (443 if parts.scheme == "https" else 80)
     allowlist = Allowlist.parse(settings.webhook_allowlist)
     try:
-        await check_host(parts.hostname, port, allowlist, "SPOOL_WEBHOOK_ALLOWLIST")
-    except (AddressRefused, HostUnresolvable) as exc:
-        raise CallbackRefused(f"callback_url refused: {exc.message}") from None
+        await check_url(url, allowlist, "SPOOL_WEBHOOK_ALLOWLIST")
+    except UrlRefused as exc:
+        raise CallbackRefused(f"callback_url {exc.reason}") from None
 
 
 def idempotency_redis_key(owner: ApiKey, key: str) -> str:

@@ -16,6 +16,7 @@ import asyncio
 import ipaddress
 import socket
 from collections.abc import Iterable
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -157,6 +158,33 @@ async def check_host(host: str, port: int, allowlist: Allowlist, setting: str) -
                 f"the host {host!r} resolves to an internal address; "
                 f"allow-list it in {setting} if that is intended"
             )
+
+
+class UrlRefused(Exception):
+    """Why a URL may not be used; its callers name the URL (`f"{what} {reason}"`)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+async def check_url(url: str, allowlist: Allowlist, setting: str) -> None:
+    """An http(s) URL without credentials, to a host that passes `check_host`; else
+    UrlRefused saying why."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise UrlRefused("is not a valid URL") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UrlRefused("is not an http or https URL")
+    if parts.username or parts.password:
+        raise UrlRefused("may not carry credentials")
+    port = port or (443 if parts.scheme == "https" else 80)
+    try:
+        await check_host(parts.hostname, port, allowlist, setting)
+    except (AddressRefused, HostUnresolvable) as exc:
+        raise UrlRefused(f"was refused: {exc.message}") from None
 
 
 class GuardedTransport(httpx.AsyncBaseTransport):

@@ -6,7 +6,6 @@ A task belongs to the key that created it; another key gets 404.
 from __future__ import annotations
 
 from typing import Annotated
-from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Body, Header, Path, Query
 from starlette.responses import FileResponse, RedirectResponse, Response
@@ -18,7 +17,7 @@ from api.tail import ResumePoint, Tail
 from api.tasks import parse_prefer_wait, submit_task, wait_for_end
 from shared.artifacts import DOWNLOAD_TYPE, served_type
 from shared.errors import ResumePointExpired, SpoolError, TaskNotFound
-from shared.netguard import AddressRefused, Allowlist, HostUnresolvable, check_host
+from shared.netguard import Allowlist, UrlRefused, check_url
 from shared.settings import Settings
 from shared.store import JobRecord, Status
 from shared.tasks import TaskSpec
@@ -51,23 +50,11 @@ async def check_output_url(settings: Settings, url: str) -> None:
     it itself: an http(s) URL without credentials, to a host that passes the guard of output
     fetches (public addresses, or `SPOOL_UPSTREAM_ALLOWLIST`). Otherwise 502
     `output_url_refused`: the upstream named something clients must not be sent to."""
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError:
-        raise OutputUrlRefused("the upstream's URL for the output is not a valid URL") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise OutputUrlRefused("the upstream's URL for the output is not an http or https URL")
-    if parts.username or parts.password:
-        raise OutputUrlRefused("the upstream's URL for the output carries credentials")
-    port = port or (443 if parts.scheme == "https" else 80)
     allowlist = Allowlist.parse(settings.upstream_allowlist)
     try:
-        await check_host(parts.hostname, port, allowlist, "SPOOL_UPSTREAM_ALLOWLIST")
-    except (AddressRefused, HostUnresolvable) as exc:
-        raise OutputUrlRefused(
-            f"the upstream's URL for the output was refused: {exc.message}"
-        ) from None
+        await check_url(url, allowlist, "SPOOL_UPSTREAM_ALLOWLIST")
+    except UrlRefused as exc:
+        raise OutputUrlRefused(f"the upstream's URL for the output {exc.reason}") from None
 
 
 def _retry_after(record: JobRecord) -> dict[str, str]:
