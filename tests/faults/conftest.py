@@ -9,6 +9,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -197,6 +198,25 @@ class FaultCluster:
             proc.stop()
 
 
+@contextmanager
+def running_cluster(
+    workdir: Path, config: Path, upstream: MockUpstream, *, appendonly: bool = True
+) -> Iterator[FaultCluster]:
+    """Two APIs and two workers on a Redis of their own, stopped when done."""
+    redis = EmbeddedRedis(workdir / "redis", appendonly=appendonly)
+    redis.start()
+    cluster = FaultCluster(workdir, config, redis, upstream)
+    try:
+        for _ in range(2):
+            cluster.add_worker()
+            cluster.add_api()
+        wait_ready(cluster.urls[0])
+        yield cluster
+    finally:
+        cluster.stop_all()
+        redis.stop()
+
+
 @pytest.fixture(scope="session")
 def faults(
     tmp_path_factory: pytest.TempPathFactory,
@@ -210,18 +230,8 @@ def faults(
         task_models=fault_task_models(fault_queue_http),
         **FAULT_SETTINGS,
     )
-    redis = EmbeddedRedis(workdir / "redis", appendonly=True)
-    redis.start()
-    cluster = FaultCluster(workdir, config, redis, mock_upstream)
-    try:
-        for _ in range(2):
-            cluster.add_worker()
-            cluster.add_api()
-        wait_ready(cluster.urls[0])
+    with running_cluster(workdir, config, mock_upstream) as cluster:
         yield cluster
-    finally:
-        cluster.stop_all()
-        redis.stop()
 
 
 @pytest.fixture
