@@ -96,6 +96,7 @@ class Admission:
         self.memory = memory or RedisMemory(None, settings)
         self._admit = scripts.register(redis, "admit")
         self._settle = scripts.register(redis, "settle")
+        self._take_request = scripts.register(redis, "take_request")
 
     async def admit(
         self,
@@ -180,6 +181,18 @@ class Admission:
                 raise RateLimited(
                     "the deployment is at its limit of concurrent generations", retry_after=1.0
                 )
+
+    async def take_request(self, key: ApiKey, member: str) -> None:
+        """Count one request that is not a job (a follow token minted) against the key's
+        requests per minute, or raise 429."""
+        if not key.rpm:
+            return
+        wait = await self._take_request(keys=[keys.requests_key(key.id)], args=[key.rpm, member])
+        if int(wait):
+            raise RateLimited(
+                f"the key {key.name!r} is limited to {key.rpm} requests per minute",
+                retry_after=float(wait),
+            )
 
     async def release(self, key: ApiKey, job_id: str) -> None:
         """Give back the slot and reservation of a job that never got created."""

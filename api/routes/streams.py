@@ -148,9 +148,11 @@ async def cancel_stream(stream_id: StreamId, services: ServicesDep, caller: Call
 @router.post("/{stream_id}/follow-token")
 async def follow_token(stream_id: StreamId, services: ServicesDep, caller: CallerDep) -> JSONBody:
     """A read-only token for this one stream, valid as long as the stream is kept and its
-    owner's key is not revoked; at most `max_follow_tokens` per stream (409 past that)."""
+    owner's key is not revoked; at most `max_follow_tokens` per stream (409 past that),
+    each a request of the key's minute (429 past its `rpm`)."""
     record = await load(services, stream_id, caller)
     token = FOLLOW_TOKEN_PREFIX + secrets.token_urlsafe(24)
+    await services.admission.take_request(caller, "follow:" + _token_digest(token))
     settings = services.settings
     ttl = await services.store.mint_follow_token(
         record.id,

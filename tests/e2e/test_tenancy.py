@@ -145,6 +145,20 @@ def test_follow_tokens_are_few_per_stream_and_end_with_their_key(tenancy: Tenanc
     assert httpx.get(follow, params={"follow_token": token}).status_code == 404
 
 
+def test_minting_follow_tokens_counts_against_the_keys_minute(tenancy: Tenancy) -> None:
+    _, owner = tenancy.new_key("hasty-minter", "--rpm", "3")
+    url = f"{tenancy.url}/v1/chat/completions"
+    streams = [
+        httpx.post(url, json=chat(stream=True), headers=bearer(owner)).headers["x-spool-stream-id"]
+        for _ in range(2)
+    ]
+    # Two streams and one token use the minute's three requests; the next token waits.
+    mint = f"{tenancy.url}/v1/streams/{{}}/follow-token"
+    assert httpx.post(mint.format(streams[0]), headers=bearer(owner)).status_code == 200
+    refused = httpx.post(mint.format(streams[1]), headers=bearer(owner))
+    assert refused.status_code == 429 and 1 <= int(refused.headers["retry-after"]) <= 60
+
+
 def test_two_keys_racing_their_rate_limits_across_two_replicas(tenancy: Tenancy) -> None:
     keys = [tenancy.new_key(f"racer-{n}", "--rpm", "5")[1] for n in range(2)]
     results: dict[str, list[int]] = {k: [] for k in keys}
