@@ -23,7 +23,7 @@ from shared.hooks import HookStore
 from shared.netguard import Allowlist, GuardedTransport
 from shared.queue import ArqJobQueue
 from shared.reaper import WORKER_LOST, Reaper
-from shared.redis import DataRedis, close_data_redis
+from shared.redis import REDIS_BLIP_ERRORS, DataRedis, RedisOutage, close_data_redis
 from shared.settings import Settings
 from shared.store import JobRecord, Lease, Status, StreamStore
 from shared.supervise import cancel_and_wait, supervise
@@ -47,6 +47,7 @@ from worker.webhooks import WebhookSender
 
 log = logging.getLogger(__name__)
 RENEW_PAGE = 500  # leases renewed per round trip
+RENEW_RETRY_S = 0.25  # how soon renewals are tried again while Redis cannot be reached
 
 
 class WorkerRuntime:
@@ -219,41 +220,55 @@ class WorkerRuntime:
                     self.wake.set()
 
     async def _heartbeat(self) -> None:
+        """Every third of a lease: this worker's heartbeat and its runs' lease renewals.
+        While Redis cannot be reached (down, frozen, a cluster master failing over), it
+        tries again every `RENEW_RETRY_S` instead of waiting out a supervisor's backoff:
+        the leases must be renewed the moment Redis answers."""
         interval = self.settings.lease_s / 3
-        grace = self.settings.abandon_grace_s
+        outage = RedisOutage("lease renewal")
         while True:
-            expires = time.time() + self.settings.lease_s
-            async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.zadd(keys.WORKERS_KEY, {self.worker_id: expires})
-                # Drop workers whose heartbeat stopped long ago, so the set does not grow.
-                pipe.zremrangebyscore(keys.WORKERS_KEY, "-inf", time.time() - 3600)
-                await pipe.execute()
-            runs = list(self.runs.items())
-            # Every page at once, not one after the other: a busy event loop makes each
-            # wait long, and the leases must not run out while the pages take turns.
-            pairs = [(stream_id, run.attempt) for stream_id, run in runs]
-            pages = await asyncio.gather(
-                *(
-                    self.store.renew_leases(pairs[i : i + RENEW_PAGE])
-                    for i in range(0, len(pairs), RENEW_PAGE)
-                )
+            try:
+                await self._beat()
+                outage.ok()
+                wait = interval
+            except REDIS_BLIP_ERRORS as exc:
+                outage.failed(exc)
+                wait = min(interval, RENEW_RETRY_S)
+            await asyncio.sleep(wait)
+
+    async def _beat(self) -> None:
+        grace = self.settings.abandon_grace_s
+        expires = time.time() + self.settings.lease_s
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zadd(keys.WORKERS_KEY, {self.worker_id: expires})
+            # Drop workers whose heartbeat stopped long ago, so the set does not grow.
+            pipe.zremrangebyscore(keys.WORKERS_KEY, "-inf", time.time() - 3600)
+            await pipe.execute()
+        runs = list(self.runs.items())
+        # Every page at once, not one after the other: a busy event loop makes each
+        # wait long, and the leases must not run out while the pages take turns.
+        pairs = [(stream_id, run.attempt) for stream_id, run in runs]
+        pages = await asyncio.gather(
+            *(
+                self.store.renew_leases(pairs[i : i + RENEW_PAGE])
+                for i in range(0, len(pairs), RENEW_PAGE)
             )
-            leases: list[Lease] = [lease for page in pages for lease in page]
-            for (stream_id, run), lease in zip(runs, leases, strict=True):
-                if not lease.owned:
-                    log.warning("stream %s: lease lost; stopping this attempt", stream_id)
-                    run.cancelled.set()
-                elif lease.cancel_requested:
-                    run.cancelled.set()  # the cancel message itself was missed
-                elif grace is not None and lease.since_reader_s > grace:
-                    log.info(
-                        "stream %s: no reader for %.0fs; cancelling",
-                        stream_id,
-                        lease.since_reader_s,
-                    )
-                    await self.store.request_cancel(stream_id)
-                    run.cancelled.set()
-            await asyncio.sleep(interval)
+        )
+        leases: list[Lease] = [lease for page in pages for lease in page]
+        for (stream_id, run), lease in zip(runs, leases, strict=True):
+            if not lease.owned:
+                log.warning("stream %s: lease lost; stopping this attempt", stream_id)
+                run.cancelled.set()
+            elif lease.cancel_requested:
+                run.cancelled.set()  # the cancel message itself was missed
+            elif grace is not None and lease.since_reader_s > grace:
+                log.info(
+                    "stream %s: no reader for %.0fs; cancelling",
+                    stream_id,
+                    lease.since_reader_s,
+                )
+                await self.store.request_cancel(stream_id)
+                run.cancelled.set()
 
     async def _sweep_artifacts(self) -> None:
         """Remove the outputs of tasks whose records have expired."""
