@@ -145,8 +145,11 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def _refuse_head(self) -> None:
         self._stop_waiting()
-        body = _HEAD_TOO_LARGE_BODY % (self.max_head_bytes - HEAD_SLACK_BYTES)
-        self.transport.write(_HEAD_TOO_LARGE % (len(body), body))
+        if self.cycle is None or self.cycle.response_complete:
+            body = _HEAD_TOO_LARGE_BODY % (self.max_head_bytes - HEAD_SLACK_BYTES)
+            self.transport.write(_HEAD_TOO_LARGE % (len(body), body))
+        # else: a pipelined head behind a response still being written; an answer now
+        # would land inside that response, so the connection just closes.
         self.transport.close()
         self.parser = None  # type: ignore[assignment]  # parse nothing more of it
 

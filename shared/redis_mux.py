@@ -16,8 +16,9 @@ tells a dead connection from a slow one. Once a caller has timed out, Redis (whi
 answers in order) is taken for stalled, and new commands fail at once instead of queueing
 behind it, until the next reply comes.
 
-After a failed connect, commands fail at once for a short, growing while instead of each
-trying again (a Redis refusing clients is not hammered with connects).
+After a failed connect, the next try waits a short, growing while (at most 0.5 s), and the
+commands that come meanwhile wait for it instead of each trying again: a Redis refusing
+clients is not hammered with connects, and one that is back is used at the next try.
 """
 
 from __future__ import annotations
@@ -102,9 +103,12 @@ class Mux:
         if not conn.is_connected or self._reader is None or self._reader.done():
             if self._connecting is not None:
                 return
-            error = self._connect_error
-            if error is not None and asyncio.get_running_loop().time() < self._retry_connect_at:
-                self._fail_outbox(error)  # the last connect failed a moment ago
+            loop = asyncio.get_running_loop()
+            if self._connect_error is not None and loop.time() < self._retry_connect_at:
+                # The last connect failed a moment ago: these commands go with the next
+                # try, a short while away, not with one of their own.
+                self._flush_scheduled = True
+                loop.call_at(self._retry_connect_at, self._flush)
                 return
             self._connecting = asyncio.ensure_future(self._connect())
             return

@@ -4,6 +4,7 @@ and more idle connections than the replica has descriptors."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import time
 
@@ -158,3 +159,27 @@ def test_more_idle_connections_than_descriptors_leave_the_replica_answering(
     finally:
         for sock in idle:
             sock.close()
+
+
+def test_an_oversized_pipelined_head_never_lands_inside_a_streaming_answer(
+    hostile: Tenancy,
+) -> None:
+    _, secret = hostile.new_key("pipeliner")
+    body = b'{"model": "demo-slow", "max_tokens": 20, "stream": true, "messages": [{"role": "user", "content": "hi"}]}'
+    request = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: spool\r\n"
+        b"Authorization: Bearer " + secret.encode() + b"\r\n"
+        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    )
+    with socket.create_connection(_address(hostile.url), timeout=10) as sock:
+        sock.sendall(request)
+        first = sock.recv(65536)
+        assert first.startswith(b"HTTP/1.1 200 ")
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nX-Filler: " + b"a" * (256 << 10))
+        received = first
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := sock.recv(65536):
+                received += chunk
+    # The stream was cut, but nothing foreign was written into it.
+    assert b"431" not in received and b"headers_too_large" not in received
