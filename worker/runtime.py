@@ -226,15 +226,19 @@ class WorkerRuntime:
         the leases must be renewed the moment Redis answers."""
         interval = self.settings.lease_s / 3
         outage = RedisOutage("lease renewal")
+        loop = asyncio.get_running_loop()
         while True:
+            started = loop.time()
             try:
                 await self._beat()
                 outage.ok()
-                wait = interval
+                # Every third of a lease from the start of the last beat, not from its end:
+                # a busy worker whose beats take long still renews in time.
+                wait = started + interval - loop.time()
             except REDIS_BLIP_ERRORS as exc:
                 outage.failed(exc)
                 wait = min(interval, RENEW_RETRY_S)
-            await asyncio.sleep(wait)
+            await asyncio.sleep(max(0.0, wait))
 
     async def _beat(self) -> None:
         grace = self.settings.abandon_grace_s
