@@ -6,12 +6,15 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp
 
 from api.deps import Services
 from api.errors import install_error_handlers
 from api.hub import StreamHub
 from api.metrics import Metrics, MetricsMiddleware
 from api.request_limits import RequestLimits
+from api.responses import DeferredStreams
 from api.routes import (
     anthropic,
     gemini,
@@ -129,3 +132,26 @@ def create_app(settings: Settings) -> FastAPI:
     ):
         app.include_router(router)
     return app
+
+
+# What a browser on an allowed origin may send and read.
+CORS_METHODS = ["GET", "POST", "DELETE", "OPTIONS"]
+CORS_EXPOSED = ["X-Spool-Stream-Id", "Retry-After", "WWW-Authenticate"]
+
+
+def served(app: FastAPI, settings: Settings) -> ASGIApp:
+    """The application as the server runs it: SSE responses deferred out of the
+    framework's frames (`DeferredStreams`), and, with `cors_origins`, CORS outermost, so
+    preflights are answered before anything else and every answer (a stream, a refusal)
+    carries the headers a browser needs to read it."""
+    wrapped: ASGIApp = DeferredStreams(app)
+    if settings.cors_origins:
+        wrapped = CORSMiddleware(
+            wrapped,
+            allow_origins=settings.cors_origins,
+            allow_methods=CORS_METHODS,
+            allow_headers=["*"],
+            expose_headers=CORS_EXPOSED,
+            max_age=600,
+        )
+    return wrapped

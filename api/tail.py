@@ -22,11 +22,12 @@ from dataclasses import dataclass
 from typing import cast
 
 from redis.exceptions import RedisError
+from starlette.responses import Response
 
 from api.deps import Services
 from api.formats import Frame, StatefulRenderer, WireFormat
 from api.hub import Reader, StreamHub
-from api.responses import EventStream
+from api.responses import STREAM_ID_HEADER, EventStream
 from shared import events as ev
 from shared.errors import (
     GenerationTimeout,
@@ -57,6 +58,11 @@ class Start:
     after: str
     next_seq: int
     replay: bytes = b""
+
+    @property
+    def nothing_left(self) -> bool:
+        """The client has every event of an ended stream already."""
+        return not self.after and not self.replay
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,8 +205,12 @@ class Tail:
         if self.reader is not None:
             self.reader.close()
 
-    def response(self, start: Start) -> EventStream:
-        """The SSE response that serves this tail from `start`."""
+    def response(self, start: Start) -> Response:
+        """The SSE response that serves this tail from `start`; `204 No Content` when the
+        client has the whole of an ended stream (what tells a browser's `EventSource` to
+        stop reconnecting)."""
+        if start.nothing_left:
+            return Response(status_code=204, headers={STREAM_ID_HEADER: self.record.id})
         if self.reader is None:
             self.open(start)
         return EventStream(

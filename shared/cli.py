@@ -68,9 +68,8 @@ def cmd_api(settings: Settings, processes: int | None = None) -> int:
 
     import uvicorn
 
-    from api.app import create_app
+    from api.app import create_app, served
     from api.http_protocol import GuardedHttpProtocol
-    from api.responses import DeferredStreams
 
     processes = processes or settings.api_processes
     if processes > 1:
@@ -95,7 +94,7 @@ def cmd_api(settings: Settings, processes: int | None = None) -> int:
             await super().serve(sockets)
 
     config = uvicorn.Config(
-        DeferredStreams(app),
+        served(app, settings),
         host=settings.host,
         port=settings.port,
         loop="uvloop",

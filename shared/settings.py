@@ -234,6 +234,9 @@ class Settings(BaseSettings):
     # in fnmatch style against the whole name (`openai/gpt-4o*`); a bare provider
     # (`openai`) allows all of its models. Empty: no pass-through. Environment: commas.
     passthrough: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["demo/*"])
+    # Origins whose web pages may call Spool (CORS; `*` for any, for development). None by
+    # default: browsers on other origins are refused. Environment: commas.
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     # Redis connections one process may hold, whatever its load (an API process's stream
     # hub serves every open stream on one of them).
     redis_max_connections: int = Field(default=32, ge=4)
@@ -334,9 +337,9 @@ class Settings(BaseSettings):
     def artifacts_root(self) -> Path:
         return self.artifacts_dir or self.data_dir / "artifacts"
 
-    @field_validator("passthrough", mode="before")
+    @field_validator("passthrough", "cors_origins", mode="before")
     @classmethod
-    def _passthrough_from_commas(cls, value: object) -> object:
+    def _list_from_commas(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value

@@ -65,6 +65,7 @@ E2E_SETTINGS = {
     # Keys, ownership and limits have their own suite (tests/e2e/test_tenancy.py).
     "auth_enabled": False,
     "upstream_allowlist": "127.0.0.1",
+    "cors_origins": ["http://app.example"],
 }
 
 

@@ -14,9 +14,10 @@ import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path, Query
+from starlette.responses import Response
 
 from api.deps import CallerDep, CancelOnDisconnectDep, OptionalCallerDep, Services, ServicesDep
-from api.responses import EventStream, JSONBody
+from api.responses import JSONBody
 from api.tail import ResumePoint, Tail
 from shared import keys
 from shared.auth import ApiKey
@@ -108,7 +109,7 @@ async def tail_stream(
     last_event_id: Annotated[str | None, Query()] = None,
     follow_token: FollowToken = None,
     cancel_on_disconnect: CancelOnDisconnectDep = False,
-) -> EventStream:
+) -> Response:
     record = await load(services, stream_id, caller, follow_token)
     resume_from = last_event_id_header or last_event_id
     resume = ResumePoint.parse(resume_from) if resume_from else None

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Body, Header, Path, Query
 from starlette.responses import FileResponse, RedirectResponse, Response
 
 from api.deps import CallerDep, ServicesDep
-from api.responses import EventStream, JSONBody
+from api.responses import JSONBody
 from api.routes.streams import StreamId, load
 from api.tail import ResumePoint, Tail
 from api.tasks import parse_prefer_wait, submit_task, wait_for_end
@@ -105,7 +105,7 @@ async def task_events(
     caller: CallerDep,
     last_event_id_header: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
     last_event_id: Annotated[str | None, Query()] = None,
-) -> EventStream:
+) -> Response:
     record = await load(services, task_id, caller, task=True)
     resume_from = last_event_id_header or last_event_id
     resume = ResumePoint.parse(resume_from) if resume_from else None
