@@ -11,7 +11,9 @@ from typing import Annotated, Any, Literal
 from fastapi import Depends, Header, Request
 from redis.asyncio import Redis
 
+from api.errors import format_for_path
 from api.formats import WireFormat, registry
+from api.formats.gemini import GeminiFormat
 from api.hub import StreamHub
 from api.metrics import Metrics
 from shared.artifacts import ArtifactStore
@@ -87,9 +89,16 @@ async def cancel_on_disconnect(
 CancelOnDisconnectDep = Annotated[bool, Depends(cancel_on_disconnect)]
 
 
+def gemini_route(path: str) -> bool:
+    """Whether `path` is one of Gemini's own routes (its API takes the key as `?key=`)."""
+    return isinstance(format_for_path(path), GeminiFormat)
+
+
 def presented_secret(request: Request) -> str | None:
     """The key as each API's clients send it: `Authorization: Bearer` (OpenAI, the simple
-    API, the broker routes), `x-api-key` (Anthropic), `x-goog-api-key` or `?key=` (Gemini)."""
+    API, the broker routes), `x-api-key` (Anthropic), `x-goog-api-key` or `?key=` (Gemini).
+    `?key=` counts only on Gemini's own routes, where Google's clients send it: anywhere
+    else a key in a URL ends up in logs and browser histories (follow tokens are for that)."""
     authorization = request.headers.get("authorization", "")
     scheme, _, token = authorization.partition(" ")
     if scheme.lower() == "bearer" and token.strip():
@@ -97,6 +106,8 @@ def presented_secret(request: Request) -> str | None:
     for header in ("x-api-key", "x-goog-api-key"):
         if request.headers.get(header):
             return request.headers[header].strip()
+    if not gemini_route(request.url.path):
+        return None
     return request.query_params.get("key") or None
 
 

@@ -148,10 +148,17 @@ async def cancel_stream(stream_id: StreamId, services: ServicesDep, caller: Call
 
 @router.post("/{stream_id}/follow-token")
 async def follow_token(stream_id: StreamId, services: ServicesDep, caller: CallerDep) -> JSONBody:
-    """A read-only token for this one stream, valid as long as the stream is kept and its
-    owner's key is not revoked; at most `max_follow_tokens` per stream (409 past that),
-    each a request of the key's minute (429 past its `rpm`)."""
+    """A read-only token for this one stream (tail and result)."""
     record = await load(services, stream_id, caller)
+    return await mint_follow_token(services, record, caller, f"/v1/streams/{record.id}")
+
+
+async def mint_follow_token(
+    services: Services, record: JobRecord, caller: ApiKey, url: str
+) -> JSONBody:
+    """A read-only token for one stream or task, valid as long as it is kept and its
+    owner's key is not revoked; at most `max_follow_tokens` each (409 past that), each a
+    request of the key's minute (429 past its `rpm`). `url` is where the token is used."""
     token = FOLLOW_TOKEN_PREFIX + secrets.token_urlsafe(24)
     await services.admission.take_request(caller, "follow:" + _token_digest(token))
     settings = services.settings
@@ -163,7 +170,7 @@ async def follow_token(stream_id: StreamId, services: ServicesDep, caller: Calle
     )
     if not ttl:
         raise FollowTokensExhausted(
-            f"stream {record.id} already has {settings.max_follow_tokens} follow tokens"
+            f"{record.id} already has {settings.max_follow_tokens} follow tokens"
         )
     return JSONBody(
         {
@@ -171,6 +178,6 @@ async def follow_token(stream_id: StreamId, services: ServicesDep, caller: Calle
             "stream_id": record.id,
             "token": token,
             "expires_at": int(time.time()) + ttl,
-            "url": f"/v1/streams/{record.id}?follow_token={token}",
+            "url": f"{url}?follow_token={token}",
         }
     )

@@ -10,9 +10,9 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Header, Path, Query
 from starlette.responses import FileResponse, RedirectResponse, Response
 
-from api.deps import CallerDep, ServicesDep
+from api.deps import CallerDep, OptionalCallerDep, ServicesDep
 from api.responses import JSONBody
-from api.routes.streams import StreamId, load
+from api.routes.streams import FollowToken, StreamId, load, mint_follow_token
 from api.tail import ResumePoint, Tail
 from api.tasks import parse_prefer_wait, submit_task, wait_for_end
 from shared.artifacts import DOWNLOAD_TYPE, served_type
@@ -83,10 +83,12 @@ async def create_task(
 async def get_task(
     task_id: StreamId,
     services: ServicesDep,
-    caller: CallerDep,
+    caller: OptionalCallerDep,
     prefer: Annotated[str | None, Header()] = None,
+    follow_token: FollowToken = None,
 ) -> JSONBody:
-    record = await load(services, task_id, caller, task=True)
+    record = await load(services, task_id, caller, follow_token, task=True)
+    owner = caller is not None and caller.id == record.owner
     wait = parse_prefer_wait(prefer)
     headers = {}
     if wait is not None:
@@ -94,7 +96,7 @@ async def get_task(
         if not record.status.terminal and wait > 0:
             await wait_for_end(services, record.id, wait)
             record = await services.store.get(record.id)
-    body = await services.tasks.show(record)
+    body = await services.tasks.show(record, with_webhooks=owner)
     return JSONBody(body, headers={**headers, **_retry_after(record)})
 
 
@@ -102,15 +104,25 @@ async def get_task(
 async def task_events(
     task_id: StreamId,
     services: ServicesDep,
-    caller: CallerDep,
+    caller: OptionalCallerDep,
     last_event_id_header: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
     last_event_id: Annotated[str | None, Query()] = None,
+    follow_token: FollowToken = None,
 ) -> Response:
-    record = await load(services, task_id, caller, task=True)
+    record = await load(services, task_id, caller, follow_token, task=True)
     resume_from = last_event_id_header or last_event_id
     resume = ResumePoint.parse(resume_from) if resume_from else None
     tail = Tail(services, record, services.formats[record.surface])
     return tail.response(await tail.prepare(resume))
+
+
+@router.post("/{task_id}/follow-token")
+async def task_follow_token(
+    task_id: StreamId, services: ServicesDep, caller: CallerDep
+) -> JSONBody:
+    """A read-only token for this one task (poll, events, outputs), as for streams."""
+    record = await load(services, task_id, caller, task=True)
+    return await mint_follow_token(services, record, caller, f"/v1/tasks/{record.id}/events")
 
 
 @router.post("/{task_id}/cancel")
@@ -132,14 +144,15 @@ async def task_output(
     task_id: StreamId,
     index: Annotated[int, Path(ge=0, le=10_000)],
     services: ServicesDep,
-    caller: CallerDep,
+    caller: OptionalCallerDep,
+    follow_token: FollowToken = None,
 ) -> Response:
     """One output's bytes (with range requests), or a redirect to the upstream's copy.
 
     An output is served inline only as an allow-listed image, audio or video type (see
     `shared.artifacts.served_type`); any other is a download of `application/octet-stream`.
     """
-    record = await load(services, task_id, caller, task=True)
+    record = await load(services, task_id, caller, follow_token, task=True)
     state = await services.tasks.state(record.id)
     outputs = state.outputs or []
     if record.status is not Status.COMPLETED or index >= len(outputs):

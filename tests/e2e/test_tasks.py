@@ -581,3 +581,24 @@ def test_bad_submissions_are_refused_and_create_nothing(
         )
         assert long_key.status_code == 400
         assert job_count(tasks) == before
+
+
+def test_a_task_follow_token_reads_but_cannot_cancel(tasks: TaskCluster) -> None:
+    with tasks.client() as client:
+        task = submit(client)
+        wait_done(client, task["id"])
+        minted = client.post(f"/v1/tasks/{task['id']}/follow-token")
+        assert minted.status_code == 200, minted.text
+        token = minted.json()["token"]
+        assert minted.json()["url"] == f"/v1/tasks/{task['id']}/events?follow_token={token}"
+    with httpx.Client(base_url=tasks.api.url, timeout=30) as anonymous:
+        follow = {"follow_token": token}
+        polled = anonymous.get(f"/v1/tasks/{task['id']}", params=follow)
+        assert polled.status_code == 200 and polled.json()["status"] == "succeeded"
+        events = anonymous.get(f"/v1/tasks/{task['id']}/events", params=follow)
+        assert events.status_code == 200 and "data:" in events.text
+        output = anonymous.get(f"/v1/tasks/{task['id']}/outputs/0", params=follow)
+        assert output.status_code == 200 and output.content
+        assert anonymous.post(f"/v1/tasks/{task['id']}/cancel", params=follow).status_code == 401
+        other = submit(tasks.client())
+        assert anonymous.get(f"/v1/tasks/{other['id']}", params=follow).status_code == 404

@@ -510,3 +510,19 @@ def test_provider_names_pass_through_only_when_allowed(tenancy: Tenancy) -> None
     # demo/* is allowed by default.
     allowed = httpx.post(url, json=chat("demo/x", max_tokens=2), headers=bearer(secret))
     assert allowed.status_code == 200
+
+
+def test_a_key_in_the_query_string_counts_only_on_geminis_routes(tenancy: Tenancy) -> None:
+    _, secret = tenancy.new_key("in-the-url")
+    created = httpx.post(
+        f"{tenancy.url}/v1/chat/completions", json=chat(stream=True), headers=bearer(secret)
+    )
+    stream_id = created.headers["x-spool-stream-id"]
+    for path in (f"/v1/streams/{stream_id}", f"/v1/streams/{stream_id}/result", "/v1/models"):
+        assert httpx.get(tenancy.url + path, params={"key": secret}).status_code == 401
+    gemini = httpx.post(
+        f"{tenancy.url}/v1beta/models/demo-fast:generateContent",
+        params={"key": secret},
+        json={"contents": [{"parts": [{"text": "x"}]}]},
+    )
+    assert gemini.status_code == 200

@@ -81,6 +81,7 @@ def nginx_conf(workdir: Path, lb: Host, apis: list[Host]) -> Path:
     assert count == 2, "deploy/nginx.conf no longer lists two local API replicas"
     site = site.replace("upstream spool_api {\n", "upstream spool_api {\n" + servers)
     site = site.replace("listen 80;", f"listen {lb.ip}:80;")
+    site = site.replace("/var/log/nginx/", f"{workdir / 'nginx'}/")
     temp = workdir / "nginx"
     temp.mkdir(exist_ok=True)
     conf = temp / "nginx.conf"
