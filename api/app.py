@@ -136,7 +136,7 @@ def create_app(settings: Settings) -> FastAPI:
 
 # What a browser on an allowed origin may send and read.
 CORS_METHODS = ["GET", "POST", "DELETE", "OPTIONS"]
-CORS_EXPOSED = ["X-Spool-Stream-Id", "Retry-After", "WWW-Authenticate"]
+CORS_EXPOSED = ["X-Spool-Stream-Id", "X-Spool-Dropped-Params", "Retry-After", "WWW-Authenticate"]
 
 
 def served(app: FastAPI, settings: Settings) -> ASGIApp:

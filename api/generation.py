@@ -13,7 +13,7 @@ from starlette.responses import Response
 
 from api.deps import Services
 from api.formats import WireFormat
-from api.responses import STREAM_ID_HEADER, JSONBody
+from api.responses import DROPPED_PARAMS_HEADER, STREAM_ID_HEADER, JSONBody
 from api.tail import START, Start, Tail, wait_for_transcript
 from shared import events as ev
 from shared.auth import ApiKey
@@ -27,6 +27,9 @@ from shared.errors import (
     error_status,
     error_type,
 )
+from shared.fidelity import judge
+from shared.media import check_media, remote_urls
+from shared.netguard import Allowlist, UrlRefused, check_url
 from shared.queue import GENERATE
 from shared.request import GenerationRequest
 from shared.settings import PASSTHROUGH_DEFAULTS, ModelEntry, Settings
@@ -69,6 +72,7 @@ def check_limits(settings: Settings, request: GenerationRequest) -> None:
         raise InvalidRequest(f"at most {settings.max_messages} messages are allowed")
     if len(request.tools) > settings.max_tools:
         raise InvalidRequest(f"at most {settings.max_tools} tools are allowed")
+    check_media(request, settings.max_media_bytes)
     strings = [m.content for m in request.messages]
     strings += [c.arguments for m in request.messages for c in m.tool_calls or []]
     strings += [t.description or "" for t in request.tools] + request.stop
@@ -80,6 +84,20 @@ def check_limits(settings: Settings, request: GenerationRequest) -> None:
         )
 
 
+async def check_media_urls(settings: Settings, request: GenerationRequest) -> None:
+    """Media URLs must pass the outbound guard the workers fetch them through: a private
+    or unresolvable host is a 400 now, not a failed stream later."""
+    urls = remote_urls(request)
+    if len(urls) > settings.max_media_urls:
+        raise InvalidRequest(f"at most {settings.max_media_urls} media URLs are allowed")
+    allowlist = Allowlist.parse(settings.upstream_allowlist)
+    for url in dict.fromkeys(urls):
+        try:
+            await check_url(url, allowlist, "SPOOL_UPSTREAM_ALLOWLIST")
+        except UrlRefused as exc:
+            raise InvalidRequest(f"the media URL {url[:200]!r} {exc.reason}") from None
+
+
 def new_job(
     services: Services,
     fmt: WireFormat,
@@ -87,16 +105,18 @@ def new_job(
     render: dict[str, Any],
     stream_id: str,
     owner: ApiKey,
-) -> JobRecord:
-    """The job record a generation request becomes, checked but not yet stored."""
+) -> tuple[JobRecord, list[str]]:
+    """The job record a generation request becomes, checked but not yet stored, and the
+    request fields dropped because its provider cannot honour them."""
     entry = resolve_model(services.settings, request.model, owner)
     check_limits(services.settings, request)
+    request, dropped = judge(request, entry)
     payload = {
         "request": request.model_dump(mode="json"),
         # The API resolves the model once, so every worker runs what this replica accepted.
         "entry": entry.model_dump(mode="json"),
     }
-    return JobRecord(
+    record = JobRecord(
         id=stream_id,
         status=Status.QUEUED,
         surface=fmt.surface,
@@ -110,6 +130,7 @@ def new_job(
         cancel_requested=False,
         owner=owner.id,
     )
+    return record, dropped
 
 
 async def enqueue_job(
@@ -195,7 +216,9 @@ async def serve_generation(
     with the surface's render options (`render(stream_id)`), enqueue it, and answer."""
     stream_id = new_stream_id()
     fmt = services.formats[surface]
-    record = new_job(services, fmt, request, render(stream_id), stream_id, caller)
+    record, dropped = new_job(services, fmt, request, render(stream_id), stream_id, caller)
+    if request.has_media_urls:
+        await check_media_urls(services.settings, request)
     tail = None
     if stream:
         # Listen before the job exists, so its first event reaches this tail at once.
@@ -207,4 +230,7 @@ async def serve_generation(
         if tail is not None:
             tail.close()
         raise
-    return await respond(services, fmt, record, tail)
+    response = await respond(services, fmt, record, tail)
+    if dropped:
+        response.headers[DROPPED_PARAMS_HEADER] = ", ".join(dropped)
+    return response

@@ -12,6 +12,9 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 STREAM_ID_HEADER = "X-Spool-Stream-Id"
+# The request fields that were dropped because the model's provider cannot honour them
+# (`drop_params`), comma-separated.
+DROPPED_PARAMS_HEADER = "X-Spool-Dropped-Params"
 _STREAM_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-cache"),

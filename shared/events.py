@@ -6,7 +6,7 @@ event's JSON. The `type` field discriminates.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
@@ -24,14 +24,22 @@ class _Event(BaseModel):
 
 
 class Start(_Event):
+    """The first event of a stream. `input_tokens` is the prompt's size when the provider
+    said it before the first token (Anthropic's message_start does)."""
+
     type: Literal["start"] = "start"
     model: str
     provider: str
+    input_tokens: int | None = Field(default=None, ge=0, le=MAX_TOKENS)
 
 
 class TextDelta(_Event):
+    """Answer text. `logprobs` holds the upstream's log probabilities of its tokens, in
+    OpenAI's form (`[{token, logprob, bytes, top_logprobs}]`), when they were asked for."""
+
     type: Literal["text"] = "text"
     text: str
+    logprobs: list[dict[str, Any]] | None = None
 
 
 class ReasoningDelta(_Event):
@@ -52,12 +60,19 @@ class ToolCallDelta(_Event):
     id: str | None = None
     name: str | None = None
     arguments: str = ""
+    signature: str | None = None  # Gemini's thoughtSignature of the call
 
 
 class Usage(_Event):
+    """Token counts. `input_tokens` counts all input, `cached_input_tokens` the part of it
+    read from the provider's cache; `output_tokens` counts all output, `reasoning_tokens`
+    the part of it spent thinking (OpenAI's reckoning; formats that count apart subtract)."""
+
     type: Literal["usage"] = "usage"
     input_tokens: int = Field(default=0, ge=0, le=MAX_TOKENS)
     output_tokens: int = Field(default=0, ge=0, le=MAX_TOKENS)
+    cached_input_tokens: int | None = Field(default=None, ge=0, le=MAX_TOKENS)
+    reasoning_tokens: int | None = Field(default=None, ge=0, le=MAX_TOKENS)
 
     @property
     def total_tokens(self) -> int:

@@ -14,6 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from shared.errors import InvalidRequest
 
 MAX_JSON_DEPTH = 32
+# What an image, clip or document is reckoned to cost before a provider has counted it.
+MEDIA_PART_TOKENS = 1000
 
 
 def json_depth(value: Any, limit: int = MAX_JSON_DEPTH) -> int:
@@ -78,13 +80,15 @@ def parse_json_object(text: str) -> dict[str, Any] | None:
 
 
 class ToolCall(BaseModel):
-    """A tool call the assistant made earlier in the conversation."""
+    """A tool call the assistant made earlier in the conversation. `signature` is Gemini's
+    `thoughtSignature` for the call, which must come back with it in later turns."""
 
     model_config = ConfigDict(extra="forbid")
 
     id: str
     name: str
     arguments: str = "{}"  # JSON text, as OpenAI carries it
+    signature: str | None = None
 
 
 class Tool(BaseModel):
@@ -95,45 +99,142 @@ class Tool(BaseModel):
     name: str = Field(min_length=1, max_length=128)
     description: str | None = None
     parameters: dict[str, Any] = Field(default_factory=lambda: {"type": "object", "properties": {}})
+    cache_control: dict[str, Any] | None = None  # Anthropic's prompt-caching marker
+
+
+PartType = Literal["text", "image", "audio", "document"]
+
+
+class ContentPart(BaseModel):
+    """One piece of a message: text, or an image, audio clip or document given inline
+    (base64 `data` with its `media_type`) or by `url` (http or https; the worker fetches it
+    for providers that take only inline bytes). See `shared.media` for the checks."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: PartType
+    text: str | None = None
+    media_type: str | None = None  # image/png, audio/wav, application/pdf, text/plain …
+    data: str | None = None  # base64
+    url: str | None = None
+    name: str | None = None  # a document's file name
+    detail: Literal["auto", "low", "high"] | None = None  # OpenAI's image detail
+    cache_control: dict[str, Any] | None = None  # Anthropic's prompt-caching marker
+
+
+class Thinking(BaseModel):
+    """Reasoning from an earlier assistant turn, passed back as the provider signed it:
+    Anthropic's thinking blocks (`signature`) and redacted blocks (`redacted`, the opaque
+    data), Gemini's thought parts (`signature` is the part's `thoughtSignature`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: str = ""
+    signature: str | None = None
+    redacted: str | None = None
 
 
 class Message(BaseModel):
-    """One turn. Assistant turns may carry `tool_calls`; a `tool` turn is the result of the
-    call named by `tool_call_id` (and `name`, which Gemini needs)."""
+    """One turn. Assistant turns may carry `tool_calls` and earlier `thinking`; a `tool`
+    turn is the result of the call named by `tool_call_id` (and `name`, which Gemini
+    needs). `content` is always the turn's text; `parts`, when set, is the whole content in
+    order (text, images, audio, documents), of which `content` is the text."""
 
     model_config = ConfigDict(extra="forbid")
 
     role: Literal["system", "user", "assistant", "tool"]
     content: str = ""
+    parts: list[ContentPart] | None = None
     name: str | None = None
     tool_call_id: str | None = None
     tool_calls: list[ToolCall] | None = None
+    thinking: list[Thinking] | None = None
+    is_error: bool | None = None  # a tool result that reports a failure
+
+    @property
+    def media(self) -> list[ContentPart]:
+        return [p for p in self.parts or [] if p.type != "text"]
+
+    def content_parts(self) -> list[ContentPart]:
+        """The content as parts, whether it came as parts or as plain text."""
+        if self.parts is not None:
+            return self.parts
+        return [ContentPart(type="text", text=self.content)] if self.content else []
+
+
+def message(role: Any, parts: list[ContentPart], **fields: Any) -> Message:
+    """A message from its parts: plain text stays plain, anything else keeps its parts."""
+    text = "".join(p.text or "" for p in parts if p.type == "text")
+    plain = all(p.type == "text" and p.cache_control is None for p in parts)
+    return Message(role=role, content=text, parts=None if plain else parts, **fields)
 
 
 ToolChoice = Literal["auto", "none", "required"] | str
 """"auto", "none", "required" (some tool), or the name of the one tool to call."""
 
 
+class ResponseFormat(BaseModel):
+    """The shape of the answer: free text, any JSON object, or JSON valid against a schema
+    (`strict` asks the provider to guarantee it where it can)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    type: Literal["text", "json_object", "json_schema"]
+    name: str | None = None
+    description: str | None = None
+    json_schema: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+
+Protocol = Literal["openai", "anthropic", "gemini"]
+
+
 class GenerationRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """What the client asked for, whichever API it spoke. Fields a provider cannot honour
+    are judged before the job is queued (`shared.fidelity`); `extra` holds the request's
+    fields Spool does not model, in the wire form of `protocol` (the surface's API), sent
+    verbatim to a provider of that protocol."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     model: str
     messages: list[Message] = Field(min_length=1)
     max_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, ge=0, le=1)
+    top_k: int | None = Field(default=None, ge=1)
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    logit_bias: dict[str, float] | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
     stop: list[str] = Field(default_factory=list)
     seed: int | None = None
     user: str | None = None
+    metadata: dict[str, str] | None = None
+    service_tier: str | None = None
     tools: list[Tool] = Field(default_factory=list)
     tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: ResponseFormat | None = None
     reasoning: bool = False  # ask for reasoning / thinking output where the model has it
     reasoning_budget: int | None = Field(default=None, ge=1)
+    reasoning_effort: Literal["minimal", "low", "medium", "high"] | None = None
+    safety_settings: list[dict[str, Any]] | None = None  # Gemini's, as sent
+    protocol: Protocol | None = None
+    extra: dict[str, Any] = Field(default_factory=dict)
+    drop_params: bool = False
 
     def estimated_input_tokens(self) -> int:
         """What the prompt costs, before any provider has counted it (see
         `estimate_input_tokens`)."""
-        return estimate_input_tokens(sum(len(m.content) for m in self.messages), len(self.messages))
+        media = sum(len(m.media) for m in self.messages)
+        characters = sum(len(m.content) for m in self.messages)
+        return estimate_input_tokens(characters, len(self.messages)) + MEDIA_PART_TOKENS * media
+
+    @property
+    def has_media_urls(self) -> bool:
+        return any(p.url is not None for m in self.messages for p in m.media)
 
     def worst_case_tokens(self) -> int | None:
         """The most the request can cost: its input and `max_tokens`; None when unbounded."""

@@ -49,6 +49,11 @@ class ModelEntry(BaseModel):
     connect_timeout_s: float = Field(default=10.0, gt=0)
     idle_timeout_s: float = Field(default=60.0, gt=0)
     extra_headers: dict[str, str] = Field(default_factory=dict)
+    # Request fields the provider cannot honour are dropped (and named in the response's
+    # X-Spool-Dropped-Params header) instead of refused with a 400.
+    drop_params: bool = False
+    # Embedding models: the vector length the upstream returns (the demo's default length).
+    dimensions: int | None = Field(default=None, ge=1, le=65536)
 
     def api_key(self) -> str | None:
         return os.environ.get(self.api_key_env) if self.api_key_env else None
@@ -208,6 +213,10 @@ class Settings(BaseSettings):
     max_messages: int = Field(default=1000, ge=1)
     max_string_chars: int = Field(default=1_000_000, ge=1)
     max_tools: int = Field(default=128, ge=0)
+    # The most bytes one image, audio clip or document may have, inline in a request or
+    # fetched by a worker from its URL for a provider that takes only inline bytes.
+    max_media_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
+    max_media_urls: int = Field(default=16, ge=0)
     auth_enabled: bool = True
     max_follow_tokens: int = Field(default=16, ge=1, le=10_000)  # per stream
     # What a job may make Spool keep: its stored request (a generation's messages and

@@ -20,6 +20,7 @@ class ToolCall:
     id: str = ""
     name: str = ""
     arguments: str = ""
+    signature: str | None = None  # Gemini's thoughtSignature of the call
 
     def final_arguments(self) -> str:
         # A call that streamed no arguments still ends with valid JSON arguments.
@@ -33,6 +34,7 @@ def merge_tool_call(calls: dict[int, ToolCall], event: ev.ToolCallDelta) -> None
     call.id = event.id or call.id
     call.name = event.name or call.name
     call.arguments += event.arguments
+    call.signature = event.signature or call.signature
 
 
 @dataclass(slots=True)
@@ -43,6 +45,7 @@ class Transcript:
     reasoning: list[str] = field(default_factory=list)
     reasoning_signature: str | None = None
     tool_calls: dict[int, ToolCall] = field(default_factory=dict)
+    logprobs: list[dict[str, Any]] | None = None  # of the text's tokens, when asked for
     usage: ev.Usage | None = None
     finish_reason: ev.FinishReason | None = None
     error: ev.Error | None = None
@@ -61,6 +64,8 @@ class Transcript:
                 self.model, self.provider = event.model, event.provider
             case ev.TextDelta():
                 self.text.append(event.text)
+                if event.logprobs:
+                    self.logprobs = (self.logprobs or []) + event.logprobs
             case ev.ReasoningDelta():
                 self.reasoning.append(event.text)
                 if event.signature:
@@ -110,10 +115,19 @@ class Transcript:
             "reasoning": self.reasoning_content,
             "reasoning_signature": self.reasoning_signature,
             "tool_calls": [
-                {"index": c.index, "id": c.id, "name": c.name, "arguments": c.arguments}
+                {
+                    "index": c.index,
+                    "id": c.id,
+                    "name": c.name,
+                    "arguments": c.arguments,
+                    **({"signature": c.signature} if c.signature else {}),
+                }
                 for c in sorted(self.tool_calls.values(), key=lambda c: c.index)
             ],
-            "usage": self.usage.model_dump(exclude={"type"}) if self.usage else None,
+            **({"logprobs": self.logprobs} if self.logprobs else {}),
+            "usage": self.usage.model_dump(exclude={"type"}, exclude_none=True)
+            if self.usage
+            else None,
             "finish_reason": self.finish_reason,
             "error": self.error.model_dump(exclude={"type"}, exclude_none=True)
             if self.error
@@ -130,6 +144,7 @@ class Transcript:
         t.reasoning_signature = data.get("reasoning_signature")
         for call in data.get("tool_calls") or []:
             t.tool_calls[call["index"]] = ToolCall(**call)
+        t.logprobs = data.get("logprobs")
         if data.get("usage"):
             t.usage = ev.Usage(**data["usage"])
         t.finish_reason = data.get("finish_reason")

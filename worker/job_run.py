@@ -81,7 +81,11 @@ class JobRun:
         first real event, so an attempt that dies before producing anything leaves the
         stream empty and the job can simply run again."""
         if not self.started:
-            start = ev.Start(model=self.record.model, provider=self.provider_name)
+            # A prompt size the provider told before the first token rides on Start.
+            told = next((e.input_tokens for e in events if isinstance(e, ev.Usage)), None)
+            start = ev.Start(
+                model=self.record.model, provider=self.provider_name, input_tokens=told
+            )
             self.transcript.apply(start)
             events = [start, *events]
         await self.writer.write(events)

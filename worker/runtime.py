@@ -36,6 +36,7 @@ from worker.providers import Provider
 from worker.providers.anthropic import AnthropicProvider
 from worker.providers.demo import DemoProvider
 from worker.providers.gemini import GeminiProvider
+from worker.providers.media import MediaFetcher
 from worker.providers.openai import OpenAIProvider
 from worker.providers.transport import FastTransport
 from worker.task_providers import TaskProvider
@@ -102,11 +103,13 @@ class WorkerRuntime:
             ),
             follow_redirects=False,
         )
+        # Media named by URL is fetched with the tasks' client, under the same guard.
+        media = MediaFetcher(self._http, self.settings.max_media_bytes)
         self.providers = {
             "demo": DemoProvider(),
-            "openai": OpenAIProvider(self._stream_http),
-            "anthropic": AnthropicProvider(self._stream_http),
-            "gemini": GeminiProvider(self._stream_http),
+            "openai": OpenAIProvider(self._stream_http, media),
+            "anthropic": AnthropicProvider(self._stream_http, media),
+            "gemini": GeminiProvider(self._stream_http, media),
         }
         self.task_providers = {
             "demo": DemoTaskProvider(),

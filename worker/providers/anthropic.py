@@ -20,6 +20,7 @@ from shared.errors import UpstreamError
 from shared.request import GenerationRequest, Message, parse_json_object
 from shared.settings import ModelEntry
 from worker.providers.http import EventParser, incomplete, read_to_the_end, stream_events
+from worker.providers.media import DEFAULT_MAX_MEDIA_BYTES, MediaFetcher
 
 DEFAULT_BASE_URL = "https://api.anthropic.com/v1"
 API_VERSION = "2023-06-01"
@@ -267,8 +268,9 @@ def _stream_error(error: Any) -> UpstreamError:
 class AnthropicProvider:
     name = "anthropic"
 
-    def __init__(self, client: httpx.AsyncClient) -> None:
+    def __init__(self, client: httpx.AsyncClient, media: MediaFetcher | None = None) -> None:
         self.client = client
+        self.media = media or MediaFetcher(client, DEFAULT_MAX_MEDIA_BYTES)
 
     async def stream(
         self, request: GenerationRequest, entry: ModelEntry

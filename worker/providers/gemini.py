@@ -19,6 +19,7 @@ from shared.errors import UpstreamError
 from shared.request import GenerationRequest, Message, parse_json_object
 from shared.settings import ModelEntry
 from worker.providers.http import EventParser, incomplete, stream_events
+from worker.providers.media import DEFAULT_MAX_MEDIA_BYTES, MediaFetcher
 
 DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com/v1beta"
 FINISH_REASONS: dict[str, ev.FinishReason] = {
@@ -217,8 +218,9 @@ class _ResponseMapper:
 class GeminiProvider:
     name = "gemini"
 
-    def __init__(self, client: httpx.AsyncClient) -> None:
+    def __init__(self, client: httpx.AsyncClient, media: MediaFetcher | None = None) -> None:
         self.client = client
+        self.media = media or MediaFetcher(client, DEFAULT_MAX_MEDIA_BYTES)
 
     async def stream(
         self, request: GenerationRequest, entry: ModelEntry

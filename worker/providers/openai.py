@@ -14,6 +14,7 @@ from shared.errors import UpstreamError
 from shared.request import GenerationRequest, Message
 from shared.settings import ModelEntry
 from worker.providers.http import EventParser, incomplete, read_to_the_end, stream_events
+from worker.providers.media import DEFAULT_MAX_MEDIA_BYTES, MediaFetcher
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 FINISH_REASONS: dict[str, ev.FinishReason] = {
@@ -126,8 +127,9 @@ class _ChunkMapper:
 class OpenAIProvider:
     name = "openai"
 
-    def __init__(self, client: httpx.AsyncClient) -> None:
+    def __init__(self, client: httpx.AsyncClient, media: MediaFetcher | None = None) -> None:
         self.client = client
+        self.media = media or MediaFetcher(client, DEFAULT_MAX_MEDIA_BYTES)
 
     async def stream(
         self, request: GenerationRequest, entry: ModelEntry
