@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import httpx
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp
@@ -17,6 +18,8 @@ from api.request_limits import RequestLimits
 from api.responses import DeferredStreams
 from api.routes import (
     anthropic,
+    count_tokens,
+    embeddings,
     gemini,
     health,
     models,
@@ -31,6 +34,7 @@ from shared.artifacts import ArtifactStore
 from shared.auth import KeyStore
 from shared.hooks import HookStore
 from shared.limits import Admission, RedisMemory
+from shared.netguard import Allowlist, GuardedTransport
 from shared.queue import ArqJobQueue
 from shared.reaper import Reaper
 from shared.redis import (
@@ -91,6 +95,13 @@ def create_app(settings: Settings) -> FastAPI:
             tasks=TaskViews(store, hooks, settings.public_base_url),
             artifacts=ArtifactStore(settings.artifacts_root, settings.max_output_bytes),
             hub=hub,
+            # Calls the API makes upstream itself (embeddings, token counts), under the
+            # outbound guard the workers' calls pass.
+            http=httpx.AsyncClient(
+                transport=GuardedTransport(Allowlist.parse(settings.upstream_allowlist)),
+                follow_redirects=False,
+                timeout=httpx.Timeout(60.0, connect=10.0),
+            ),
         )
         background = [
             supervise("stream-hub", hub.run),
@@ -111,6 +122,7 @@ def create_app(settings: Settings) -> FastAPI:
                 await close_data_redis(redis)
             await control.aclose(close_connection_pool=True)
             await queue_redis.aclose(close_connection_pool=True)
+            await app.state.services.http.aclose()
 
     app = FastAPI(title="Spool", version="0.1.0", lifespan=lifespan)
     install_error_handlers(app)
@@ -122,6 +134,8 @@ def create_app(settings: Settings) -> FastAPI:
         openai_chat.router,
         openai_completions.router,
         anthropic.router,
+        count_tokens.router,
+        embeddings.router,
         gemini.router,
         simple.router,
         streams.router,

@@ -8,6 +8,7 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
+import httpx
 from fastapi import Depends, Header, Request
 from redis.asyncio import Redis
 
@@ -42,6 +43,7 @@ class Services:
     tasks: TaskViews
     artifacts: ArtifactStore
     hub: StreamHub
+    http: httpx.AsyncClient  # guarded, for the calls the API makes upstream itself
     formats: dict[str, WireFormat] = field(default_factory=registry)
     background: set[asyncio.Task[Any]] = field(default_factory=set)
 

@@ -87,6 +87,7 @@ class RedisMemory:
 class Admission:
     def __init__(self, redis: Redis, settings: Settings, memory: RedisMemory | None = None) -> None:
         self.redis = redis
+        self.settings = settings
         self.global_limit = settings.max_concurrent_generations or 0
         # A slot outlives any job: the longest wait in the queue plus the longest run.
         self.slot_ms = (settings.queue_timeout_s + settings.job_timeout_s + 60) * 1000
@@ -193,6 +194,19 @@ class Admission:
                 f"the key {key.name!r} is limited to {key.rpm} requests per minute",
                 retry_after=float(wait),
             )
+
+    async def charge(self, key: ApiKey, job_id: str, model: str, input_tokens: int) -> None:
+        """End a request that needed no queue (embeddings) and was admitted as `job_id`:
+        its slot given back, its input tokens charged to the key's usage."""
+        await settle(
+            self._settle,
+            job_id,
+            key.id,
+            usage_model(self.settings, model),
+            input_tokens,
+            0,
+            usage_ttl_s=self.usage_ttl_s,
+        )
 
     async def release(self, key: ApiKey, job_id: str) -> None:
         """Give back the slot and reservation of a job that never got created."""
