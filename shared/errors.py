@@ -187,6 +187,7 @@ class FenceLost(SpoolError):
 # renders. One table, so every surface says the same.
 ERROR_STATUSES: dict[str, int] = {
     "internal_error": 500,
+    "media_fetch_failed": 400,  # a media URL of the request could not be used
     "upstream_error": 502,
     "upstream_connect_error": 502,
     "upstream_incomplete": 502,
@@ -213,6 +214,8 @@ def error_type(code: str) -> str:
     """OpenAI-style error type for a stream error code."""
     if code.startswith("upstream"):
         return "upstream_error"
+    if error_status(code) == 400:
+        return "invalid_request_error"
     if error_status(code) == 503:
         return "service_unavailable"
     return "server_error"

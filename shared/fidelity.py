@@ -148,6 +148,17 @@ def _unsupported(request: GenerationRequest, caps: Capabilities, provider: str) 
     return names
 
 
+def _names(extra: dict[str, Any]) -> list[str]:
+    """The fields in `extra`, a nested config's by their path (`generationConfig.seed`)."""
+    names = []
+    for key, value in extra.items():
+        if key.endswith("Config") and isinstance(value, dict) and value:
+            names += [f"{key}.{inner}" for inner in value]
+        else:
+            names.append(key)
+    return names
+
+
 def judge(request: GenerationRequest, entry: ModelEntry) -> tuple[GenerationRequest, list[str]]:
     """The request as the entry's provider will get it, and the names of the fields that
     were dropped; a 400 naming what cannot be carried when dropping is not allowed."""
@@ -164,7 +175,7 @@ def judge(request: GenerationRequest, entry: ModelEntry) -> tuple[GenerationRequ
     unsupported = _unsupported(request, caps, provider)
     foreign: list[str] = []
     if request.extra and caps.protocol != request.protocol:
-        foreign = sorted(request.extra)
+        foreign = sorted(_names(request.extra))
     refused = unsupported + foreign
     if not refused:
         return request, []

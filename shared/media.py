@@ -106,12 +106,12 @@ def check_part(part: ContentPart, what: str, max_bytes: int) -> None:
     if part.data is not None:
         if part.media_type is None:
             raise InvalidRequest(f"{what} has base64 data but no media type")
-        check_base64(part.data, what)
         size = decoded_size(part.data)
         if size > max_bytes:
             raise InvalidRequest(
                 f"{what} is {size} bytes; at most {max_bytes} are allowed (max_media_bytes)"
             )
+        check_base64(part.data, what)
     if part.media_type is not None and part.media_type not in MEDIA_TYPES[kind]:
         allowed = ", ".join(sorted(MEDIA_TYPES[kind]))
         raise InvalidRequest(

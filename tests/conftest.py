@@ -66,6 +66,7 @@ E2E_SETTINGS = {
     "auth_enabled": False,
     "upstream_allowlist": "127.0.0.1",
     "cors_origins": ["http://app.example"],
+    "max_media_bytes": 1024 * 1024,
 }
 
 
@@ -89,19 +90,20 @@ def cluster_models(upstream: MockUpstream) -> dict[str, object]:
         )},
         "up-openai-text": mock("instant"),
         "up-openai-tools": mock("tools"),
+        "up-openai-json": mock("json"),
         **{
             f"up-anthropic-{name}": {
                 "provider": "anthropic", "base_url": upstream.base_url, "model": f"claude-{name}",
                 "api_key_env": "SPOOL_TEST_UPSTREAM_KEY",
             }
-            for name in ("text", "tools", "thinking", "split", "overloaded")
+            for name in ("text", "tools", "thinking", "split", "overloaded", "json")
         },
         **{
             f"up-gemini-{name}": {
                 "provider": "gemini", "base_url": upstream.base_url + "beta",
                 "model": f"gemini-{name}", "api_key_env": "SPOOL_TEST_UPSTREAM_KEY",
             }
-            for name in ("text", "tools", "thinking", "split", "error-midstream")
+            for name in ("text", "tools", "thinking", "split", "error-midstream", "json")
         },
     }  # fmt: skip
 

@@ -111,6 +111,12 @@ def text_script(model: str) -> list[Frame]:
     ]
 
 
+def json_script(model: str) -> list[Frame]:
+    from tests.mock_upstream import JSON_ANSWER
+
+    return [message_start(model), *text_block(0, JSON_ANSWER), *message_end("end_turn")]
+
+
 def tools_script(model: str) -> list[Frame]:
     return [
         message_start(model),
@@ -159,6 +165,7 @@ SCRIPTS: dict[str, Callable[[str], list[Frame]]] = {
     "claude-text": text_script,
     "claude-split": text_script,
     "claude-tools": tools_script,
+    "claude-json": json_script,
     "claude-thinking": thinking_script,
     "claude-max-tokens": max_tokens_script,
     "claude-overloaded": overloaded_script,

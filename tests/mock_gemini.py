@@ -80,6 +80,14 @@ def _thinking_responses() -> list[dict[str, Any]]:
     ]
 
 
+def _json_responses() -> list[dict[str, Any]]:
+    from tests.mock_upstream import JSON_ANSWER
+
+    out = [response([{"text": piece}]) for piece in JSON_ANSWER[:-1]]
+    out.append(response([{"text": JSON_ANSWER[-1]}], "STOP", TEXT_USAGE))
+    return out
+
+
 def _max_tokens_responses() -> list[dict[str, Any]]:
     usage = {"promptTokenCount": 9, "candidatesTokenCount": 4, "totalTokenCount": 13}
     return [response([{"text": "cut "}]), response([{"text": "short"}], "MAX_TOKENS", usage)]
@@ -93,6 +101,7 @@ SCRIPTS = {
     "gemini-text": _text_responses,
     "gemini-split": _text_responses,
     "gemini-tools": _tool_responses,
+    "gemini-json": _json_responses,
     "gemini-thinking": _thinking_responses,
     "gemini-max-tokens": _max_tokens_responses,
     "gemini-error-midstream": _error_midstream_responses,

@@ -28,6 +28,8 @@ INSTANT_TEXT = ["Hello", " from", " the", " mock", " upstream", "."]
 SPLIT_TEXT = "héllo wörld, 日本語 ✓ café 🎉"
 TOOLS_TEXT = ["Let me", " look."]
 TOOL_CALL = ("get_weather", '{"city": "Paris"}')
+# What every mock's `json` script answers: valid against `tests.media.WEATHER`'s schema.
+JSON_ANSWER = ['{"city": "Pa', 'ris", "temperature": 21.5,', ' "conditions": "sunny"}']
 
 
 async def trickle(raw: bytes) -> AsyncIterator[bytes]:
@@ -113,6 +115,10 @@ class MockUpstream:
 
     async def _instant(self, seen: Seen) -> AsyncIterator[bytes]:
         for frame in text_stream(seen.model, INSTANT_TEXT):
+            yield frame
+
+    async def _json(self, seen: Seen) -> AsyncIterator[bytes]:
+        for frame in text_stream(seen.model, JSON_ANSWER):
             yield frame
 
     async def _tools(self, seen: Seen) -> AsyncIterator[bytes]:
@@ -220,6 +226,7 @@ class MockUpstream:
             return StreamingResponse(self._instant(seen), media_type="text/event-stream")
         scripts: dict[str, Callable[[Seen], AsyncIterator[bytes]]] = {
             "instant": self._instant,
+            "json": self._json,
             "tools": self._tools,
             "split-utf8": self._split_utf8,
             "slow": self._slow,
@@ -237,12 +244,23 @@ class MockUpstream:
 
     # -- lifecycle -------------------------------------------------------------------------
 
+    async def media(self, request: Request) -> Response:
+        """Test media by name (`tests.media.FILES`), as a web server would serve them."""
+        from tests.media import FILES
+
+        found = FILES.get(request.path_params["name"])
+        if found is None:
+            return Response(status_code=404)
+        media_type, content = found
+        return Response(content(), media_type=media_type)
+
     def app(self) -> Starlette:
         from tests.mock_anthropic import handle_messages
         from tests.mock_gemini import handle_generate
 
         return Starlette(
             routes=[
+                Route("/media/{name}", self.media, methods=["GET"]),
                 Route("/v1/chat/completions", self.handle, methods=["POST"]),
                 Route("/v1/messages", functools.partial(handle_messages, self), methods=["POST"]),
                 Route(

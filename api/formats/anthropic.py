@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
@@ -47,8 +48,29 @@ def _frame(name: str, value: dict[str, Any]) -> Frame:
 
 
 def usage_object(transcript_usage: ev.Usage | None) -> dict[str, int]:
+    """Anthropic counts input read from the cache apart from the rest of the input."""
     usage = transcript_usage or ev.Usage()
-    return {"input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens}
+    cached = usage.cached_input_tokens
+    if cached is None:
+        return {"input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens}
+    return {
+        "input_tokens": max(0, usage.input_tokens - cached),
+        "output_tokens": usage.output_tokens,
+        "cache_read_input_tokens": cached,
+    }
+
+
+_NOT_ID = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def tool_use_id(call_id: str | None, index: int) -> str:
+    """A tool call's id as Anthropic's look (`toolu_…`), the same wherever it is rendered:
+    another provider's id gets the prefix, with what Anthropic's ids cannot hold replaced."""
+    if not call_id:
+        return f"toolu_{index}"
+    if call_id.startswith("toolu_"):
+        return call_id
+    return "toolu_" + _NOT_ID.sub("_", call_id)
 
 
 class AnthropicFormat:
@@ -76,7 +98,7 @@ class AnthropicFormat:
             content.append(
                 {
                     "type": "tool_use",
-                    "id": call.id,
+                    "id": tool_use_id(call.id, call.index),
                     "name": call.name,
                     "input": parse_json_object(call.arguments) or {},
                 }
@@ -118,10 +140,11 @@ class _MessagesRenderer:
         self.next_index = int(next_index)
         self.open = (str(open_block[0]), int(open_block[1])) if open_block else None
 
-    def _start(self) -> list[Frame]:
+    def _start(self, event: ev.Event) -> list[Frame]:
         if self.started:
             return []
         self.started = True
+        told = event.input_tokens if isinstance(event, ev.Start) else None
         message = {
             "id": self.render["id"],
             "type": "message",
@@ -130,7 +153,7 @@ class _MessagesRenderer:
             "content": [],
             "stop_reason": None,
             "stop_sequence": None,
-            "usage": {"input_tokens": 0, "output_tokens": 0},
+            "usage": {"input_tokens": told or 0, "output_tokens": 0},
         }
         return [_frame("message_start", {"message": message}), _frame("ping", {})]
 
@@ -161,7 +184,7 @@ class _MessagesRenderer:
             status = event.status or error_status(event.code)
             error = {"type": error_type(status), "message": event.message}
             return [_frame("error", {"error": error})]
-        out = self._start()
+        out = self._start(event)
         match event:
             case ev.TextDelta():
                 out += self._block("text", -1, {"type": "text", "text": ""})
@@ -178,7 +201,7 @@ class _MessagesRenderer:
             case ev.ToolCallDelta():
                 tool_use: dict[str, Any] = {
                     "type": "tool_use",
-                    "id": event.id or f"toolu_{event.index}",
+                    "id": tool_use_id(event.id, event.index),
                     "name": event.name or "",
                     "input": {},
                 }

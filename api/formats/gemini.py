@@ -1,7 +1,8 @@
 """Gemini `streamGenerateContent?alt=sse`: one `GenerateContentResponse` per `data:` event,
 `finishReason` and `usageMetadata` on the last one, no `[DONE]`. Function calls go out
 whole (Gemini never streams them in fragments), so their fragments are held until the
-call is complete."""
+call is complete. Thought signatures ride on the part they sign (`thoughtSignature`): on
+function calls, and on thought parts for reasoning deltas that carry one."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from api.formats import Frame, restore_calls, snapshot_calls
+from api.formats import Frame
 from shared import events as ev
 from shared.errors import SpoolError, error_status
 from shared.request import parse_json_object
@@ -43,21 +44,54 @@ STATUSES: dict[int, str] = {
 
 
 def function_call_part(call: ToolCall) -> dict[str, Any]:
-    return {
+    part: dict[str, Any] = {
         "functionCall": {
             "id": call.id,
             "name": call.name,
             "args": parse_json_object(call.arguments) or {},
         }
     }
+    if call.signature:
+        part["thoughtSignature"] = call.signature
+    return part
+
+
+def thought_part(text: str, signature: str | None) -> dict[str, Any]:
+    part: dict[str, Any] = {"text": text, "thought": True}
+    if signature:
+        part["thoughtSignature"] = signature
+    return part
 
 
 def usage_metadata(usage: ev.Usage | None) -> dict[str, int]:
     usage = usage or ev.Usage()
-    return {
+    out = {
         "promptTokenCount": usage.input_tokens,
-        "candidatesTokenCount": usage.output_tokens,
+        "candidatesTokenCount": usage.output_tokens - (usage.reasoning_tokens or 0),
         "totalTokenCount": usage.total_tokens,
+    }
+    if usage.cached_input_tokens is not None:
+        out["cachedContentTokenCount"] = usage.cached_input_tokens
+    if usage.reasoning_tokens is not None:
+        out["thoughtsTokenCount"] = usage.reasoning_tokens
+    return out
+
+
+def logprobs_result(entries: list[dict[str, Any]]) -> dict[str, Any]:
+    """OpenAI-form log probabilities (`TextDelta.logprobs`) as Gemini's `logprobsResult`."""
+    return {
+        "topCandidates": [
+            {
+                "candidates": [
+                    {"token": t.get("token"), "logProbability": t.get("logprob")}
+                    for t in e.get("top_logprobs") or []
+                ]
+            }
+            for e in entries
+        ],
+        "chosenCandidates": [
+            {"token": e.get("token"), "logProbability": e.get("logprob")} for e in entries
+        ],
     }
 
 
@@ -83,8 +117,8 @@ class GeminiFormat:
 
     def response(self, record: JobRecord, transcript: Transcript) -> dict[str, Any]:
         parts: list[dict[str, Any]] = []
-        if transcript.reasoning:
-            parts.append({"text": transcript.reasoning_content, "thought": True})
+        if transcript.reasoning_content or transcript.reasoning_signature:
+            parts.append(thought_part(transcript.reasoning_content, transcript.reasoning_signature))
         if transcript.text:
             parts.append({"text": transcript.content})
         parts += [
@@ -92,6 +126,8 @@ class GeminiFormat:
             for c in sorted(transcript.tool_calls.values(), key=lambda c: c.index)
         ]
         candidate: dict[str, Any] = {"content": {"role": "model", "parts": parts}, "index": 0}
+        if transcript.logprobs:
+            candidate["logprobsResult"] = logprobs_result(transcript.logprobs)
         if transcript.finish_reason:
             candidate["finishReason"] = FINISH_REASONS[transcript.finish_reason]
         return {
@@ -106,17 +142,28 @@ class GeminiFormat:
 
 
 class _GeminiRenderer:
-    state_tag = "gemini.1"
+    state_tag = "gemini.2"  # held calls: [index, id, name, arguments, signature]
 
     def __init__(self, render: dict[str, Any]) -> None:
         self.render = render
         self.calls: dict[int, ToolCall] = {}
 
     def snapshot(self) -> bytes:
-        return snapshot_calls(self.calls)
+        return orjson.dumps(
+            [[c.index, c.id, c.name, c.arguments, c.signature] for c in self.calls.values()]
+        )
 
     def restore(self, state: bytes) -> None:
-        self.calls = restore_calls(state)
+        self.calls = {
+            int(index): ToolCall(
+                int(index),
+                str(call_id),
+                str(name),
+                str(arguments),
+                None if signature is None else str(signature),
+            )
+            for index, call_id, name, arguments, signature in orjson.loads(state)
+        }
 
     def _response(
         self,
@@ -145,13 +192,14 @@ class _GeminiRenderer:
                 merge_tool_call(self.calls, event)
                 return []
             case ev.TextDelta():
-                return [self._response(entry_id, [*self._whole_calls(), {"text": event.text}])]
-            case ev.ReasoningDelta() if event.text:
-                return [
-                    self._response(
-                        entry_id, [*self._whole_calls(), {"text": event.text, "thought": True}]
-                    )
-                ]
+                parts = [*self._whole_calls(), {"text": event.text}]
+                if event.logprobs:
+                    logprobs = logprobs_result(event.logprobs)
+                    return [self._response(entry_id, parts, logprobsResult=logprobs)]
+                return [self._response(entry_id, parts)]
+            case ev.ReasoningDelta() if event.text or event.signature:
+                thought = thought_part(event.text, event.signature)
+                return [self._response(entry_id, [*self._whole_calls(), thought])]
             case ev.Finish():
                 parts = self._whole_calls() or [{"text": ""}]
                 usage = usage_metadata(event.usage)

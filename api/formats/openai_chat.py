@@ -19,13 +19,35 @@ def _json(value: dict[str, Any]) -> bytes:
     return orjson.dumps(value)
 
 
-def usage_object(usage: ev.Usage | None) -> dict[str, int]:
+def usage_object(usage: ev.Usage | None) -> dict[str, Any]:
     usage = usage or ev.Usage()
-    return {
+    out: dict[str, Any] = {
         "prompt_tokens": usage.input_tokens,
         "completion_tokens": usage.output_tokens,
         "total_tokens": usage.total_tokens,
     }
+    if usage.cached_input_tokens is not None:
+        out["prompt_tokens_details"] = {"cached_tokens": usage.cached_input_tokens}
+    if usage.reasoning_tokens is not None:
+        out["completion_tokens_details"] = {"reasoning_tokens": usage.reasoning_tokens}
+    return out
+
+
+def logprobs_object(logprobs: list[dict[str, Any]] | None) -> dict[str, Any] | None:
+    return {"content": logprobs, "refusal": None} if logprobs else None
+
+
+def thinking_block(text: str, signature: str) -> dict[str, str]:
+    """Signed reasoning as a client sends it back (`thinking_blocks`), so the signature
+    survives into the next turn."""
+    return {"type": "thinking", "thinking": text, "signature": signature}
+
+
+def signed(call: dict[str, Any], signature: str | None) -> dict[str, Any]:
+    """A tool call with its thought signature where Gemini's OpenAI-compatible API has it."""
+    if signature is not None:
+        call["extra_content"] = {"google": {"thought_signature": signature}}
+    return call
 
 
 class OpenAIChatFormat:
@@ -50,18 +72,28 @@ class OpenAIChatFormat:
             chunk["usage"] = None
         return chunk
 
-    def _delta(self, render: dict[str, Any], delta: dict[str, Any]) -> Frame:
-        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}
+    def _delta(self, render: dict[str, Any], delta: dict[str, Any], logprobs: Any = None) -> Frame:
+        choice = {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": None}
         return Frame(_json(self._chunk(render, [choice])))
+
+    def _reasoning(self, render: dict[str, Any], event: ev.ReasoningDelta) -> Frame:
+        if event.signature is None:
+            return self._delta(render, {"reasoning_content": event.text})
+        delta: dict[str, Any] = {"reasoning_content": event.text} if event.text else {}
+        delta["thinking_blocks"] = [thinking_block(event.text, event.signature)]
+        return self._delta(render, delta)
 
     def frames(self, event: ev.Event, render: dict[str, Any]) -> list[Frame]:
         match event:
             case ev.Start():
                 return [self._delta(render, {"role": "assistant", "content": ""})]
             case ev.TextDelta():
+                if event.logprobs:
+                    logprobs = logprobs_object(event.logprobs)
+                    return [self._delta(render, {"content": event.text}, logprobs)]
                 return [self._delta(render, {"content": event.text})]
             case ev.ReasoningDelta():
-                return [self._delta(render, {"reasoning_content": event.text})]
+                return [self._reasoning(render, event)]
             case ev.ToolCallDelta():
                 call: dict[str, Any] = {"index": event.index}
                 if event.id is not None:
@@ -71,6 +103,8 @@ class OpenAIChatFormat:
                 if event.name is not None:
                     function["name"] = event.name
                 call["function"] = function
+                if event.signature is not None:
+                    signed(call, event.signature)
                 return [self._delta(render, {"tool_calls": [call]})]
             case ev.Finish():
                 choice = {"index": 0, "delta": {}, "logprobs": None, "finish_reason": event.reason}
@@ -96,13 +130,19 @@ class OpenAIChatFormat:
         message: dict[str, Any] = {"role": "assistant", "content": content}
         if transcript.reasoning:
             message["reasoning_content"] = transcript.reasoning_content
+        if transcript.reasoning_signature:
+            block = thinking_block(transcript.reasoning_content, transcript.reasoning_signature)
+            message["thinking_blocks"] = [block]
         if transcript.tool_calls:
             message["tool_calls"] = [
-                {
-                    "id": call.id,
-                    "type": "function",
-                    "function": {"name": call.name, "arguments": call.final_arguments()},
-                }
+                signed(
+                    {
+                        "id": call.id,
+                        "type": "function",
+                        "function": {"name": call.name, "arguments": call.final_arguments()},
+                    },
+                    call.signature,
+                )
                 for call in sorted(transcript.tool_calls.values(), key=lambda c: c.index)
             ]
         return {
@@ -115,7 +155,7 @@ class OpenAIChatFormat:
                 {
                     "index": 0,
                     "message": message,
-                    "logprobs": None,
+                    "logprobs": logprobs_object(transcript.logprobs),
                     "finish_reason": transcript.finish_reason,
                 }
             ],

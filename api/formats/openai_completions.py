@@ -21,6 +21,28 @@ def _json(value: dict[str, Any]) -> bytes:
     return orjson.dumps(value)
 
 
+def _top(entry: dict[str, Any]) -> dict[str, Any]:
+    alternatives = entry.get("top_logprobs")
+    if not isinstance(alternatives, list):
+        return {}
+    return {
+        str(t["token"]): t.get("logprob")
+        for t in alternatives
+        if isinstance(t, dict) and "token" in t
+    }
+
+
+def legacy_logprobs(entries: list[dict[str, Any]] | None) -> dict[str, Any] | None:
+    """Chat-style token log probabilities in the Completions API's older shape."""
+    if not entries:
+        return None
+    return {
+        "tokens": [e.get("token") for e in entries],
+        "token_logprobs": [e.get("logprob") for e in entries],
+        "top_logprobs": [_top(e) for e in entries],
+    }
+
+
 class OpenAICompletionsFormat:
     surface = "openai.completions"
     stateful = False
@@ -42,7 +64,7 @@ class OpenAICompletionsFormat:
                 {
                     "text": transcript.content,
                     "index": 0,
-                    "logprobs": None,
+                    "logprobs": legacy_logprobs(transcript.logprobs),
                     "finish_reason": transcript.finish_reason,
                 }
             ],
@@ -57,8 +79,8 @@ class _CompletionsRenderer:
     def __init__(self, render: dict[str, Any]) -> None:
         self.render = render
 
-    def _chunk(self, text: str, finish: str | None) -> Frame:
-        choice = {"text": text, "index": 0, "logprobs": None, "finish_reason": finish}
+    def _chunk(self, text: str, finish: str | None, logprobs: Any = None) -> Frame:
+        choice = {"text": text, "index": 0, "logprobs": logprobs, "finish_reason": finish}
         return Frame(_json({**self._base(), "choices": [choice]}))
 
     def _base(self) -> dict[str, Any]:
@@ -76,6 +98,8 @@ class _CompletionsRenderer:
     def frames(self, entry_id: str, event: ev.Event) -> list[Frame]:
         match event:
             case ev.TextDelta():
+                if event.logprobs:
+                    return [self._chunk(event.text, None, legacy_logprobs(event.logprobs))]
                 return [self._chunk(event.text, None)]
             case ev.Finish():
                 out = [self._chunk("", event.reason)]

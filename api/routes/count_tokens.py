@@ -1,7 +1,100 @@
-"""Anthropic's token counting: `POST /v1/messages/count_tokens`."""
+"""Anthropic's token counting: `POST /v1/messages/count_tokens` (also under `/anthropic`).
+
+Models served by Anthropic get Anthropic's own count: the request, already in Anthropic's
+form, goes to the upstream's count_tokens with the upstream model name. Other models get
+Spool's estimate. The `X-Spool-Token-Count` header says which (`exact` or `estimated`).
+No job is queued, but the request counts against the key's requests per minute."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import uuid
+from typing import Annotated, Any
+
+import httpx
+import orjson
+from fastapi import APIRouter, Body, Request
+from starlette.responses import Response
+
+from api.deps import CallerDep, Services, ServicesDep
+from api.generation import check_limits, resolve_model
+from api.responses import JSONBody
+from api.routes.anthropic import MessagesBody, to_canonical
+from shared.errors import UpstreamError
+from shared.redact import redact
+from shared.settings import ModelEntry
 
 router = APIRouter(tags=["anthropic"])
+
+COUNT_HEADER = "X-Spool-Token-Count"
+DEFAULT_BASE_URL = "https://api.anthropic.com/v1"
+API_VERSION = "2023-06-01"
+MAX_ERROR_CHARS = 300
+
+
+def _upstream_body(raw: bytes, upstream_model: str) -> dict[str, Any]:
+    """The client's request as the upstream takes it: its upstream model name, the beta
+    `output_format` in its GA place, without Spool's own `drop_params`."""
+    body: dict[str, Any] = orjson.loads(raw)
+    body["model"] = upstream_model
+    body.pop("drop_params", None)
+    output_format = body.pop("output_format", None)
+    if output_format is not None:
+        config = body.get("output_config") or {}
+        body["output_config"] = {"format": output_format, **config}
+    return body
+
+
+def _error_message(response: httpx.Response, key: str | None) -> str:
+    try:
+        error = response.json().get("error") or {}
+        message = str(error.get("message") or "no message")
+    except (ValueError, AttributeError):
+        message = response.text[:MAX_ERROR_CHARS] or "no body"
+    # Upstreams sometimes quote the key they were sent; never pass it on.
+    return redact(message, [key] if key else [])[:MAX_ERROR_CHARS]
+
+
+async def upstream_count(services: Services, entry: ModelEntry, body: dict[str, Any]) -> int:
+    """Anthropic's count of the request's input tokens, or a 502 saying why not."""
+    url = (entry.base_url or DEFAULT_BASE_URL).rstrip("/") + "/messages/count_tokens"
+    headers = {"anthropic-version": API_VERSION, **entry.extra_headers}
+    key = entry.api_key()
+    if key:
+        headers["x-api-key"] = key
+    try:
+        response = await services.http.post(url, content=orjson.dumps(body), headers=headers)
+    except httpx.HTTPError as exc:
+        raise UpstreamError(f"counting tokens upstream failed: {type(exc).__name__}") from exc
+    if response.status_code != 200:
+        message = _error_message(response, key)
+        raise UpstreamError(
+            f"counting tokens upstream answered {response.status_code}: {message}",
+            upstream_status=response.status_code,
+        )
+    try:
+        tokens = response.json()["input_tokens"]
+    except (ValueError, KeyError, TypeError):
+        tokens = None
+    if not isinstance(tokens, int) or isinstance(tokens, bool) or tokens < 0:
+        raise UpstreamError("counting tokens upstream answered without an input_tokens count")
+    return tokens
+
+
+@router.post("/v1/messages/count_tokens")
+@router.post("/anthropic/v1/messages/count_tokens", include_in_schema=False)
+async def count_tokens(
+    body: Annotated[MessagesBody, Body()],
+    request: Request,
+    services: ServicesDep,
+    caller: CallerDep,
+) -> Response:
+    entry = resolve_model(services.settings, body.model, caller)
+    canonical = to_canonical(body)
+    check_limits(services.settings, canonical)
+    await services.admission.take_request(caller, f"count_tokens:{uuid.uuid4().hex}")
+    if entry.provider == "anthropic":
+        upstream_body = _upstream_body(await request.body(), entry.model or body.model)
+        tokens, how = await upstream_count(services, entry, upstream_body), "exact"
+    else:
+        tokens, how = canonical.estimated_input_tokens(), "estimated"
+    return JSONBody({"input_tokens": tokens}, headers={COUNT_HEADER: how})

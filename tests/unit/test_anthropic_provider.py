@@ -157,6 +157,7 @@ async def test_text_deltas_and_usage() -> None:
         ]
     )
     assert await run(upstream) == [
+        ev.Usage(input_tokens=25),  # message_start's count, ahead of the first content
         ev.TextDelta(text="Hello"),
         ev.TextDelta(text="!"),
         ev.Finish(reason="stop", usage=ev.Usage(input_tokens=25, output_tokens=15)),
@@ -190,6 +191,7 @@ async def test_tool_use_blocks_become_tool_call_deltas() -> None:
         ]
     )
     assert await run(upstream) == [
+        ev.Usage(input_tokens=5),
         ev.TextDelta(text="Let me check."),
         ev.ToolCallDelta(index=0, id="toolu_a", name="get_weather", arguments=""),
         ev.ToolCallDelta(index=0, arguments='{"city": '),
@@ -219,6 +221,7 @@ async def test_tool_index_counts_tool_blocks_only() -> None:
         ]
     )
     assert await run(upstream) == [
+        ev.Usage(input_tokens=5),
         ev.ToolCallDelta(index=0, id="toolu_x", name="f"),
         ev.ToolCallDelta(index=0, arguments="{}"),
         ev.Finish(reason="tool_calls", usage=ev.Usage(input_tokens=5, output_tokens=1)),
@@ -242,6 +245,7 @@ async def test_thinking_and_signature_deltas() -> None:
         ]
     )
     assert await run(upstream) == [
+        ev.Usage(input_tokens=5),
         ev.ReasoningDelta(text="Let me solve"),
         ev.ReasoningDelta(text=" this."),
         ev.ReasoningDelta(text="", signature="EqQBCgIYAh=="),
@@ -270,7 +274,7 @@ async def test_unknown_blocks_deltas_and_events_are_ignored() -> None:
         ]
     )
     events = await run(upstream)
-    assert events[:-1] == [ev.TextDelta(text="kept")]
+    assert events[:-1] == [ev.Usage(input_tokens=5), ev.TextDelta(text="kept")]
     assert isinstance(events[-1], ev.Finish)
 
 
@@ -313,6 +317,7 @@ async def test_message_stop_without_message_delta_finishes_with_stop() -> None:
         [start(), block_start(0, {"type": "text", "text": ""}), text(0, "a"), STOP]
     )
     assert await run(upstream) == [
+        ev.Usage(input_tokens=5),
         ev.TextDelta(text="a"),
         ev.Finish(reason="stop", usage=ev.Usage(input_tokens=5, output_tokens=1)),
     ]
@@ -328,7 +333,10 @@ async def test_usage_counts_cache_input_and_is_cumulative() -> None:
         ]
     )
     assert await run(upstream) == [
-        ev.Finish(reason="stop", usage=ev.Usage(input_tokens=1110, output_tokens=8))
+        ev.Finish(
+            reason="stop",
+            usage=ev.Usage(input_tokens=1110, output_tokens=8, cached_input_tokens=1000),
+        )
     ]
 
 
@@ -355,6 +363,7 @@ async def test_everything_after_message_stop_is_ignored() -> None:
     )
     events = await run(upstream)
     assert events == [
+        ev.Usage(input_tokens=5),
         ev.TextDelta(text="a"),
         ev.Finish(reason="stop", usage=ev.Usage(input_tokens=5, output_tokens=3)),
     ]
@@ -397,6 +406,7 @@ def framing_body() -> bytes:
 
 
 FRAMING_EXPECTED: list[ev.Event] = [
+    ev.Usage(input_tokens=2),
     ev.ReasoningDelta(text="pensée 🤔"),
     ev.ReasoningDelta(text="", signature="sig=="),
     ev.TextDelta(text=MULTIBYTE),
@@ -463,7 +473,7 @@ async def test_malformed_events_are_skipped() -> None:
         ]
     )
     events = await run(upstream)
-    assert events[:-1] == [ev.TextDelta(text="after")]
+    assert events[:-1] == [ev.Usage(input_tokens=5), ev.TextDelta(text="after")]
     assert isinstance(events[-1], ev.Finish)
 
 
@@ -482,7 +492,7 @@ async def test_error_event_mid_stream_raises() -> None:
         ]
     )
     got, error = await run_until_error(upstream)
-    assert got == [ev.TextDelta(text="partial")]
+    assert got == [ev.Usage(input_tokens=5), ev.TextDelta(text="partial")]
     assert error.code == "upstream_error"
     assert error.retryable is True
     assert error.upstream_status == 529
@@ -569,7 +579,7 @@ async def test_http_4xx_is_not_retryable(status: int) -> None:
 async def test_stream_cut_before_message_stop_is_incomplete() -> None:
     body = text_message("a", "b")[:-1]  # everything but message_stop
     got, error = await run_until_error(sse_upstream(body))
-    assert got == [ev.TextDelta(text="a"), ev.TextDelta(text="b")]
+    assert got == [ev.Usage(input_tokens=5), ev.TextDelta(text="a"), ev.TextDelta(text="b")]
     assert error.code == "upstream_incomplete"
     assert error.retryable is True
 
@@ -600,8 +610,8 @@ async def test_closing_the_iteration_closes_the_upstream_response() -> None:
     async with upstream.client() as client:
         events = AnthropicProvider(client).stream(make_request(), make_entry())
         async with contextlib.aclosing(events):
-            first = await events.__anext__()
-        assert first == ev.TextDelta(text="a")
+            first = [await events.__anext__(), await events.__anext__()]
+        assert first == [ev.Usage(input_tokens=5), ev.TextDelta(text="a")]
     assert stream.closed
     assert stream.consumed < len(stream.chunks)
 
@@ -986,6 +996,7 @@ async def error_via_mock(model: str) -> tuple[list[ev.Event], UpstreamError]:
 
 
 MOCK_TEXT_EXPECTED: list[ev.Event] = [
+    ev.Usage(input_tokens=mock.INPUT_TOKENS),
     *(ev.TextDelta(text=p) for p in mock.TEXT_PIECES),
     ev.Finish(
         reason="stop",
@@ -1026,6 +1037,7 @@ async def test_mock_split_really_writes_a_few_bytes_at_a_time() -> None:
 async def test_mock_tools() -> None:
     events = await via_mock("claude-tools")
     assert events == [
+        ev.Usage(input_tokens=11),
         ev.TextDelta(text="Let me"),
         ev.TextDelta(text=" look."),
         ev.ToolCallDelta(index=0, id=mock.TOOL_ID, name=mock.TOOL_NAME, arguments=""),
@@ -1041,6 +1053,7 @@ async def test_mock_tools() -> None:
 async def test_mock_thinking() -> None:
     events = await via_mock("claude-thinking", make_request(reasoning=True))
     assert events == [
+        ev.Usage(input_tokens=11),
         *(ev.ReasoningDelta(text=p) for p in mock.THINKING_PIECES),
         ev.ReasoningDelta(text="", signature=mock.SIGNATURE),
         ev.TextDelta(text=mock.THINKING_ANSWER),
@@ -1061,7 +1074,7 @@ async def test_mock_max_tokens() -> None:
 
 async def test_mock_overloaded_event() -> None:
     got, error = await error_via_mock("claude-overloaded")
-    assert got == [ev.TextDelta(text="partial")]
+    assert got == [ev.Usage(input_tokens=mock.INPUT_TOKENS), ev.TextDelta(text="partial")]
     assert error.retryable is True
     assert error.upstream_status == 529
     assert "Overloaded" in error.message

@@ -168,7 +168,9 @@ async def test_thought_parts_map_to_reasoning_delta() -> None:
         ev.ReasoningDelta(text="think."),
         ev.TextDelta(text="Ans"),
         ev.TextDelta(text="wer"),
-        ev.Finish(reason="stop", usage=ev.Usage(input_tokens=5, output_tokens=13)),
+        ev.Finish(
+            reason="stop", usage=ev.Usage(input_tokens=5, output_tokens=13, reasoning_tokens=11)
+        ),
     ]
 
 
@@ -280,7 +282,9 @@ async def test_latest_usage_metadata_wins() -> None:
         ]
     )
     last = (await run(upstream))[-1]
-    assert last == ev.Finish(reason="stop", usage=ev.Usage(input_tokens=7, output_tokens=7))
+    assert last == ev.Finish(
+        reason="stop", usage=ev.Usage(input_tokens=7, output_tokens=7, reasoning_tokens=4)
+    )
 
 
 async def test_no_usage_metadata_means_no_usage() -> None:
@@ -331,7 +335,9 @@ FRAMING_EXPECTED: list[ev.Event] = [
         arguments=orjson.dumps({"city": "Zürich"}).decode(),
     ),
     ev.TextDelta(text=" and more 🎉"),
-    ev.Finish(reason="tool_calls", usage=ev.Usage(input_tokens=2, output_tokens=4)),
+    ev.Finish(
+        reason="tool_calls", usage=ev.Usage(input_tokens=2, output_tokens=4, reasoning_tokens=1)
+    ),
 ]
 
 
@@ -693,8 +699,12 @@ def test_tools_become_function_declarations() -> None:
     assert body["tools"] == [
         {
             "functionDeclarations": [
-                {"name": "get_weather", "description": "Weather for a city", "parameters": params},
-                {"name": "get_time", "parameters": {"type": "object", "properties": {}}},
+                {
+                    "name": "get_weather",
+                    "description": "Weather for a city",
+                    "parametersJsonSchema": params,
+                },
+                {"name": "get_time", "parametersJsonSchema": {"type": "object", "properties": {}}},
             ]
         }
     ]
@@ -869,7 +879,9 @@ async def test_mock_thinking() -> None:
     assert await run_mock("gemini-thinking", make_request(reasoning=True)) == [
         ev.ReasoningDelta(text=mock_gemini.THOUGHT),
         ev.TextDelta(text=mock_gemini.THINKING_ANSWER),
-        ev.Finish(reason="stop", usage=ev.Usage(input_tokens=5, output_tokens=13)),
+        ev.Finish(
+            reason="stop", usage=ev.Usage(input_tokens=5, output_tokens=13, reasoning_tokens=11)
+        ),
     ]
 
 

@@ -8,6 +8,7 @@ reason, cumulative usage) and `message_stop`; `ping` and `event: error` may come
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import functools
 from collections.abc import AsyncGenerator
@@ -17,7 +18,8 @@ import httpx
 
 from shared import events as ev
 from shared.errors import UpstreamError
-from shared.request import GenerationRequest, Message, parse_json_object
+from shared.media import TEXT_DOCUMENTS
+from shared.request import ContentPart, GenerationRequest, Message, parse_json_object
 from shared.settings import ModelEntry
 from worker.providers.http import EventParser, incomplete, read_to_the_end, stream_events
 from worker.providers.media import DEFAULT_MAX_MEDIA_BYTES, MediaFetcher
@@ -28,6 +30,8 @@ DEFAULT_MAX_TOKENS = 4096
 DEFAULT_THINKING_BUDGET = 1024
 MIN_THINKING_BUDGET = 1024  # the API rejects a smaller budget_tokens
 MAX_TEMPERATURE = 1.0  # Anthropic's range is 0..1; the canonical request allows up to 2
+# `output_config.effort` for each canonical reasoning effort (Anthropic has no "minimal").
+EFFORTS = {"minimal": "low", "low": "low", "medium": "medium", "high": "high"}
 
 FINISH_REASONS: dict[str, ev.FinishReason] = {
     "end_turn": "stop",
@@ -58,15 +62,83 @@ ERROR_STATUSES = {
 # --- the request ---------------------------------------------------------------------------
 
 
+def _refused(message: str) -> UpstreamError:
+    """What reaches here was judged carriable before enqueueing; should it not be, the
+    stream ends with a clear error rather than a lossy request."""
+    return UpstreamError(message, upstream_status=400)
+
+
+def _text(data: str | None) -> str:
+    """A text document's base64 as its text (Anthropic takes text documents as text)."""
+    return base64.b64decode(data or "").decode("utf-8", "replace")
+
+
+def _source(part: ContentPart) -> dict[str, Any]:
+    if part.url is not None:
+        return {"type": "url", "url": part.url}
+    if part.type == "document" and part.media_type in TEXT_DOCUMENTS:
+        return {"type": "text", "media_type": "text/plain", "data": _text(part.data)}
+    return {"type": "base64", "media_type": part.media_type, "data": part.data}
+
+
+def _part_blocks(parts: list[ContentPart]) -> list[dict[str, Any]]:
+    """Content parts as Anthropic content blocks (empty text, which the API rejects, left
+    out)."""
+    blocks: list[dict[str, Any]] = []
+    for part in parts:
+        if part.type == "text":
+            if not part.text:
+                continue
+            block: dict[str, Any] = {"type": "text", "text": part.text}
+        elif part.type == "image" or part.type == "document":
+            block = {"type": part.type, "source": _source(part)}
+            if part.name and part.type == "document":
+                block["title"] = part.name
+        else:
+            raise _refused(f"{part.type} input is not supported by the anthropic provider")
+        if part.cache_control is not None:
+            block["cache_control"] = part.cache_control
+        blocks.append(block)
+    return blocks
+
+
+def _thinking_blocks(message: Message) -> list[dict[str, Any]]:
+    """Earlier signed reasoning, passed back as it came (Anthropic checks the signature;
+    unsigned reasoning, from another provider, cannot be passed back)."""
+    blocks: list[dict[str, Any]] = []
+    for thought in message.thinking or []:
+        if thought.redacted is not None:
+            blocks.append({"type": "redacted_thinking", "data": thought.redacted})
+        elif thought.signature:
+            blocks.append(
+                {"type": "thinking", "thinking": thought.text, "signature": thought.signature}
+            )
+    return blocks
+
+
+def _tool_result(message: Message) -> dict[str, Any]:
+    result: dict[str, Any] = {"type": "tool_result", "tool_use_id": message.tool_call_id or ""}
+    if message.parts is not None:
+        content = _part_blocks(message.parts)
+        if content:
+            result["content"] = content
+    elif message.content:
+        result["content"] = message.content
+    if message.is_error:
+        result["is_error"] = True
+    return result
+
+
 def _blocks(message: Message) -> tuple[str, list[dict[str, Any]]]:
     """The Anthropic role and content blocks of one canonical (non-system) message."""
     if message.role == "tool":
-        result: dict[str, Any] = {"type": "tool_result", "tool_use_id": message.tool_call_id or ""}
-        if message.content:
-            result["content"] = message.content
-        return "user", [result]
+        return "user", [_tool_result(message)]
     blocks: list[dict[str, Any]] = []
-    if message.content:  # the API rejects empty text blocks
+    if message.thinking:
+        blocks += _thinking_blocks(message)
+    if message.parts is not None:
+        blocks += _part_blocks(message.parts)
+    elif message.content:  # the API rejects empty text blocks
         blocks.append({"type": "text", "text": message.content})
     if message.role == "assistant":
         blocks += [
@@ -98,11 +170,22 @@ def _messages(request: GenerationRequest) -> list[dict[str, Any]]:
         if role == "user":
             # Tool results must open the user turn that follows the assistant's tool uses.
             blocks.sort(key=lambda b: b["type"] != "tool_result")
-        if len(blocks) == 1 and blocks[0]["type"] == "text":
+        if len(blocks) == 1 and blocks[0]["type"] == "text" and "cache_control" not in blocks[0]:
             out.append({"role": role, "content": blocks[0]["text"]})
         else:
             out.append({"role": role, "content": blocks})
     return out
+
+
+def _system(request: GenerationRequest) -> str | list[dict[str, Any]] | None:
+    """The system prompt: plain text, or text blocks when any carries a cache marker."""
+    system = [m for m in request.messages if m.role == "system"]
+    if not any(m.parts is not None for m in system):
+        return request.system_prompt or None
+    blocks = _part_blocks([p for m in system for p in m.content_parts()])
+    if any(b["type"] != "text" for b in blocks):
+        raise _refused("the anthropic provider takes only text in system messages")
+    return blocks or None
 
 
 def _tool_choice(choice: str) -> dict[str, Any]:
@@ -115,42 +198,79 @@ def _tool_choice(choice: str) -> dict[str, Any]:
     return {"type": "tool", "name": choice}
 
 
+def _tools(request: GenerationRequest, body: dict[str, Any]) -> None:
+    tools = []
+    for t in request.tools:
+        tool: dict[str, Any] = {"name": t.name}
+        if t.description:
+            tool["description"] = t.description
+        tool["input_schema"] = t.parameters
+        if t.cache_control is not None:
+            tool["cache_control"] = t.cache_control
+        tools.append(tool)
+    body["tools"] = tools
+    choice = None if request.tool_choice is None else _tool_choice(request.tool_choice)
+    if request.parallel_tool_calls is False:
+        choice = choice or {"type": "auto"}
+        if choice["type"] != "none":
+            choice["disable_parallel_tool_use"] = True
+    if choice is not None:
+        body["tool_choice"] = choice
+
+
+def _output_config(request: GenerationRequest) -> dict[str, Any] | None:
+    config: dict[str, Any] = {}
+    fmt = request.response_format
+    if fmt is not None and fmt.type == "json_schema":
+        config["format"] = {"type": "json_schema", "schema": fmt.json_schema}
+    elif fmt is not None and fmt.type == "json_object":
+        config["format"] = {"type": "json_schema", "schema": {"type": "object"}}
+    if request.reasoning_effort is not None:
+        config["effort"] = EFFORTS[request.reasoning_effort]
+    return config or None
+
+
+def _thinking(request: GenerationRequest, body: dict[str, Any]) -> None:
+    max_tokens = body["max_tokens"]
+    budget = max(request.reasoning_budget or DEFAULT_THINKING_BUDGET, MIN_THINKING_BUDGET)
+    body["thinking"] = {"type": "enabled", "budget_tokens": budget}
+    if max_tokens <= budget:
+        # max_tokens counts the thinking too: keep the asked-for room for the answer.
+        body["max_tokens"] = budget + max_tokens
+
+
 def build_body(request: GenerationRequest, upstream_model: str) -> dict[str, Any]:
-    max_tokens = request.max_tokens or DEFAULT_MAX_TOKENS
     body: dict[str, Any] = {
         "model": upstream_model,
-        "max_tokens": max_tokens,
+        "max_tokens": request.max_tokens or DEFAULT_MAX_TOKENS,
         "messages": _messages(request),
         "stream": True,
     }
-    system = request.system_prompt
+    system = _system(request)
     if system:
         body["system"] = system
     if request.temperature is not None:
         body["temperature"] = min(request.temperature, MAX_TEMPERATURE)
     if request.top_p is not None:
         body["top_p"] = request.top_p
+    if request.top_k is not None:
+        body["top_k"] = request.top_k
     if request.stop:
         body["stop_sequences"] = request.stop
     if request.user:
         body["metadata"] = {"user_id": request.user}
+    if request.service_tier is not None:
+        body["service_tier"] = request.service_tier
     if request.tools:
-        body["tools"] = [
-            {
-                "name": t.name,
-                **({"description": t.description} if t.description else {}),
-                "input_schema": t.parameters,
-            }
-            for t in request.tools
-        ]
-        if request.tool_choice is not None:
-            body["tool_choice"] = _tool_choice(request.tool_choice)
+        _tools(request, body)
+    output_config = _output_config(request)
+    if output_config is not None:
+        body["output_config"] = output_config
     if request.reasoning:
-        budget = max(request.reasoning_budget or DEFAULT_THINKING_BUDGET, MIN_THINKING_BUDGET)
-        body["thinking"] = {"type": "enabled", "budget_tokens": budget}
-        if max_tokens <= budget:
-            # max_tokens counts the thinking too: keep the asked-for room for the answer.
-            body["max_tokens"] = budget + max_tokens
+        _thinking(request, body)
+    if request.extra and request.protocol == "anthropic":
+        for name, value in request.extra.items():
+            body.setdefault(name, value)
     return body
 
 
@@ -163,24 +283,33 @@ def _count(usage: dict[str, Any], *names: str) -> int:
 
 
 class _EventMapper:
-    """Turns parsed Anthropic stream events into canonical events."""
+    """Turns parsed Anthropic stream events into canonical events. The input count that
+    message_start tells goes out as a `Usage` just before the first content, so it rides on
+    the stream's Start (an upstream that fails before any content can still be retried)."""
 
     def __init__(self) -> None:
         self.stopped = False
         self.stop_reason: str | None = None
         self.input_tokens: int | None = None
+        self.cached_tokens: int | None = None
         self.output_tokens: int | None = None
         self.tool_index: dict[int, int] = {}  # content block index -> tool call index
+        self.told: ev.Usage | None = None  # the early input count, until content comes
+
+    @property
+    def usage(self) -> ev.Usage | None:
+        if self.input_tokens is None and self.output_tokens is None:
+            return None
+        return ev.Usage(
+            input_tokens=self.input_tokens or 0,
+            output_tokens=self.output_tokens or 0,
+            cached_input_tokens=self.cached_tokens,
+        )
 
     @property
     def finish(self) -> ev.Finish:
-        usage = None
-        if self.input_tokens is not None or self.output_tokens is not None:
-            usage = ev.Usage(
-                input_tokens=self.input_tokens or 0, output_tokens=self.output_tokens or 0
-            )
         reason = FINISH_REASONS.get(self.stop_reason or "", "stop")
-        return ev.Finish(reason=reason, usage=usage)
+        return ev.Finish(reason=reason, usage=self.usage)
 
     def _usage(self, usage: Any) -> None:
         if not isinstance(usage, dict):
@@ -191,18 +320,33 @@ class _EventMapper:
         inputs = ("input_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
         if any(usage.get(name) is not None for name in inputs):
             self.input_tokens = max(self.input_tokens or 0, _count(usage, *inputs))
+        if usage.get("cache_read_input_tokens") is not None:
+            cached = _count(usage, "cache_read_input_tokens")
+            self.cached_tokens = max(self.cached_tokens or 0, cached)
         if usage.get("output_tokens") is not None:
             self.output_tokens = max(self.output_tokens or 0, _count(usage, "output_tokens"))
+
+    def _first_content(self, events: list[ev.Event]) -> list[ev.Event]:
+        """`events`, led by the early input count when they are the first content."""
+        if not events or self.told is None:
+            return events
+        told, self.told = self.told, None
+        return [told, *events]
 
     def map(self, data: dict[str, Any], name: str) -> list[ev.Event]:
         kind = data.get("type") or name
         if kind == "content_block_delta":
-            return self._delta(data)
+            events = self._delta(data)
+            return events if self.told is None else self._first_content(events)
         if kind == "content_block_start":
-            return self._block_start(data)
+            return self._first_content(self._block_start(data))
         if kind == "message_start":
             message = data.get("message") or {}
             self._usage(message.get("usage"))
+            if self.input_tokens is not None:
+                self.told = ev.Usage(
+                    input_tokens=self.input_tokens, cached_input_tokens=self.cached_tokens
+                )
         elif kind == "message_delta":
             reason = (data.get("delta") or {}).get("stop_reason")
             if isinstance(reason, str):
@@ -265,6 +409,11 @@ def _stream_error(error: Any) -> UpstreamError:
     )
 
 
+def _needs_bytes(part: ContentPart) -> bool:
+    """Anthropic takes images and PDFs by URL; any other document it needs inline."""
+    return part.type != "image" and part.media_type != "application/pdf"
+
+
 class AnthropicProvider:
     name = "anthropic"
 
@@ -280,6 +429,8 @@ class AnthropicProvider:
         key = entry.api_key()
         if key:
             headers["x-api-key"] = key
+        if request.has_media_urls:
+            request = await self.media.inline(request, needs=_needs_bytes)
         body = build_body(request, entry.model or request.model)
         mapper = _EventMapper()
         parser = EventParser()

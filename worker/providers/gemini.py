@@ -2,7 +2,10 @@
 with `alt=sse`, over httpx.
 
 Each SSE `data:` is one whole `GenerateContentResponse`; there is no `[DONE]`. Function calls
-arrive whole (name and an `args` object), so each becomes a single `ToolCallDelta`.
+arrive whole (name and an `args` object), so each becomes a single `ToolCallDelta`. A part's
+`thoughtSignature` is kept (on the call, on the thought, or as a signature-only reasoning
+delta) and sent back on the same kind of part in later turns. Media goes inline, except
+Files API URIs, which Gemini reads by reference.
 """
 
 from __future__ import annotations
@@ -16,12 +19,13 @@ import orjson
 
 from shared import events as ev
 from shared.errors import UpstreamError
-from shared.request import GenerationRequest, Message, parse_json_object
+from shared.request import ContentPart, GenerationRequest, Message, Tool, parse_json_object
 from shared.settings import ModelEntry
 from worker.providers.http import EventParser, incomplete, stream_events
 from worker.providers.media import DEFAULT_MAX_MEDIA_BYTES, MediaFetcher
 
 DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com/v1beta"
+FILES_API_HOST = "https://generativelanguage.googleapis.com/"
 FINISH_REASONS: dict[str, ev.FinishReason] = {
     "STOP": "stop",
     "MAX_TOKENS": "length",
@@ -44,30 +48,86 @@ def _tool_name(message: Message, call_names: dict[str, str]) -> str:
     return ""
 
 
+def is_file_uri(url: str, base_url: str) -> bool:
+    """Whether a URL names a file in the Gemini Files API, which Gemini reads by reference."""
+    return url.startswith((base_url.rstrip("/") + "/", FILES_API_HOST))
+
+
+def _media(part: ContentPart) -> dict[str, Any]:
+    """A media part: inline bytes, or a Files API URI (every other URL was fetched inline)."""
+    if part.data is not None:
+        return {"inlineData": {"mimeType": part.media_type, "data": part.data}}
+    file: dict[str, Any] = {"fileUri": part.url}
+    if part.media_type is not None:
+        file = {"mimeType": part.media_type, **file}
+    return {"fileData": file}
+
+
+def _parts(message: Message) -> list[dict[str, Any]]:
+    if message.parts is None:
+        return [{"text": message.content}] if message.content else []
+    return [
+        ({"text": p.text} if p.type == "text" else _media(p))
+        for p in message.parts
+        if p.type != "text" or p.text
+    ]
+
+
+def _tool_result(message: Message, call_names: dict[str, str]) -> list[dict[str, Any]]:
+    """A tool's result: its functionResponse, then any media it carries as parts of their own."""
+    response = parse_json_object(message.content) if message.content.strip() else None
+    if response is None:
+        response = {"result": message.content}
+    name = _tool_name(message, call_names)
+    parts = [{"functionResponse": {"name": name, "response": response}}]
+    if message.parts is not None:
+        parts += [_media(p) for p in message.media]
+    return parts
+
+
+def _model_turn(message: Message, call_names: dict[str, str]) -> list[dict[str, Any]]:
+    """An assistant turn: its signed thoughts, text and function calls. A signature without
+    thought text (Gemini signs the first part of a turn) goes back on the turn's first part."""
+    parts: list[dict[str, Any]] = []
+    loose: list[str] = []
+    for thought in message.thinking or []:
+        if thought.redacted is not None:
+            continue  # another provider's opaque reasoning
+        if thought.text:
+            part: dict[str, Any] = {"text": thought.text, "thought": True}
+            if thought.signature:
+                part["thoughtSignature"] = thought.signature
+            parts.append(part)
+        elif thought.signature:
+            loose.append(thought.signature)
+    parts += _parts(message)
+    for call in message.tool_calls or []:
+        call_names[call.id] = call.name
+        args = parse_json_object(call.arguments)
+        part = {"functionCall": {"name": call.name, "args": args or {}}}
+        if call.signature:
+            part["thoughtSignature"] = call.signature
+        parts.append(part)
+    if loose:
+        unsigned = [p for p in parts if "thoughtSignature" not in p]
+        for part, signature in zip(unsigned, loose, strict=False):
+            part["thoughtSignature"] = signature
+    return parts
+
+
 def _contents(request: GenerationRequest) -> list[dict[str, Any]]:
     contents: list[dict[str, Any]] = []
     call_names: dict[str, str] = {}  # tool call id -> function name, for tool results
     for message in request.turns:
-        parts: list[dict[str, Any]] = []
         if message.role == "tool":
             role = "user"
-            response = parse_json_object(message.content) if message.content.strip() else None
-            if response is None:
-                response = {"result": message.content}
-            name = _tool_name(message, call_names)
-            parts.append({"functionResponse": {"name": name, "response": response}})
+            parts = _tool_result(message, call_names)
         elif message.role == "assistant":
             role = "model"
-            if message.content:
-                parts.append({"text": message.content})
-            for call in message.tool_calls or []:
-                call_names[call.id] = call.name
-                args = parse_json_object(call.arguments)
-                parts.append({"functionCall": {"name": call.name, "args": args or {}}})
+            parts = _model_turn(message, call_names)
         else:
             role = "user"
-            if message.content:
-                parts.append({"text": message.content})
+            parts = _parts(message)
         if not parts:
             continue
         # Gemini wants alternating turns: parallel tool results, or a tool result followed
@@ -86,26 +146,37 @@ def _tool_config(choice: str) -> dict[str, Any]:
     return {"functionCallingConfig": {"mode": "ANY", "allowedFunctionNames": [choice]}}
 
 
-def build_body(request: GenerationRequest) -> dict[str, Any]:
-    body: dict[str, Any] = {"contents": _contents(request)}
-    system = request.system_prompt
-    if system:
-        body["systemInstruction"] = {"parts": [{"text": system}]}
-    if request.tools:
-        body["tools"] = [
-            {
-                "functionDeclarations": [
-                    {
-                        "name": t.name,
-                        **({"description": t.description} if t.description else {}),
-                        "parameters": t.parameters,
-                    }
-                    for t in request.tools
-                ]
-            }
-        ]
-        if request.tool_choice is not None:
-            body["toolConfig"] = _tool_config(request.tool_choice)
+def _declaration(tool: Tool) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": tool.name}
+    if tool.description:
+        out["description"] = tool.description
+    out["parametersJsonSchema"] = tool.parameters
+    return out
+
+
+def _thinking_config(request: GenerationRequest) -> dict[str, Any] | None:
+    """Thoughts shown, and how much to think: a level (Gemini 3) when an effort was asked
+    for, else a token budget. Gemini takes only one of the two."""
+    thinking: dict[str, Any] = {}
+    if request.reasoning:
+        thinking["includeThoughts"] = True
+    if request.reasoning_effort is not None:
+        thinking["thinkingLevel"] = request.reasoning_effort
+    elif request.reasoning and request.reasoning_budget is not None:
+        thinking["thinkingBudget"] = request.reasoning_budget
+    return thinking or None
+
+
+def _response_format(request: GenerationRequest, config: dict[str, Any]) -> None:
+    fmt = request.response_format
+    if fmt is None or fmt.type == "text":
+        return
+    config["responseMimeType"] = "application/json"
+    if fmt.type == "json_schema" and fmt.json_schema is not None:
+        config["responseJsonSchema"] = fmt.json_schema
+
+
+def _generation_config(request: GenerationRequest) -> dict[str, Any]:
     config: dict[str, Any] = {}
     if request.max_tokens is not None:
         config["maxOutputTokens"] = request.max_tokens
@@ -113,17 +184,70 @@ def build_body(request: GenerationRequest) -> dict[str, Any]:
         config["temperature"] = request.temperature
     if request.top_p is not None:
         config["topP"] = request.top_p
+    if request.top_k is not None:
+        config["topK"] = request.top_k
     if request.stop:
         config["stopSequences"] = request.stop
     if request.seed is not None:
         config["seed"] = request.seed
-    if request.reasoning:
-        thinking: dict[str, Any] = {"includeThoughts": True}
-        if request.reasoning_budget is not None:
-            thinking["thinkingBudget"] = request.reasoning_budget
+    if request.presence_penalty is not None:
+        config["presencePenalty"] = request.presence_penalty
+    if request.frequency_penalty is not None:
+        config["frequencyPenalty"] = request.frequency_penalty
+    if request.logprobs is not None:
+        config["responseLogprobs"] = request.logprobs
+    if request.top_logprobs is not None:
+        config["logprobs"] = request.top_logprobs
+    if request.response_format is not None:
+        _response_format(request, config)
+    thinking = _thinking_config(request)
+    if thinking is not None:
         config["thinkingConfig"] = thinking
+    return config
+
+
+def _merged(theirs: dict[str, Any], mine: dict[str, Any]) -> dict[str, Any]:
+    """Two objects deep-merged; where both set a key, `mine` wins."""
+    out = dict(theirs)
+    for key, value in mine.items():
+        other = out.get(key)
+        out[key] = (
+            _merged(other, value) if isinstance(other, dict) and isinstance(value, dict) else value
+        )
+    return out
+
+
+def merge_extra(body: dict[str, Any], extra: dict[str, Any]) -> None:
+    """The client's fields Spool does not model, into the body: objects Spool also writes
+    (generationConfig, toolConfig) deep-merged, tools appended, Spool's own keys kept."""
+    for key, value in extra.items():
+        mine = body.get(key)
+        if mine is None:
+            body[key] = value
+        elif isinstance(mine, dict) and isinstance(value, dict):
+            body[key] = _merged(value, mine)
+        elif key == "tools" and isinstance(mine, list) and isinstance(value, list):
+            body[key] = [*mine, *value]
+
+
+def build_body(request: GenerationRequest) -> dict[str, Any]:
+    """The upstream request. Media URLs left in `request` go by reference: they are Files
+    API URIs (the provider fetches every other URL inline first)."""
+    body: dict[str, Any] = {"contents": _contents(request)}
+    system = request.system_prompt
+    if system:
+        body["systemInstruction"] = {"parts": [{"text": system}]}
+    if request.tools:
+        body["tools"] = [{"functionDeclarations": [_declaration(t) for t in request.tools]}]
+        if request.tool_choice is not None:
+            body["toolConfig"] = _tool_config(request.tool_choice)
+    if request.safety_settings is not None:
+        body["safetySettings"] = request.safety_settings
+    config = _generation_config(request)
     if config:
         body["generationConfig"] = config
+    if request.extra and request.protocol == "gemini":
+        merge_extra(body, request.extra)
     return body
 
 
@@ -171,11 +295,7 @@ class _ResponseMapper:
             raise _error(response["error"])
         usage = response.get("usageMetadata")
         if isinstance(usage, dict):
-            self.usage = ev.Usage(
-                input_tokens=int(usage.get("promptTokenCount") or 0),
-                output_tokens=int(usage.get("candidatesTokenCount") or 0)
-                + int(usage.get("thoughtsTokenCount") or 0),
-            )
+            self.usage = _usage(usage)
         feedback = response.get("promptFeedback")
         if isinstance(feedback, dict) and feedback.get("blockReason"):
             self.blocked = True
@@ -185,15 +305,24 @@ class _ResponseMapper:
                 continue
             content = candidate.get("content")
             parts = content.get("parts") if isinstance(content, dict) else None
+            start = len(out)
             for part in parts or []:
                 if isinstance(part, dict):
                     out.extend(self._part(part))
+            if "logprobsResult" in candidate:
+                _attach_logprobs(out, start, candidate["logprobsResult"])
             reason = candidate.get("finishReason")
             if isinstance(reason, str) and reason:
                 self.finish_reason = reason
         return out
 
     def _part(self, part: dict[str, Any]) -> list[ev.Event]:
+        text = part.get("text")
+        if len(part) == 1 and type(text) is str:  # plain text: the common case
+            return [ev.TextDelta(text=text)] if text else []
+        signature = part.get("thoughtSignature")
+        if not isinstance(signature, str) or not signature:
+            signature = None
         call = part.get("functionCall")
         if isinstance(call, dict):
             index = self.calls
@@ -205,14 +334,75 @@ class _ResponseMapper:
                     id=str(call.get("id") or f"call_{index}"),
                     name=str(call.get("name") or ""),
                     arguments=orjson.dumps(args if isinstance(args, dict) else {}).decode(),
+                    signature=signature,
                 )
             ]
-        text = part.get("text")
-        if not isinstance(text, str) or not text:
-            return []
+        if not isinstance(text, str):
+            text = ""
         if part.get("thought") is True:
-            return [ev.ReasoningDelta(text=text)]
-        return [ev.TextDelta(text=text)]
+            return [ev.ReasoningDelta(text=text, signature=signature)] if text or signature else []
+        out: list[ev.Event] = []
+        if signature is not None:
+            # Gemini signs a turn's first part; the signature is kept as reasoning.
+            out.append(ev.ReasoningDelta(text="", signature=signature))
+        if text:
+            out.append(ev.TextDelta(text=text))
+        return out
+
+
+def _usage(usage: dict[str, Any]) -> ev.Usage:
+    """Gemini's usage: thoughts are output alongside the candidates; cached content is part
+    of the prompt."""
+    thoughts = usage.get("thoughtsTokenCount")
+    cached = usage.get("cachedContentTokenCount")
+    return ev.Usage(
+        input_tokens=int(usage.get("promptTokenCount") or 0),
+        output_tokens=int(usage.get("candidatesTokenCount") or 0) + int(thoughts or 0),
+        cached_input_tokens=None if cached is None else int(cached),
+        reasoning_tokens=None if thoughts is None else int(thoughts),
+    )
+
+
+def _logprob(candidate: Any) -> dict[str, Any]:
+    token = str(candidate.get("token") or "")
+    return {
+        "token": token,
+        "logprob": float(candidate.get("logProbability") or 0.0),
+        "bytes": list(token.encode()),
+    }
+
+
+def logprobs_entries(result: Any) -> list[dict[str, Any]]:
+    """Gemini's `logprobsResult` in OpenAI's form: one entry per chosen token, with the
+    top candidates at its step."""
+    if not isinstance(result, dict):
+        return []
+    chosen = result.get("chosenCandidates") or []
+    tops = result.get("topCandidates") or []
+    entries = []
+    for step, candidate in enumerate(chosen):
+        if not isinstance(candidate, dict):
+            continue
+        entry = _logprob(candidate)
+        top = (
+            tops[step].get("candidates")
+            if step < len(tops) and isinstance(tops[step], dict)
+            else []
+        )
+        entry["top_logprobs"] = [_logprob(c) for c in top or [] if isinstance(c, dict)]
+        entries.append(entry)
+    return entries
+
+
+def _attach_logprobs(out: list[ev.Event], start: int, result: Any) -> None:
+    """The chunk's log probabilities, on its first text delta."""
+    for i in range(start, len(out)):
+        event = out[i]
+        if isinstance(event, ev.TextDelta):
+            entries = logprobs_entries(result)
+            if entries:
+                out[i] = ev.TextDelta(text=event.text, logprobs=entries)
+            return
 
 
 class GeminiProvider:
@@ -232,6 +422,9 @@ class GeminiProvider:
         key = entry.api_key()
         if key:
             headers["x-goog-api-key"] = key
+        request = await self.media.inline(
+            request, needs=lambda p: not is_file_uri(p.url or "", base)
+        )
         mapper = _ResponseMapper()
         parser = EventParser()
         events = stream_events(
