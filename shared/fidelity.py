@@ -39,6 +39,8 @@ OPTIONAL_FIELDS: dict[str, Any] = {
     "top_logprobs": None,
     "seed": None,
     "service_tier": None,
+    "metadata": None,
+    "user": None,
     "parallel_tool_calls": None,
     "safety_settings": None,
     "reasoning_effort": None,
@@ -61,6 +63,8 @@ PROVIDERS: dict[str, Capabilities] = {
                 "top_logprobs",
                 "seed",
                 "service_tier",
+                "metadata",
+                "user",
                 "parallel_tool_calls",
                 "reasoning_effort",
             }
@@ -71,7 +75,8 @@ PROVIDERS: dict[str, Capabilities] = {
     "anthropic": Capabilities(
         "anthropic",
         {"image": _IMAGES, "document": frozenset({"application/pdf"}) | TEXT_DOCUMENTS},
-        frozenset({"top_k", "service_tier", "parallel_tool_calls", "reasoning_effort"}),
+        # `user` goes as metadata.user_id.
+        frozenset({"top_k", "service_tier", "user", "parallel_tool_calls", "reasoning_effort"}),
     ),
     "gemini": Capabilities(
         "gemini",

@@ -134,3 +134,28 @@ def test_schemas_must_be_json_schema() -> None:
         judge(request(response_format=bad), entry("demo"))
     with pytest.raises(InvalidRequest, match="needs a schema"):
         judge(request(response_format=ResponseFormat(type="json_schema")), entry("openai"))
+
+
+def test_user_and_metadata_go_where_a_provider_has_a_place_for_them() -> None:
+    tagged = request(user="u-1", metadata={"team": "search"})
+    assert judge(tagged, entry("openai"))[1] == []
+    with pytest.raises(InvalidRequest, match="metadata"):
+        judge(tagged, entry("anthropic"))  # only user_id, from `user`
+    assert judge(request(user="u-1"), entry("anthropic"))[1] == []
+    with pytest.raises(InvalidRequest, match="metadata, user"):
+        judge(tagged, entry("gemini"))
+
+
+def test_a_failed_tool_result_says_so_to_every_provider() -> None:
+    from worker.providers import gemini, openai
+
+    failed = GenerationRequest(
+        model="m",
+        messages=[
+            Message(role="user", content="hi"),
+            Message(role="tool", content="timed out", tool_call_id="c1", name="f", is_error=True),
+        ],
+    )
+    assert openai.build_body(failed, "m")["messages"][-1]["content"] == "Error: timed out"
+    response = gemini.build_body(failed)["contents"][-1]["parts"][-1]["functionResponse"]
+    assert response["response"] == {"error": "timed out"}

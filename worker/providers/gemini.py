@@ -76,7 +76,10 @@ def _parts(message: Message) -> list[dict[str, Any]]:
 def _tool_result(message: Message, call_names: dict[str, str]) -> list[dict[str, Any]]:
     """A tool's result: its functionResponse, then any media it carries as parts of their own."""
     response = parse_json_object(message.content) if message.content.strip() else None
-    if response is None:
+    if message.is_error:
+        # Gemini's convention for a failed call: the output under "error".
+        response = {"error": response if response is not None else message.content}
+    elif response is None:
         response = {"result": message.content}
     name = _tool_name(message, call_names)
     parts = [{"functionResponse": {"name": name, "response": response}}]

@@ -101,6 +101,8 @@ def _message(message: Message) -> dict[str, Any]:
         out["tool_calls"] = [_tool_call(c) for c in message.tool_calls]
     if message.role == "tool":
         out["tool_call_id"] = message.tool_call_id or ""
+        if message.is_error:  # Chat Completions has no flag for a failed call: say so
+            out["content"] = f"Error: {message.content}"
     if message.name and message.role == "user":
         out["name"] = message.name
     return out
