@@ -108,3 +108,15 @@ def wait_ready(api_url: str, timeout_s: float = 20.0) -> None:
             pass
         time.sleep(0.05)
     raise RuntimeError(f"{api_url} never became ready")
+
+
+def create_key(config: Path, redis_url: str, name: str, *limits: str) -> str:
+    """A new API key's secret, made with `spool keys create` as an operator would."""
+    done = subprocess.run(
+        [sys.executable, "-m", "shared.cli", "--config", str(config), "keys", "create",
+         "--name", name, *limits],
+        env={"REDIS_URL": redis_url, "PATH": "/usr/bin:/bin"},
+        capture_output=True, text=True, timeout=30, check=True,
+    )  # fmt: skip
+    assert "created key_" in done.stdout, done.stdout
+    return done.stdout.strip().splitlines()[-1]

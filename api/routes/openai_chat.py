@@ -88,6 +88,9 @@ class ChatMessage(_Strict):
     tool_call_id: str | None = None
     tool_calls: list[ToolCallIn] | None = None
     thinking_blocks: list[ThinkingBlock] | None = None
+    # The reasoning a stream sent as reasoning_content deltas: the text of a signed block
+    # that came (as streams send it) with its signature alone.
+    reasoning_content: str | None = None
 
 
 class FunctionDefinition(_Strict):
@@ -243,7 +246,7 @@ def _signature(call: ToolCallIn) -> str | None:
     return signature if isinstance(signature, str) else None
 
 
-def _thinking(blocks: list[ThinkingBlock], index: int) -> list[Thinking]:
+def _thinking(blocks: list[ThinkingBlock], index: int, streamed: str | None) -> list[Thinking]:
     out = []
     for j, block in enumerate(blocks):
         if block.type == "redacted_thinking":
@@ -251,7 +254,10 @@ def _thinking(blocks: list[ThinkingBlock], index: int) -> list[Thinking]:
                 raise InvalidRequest(f"messages[{index}].thinking_blocks[{j}] needs its data")
             out.append(Thinking(redacted=block.data))
         else:
-            out.append(Thinking(text=block.thinking or "", signature=block.signature))
+            text = block.thinking or ""
+            if not text and block.signature and streamed and len(blocks) == 1:
+                text = streamed
+            out.append(Thinking(text=text, signature=block.signature))
     return out
 
 
@@ -273,7 +279,7 @@ def _message(m: ChatMessage, index: int) -> Message:
             raise InvalidRequest(
                 f"messages[{index}]: only assistant messages carry thinking_blocks"
             )
-        thinking = _thinking(m.thinking_blocks, index)
+        thinking = _thinking(m.thinking_blocks, index, m.reasoning_content)
     return message(
         "system" if m.role == "developer" else m.role,
         _parts(m, index),

@@ -6,9 +6,6 @@ model access, rate limits and errors in Anthropic's shape."""
 from __future__ import annotations
 
 import os
-import re
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -28,7 +25,7 @@ from api.routes.anthropic import MessagesBody, to_canonical
 from shared.embedded_redis import EmbeddedRedis, free_port
 from tests.conftest import UPSTREAM_KEY
 from tests.media import PNG_B64, Weather
-from tests.processes import SpoolProcess, start_api, write_config
+from tests.processes import SpoolProcess, create_key, start_api, write_config
 from tests.threaded_server import ThreadedServer
 
 pytestmark = pytest.mark.e2e
@@ -78,15 +75,7 @@ class Deployment:
         return self.api.url
 
     def new_key(self, name: str, *limits: str) -> str:
-        """A new key's secret, from `spool keys create`."""
-        done = subprocess.run(
-            [sys.executable, "-m", "shared.cli", "--config", str(self.config), "keys", "create",
-             "--name", name, *limits],
-            env={"REDIS_URL": self.redis_url, "PATH": "/usr/bin:/bin"},
-            capture_output=True, text=True, timeout=30, check=True,
-        )  # fmt: skip
-        assert re.search(r"created key_\w+", done.stdout), done.stdout
-        return done.stdout.strip().splitlines()[-1]
+        return create_key(self.config, self.redis_url, name, *limits)
 
     def client(self, secret: str, prefix: str = "") -> anthropic.Anthropic:
         return anthropic.Anthropic(base_url=self.url + prefix, api_key=secret, max_retries=0)

@@ -8,10 +8,7 @@ import asyncio
 import base64
 import math
 import os
-import re
 import struct
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -29,7 +26,7 @@ from starlette.routing import Route
 
 from shared.embedded_redis import EmbeddedRedis, free_port
 from tests.conftest import UPSTREAM_KEY
-from tests.processes import SpoolProcess, start_api, write_config
+from tests.processes import SpoolProcess, create_key, start_api, write_config
 from tests.threaded_server import ThreadedServer
 
 pytestmark = pytest.mark.e2e
@@ -122,15 +119,7 @@ class Deployment:
         return self.api.url
 
     def new_key(self, name: str, *limits: str) -> str:
-        """A new key's secret, from `spool keys create`."""
-        done = subprocess.run(
-            [sys.executable, "-m", "shared.cli", "--config", str(self.config), "keys", "create",
-             "--name", name, *limits],
-            env={"REDIS_URL": self.redis_url, "PATH": "/usr/bin:/bin"},
-            capture_output=True, text=True, timeout=30, check=True,
-        )  # fmt: skip
-        assert re.search(r"created key_\w+", done.stdout), done.stdout
-        return done.stdout.strip().splitlines()[-1]
+        return create_key(self.config, self.redis_url, name, *limits)
 
     def client(self, secret: str, prefix: str = "/v1") -> openai.OpenAI:
         return openai.OpenAI(base_url=self.url + prefix, api_key=secret, max_retries=0)

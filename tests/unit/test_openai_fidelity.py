@@ -933,3 +933,28 @@ def test_completions_render_logprobs_and_usage_details() -> None:
     assert orjson.loads(usage.data)["usage"] == DETAILED_OBJECT
     t = transcript(ev.TextDelta(text="Hi", logprobs=LOGPROBS), ev.Finish(reason="stop"))
     assert COMPLETIONS.response(record("openai.completions"), t)["choices"][0]["logprobs"] == legacy
+
+
+def test_a_streamed_signature_takes_the_streamed_reasoning_as_its_text() -> None:
+    """A stream sends the reasoning as reasoning_content deltas and the signature in a
+    thinking block of its own; sent back together, they make one signed block."""
+    from api.routes.openai_chat import ChatCompletionRequest, to_canonical
+
+    body = ChatCompletionRequest.model_validate(
+        {
+            "model": "m",
+            "messages": [
+                {"role": "user", "content": "hi"},
+                {
+                    "role": "assistant",
+                    "content": "Hello",
+                    "reasoning_content": "The user greets me.",
+                    "thinking_blocks": [{"type": "thinking", "thinking": "", "signature": "sig"}],
+                },
+                {"role": "user", "content": "again"},
+            ],
+        }
+    )
+    thinking = to_canonical(body).messages[1].thinking
+    assert thinking is not None
+    assert [(t.text, t.signature) for t in thinking] == [("The user greets me.", "sig")]

@@ -179,28 +179,28 @@ def _response_format(request: GenerationRequest, config: dict[str, Any]) -> None
         config["responseJsonSchema"] = fmt.json_schema
 
 
+# Canonical fields and their names in generationConfig, sent when set.
+CONFIG_FIELDS = (
+    ("max_tokens", "maxOutputTokens"),
+    ("temperature", "temperature"),
+    ("top_p", "topP"),
+    ("top_k", "topK"),
+    ("seed", "seed"),
+    ("presence_penalty", "presencePenalty"),
+    ("frequency_penalty", "frequencyPenalty"),
+    ("logprobs", "responseLogprobs"),
+    ("top_logprobs", "logprobs"),
+)
+
+
 def _generation_config(request: GenerationRequest) -> dict[str, Any]:
     config: dict[str, Any] = {}
-    if request.max_tokens is not None:
-        config["maxOutputTokens"] = request.max_tokens
-    if request.temperature is not None:
-        config["temperature"] = request.temperature
-    if request.top_p is not None:
-        config["topP"] = request.top_p
-    if request.top_k is not None:
-        config["topK"] = request.top_k
+    for field, name in CONFIG_FIELDS:
+        value = getattr(request, field)
+        if value is not None:
+            config[name] = value
     if request.stop:
         config["stopSequences"] = request.stop
-    if request.seed is not None:
-        config["seed"] = request.seed
-    if request.presence_penalty is not None:
-        config["presencePenalty"] = request.presence_penalty
-    if request.frequency_penalty is not None:
-        config["frequencyPenalty"] = request.frequency_penalty
-    if request.logprobs is not None:
-        config["responseLogprobs"] = request.logprobs
-    if request.top_logprobs is not None:
-        config["logprobs"] = request.top_logprobs
     if request.response_format is not None:
         _response_format(request, config)
     thinking = _thinking_config(request)
