@@ -19,9 +19,10 @@ from shared import events as ev
 from shared.errors import InvalidRequest, UpstreamError
 from shared.media import check_media
 from shared.request import ContentPart, GenerationRequest, Message, Thinking
-from shared.store import JobRecord, Status
+from shared.store import JobRecord
 from shared.transcript import Transcript
 from tests.media import PDF_B64, PNG_B64
+from tests.unit.records import completed_record
 from tests.unit.test_anthropic_provider import (
     STOP,
     block_start,
@@ -823,20 +824,7 @@ def test_tool_use_ids_look_like_anthropics(call_id: str | None, index: int, expe
 
 
 def record() -> JobRecord:
-    return JobRecord(
-        id="s1",
-        status=Status.COMPLETED,
-        surface="anthropic.messages",
-        model="claude",
-        created_at=1.0,
-        started_at=1.0,
-        finished_at=2.0,
-        request={},
-        render=RENDER,
-        output=None,
-        cancel_requested=False,
-        owner="key_test",
-    )
+    return completed_record("anthropic.messages", RENDER)
 
 
 def test_streamed_and_assembled_tool_ids_agree() -> None:

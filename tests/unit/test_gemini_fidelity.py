@@ -18,8 +18,9 @@ from api.routes.gemini import GenerateContentRequest, json_schema_of, to_canonic
 from shared import events as ev
 from shared.errors import InvalidRequest
 from shared.request import ContentPart, GenerationRequest, Message, Thinking, ToolCall
-from shared.store import JobRecord, Status
+from shared.store import JobRecord
 from shared.transcript import Transcript
+from tests.unit.records import completed_record
 from tests.unit.upstream_fakes import ChunkStream, Upstream, sse_upstream
 from worker.providers.gemini import GeminiProvider, build_body
 from worker.providers.media import MediaFetcher
@@ -1147,20 +1148,7 @@ def transcript_of(events: list[ev.Event]) -> Transcript:
 
 
 def record() -> JobRecord:
-    return JobRecord(
-        id="s1",
-        status=Status.COMPLETED,
-        surface="gemini",
-        model="gemini-x",
-        created_at=1.0,
-        started_at=1.0,
-        finished_at=2.0,
-        request={},
-        render=RENDER,
-        output=None,
-        cancel_requested=False,
-        owner="key_test",
-    )
+    return completed_record("gemini", RENDER)
 
 
 def test_non_streaming_response_carries_signatures_and_usage() -> None:

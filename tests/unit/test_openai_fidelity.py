@@ -27,8 +27,9 @@ from shared.request import (
     Thinking,
     ToolCall,
 )
-from shared.store import JobRecord, Status
+from shared.store import JobRecord
 from shared.transcript import Transcript
+from tests.unit.records import completed_record
 from tests.unit.test_openai_provider import (
     DONE,
     chunk,
@@ -855,20 +856,7 @@ def test_signed_tool_call_renders_extra_content() -> None:
 
 
 def record(surface: str = "openai.chat") -> JobRecord:
-    return JobRecord(
-        id="s",
-        status=Status.COMPLETED,
-        surface=surface,
-        model="m",
-        created_at=1.0,
-        started_at=1.0,
-        finished_at=2.0,
-        request={},
-        render=RENDER,
-        output=None,
-        cancel_requested=False,
-        owner="key_test",
-    )
+    return completed_record(surface, RENDER)
 
 
 def transcript(*events: ev.Event) -> Transcript:
