@@ -15,8 +15,9 @@ from typing import Any, Literal, cast
 import httpx
 import orjson
 
+from api.upstream import malformed as upstream_malformed
+from api.upstream import post_json
 from shared.errors import InvalidRequest, UpstreamError
-from shared.redact import redact
 from shared.settings import ModelEntry
 
 MAX_INPUTS = 2048
@@ -26,21 +27,12 @@ DEMO_DIMENSIONS = 256
 # many it writes them off the event loop.
 MAX_DEMO_VALUES = 2**20
 DEMO_INLINE_VALUES = 2**16
-MAX_UPSTREAM_BYTES = 256 * 1024 * 1024
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 GEMINI_BASE_URL = "https://generativelanguage.googleapis.com/v1beta"
-_KEYED = frozenset({"authorization", "x-api-key", "x-goog-api-key"})  # headers carrying keys
 
 EncodingFormat = Literal["float", "base64"]
 Inputs = list[str] | list[list[int]]
 Vector = list[float] | str  # floats, or base64 of little-endian float32
-
-
-class UpstreamTimeout(UpstreamError):
-    """The upstream did not answer in time."""
-
-    status_code = 504
-    code = "upstream_timeout"
 
 
 @dataclass
@@ -171,65 +163,8 @@ async def demo_embeddings(call: EmbeddingsCall, entry: ModelEntry) -> Embeddings
 # -- upstreams ----------------------------------------------------------------------------
 
 
-def _upstream_message(payload: bytes) -> str:
-    try:
-        data = orjson.loads(payload)
-    except orjson.JSONDecodeError:
-        return payload[:300].decode("utf-8", "replace").strip() or "no body"
-    error = data.get("error") if isinstance(data, dict) else None
-    if isinstance(error, dict) and isinstance(error.get("message"), str):
-        return str(error["message"])
-    return error if isinstance(error, str) else "an error"
-
-
 def malformed(what: str) -> UpstreamError:
-    return UpstreamError(f"the upstream's embeddings answer is malformed: {what}")
-
-
-async def post_json(
-    http: httpx.AsyncClient,
-    url: str,
-    body: dict[str, Any],
-    headers: dict[str, str],
-    entry: ModelEntry,
-) -> dict[str, Any]:
-    """POST `body` and return the JSON object answered; 502 for an error status or an
-    answer that is not JSON (the key never in the message), 504 for a timeout."""
-    timeout = httpx.Timeout(entry.idle_timeout_s, connect=entry.connect_timeout_s)
-    headers = {"Content-Type": "application/json", **headers, **entry.extra_headers}
-    keyed = [v for k, v in headers.items() if k.lower() in _KEYED]
-    secrets = keyed + [v.partition(" ")[2] for v in keyed]
-    try:
-        async with http.stream(
-            "POST", url, content=orjson.dumps(body), headers=headers, timeout=timeout
-        ) as response:
-            payload = bytearray()
-            async for chunk in response.aiter_bytes():
-                payload += chunk
-                if len(payload) > MAX_UPSTREAM_BYTES:
-                    raise malformed(f"it is larger than {MAX_UPSTREAM_BYTES} bytes")
-    except httpx.TimeoutException as exc:
-        raise UpstreamTimeout(
-            f"the upstream did not answer within {entry.idle_timeout_s:g}s"
-        ) from exc
-    except httpx.HTTPError as exc:
-        raise UpstreamError(
-            f"the upstream could not be reached: {type(exc).__name__}",
-            code="upstream_connect_error",
-        ) from exc
-    if response.status_code >= 400:
-        message = redact(_upstream_message(bytes(payload)), secrets)[:300]
-        raise UpstreamError(
-            f"the upstream answered {response.status_code}: {message}",
-            upstream_status=response.status_code,
-        )
-    try:
-        data = orjson.loads(payload)
-    except orjson.JSONDecodeError:
-        raise malformed("it is not JSON") from None
-    if not isinstance(data, dict):
-        raise malformed("it is not a JSON object")
-    return data
+    return upstream_malformed("embeddings", what)
 
 
 def _usage(value: Any, call: EmbeddingsCall) -> int:
@@ -259,7 +194,7 @@ async def openai_embeddings(
     body = {**call.extra, **call.sent, "model": entry.model or call.model, "input": call.raw_input}
     key = entry.api_key()
     headers = {"Authorization": f"Bearer {key}"} if key else {}
-    data = await post_json(http, url, body, headers, entry)
+    data = await post_json(http, url, body, headers, entry, "embeddings")
     items = data.get("data")
     if not isinstance(items, list) or len(items) != len(call.inputs):
         raise malformed(f"expected {len(call.inputs)} embeddings in data")
@@ -293,7 +228,9 @@ async def gemini_embeddings(
         ]
     }
     key = entry.api_key()
-    data = await post_json(http, url, body, {"x-goog-api-key": key} if key else {}, entry)
+    data = await post_json(
+        http, url, body, {"x-goog-api-key": key} if key else {}, entry, "embeddings"
+    )
     items = data.get("embeddings")
     if not isinstance(items, list) or len(items) != len(call.inputs):
         raise malformed(f"expected {len(call.inputs)} embeddings")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any
 
-import httpx
 import orjson
 from fastapi import APIRouter, Body, Request
 from starlette.responses import Response
@@ -19,8 +18,7 @@ from api.deps import CallerDep, Services, ServicesDep
 from api.generation import check_limits, resolve_model
 from api.responses import JSONBody
 from api.routes.anthropic import MessagesBody, to_canonical
-from shared.errors import UpstreamError
-from shared.redact import redact
+from api.upstream import malformed, post_json
 from shared.settings import ModelEntry
 
 router = APIRouter(tags=["anthropic"])
@@ -28,7 +26,6 @@ router = APIRouter(tags=["anthropic"])
 COUNT_HEADER = "X-Spool-Token-Count"
 DEFAULT_BASE_URL = "https://api.anthropic.com/v1"
 API_VERSION = "2023-06-01"
-MAX_ERROR_CHARS = 300
 
 
 def _upstream_body(raw: bytes, upstream_model: str) -> dict[str, Any]:
@@ -44,39 +41,17 @@ def _upstream_body(raw: bytes, upstream_model: str) -> dict[str, Any]:
     return body
 
 
-def _error_message(response: httpx.Response, key: str | None) -> str:
-    try:
-        error = response.json().get("error") or {}
-        message = str(error.get("message") or "no message")
-    except (ValueError, AttributeError):
-        message = response.text[:MAX_ERROR_CHARS] or "no body"
-    # Upstreams sometimes quote the key they were sent; never pass it on.
-    return redact(message, [key] if key else [])[:MAX_ERROR_CHARS]
-
-
 async def upstream_count(services: Services, entry: ModelEntry, body: dict[str, Any]) -> int:
-    """Anthropic's count of the request's input tokens, or a 502 saying why not."""
+    """Anthropic's count of the request's input tokens, or a 502 (504) saying why not."""
     url = (entry.base_url or DEFAULT_BASE_URL).rstrip("/") + "/messages/count_tokens"
-    headers = {"anthropic-version": API_VERSION, **entry.extra_headers}
+    headers = {"anthropic-version": API_VERSION}
     key = entry.api_key()
     if key:
         headers["x-api-key"] = key
-    try:
-        response = await services.http.post(url, content=orjson.dumps(body), headers=headers)
-    except httpx.HTTPError as exc:
-        raise UpstreamError(f"counting tokens upstream failed: {type(exc).__name__}") from exc
-    if response.status_code != 200:
-        message = _error_message(response, key)
-        raise UpstreamError(
-            f"counting tokens upstream answered {response.status_code}: {message}",
-            upstream_status=response.status_code,
-        )
-    try:
-        tokens = response.json()["input_tokens"]
-    except (ValueError, KeyError, TypeError):
-        tokens = None
+    answer = await post_json(services.http, url, body, headers, entry, "token count")
+    tokens = answer.get("input_tokens")
     if not isinstance(tokens, int) or isinstance(tokens, bool) or tokens < 0:
-        raise UpstreamError("counting tokens upstream answered without an input_tokens count")
+        raise malformed("token count", "it has no input_tokens count")
     return tokens
 
 

@@ -18,7 +18,7 @@ import httpx
 import orjson
 
 from shared.errors import UpstreamError
-from shared.redact import redact
+from shared.redact import upstream_message
 from shared.settings import ModelEntry
 from shared.sse import ServerSentEvent, SSEDecoder
 
@@ -36,28 +36,6 @@ def parse_retry_after(value: str | None) -> float | None:
         return max(0.0, float(value))
     except ValueError:
         return None
-
-
-def error_message(payload: bytes) -> str:
-    """The human message in an error body, whichever provider's shape it has."""
-    try:
-        data = orjson.loads(payload)
-    except orjson.JSONDecodeError:
-        return payload[:8192].decode("utf-8", "replace") or "no body"
-    error = data.get("error") if isinstance(data, dict) else None
-    if isinstance(error, dict) and isinstance(error.get("message"), str):
-        return str(error["message"])
-    if isinstance(error, str):
-        return error
-    return "upstream returned an error"
-
-
-def _secrets(headers: dict[str, str]) -> list[str]:
-    found = []
-    for name, value in headers.items():
-        if name.lower() in ("authorization", "x-api-key", "x-goog-api-key"):
-            found += [value, value.partition(" ")[2]]
-    return found
 
 
 def incomplete() -> UpstreamError:
@@ -95,8 +73,7 @@ async def stream_events(
         ) as response:
             if response.status_code >= 400:
                 payload = await response.aread()
-                # Upstreams sometimes quote the key they were sent; never pass it on.
-                message = redact(error_message(payload), _secrets(headers))[:300]
+                message = upstream_message(payload, headers)
                 raise UpstreamError(
                     f"upstream answered {response.status_code}: {message}",
                     upstream_status=response.status_code,
