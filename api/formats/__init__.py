@@ -71,14 +71,21 @@ def entry_ms(entry_id: str) -> int:
 
 
 def snapshot_calls(calls: dict[int, ToolCall]) -> bytes:
-    """Tool calls a renderer holds until they are whole, as a snapshot of its state."""
-    return orjson.dumps([[c.index, c.id, c.name, c.arguments] for c in calls.values()])
+    """Tool calls a renderer holds until they are whole, as a snapshot of its state:
+    `[index, id, name, arguments, signature]` each."""
+    return orjson.dumps([[c.index, c.id, c.name, c.arguments, c.signature] for c in calls.values()])
 
 
 def restore_calls(state: bytes) -> dict[int, ToolCall]:
     return {
-        int(index): ToolCall(int(index), str(call_id), str(name), str(arguments))
-        for index, call_id, name, arguments in orjson.loads(state)
+        int(index): ToolCall(
+            int(index),
+            str(call_id),
+            str(name),
+            str(arguments),
+            None if signature is None else str(signature),
+        )
+        for index, call_id, name, arguments, signature in orjson.loads(state)
     }
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from api.formats import Frame
+from api.formats import Frame, restore_calls, snapshot_calls
 from shared import events as ev
 from shared.errors import SpoolError, error_status
 from shared.request import parse_json_object
@@ -142,28 +142,17 @@ class GeminiFormat:
 
 
 class _GeminiRenderer:
-    state_tag = "gemini.2"  # held calls: [index, id, name, arguments, signature]
+    state_tag = "gemini.2"  # held calls with their signatures (api.formats.snapshot_calls)
 
     def __init__(self, render: dict[str, Any]) -> None:
         self.render = render
         self.calls: dict[int, ToolCall] = {}
 
     def snapshot(self) -> bytes:
-        return orjson.dumps(
-            [[c.index, c.id, c.name, c.arguments, c.signature] for c in self.calls.values()]
-        )
+        return snapshot_calls(self.calls)
 
     def restore(self, state: bytes) -> None:
-        self.calls = {
-            int(index): ToolCall(
-                int(index),
-                str(call_id),
-                str(name),
-                str(arguments),
-                None if signature is None else str(signature),
-            )
-            for index, call_id, name, arguments, signature in orjson.loads(state)
-        }
+        self.calls = restore_calls(state)
 
     def _response(
         self,

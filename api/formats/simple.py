@@ -67,7 +67,7 @@ class SimpleFormat:
 
 
 class _SimpleRenderer:
-    state_tag = "simple.1"
+    state_tag = "simple.2"  # held calls with their signatures (api.formats.snapshot_calls)
 
     def __init__(self, render: dict[str, Any]) -> None:
         self.render = render

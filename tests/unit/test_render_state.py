@@ -112,3 +112,11 @@ def test_a_snapshot_holds_any_tool_call_text(surface: str) -> None:
     restored.restore(RenderState.from_member(member).state)
     finish = ev.Finish(reason="tool_calls")
     assert restored.frames("2-0", finish) == renderer.frames("2-0", finish)
+
+
+def test_held_calls_keep_their_signatures_across_a_snapshot() -> None:
+    from api.formats import restore_calls, snapshot_calls
+    from shared.transcript import ToolCall
+
+    held = {0: ToolCall(0, "c0", "f", '{"a"', "sig-0"), 1: ToolCall(1, "c1", "g", "{}")}
+    assert restore_calls(snapshot_calls(held)) == held
