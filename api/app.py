@@ -25,6 +25,7 @@ from api.routes import (
     models,
     openai_chat,
     openai_completions,
+    openai_responses,
     simple,
     streams,
     tasks,
@@ -133,6 +134,7 @@ def create_app(settings: Settings) -> FastAPI:
     for router in (
         openai_chat.router,
         openai_completions.router,
+        openai_responses.router,
         anthropic.router,
         count_tokens.router,
         embeddings.router,

@@ -17,6 +17,7 @@ from api.formats import WireFormat
 from api.formats.anthropic import AnthropicFormat
 from api.formats.gemini import GeminiFormat
 from api.formats.openai_chat import OpenAIChatFormat
+from api.formats.openai_responses import OpenAIResponsesFormat
 from api.formats.simple import SimpleFormat
 from api.responses import JSONBody
 from shared.errors import InvalidRequest, RouteNotFound, SpoolError, StoreUnavailable
@@ -26,7 +27,10 @@ log = logging.getLogger(__name__)
 
 _OPENAI = OpenAIChatFormat()
 _GEMINI = GeminiFormat()
+_RESPONSES = OpenAIResponsesFormat()
 _BY_PREFIX: tuple[tuple[str, WireFormat], ...] = (
+    ("/v1/responses", _RESPONSES),
+    ("/openai/v1/responses", _RESPONSES),
     ("/v1/messages", AnthropicFormat()),
     ("/anthropic/", AnthropicFormat()),
     ("/v1beta/", _GEMINI),

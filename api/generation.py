@@ -14,7 +14,7 @@ from starlette.responses import Response
 from api.deps import Services
 from api.formats import WireFormat
 from api.responses import DROPPED_PARAMS_HEADER, STREAM_ID_HEADER, JSONBody
-from api.tail import START, Start, Tail, wait_for_transcript
+from api.tail import Tail, wait_for_transcript
 from shared import events as ev
 from shared.auth import ApiKey
 from shared.errors import (
@@ -34,6 +34,7 @@ from shared.queue import GENERATE
 from shared.request import GenerationRequest
 from shared.settings import PASSTHROUGH_DEFAULTS, ModelEntry, Settings
 from shared.store import JobRecord, Status
+from shared.transcript import Transcript
 
 
 def new_stream_id() -> str:
@@ -187,7 +188,7 @@ async def respond(
     wait for the job's end and answer with the assembled result."""
     if tail is not None:
         # A stream created a moment ago has nothing to validate or catch up on.
-        return tail.response(Start(START, 1))
+        return tail.response(tail.beginning())
     transcript = await wait_for_transcript(
         services.hub, record, services.settings.nonstream_timeout_s
     )
@@ -211,9 +212,11 @@ async def serve_generation(
     render: Callable[[str], dict[str, Any]],
     stream: bool,
     cancel_on_disconnect: bool,
+    detach: bool = False,
 ) -> Response:
     """What every generation route does once it has a canonical request: create the job
-    with the surface's render options (`render(stream_id)`), enqueue it, and answer."""
+    with the surface's render options (`render(stream_id)`), enqueue it, and answer: with
+    its stream, with its result, or (`detach`, not streaming) with the job as queued."""
     stream_id = new_stream_id()
     fmt = services.formats[surface]
     record, dropped = new_job(services, fmt, request, render(stream_id), stream_id, caller)
@@ -223,14 +226,19 @@ async def serve_generation(
     if stream:
         # Listen before the job exists, so its first event reaches this tail at once.
         tail = Tail(services, record, fmt, cancel_on_disconnect=cancel_on_disconnect)
-        tail.open(Start(START, 1))
+        tail.open(tail.beginning())
     try:
         await enqueue_job(services, record, caller, request)
     except BaseException:
         if tail is not None:
             tail.close()
         raise
-    response = await respond(services, fmt, record, tail)
+    if detach and tail is None:
+        response: Response = JSONBody(
+            fmt.response(record, Transcript()), headers={STREAM_ID_HEADER: record.id}
+        )
+    else:
+        response = await respond(services, fmt, record, tail)
     if dropped:
         response.headers[DROPPED_PARAMS_HEADER] = ", ".join(dropped)
     return response

@@ -25,7 +25,7 @@ from redis.exceptions import RedisError
 from starlette.responses import Response
 
 from api.deps import Services
-from api.formats import Frame, StatefulRenderer, WireFormat
+from api.formats import Frame, SequencedFormat, StatefulRenderer, WireFormat
 from api.hub import Reader, StreamHub
 from api.responses import STREAM_ID_HEADER, EventStream
 from shared import events as ev
@@ -82,6 +82,13 @@ class ResumePoint:
         return cls(entry_id)
 
 
+def parse_sequence_number(value: str) -> int:
+    value = value.strip()
+    if not (value.isascii() and value.isdigit()) or len(value) > 12:
+        raise InvalidResumeId(f"{value[:64]!r} is not an event id of this stream")
+    return int(value)
+
+
 def frame_ids(entry_id: str, frames: list[Frame]) -> list[str]:
     last = len(frames) - 1
     return [entry_id if k == last else f"{entry_id}:{k}" for k in range(len(frames))]
@@ -92,7 +99,7 @@ def encode_frames(
 ) -> bytes:
     ids = frame_ids(entry_id, frames)
     return b"".join(
-        format_event(f.data, id=i if with_ids else None, event=f.event)
+        format_event(f.data, id=(f.id or i) if with_ids else None, event=f.event)
         for k, (f, i) in enumerate(zip(frames, ids, strict=True))
         if k > skip_through
     )
@@ -128,15 +135,31 @@ class Tail:
         self.cancel_on_disconnect = cancel_on_disconnect
         self.renderer = fmt.renderer(record.render)
         self.reader: Reader | None = None
-        # The position from which the renderer's state is saved next (0: never, stateless).
-        self.state_due = RENDER_STATE_EVERY if fmt.stateful else 0
+        # The position from which the renderer's state is saved next (0: never: stateless,
+        # or numbered events, which a resume renders from the start).
+        self.state_due = RENDER_STATE_EVERY if fmt.stateful and not fmt.sequence_ids else 0
 
-    async def prepare(self, resume: ResumePoint | None) -> Start:
-        """Validate the resume point before the response starts (so errors get a status),
-        bring the renderer up to it, and work out where to read from and what to replay."""
+    def beginning(self) -> Start:
+        """Where a tail from the start of the stream starts: before its first entry, after
+        the frames its format opens every stream with."""
+        if not self.fmt.sequence_ids:
+            return Start(START, 1)
+        opening = cast(SequencedFormat, self.fmt).opening(self.record.render)
+        return Start(START, 1, encode_frames(START, opening))
+
+    async def prepare(self, resume: str | None) -> Start:
+        """Validate the resume point (an entry id, or for a format whose events number
+        themselves, a sequence number) before the response starts, so errors get a
+        status; bring the renderer up to it, and work out where to read from and what to
+        replay."""
+        if self.fmt.sequence_ids:
+            return await self._prepare_numbered(resume or None)
+        return await self._prepare_at(ResumePoint.parse(resume) if resume else None)
+
+    async def _prepare_at(self, resume: ResumePoint | None) -> Start:
         point = await self.store.resume_point(self.record.id, resume.entry_id if resume else None)
         if point is None:
-            return Start(START, 1)
+            return self.beginning()
         frames = await self._catch_up(point)
         if resume is None or resume.frame is None:
             if ev.is_terminal(point.event):
@@ -152,6 +175,33 @@ class Tail:
         if ev.is_terminal(point.event):
             return Start("", 0, replay)
         return Start(point.id, point.seq + 1, replay)
+
+    async def _prepare_numbered(self, resume: str | None) -> Start:
+        """A resume after event number `resume`: the stream is rendered from its start up
+        to the entry that rendered that event (a format that numbers its events restarts
+        its count nowhere else)."""
+        if resume is not None and len(resume) > MAX_RESUME_ID_CHARS:
+            raise InvalidResumeId("the resume id is too long to be an event id")
+        await self.store.resume_point(self.record.id, None)  # 410 once the start is trimmed
+        if resume is None:
+            return self.beginning()
+        wanted = parse_sequence_number(resume)
+        opening = cast(SequencedFormat, self.fmt).opening(self.record.render)
+        if wanted < len(opening):
+            return Start(START, 1, encode_frames(START, opening, skip_through=wanted))
+        after = START
+        while entries := await self.store.read(self.record.id, after, block_ms=None, count=512):
+            for entry in entries:
+                frames = self.renderer.frames(entry.id, entry.event)
+                if not frames or int(frames[-1].id or 0) < wanted:
+                    continue
+                skip = wanted - int(frames[0].id or 0)
+                replay = encode_frames(entry.id, frames, skip_through=skip)
+                if ev.is_terminal(entry.event):
+                    return Start("", 0, replay)
+                return Start(entry.id, entry.seq + 1, replay)
+            after = entries[-1].id
+        raise InvalidResumeId(f"{resume!r} is not an event of this stream")
 
     async def _catch_up(self, point: Entry) -> list[Frame]:
         """Bring the renderer up to what the client already has, up to and including

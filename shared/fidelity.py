@@ -31,6 +31,7 @@ class Capabilities:
 
 # Canonical fields that ask something of the provider, with the value that asks nothing.
 OPTIONAL_FIELDS: dict[str, Any] = {
+    "stop": [],
     "top_k": None,
     "presence_penalty": None,
     "frequency_penalty": None,
@@ -56,6 +57,7 @@ PROVIDERS: dict[str, Capabilities] = {
         },
         frozenset(
             {
+                "stop",
                 "presence_penalty",
                 "frequency_penalty",
                 "logit_bias",
@@ -72,11 +74,29 @@ PROVIDERS: dict[str, Capabilities] = {
         # Chat Completions takes images in user turns only: a tool's images follow its
         # result as a user turn.
     ),
+    # OpenAI's Responses API: no stop sequences, penalties, logit bias or seed.
+    "responses": Capabilities(
+        "responses",
+        {"image": _IMAGES, "document": frozenset({"application/pdf"})},
+        frozenset(
+            {
+                "logprobs",
+                "top_logprobs",
+                "service_tier",
+                "metadata",
+                "user",
+                "parallel_tool_calls",
+                "reasoning_effort",
+            }
+        ),
+    ),
     "anthropic": Capabilities(
         "anthropic",
         {"image": _IMAGES, "document": frozenset({"application/pdf"}) | TEXT_DOCUMENTS},
         # `user` goes as metadata.user_id.
-        frozenset({"top_k", "service_tier", "user", "parallel_tool_calls", "reasoning_effort"}),
+        frozenset(
+            {"stop", "top_k", "service_tier", "user", "parallel_tool_calls", "reasoning_effort"}
+        ),
     ),
     "gemini": Capabilities(
         "gemini",
@@ -87,6 +107,7 @@ PROVIDERS: dict[str, Capabilities] = {
         },
         frozenset(
             {
+                "stop",
                 "top_k",
                 "presence_penalty",
                 "frequency_penalty",

@@ -186,7 +186,7 @@ class ResponseFormat(BaseModel):
     strict: bool | None = None
 
 
-Protocol = Literal["openai", "anthropic", "gemini"]
+Protocol = Literal["openai", "responses", "anthropic", "gemini"]
 
 
 class GenerationRequest(BaseModel):

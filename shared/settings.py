@@ -26,7 +26,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from shared.errors import ConfigError
 from shared.redis_address import ClusterAddress, parse_redis_url
 
-ProviderName = Literal["demo", "openai", "anthropic", "gemini"]
+ProviderName = Literal["demo", "openai", "responses", "anthropic", "gemini"]
 
 
 class ModelEntry(BaseModel):

@@ -476,6 +476,18 @@ class StreamStore:
         )
         return int(ttl)
 
+    async def delete(self, stream_id: str, render_tags: list[str]) -> None:
+        """Forget an ended stream: its record, its events, what its readers kept of it, and
+        the tombstone that would say it expired (a deleted stream is not found at all)."""
+        names = [
+            keys.job_key(stream_id),
+            keys.stream_key(stream_id),
+            keys.tombstone_key(stream_id),
+            keys.follow_tokens_key(stream_id),
+            *(keys.render_state_key(stream_id, tag) for tag in render_tags),
+        ]
+        await self.redis.delete(*names)  # one slot: the keys share the stream's hash tag
+
     async def queue_position(self, stream_id: str) -> int | None:
         """How many queued jobs are ahead of this one; None when it is not queued."""
         rank = await self.control.zrank(keys.QUEUED_KEY, stream_id)

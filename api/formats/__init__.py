@@ -24,10 +24,12 @@ from shared.transcript import ToolCall, Transcript
 @dataclass(frozen=True, slots=True)
 class Frame:
     """One SSE event before it gets its id: an optional event name and its data, rendered
-    to bytes once (JSON as orjson writes it)."""
+    to bytes once (JSON as orjson writes it). A format whose events number themselves
+    (`sequence_ids`) gives each frame its `id`."""
 
     data: bytes
     event: str | None = None
+    id: str | None = None
 
 
 class Renderer(Protocol):
@@ -52,6 +54,9 @@ class WireFormat(Protocol):
     surface: str
     stateful: bool  # whether its renderers remember earlier events (then `StatefulRenderer`)
     sse_ids: bool  # whether events carry `id:` lines (else the id travels in the data)
+    # Whether events are numbered from 0 across the whole stream, their number being their
+    # id and resume point (then `SequencedFormat`); else ids are Redis entry ids.
+    sequence_ids: bool
     keepalive: bytes  # what an idle stream sends to keep proxies from timing it out
 
     def renderer(self, render: dict[str, Any]) -> Renderer: ...
@@ -61,6 +66,14 @@ class WireFormat(Protocol):
         ...
 
     def error_body(self, error: SpoolError) -> dict[str, Any]: ...
+
+
+class SequencedFormat(WireFormat, Protocol):
+    """A format whose events carry their own sequence numbers (OpenAI Responses)."""
+
+    def opening(self, render: dict[str, Any]) -> list[Frame]:
+        """The frames a stream starts with before any of its events (numbered from 0)."""
+        ...
 
 
 PING = b": ping\n\n"
@@ -94,12 +107,14 @@ def registry() -> dict[str, WireFormat]:
     from api.formats.gemini import GeminiFormat
     from api.formats.openai_chat import OpenAIChatFormat
     from api.formats.openai_completions import OpenAICompletionsFormat
+    from api.formats.openai_responses import OpenAIResponsesFormat
     from api.formats.simple import SimpleFormat
     from api.formats.tasks import TaskFormat
 
     formats: list[WireFormat] = [
         OpenAIChatFormat(),
         OpenAICompletionsFormat(),
+        OpenAIResponsesFormat(),
         AnthropicFormat(),
         GeminiFormat(),
         SimpleFormat(),

@@ -77,6 +77,7 @@ class AnthropicFormat:
     surface = "anthropic.messages"
     stateful = True  # content blocks are numbered and opened/closed as the stream goes
     sse_ids = True
+    sequence_ids = False
     keepalive = PING
 
     def renderer(self, render: dict[str, Any]) -> _MessagesRenderer:

@@ -110,6 +110,7 @@ class GeminiFormat:
     surface = "gemini"
     stateful = True  # function call fragments are held until the call is whole
     sse_ids = False
+    sequence_ids = False
     keepalive = b"\n"
 
     def renderer(self, render: dict[str, Any]) -> _GeminiRenderer:

@@ -54,6 +54,7 @@ class OpenAIChatFormat:
     surface = "openai.chat"
     stateful = False
     sse_ids = True
+    sequence_ids = False
     keepalive = PING
 
     def renderer(self, render: dict[str, Any]) -> _ChatRenderer:

@@ -47,6 +47,7 @@ class OpenAICompletionsFormat:
     surface = "openai.completions"
     stateful = False
     sse_ids = True
+    sequence_ids = False
     keepalive = PING
 
     def renderer(self, render: dict[str, Any]) -> _CompletionsRenderer:

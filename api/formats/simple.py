@@ -35,6 +35,7 @@ class SimpleFormat:
     surface = "simple"
     stateful = True  # tool calls are sent whole, once their arguments are complete
     sse_ids = True
+    sequence_ids = False
     keepalive = PING
 
     def renderer(self, render: dict[str, Any]) -> _SimpleRenderer:

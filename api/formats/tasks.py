@@ -33,6 +33,7 @@ class TaskFormat:
     surface = "task"
     stateful = False
     sse_ids = True
+    sequence_ids = False
     keepalive = PING
 
     def renderer(self, render: dict[str, Any]) -> TaskFormat:

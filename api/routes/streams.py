@@ -18,7 +18,7 @@ from starlette.responses import Response
 
 from api.deps import CallerDep, CancelOnDisconnectDep, OptionalCallerDep, Services, ServicesDep
 from api.responses import JSONBody
-from api.tail import ResumePoint, Tail
+from api.tail import Tail
 from shared import keys
 from shared.auth import ApiKey
 from shared.errors import (
@@ -112,12 +112,11 @@ async def tail_stream(
 ) -> Response:
     record = await load(services, stream_id, caller, follow_token)
     resume_from = last_event_id_header or last_event_id
-    resume = ResumePoint.parse(resume_from) if resume_from else None
     fmt = services.formats[record.surface]
     # Only the owner's disconnect may cancel; a follower only watches.
     cancels = cancel_on_disconnect and caller is not None and caller.id == record.owner
     tail = Tail(services, record, fmt, cancel_on_disconnect=cancels)
-    return tail.response(await tail.prepare(resume))
+    return tail.response(await tail.prepare(resume_from))
 
 
 @router.get("/{stream_id}/result")

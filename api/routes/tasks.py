@@ -13,7 +13,7 @@ from starlette.responses import FileResponse, RedirectResponse, Response
 from api.deps import CallerDep, OptionalCallerDep, ServicesDep
 from api.responses import JSONBody
 from api.routes.streams import FollowToken, StreamId, load, mint_follow_token
-from api.tail import ResumePoint, Tail
+from api.tail import Tail
 from api.tasks import parse_prefer_wait, submit_task, wait_for_end
 from shared.artifacts import DOWNLOAD_TYPE, served_type
 from shared.errors import ResumePointExpired, SpoolError, TaskNotFound
@@ -111,9 +111,8 @@ async def task_events(
 ) -> Response:
     record = await load(services, task_id, caller, follow_token, task=True)
     resume_from = last_event_id_header or last_event_id
-    resume = ResumePoint.parse(resume_from) if resume_from else None
     tail = Tail(services, record, services.formats[record.surface])
-    return tail.response(await tail.prepare(resume))
+    return tail.response(await tail.prepare(resume_from))
 
 
 @router.post("/{task_id}/follow-token")

@@ -795,6 +795,17 @@ RENDER: dict[str, st.SearchStrategy[dict[str, Any]]] = {
     "simple": st.fixed_dictionaries(
         {"id": st.just("s1"), "model": ident, "created_at": st.floats(1_699_999_990, 1_700_000_010)}
     ),
+    "openai.responses": st.fixed_dictionaries(
+        {
+            "id": st.just("resp_s1"),
+            "created_at": st.just(1_700_000_000),
+            "model": ident,
+            "background": st.booleans(),
+            "logprobs": st.booleans(),
+            "encrypted_reasoning": st.booleans(),
+            "echo": st.just({"instructions": None, "tools": []}),
+        }
+    ),
     "task": st.just({}),
 }
 RENDER_EXAMPLE: dict[str, dict[str, Any]] = {
@@ -803,6 +814,7 @@ RENDER_EXAMPLE: dict[str, dict[str, Any]] = {
     "anthropic.messages": {"id": "msg_s1", "model": "m"},
     "gemini": {"id": "s1", "model": "m"},
     "simple": {"id": "s1", "model": "m", "created_at": 1_700_000_000.0},
+    "openai.responses": {"id": "resp_s1", "created_at": 1, "model": "m", "background": True},
     "task": {},
 }
 FORMATS = sorted(registry())
@@ -840,7 +852,9 @@ def _assert_valid_wire(surface: str, entries: Entries, rendered: list[list[Frame
         # What the tail writes, read back by an SSE client.
         wire += encode_frames(entry_id, frames, with_ids=fmt.sse_ids)
         ids: list[str | None] = (
-            list(frame_ids(entry_id, frames)) if fmt.sse_ids else [None] * len(frames)
+            [f.id or i for f, i in zip(frames, frame_ids(entry_id, frames), strict=True)]
+            if fmt.sse_ids
+            else [None] * len(frames)
         )
         expected += [
             (f.data.decode(), f.event or "message", i) for f, i in zip(frames, ids, strict=True)
