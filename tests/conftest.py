@@ -92,6 +92,15 @@ def cluster_models(upstream: MockUpstream) -> dict[str, object]:
         "up-openai-tools": mock("tools"),
         "up-openai-json": mock("json"),
         **{
+            f"up-responses-{name}": {
+                "provider": "responses", "base_url": upstream.base_url,
+                "model": f"responses-{name}", "api_key_env": "SPOOL_TEST_UPSTREAM_KEY",
+                "idle_timeout_s": 10,
+            }
+            for name in ("text", "tools", "reasoning", "split", "json", "incomplete", "failed",
+                         "error", "no-terminal")
+        },
+        **{
             f"up-anthropic-{name}": {
                 "provider": "anthropic", "base_url": upstream.base_url, "model": f"claude-{name}",
                 "api_key_env": "SPOOL_TEST_UPSTREAM_KEY",

@@ -82,6 +82,169 @@ def text_stream(model: str, pieces: list[str]) -> list[bytes]:
     return out
 
 
+# --- OpenAI's Responses API (`POST /v1/responses`) -------------------------------------------
+
+RESPONSES_TEXT = ["Héllo", " from", " the", " Responses", " API ✓"]
+RESPONSES_TOOLS_TEXT = "Let me check."
+# The first call's arguments stream as deltas; the second's arrive whole when it is done.
+RESPONSES_CALLS = [
+    ("call_r1", "get_weather", ['{"city": ', '"Paris"', "}"]),
+    ("call_r2", "get_time", ['{"zone": "CET"}']),
+]
+RESPONSES_SUMMARY = [["Weighing", " the options."], ["Settling on", " an answer."]]
+RESPONSES_ANSWER = ["Forty", "-two."]
+RESPONSES_USAGE = {"input_tokens": 13, "output_tokens": 8, "cached": 4, "reasoning": 5}
+RESPONSES_FAILURE = {"code": "server_error", "message": "the responses model is overloaded"}
+
+ResponsesFrame = tuple[str, dict[str, Any]]
+
+
+def responses_usage() -> dict[str, Any]:
+    u = RESPONSES_USAGE
+    return {
+        "input_tokens": u["input_tokens"],
+        "input_tokens_details": {"cached_tokens": u["cached"]},
+        "output_tokens": u["output_tokens"],
+        "output_tokens_details": {"reasoning_tokens": u["reasoning"]},
+        "total_tokens": u["input_tokens"] + u["output_tokens"],
+    }
+
+
+def response_object(model: str, status: str, **fields: Any) -> dict[str, Any]:
+    return {"id": "resp_mock", "object": "response", "created_at": 1, "model": model,
+            "status": status, "output": [], **fields}  # fmt: skip
+
+
+def responses_start(model: str) -> list[ResponsesFrame]:
+    return [
+        ("response.created", {"response": response_object(model, "in_progress")}),
+        ("response.in_progress", {"response": response_object(model, "in_progress")}),
+    ]
+
+
+def responses_message(output_index: int, pieces: list[str]) -> list[ResponsesFrame]:
+    item_id = f"msg_{output_index}"
+    item = {"id": item_id, "type": "message", "role": "assistant", "status": "in_progress",
+            "content": []}  # fmt: skip
+    at = {"item_id": item_id, "output_index": output_index, "content_index": 0}
+    text = "".join(pieces)
+    return [
+        ("response.output_item.added", {"output_index": output_index, "item": item}),
+        ("response.content_part.added", {**at, "part": {"type": "output_text", "text": ""}}),
+        *(("response.output_text.delta", {**at, "delta": p, "logprobs": []}) for p in pieces),
+        ("response.output_text.done", {**at, "text": text, "logprobs": []}),
+        ("response.content_part.done", {**at, "part": {"type": "output_text", "text": text}}),
+        ("response.output_item.done", {"output_index": output_index, "item": {
+            **item, "status": "completed",
+            "content": [{"type": "output_text", "text": text, "annotations": []}]}}),
+    ]  # fmt: skip
+
+
+def responses_call(
+    output_index: int, call_id: str, name: str, pieces: list[str], *, streamed: bool
+) -> list[ResponsesFrame]:
+    item_id = f"fc_{output_index}"
+    item = {"id": item_id, "type": "function_call", "call_id": call_id, "name": name,
+            "arguments": "", "status": "in_progress"}  # fmt: skip
+    at = {"item_id": item_id, "output_index": output_index}
+    arguments = "".join(pieces)
+    deltas = [("response.function_call_arguments.delta", {**at, "delta": p}) for p in pieces]
+    return [
+        ("response.output_item.added", {"output_index": output_index, "item": item}),
+        *(deltas if streamed else []),
+        ("response.output_item.done", {"output_index": output_index,
+         "item": {**item, "arguments": arguments, "status": "completed"}}),
+    ]  # fmt: skip
+
+
+def responses_reasoning(output_index: int) -> list[ResponsesFrame]:
+    item_id = f"rs_{output_index}"
+    item = {"id": item_id, "type": "reasoning", "summary": []}
+    frames: list[ResponsesFrame] = [
+        ("response.output_item.added", {"output_index": output_index, "item": item})
+    ]
+    for summary_index, pieces in enumerate(RESPONSES_SUMMARY):
+        at = {"item_id": item_id, "output_index": output_index, "summary_index": summary_index}
+        part = {"type": "summary_text", "text": ""}
+        frames.append(("response.reasoning_summary_part.added", {**at, "part": part}))
+        frames += [("response.reasoning_summary_text.delta", {**at, "delta": p}) for p in pieces]
+        frames.append(("response.reasoning_summary_text.done", {**at, "text": "".join(pieces)}))
+    frames.append(("response.output_item.done", {"output_index": output_index, "item": item}))
+    return frames
+
+
+def responses_completed(model: str) -> ResponsesFrame:
+    return ("response.completed", {"response": response_object(
+        model, "completed", usage=responses_usage())})  # fmt: skip
+
+
+def responses_text_script(model: str) -> list[ResponsesFrame]:
+    return [*responses_start(model), *responses_message(0, RESPONSES_TEXT),
+            responses_completed(model)]  # fmt: skip
+
+
+def responses_json_script(model: str) -> list[ResponsesFrame]:
+    return [*responses_start(model), *responses_message(0, JSON_ANSWER),
+            responses_completed(model)]  # fmt: skip
+
+
+def responses_tools_script(model: str) -> list[ResponsesFrame]:
+    frames = [*responses_start(model), *responses_message(0, [RESPONSES_TOOLS_TEXT])]
+    for i, (call_id, name, pieces) in enumerate(RESPONSES_CALLS):
+        frames += responses_call(i + 1, call_id, name, pieces, streamed=i == 0)
+    return [*frames, responses_completed(model)]
+
+
+def responses_reasoning_script(model: str) -> list[ResponsesFrame]:
+    return [*responses_start(model), *responses_reasoning(0),
+            *responses_message(1, RESPONSES_ANSWER), responses_completed(model)]  # fmt: skip
+
+
+def responses_incomplete_script(model: str) -> list[ResponsesFrame]:
+    details = {"reason": "max_output_tokens"}
+    response = response_object(model, "incomplete", incomplete_details=details,
+                               usage=responses_usage())  # fmt: skip
+    return [*responses_start(model), *responses_message(0, ["Cut", " short"]),
+            ("response.incomplete", {"response": response})]  # fmt: skip
+
+
+def responses_failed_script(model: str) -> list[ResponsesFrame]:
+    response = response_object(model, "failed", error=RESPONSES_FAILURE)
+    return [*responses_start(model), *responses_message(0, ["partial"])[:3],
+            ("response.failed", {"response": response})]  # fmt: skip
+
+
+def responses_error_script(model: str) -> list[ResponsesFrame]:
+    error = {**RESPONSES_FAILURE, "param": None}
+    return [*responses_start(model), *responses_message(0, ["partial"])[:3], ("error", error)]
+
+
+def responses_no_terminal_script(model: str) -> list[ResponsesFrame]:
+    return [*responses_start(model), *responses_message(0, ["cut"])]
+
+
+RESPONSES_SCRIPTS: dict[str, Callable[[str], list[ResponsesFrame]]] = {
+    "responses-text": responses_text_script,
+    "responses-split": responses_text_script,
+    "responses-json": responses_json_script,
+    "responses-tools": responses_tools_script,
+    "responses-reasoning": responses_reasoning_script,
+    "responses-incomplete": responses_incomplete_script,
+    "responses-failed": responses_failed_script,
+    "responses-error": responses_error_script,
+    "responses-no-terminal": responses_no_terminal_script,
+}
+
+
+def responses_frames(frames: list[ResponsesFrame]) -> bytes:
+    """A script as the Responses API frames it: named events, numbered in order."""
+    out = b""
+    for number, (kind, data) in enumerate(frames):
+        payload = orjson.dumps({"type": kind, **data, "sequence_number": number})
+        out += b"event: " + kind.encode() + b"\ndata: " + payload + b"\n\n"
+    return out
+
+
 @dataclass
 class Seen:
     model: str
@@ -242,6 +405,23 @@ class MockUpstream:
             return JSONResponse({"error": {"message": "unknown model"}}, status_code=404)
         return StreamingResponse(script(seen), media_type="text/event-stream")
 
+    async def handle_responses(self, request: Request) -> Response:
+        """`POST /v1/responses`: the script the model names, streamed (`responses-split` a
+        few bytes at a time); a request that is not a streamed Responses request is a 400."""
+        body = orjson.loads(await request.body())
+        seen = Seen(model=body.get("model", ""), body=body, headers=dict(request.headers))
+        self.seen.append(seen)
+        if body.get("stream") is not True or not isinstance(body.get("input"), list):
+            message = "the mock takes streamed requests with an input list"
+            return JSONResponse({"error": {"message": message}}, status_code=400)
+        script = RESPONSES_SCRIPTS.get(seen.model)
+        if script is None:
+            return JSONResponse({"error": {"message": "unknown model"}}, status_code=404)
+        raw = responses_frames(script(seen.model))
+        if seen.model == "responses-split":
+            return StreamingResponse(trickle(raw), media_type="text/event-stream")
+        return StreamingResponse(iter([raw]), media_type="text/event-stream")
+
     # -- lifecycle -------------------------------------------------------------------------
 
     async def media(self, request: Request) -> Response:
@@ -262,6 +442,7 @@ class MockUpstream:
             routes=[
                 Route("/media/{name}", self.media, methods=["GET"]),
                 Route("/v1/chat/completions", self.handle, methods=["POST"]),
+                Route("/v1/responses", self.handle_responses, methods=["POST"]),
                 Route("/v1/messages", functools.partial(handle_messages, self), methods=["POST"]),
                 Route(
                     "/v1beta/models/{target}",

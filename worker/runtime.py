@@ -38,6 +38,7 @@ from worker.providers.demo import DemoProvider
 from worker.providers.gemini import GeminiProvider
 from worker.providers.media import MediaFetcher
 from worker.providers.openai import OpenAIProvider
+from worker.providers.responses import ResponsesProvider
 from worker.providers.transport import FastTransport
 from worker.task_providers import TaskProvider
 from worker.task_providers.demo import DemoTaskProvider
@@ -108,6 +109,7 @@ class WorkerRuntime:
         self.providers = {
             "demo": DemoProvider(),
             "openai": OpenAIProvider(self._stream_http, media),
+            "responses": ResponsesProvider(self._stream_http, media),
             "anthropic": AnthropicProvider(self._stream_http, media),
             "gemini": GeminiProvider(self._stream_http, media),
         }
