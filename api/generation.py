@@ -220,6 +220,8 @@ async def serve_generation(
     stream_id = new_stream_id()
     fmt = services.formats[surface]
     record, dropped = new_job(services, fmt, request, render(stream_id), stream_id, caller)
+    if detach:
+        record.request["detached"] = True  # no reader needed: see JobRun.detached
     if request.has_media_urls:
         await check_media_urls(services.settings, request)
     tail = None

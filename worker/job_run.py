@@ -72,6 +72,12 @@ class JobRun:
         return self.record.id
 
     @property
+    def detached(self) -> bool:
+        """A job run in the background (a Responses API `background` request) goes on
+        whether or not anyone reads it: the abandoned-stream policy passes it by."""
+        return bool(self.record.request.get("detached"))
+
+    @property
     def started(self) -> bool:
         """Whether anything was handed to the stream (it will be there, or the run fails)."""
         return self.writer.queued > 0

@@ -270,7 +270,7 @@ class WorkerRuntime:
                 run.cancelled.set()
             elif lease.cancel_requested:
                 run.cancelled.set()  # the cancel message itself was missed
-            elif grace is not None and lease.since_reader_s > grace:
+            elif grace is not None and lease.since_reader_s > grace and not run.detached:
                 log.info(
                     "stream %s: no reader for %.0fs; cancelling",
                     stream_id,

@@ -80,7 +80,11 @@ def abandoning(faults: FaultCluster) -> Iterator[tuple[SpoolProcess, SpoolProces
     has read for two seconds."""
     config = write_config(
         faults.workdir / "abandon.yaml",
-        fault_models(faults.upstream),
+        {
+            **fault_models(faults.upstream),
+            # Six seconds long: three times the grace.
+            "fault-crawl": {"provider": "demo", "tokens_per_second": 10, "max_output_tokens": 60},
+        },
         **{**FAULT_SETTINGS, "abandon_grace_s": 2},
     )
     url = faults.redis.url.replace("/0", "/2")
@@ -107,3 +111,21 @@ def test_abandoned_streams_are_cancelled_after_the_grace(
         read_some(client, watched, api.url, body=chat("fault-slow", "watched", max_tokens=60))
         assert watched.finished and watched.error() is None
         assert result(api.url, watched.stream_id)["status"] == "completed"
+
+
+def test_a_background_response_nobody_reads_is_not_abandoned(
+    abandoning: tuple[SpoolProcess, SpoolProcess],
+) -> None:
+    api, _ = abandoning
+    body = {"model": "fault-crawl", "input": "run on your own", "background": True}
+    created = httpx.post(f"{api.url}/v1/responses", json=body, timeout=10).json()
+    assert created["status"] == "queued"
+    started = time.monotonic()
+    while time.monotonic() - started < 20:
+        response = httpx.get(f"{api.url}/v1/responses/{created['id']}", timeout=10).json()
+        if response["status"] not in ("queued", "in_progress"):
+            break
+        time.sleep(0.2)
+    assert response["status"] == "completed", response
+    assert response["usage"]["output_tokens"] == 60
+    assert time.monotonic() - started > 4  # it ran well past the grace, unread
