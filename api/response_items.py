@@ -234,11 +234,12 @@ def _content(m: Message) -> list[dict[str, Any]]:
 
 
 def to_items(messages: list[Message], id_prefix: str) -> list[dict[str, Any]]:
-    """Canonical messages as input items, numbered in order (`<prefix>_<n>`)."""
+    """Canonical messages as input items, numbered in order (`<kind>_<prefix>_in<n>`: apart
+    from the output items, which are `<kind>_<prefix>_<n>`)."""
     items: list[dict[str, Any]] = []
 
     def add(item: dict[str, Any]) -> None:
-        items.append({"id": f"{item.pop('_kind')}_{id_prefix}_{len(items)}", **item})
+        items.append({"id": f"{item.pop('_kind')}_{id_prefix}_in{len(items)}", **item})
 
     for m in messages:
         if m.role == "tool":

@@ -327,7 +327,7 @@ async def retrieve_response(
     services: ServicesDep,
     caller: OptionalCallerDep,
     stream: bool = False,
-    starting_after: Annotated[int | None, Query(ge=0)] = None,
+    starting_after: Annotated[str | None, Query(max_length=64)] = None,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
     follow_token: Annotated[str | None, Query(max_length=128)] = None,
 ) -> Response:
@@ -336,7 +336,7 @@ async def retrieve_response(
     record = await load_response(services, response_id, caller, follow_token)
     fmt = services.formats[SURFACE]
     if stream:
-        resume = str(starting_after) if starting_after is not None else last_event_id
+        resume = starting_after if starting_after is not None else last_event_id
         tail = Tail(services, record, fmt)
         return tail.response(await tail.prepare(resume))
     return JSONBody(fmt.response(record, await services.store.transcript(record)))

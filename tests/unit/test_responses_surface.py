@@ -103,7 +103,7 @@ def test_listed_items_give_back_what_was_sent() -> None:
         {"type": "function_call_output", "call_id": "c1", "output": "done"},
     ]  # fmt: skip
     listed = to_items(to_messages(items, None), "s1")
-    assert [i["id"] for i in listed] == ["msg_s1_0", "fc_s1_1", "fco_s1_2"]
+    assert [i["id"] for i in listed] == ["msg_s1_in0", "fc_s1_in1", "fco_s1_in2"]
     assert listed[0]["content"] == [
         {"type": "input_text", "text": "look"},
         {"type": "input_image", "image_url": PNG, "detail": "auto"},
