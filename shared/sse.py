@@ -38,8 +38,11 @@ def format_event(data: str | bytes, *, id: str | None = None, event: str | None 
 
 
 def format_comment(text: str = "") -> bytes:
-    """A comment line: ignored by clients, keeps proxies from timing an idle stream out."""
-    return "".join(f": {line}\n" for line in text.splitlines() or [""]).encode("utf-8") + b"\n"
+    """Comment lines: ignored by clients, they keep proxies from timing an idle stream out.
+    No blank line follows them: a blank line ends an event, and a client that remembers
+    the last event id (as the spec says, and as the openai and anthropic SDKs do) would
+    take a comment and a blank line for an event with no data."""
+    return "".join(f": {line}\n" for line in text.splitlines() or [""]).encode("utf-8")
 
 
 @dataclass(frozen=True, slots=True)

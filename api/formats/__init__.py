@@ -76,7 +76,7 @@ class SequencedFormat(WireFormat, Protocol):
         ...
 
 
-PING = b": ping\n\n"
+PING = b": ping\n"  # a comment line and no blank line (see shared.sse.format_comment)
 
 
 def entry_ms(entry_id: str) -> int:

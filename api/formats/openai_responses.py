@@ -124,11 +124,10 @@ def error_object(error: ev.Error) -> dict[str, Any]:
 
 
 def output_items(
-    render: dict[str, Any], transcript: Transcript, done: bool
+    render: dict[str, Any], transcript: Transcript, status: str
 ) -> list[dict[str, Any]]:
-    """A transcript's output as items: its reasoning, its text, then its calls (the order
-    a stream adds them in)."""
-    status = "completed" if done else "in_progress"
+    """A transcript's output as items, each with `status`: its reasoning, its text, then
+    its calls (the order a stream adds them in)."""
     items: list[dict[str, Any]] = []
     if transcript.reasoning or transcript.reasoning_signature:
         text, signature = transcript.reasoning_content, transcript.reasoning_signature
@@ -138,9 +137,16 @@ def output_items(
         if transcript.logprobs and render.get("logprobs"):
             items[-1]["content"][0]["logprobs"] = transcript.logprobs
     for call in sorted(transcript.tool_calls.values(), key=lambda c: c.index):
-        arguments = call.final_arguments() if done else call.arguments
+        arguments = call.arguments if status == "in_progress" else call.final_arguments()
         items.append(call_item(render, len(items), call.id, call.name, arguments, status))
     return items
+
+
+def item_status(response_status: str) -> str:
+    """Output items of a response that ended short of its end are `incomplete`."""
+    if response_status in ("queued", "in_progress"):
+        return "in_progress"
+    return "completed" if response_status == "completed" else "incomplete"
 
 
 def terminal_status(status: Status, transcript: Transcript) -> tuple[str, str | None]:
@@ -182,8 +188,7 @@ class OpenAIResponsesFormat:
     def response(self, record: JobRecord, transcript: Transcript) -> dict[str, Any]:
         render = record.render
         status, incomplete = terminal_status(record.status, transcript)
-        done = record.status.terminal
-        output = output_items(render, transcript, done)
+        output = output_items(render, transcript, item_status(status))
         error = error_object(transcript.error) if transcript.error else None
         completed_at = (
             int(record.finished_at) if status == "completed" and record.finished_at else None
@@ -277,10 +282,12 @@ class ResponsesRenderer:
                 self.usage = event
             case ev.Finish():
                 self.usage = event.usage or self.usage
-                self._close(out)
+                self._close(
+                    out, "completed" if event.reason in ("stop", "tool_calls") else "incomplete"
+                )
                 self._finish(out, event.reason, entry_ms(entry_id) // 1000)
             case ev.Error():
-                self._close(out)
+                self._close(out, "incomplete")
                 response = response_object(
                     self.render, "failed", self.items, usage=self.usage, error=error_object(event)
                 )
@@ -381,8 +388,9 @@ class ResponsesRenderer:
                 delta=event.arguments,
             )
 
-    def _close(self, out: list[Frame]) -> None:
-        """Close the open item: its text is whole now."""
+    def _close(self, out: list[Frame], status: str = "completed") -> None:
+        """Close the open item: its text is whole now (`incomplete` when the response
+        ended before the item did)."""
         if not self.open:
             return
         self.open = False
@@ -412,7 +420,7 @@ class ResponsesRenderer:
             self._emit(
                 out, "response.reasoning_summary_part.done", **fields, summary_index=0, part=summary
             )
-            item.update(reasoning_item(self.render, index, text, signature, "completed"))
+            item.update(reasoning_item(self.render, index, text, signature, status))
         else:
             item["arguments"] = text or "{}"
             self._emit(
@@ -422,7 +430,7 @@ class ResponsesRenderer:
                 name=item["name"],
                 arguments=item["arguments"],
             )
-        item["status"] = "completed"
+        item["status"] = status
         self._emit(out, "response.output_item.done", output_index=index, item=item)
 
     def _finish(self, out: list[Frame], reason: ev.FinishReason, at: int) -> None:

@@ -263,6 +263,7 @@ def test_a_cut_response_ends_incomplete(reason: Any, status: str, why: str | Non
     )
     assert out[-1]["type"] == "response.incomplete"
     assert out[-1]["response"]["status"] == status
+    assert out[-2]["item"]["status"] == "incomplete"
     details = out[-1]["response"]["incomplete_details"]
     assert details == ({"reason": why} if why else None)
 
@@ -281,6 +282,9 @@ def test_a_failure_ends_failed_with_its_error_after_closing_the_open_item() -> N
         "response.failed",
     ]
     assert out[-1]["response"]["error"] == {"code": "worker_lost", "message": "gone"}
+    # The message the failure cut short is incomplete, in the stream and in its response.
+    assert out[-2]["item"]["status"] == "incomplete"
+    assert out[-1]["response"]["output"][0]["status"] == "incomplete"
 
 
 def test_background_streams_open_queued_and_signed_reasoning_is_encrypted_content() -> None:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 
+from api.formats import PING
 from shared.sse import ServerSentEvent, SSEDecoder, format_comment, format_event
 
 TEXT = "héllo 日本語 ✓ 🎉"
@@ -109,14 +112,25 @@ def test_format_event_rejects_control_chars_in_event_name(bad: str) -> None:
 
 
 def test_format_comment() -> None:
-    assert format_comment("ping") == b": ping\n\n"
-    assert format_comment() == b": \n\n"
-    assert format_comment("a\nb") == b": a\n: b\n\n"
-    assert format_comment("日本") == ": 日本\n\n".encode()
+    assert format_comment("ping") == b": ping\n"
+    assert format_comment() == b": \n"
+    assert format_comment("a\nb") == b": a\n: b\n"
+    assert format_comment("日本") == ": 日本\n".encode()
 
 
 def test_format_comment_produces_no_event() -> None:
     assert decode_reads([format_comment("ping"), format_comment()]) == []
+
+
+@pytest.mark.parametrize("sdk", ["openai", "anthropic"])
+def test_keepalives_after_an_event_are_no_event_to_the_sdks(sdk: str) -> None:
+    """The official SDKs keep the last event id and dispatch an event at every blank line
+    after it: a keep-alive must not end in one, or they read an event with empty data."""
+    decoder_class = importlib.import_module(f"{sdk}._streaming").SSEDecoder
+    wire = format_event('{"a":1}', id="1-0") + PING + format_comment("shutting down") + PING
+    wire += format_event('{"b":2}', id="2-0")
+    events = list(decoder_class().iter_bytes(iter([wire])))
+    assert [(e.data, e.id) for e in events] == [('{"a":1}', "1-0"), ('{"b":2}', "2-0")]
 
 
 # --- SSEDecoder ----------------------------------------------------------------------------
