@@ -74,6 +74,7 @@ def check_limits(settings: Settings, request: GenerationRequest) -> None:
     if len(request.tools) > settings.max_tools:
         raise InvalidRequest(f"at most {settings.max_tools} tools are allowed")
     check_media(request, settings.max_media_bytes)
+    check_mcp(settings, request)
     strings = [m.content for m in request.messages]
     strings += [c.arguments for m in request.messages for c in m.tool_calls or []]
     strings += [t.description or "" for t in request.tools] + request.stop
@@ -83,6 +84,13 @@ def check_limits(settings: Settings, request: GenerationRequest) -> None:
             f"a string in the request is {longest} characters long; at most "
             f"{settings.max_string_chars} are allowed"
         )
+
+
+def check_mcp(settings: Settings, request: GenerationRequest) -> None:
+    """A request may select only configured MCP servers."""
+    for selection in request.mcp:
+        if selection.server not in settings.mcp_servers:
+            raise InvalidRequest(f"no MCP server named {selection.server!r} is configured")
 
 
 async def check_media_urls(settings: Settings, request: GenerationRequest) -> None:

@@ -52,8 +52,9 @@ class ReasoningDelta(_Event):
 
 
 class ToolCallDelta(_Event):
-    """A fragment of a tool call. The first fragment of a call carries its id and name;
-    later ones carry the same index and more of the JSON arguments."""
+    """A fragment of a tool call. The first fragment of a call carries its id and name
+    (and `server`, the configured MCP server, for a call the worker runs itself); later
+    ones carry the same index and more of the JSON arguments."""
 
     type: Literal["tool_call"] = "tool_call"
     index: int = Field(ge=0, le=MAX_TOOL_INDEX)
@@ -61,6 +62,38 @@ class ToolCallDelta(_Event):
     name: str | None = None
     arguments: str = ""
     signature: str | None = None  # Gemini's thoughtSignature of the call
+    server: str | None = None
+
+
+class ToolResult(_Event):
+    """What a server-side tool returned for the call at `index`: the worker ran it on the
+    MCP server `server` and hands the result to the model next. It repeats the call's
+    name and whole arguments, so a format can show the step from this event alone."""
+
+    type: Literal["tool_result"] = "tool_result"
+    index: int = Field(ge=0, le=MAX_TOOL_INDEX)
+    id: str
+    name: str
+    server: str
+    arguments: str
+    output: str
+    is_error: bool = False
+
+
+class ToolsRunning(_Event):
+    """The worker is running the MCP calls the model just made: their arguments are
+    whole, and their `ToolResult`s follow."""
+
+    type: Literal["tools_running"] = "tools_running"
+
+
+class ServerTools(_Event):
+    """The tools an MCP server offers the model in this generation, listed before the
+    model's first output (`tools`: `{name, description, input_schema}` each)."""
+
+    type: Literal["server_tools"] = "server_tools"
+    server: str
+    tools: list[dict[str, Any]]
 
 
 class Usage(_Event):
@@ -114,6 +147,9 @@ Event = Annotated[
     | TextDelta
     | ReasoningDelta
     | ToolCallDelta
+    | ToolResult
+    | ToolsRunning
+    | ServerTools
     | Usage
     | Finish
     | Error

@@ -189,6 +189,16 @@ class ResponseFormat(BaseModel):
 Protocol = Literal["openai", "responses", "anthropic", "gemini"]
 
 
+class McpSelection(BaseModel):
+    """A configured MCP server a request asks the worker to offer the model (Responses
+    `mcp` tools, Anthropic `mcp_servers`), and which of its tools (None: all it allows)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    server: str = Field(min_length=1, max_length=128)
+    allowed_tools: list[str] | None = None
+
+
 class GenerationRequest(BaseModel):
     """What the client asked for, whichever API it spoke. Fields a provider cannot honour
     are judged before the job is queued (`shared.fidelity`); `extra` holds the request's
@@ -221,6 +231,7 @@ class GenerationRequest(BaseModel):
     reasoning_budget: int | None = Field(default=None, ge=1)
     reasoning_effort: Literal["minimal", "low", "medium", "high"] | None = None
     safety_settings: list[dict[str, Any]] | None = None  # Gemini's, as sent
+    mcp: list[McpSelection] = Field(default_factory=list)
     protocol: Protocol | None = None
     extra: dict[str, Any] = Field(default_factory=dict)
     drop_params: bool = False

@@ -54,12 +54,46 @@ class ModelEntry(BaseModel):
     drop_params: bool = False
     # Embedding models: the vector length the upstream returns (the demo's default length).
     dimensions: int | None = Field(default=None, ge=1, le=65536)
+    # MCP servers (names in `mcp_servers`) whose tools are offered to the model on every
+    # request, run by the worker; and the most model turns one generation may take.
+    server_tools: list[str] = Field(default_factory=list)
+    max_tool_steps: int = Field(default=8, ge=1, le=100)
 
     def api_key(self) -> str | None:
         return os.environ.get(self.api_key_env) if self.api_key_env else None
 
 
 DEFAULT_MODELS: dict[str, ModelEntry] = {"demo": ModelEntry(provider="demo")}
+
+
+class McpServer(BaseModel):
+    """An MCP server whose tools workers run for the model: reached over streamable HTTP
+    (`url`, through the outbound guard, with headers whose values come from the named
+    environment variables) or over stdio (`command`, started by the worker)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str | None = None
+    command: list[str] | None = Field(default=None, min_length=1)
+    env: dict[str, str] = Field(default_factory=dict)  # for a stdio server, besides PATH
+    headers_env: dict[str, str] = Field(default_factory=dict)
+    allowed_tools: list[str] | None = None  # None: all of the server's tools
+    timeout_s: float = Field(default=30.0, gt=0, le=3600)
+    # A tool's result is cut to this many bytes of text (and says so) before the model
+    # and the stream get it.
+    max_output_bytes: int = Field(default=64 * 1024, ge=256, le=16 * 1024 * 1024)
+
+    @model_validator(mode="after")
+    def _one_transport(self) -> McpServer:
+        if (self.url is None) == (self.command is None):
+            raise ValueError("an MCP server needs exactly one of url (HTTP) or command (stdio)")
+        if self.url is not None and not self.url.startswith(("http://", "https://")):
+            raise ValueError("an MCP server's url must be http:// or https://")
+        return self
+
+    def headers(self) -> dict[str, str]:
+        return {name: os.environ.get(env, "") for name, env in self.headers_env.items()}
+
 
 # Providers a `provider/model` name may pass straight through to, and what such an entry
 # gets besides its upstream model name.
@@ -179,6 +213,9 @@ class Settings(BaseSettings):
 
     # The model table; the demo model is added unless demo_enabled is false.
     models: dict[str, ModelEntry] = Field(default_factory=dict)
+    # MCP servers whose tools workers run (see McpServer), by the name models and requests
+    # select them by.
+    mcp_servers: dict[str, McpServer] = Field(default_factory=dict)
 
     keepalive_interval_s: float = Field(default=15.0, gt=0)
     stream_maxlen: int = Field(default=10_000, ge=100)
@@ -312,6 +349,17 @@ class Settings(BaseSettings):
     def control_url(self) -> str | None:
         """The Redis of the queue, the indexes, keys and limits (see `queue_url`)."""
         return self.queue_url or self.redis_url
+
+    @model_validator(mode="after")
+    def _server_tools_exist(self) -> Settings:
+        for name, entry in self.models.items():
+            missing = [s for s in entry.server_tools if s not in self.mcp_servers]
+            if missing:
+                raise ValueError(
+                    f"models.{name}.server_tools names {', '.join(missing)}, "
+                    "which mcp_servers does not configure"
+                )
+        return self
 
     @model_validator(mode="after")
     def _grace_outlasts_keepalive(self) -> Settings:

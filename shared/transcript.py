@@ -21,6 +21,9 @@ class ToolCall:
     name: str = ""
     arguments: str = ""
     signature: str | None = None  # Gemini's thoughtSignature of the call
+    server: str | None = None  # the MCP server of a call the worker ran
+    result: str | None = None  # what that server's tool returned
+    is_error: bool = False
 
     def final_arguments(self) -> str:
         # A call that streamed no arguments still ends with valid JSON arguments.
@@ -35,6 +38,7 @@ def merge_tool_call(calls: dict[int, ToolCall], event: ev.ToolCallDelta) -> None
     call.name = event.name or call.name
     call.arguments += event.arguments
     call.signature = event.signature or call.signature
+    call.server = event.server or call.server
 
 
 @dataclass(slots=True)
@@ -45,6 +49,8 @@ class Transcript:
     reasoning: list[str] = field(default_factory=list)
     reasoning_signature: str | None = None
     tool_calls: dict[int, ToolCall] = field(default_factory=dict)
+    # The tools each MCP server offered (`ServerTools`), by server.
+    server_tools: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     logprobs: list[dict[str, Any]] | None = None  # of the text's tokens, when asked for
     usage: ev.Usage | None = None
     finish_reason: ev.FinishReason | None = None
@@ -72,6 +78,13 @@ class Transcript:
                     self.reasoning_signature = (self.reasoning_signature or "") + event.signature
             case ev.ToolCallDelta():
                 merge_tool_call(self.tool_calls, event)
+            case ev.ToolResult():
+                call = self.tool_calls.setdefault(event.index, ToolCall(index=event.index))
+                call.id, call.name, call.server = event.id, event.name, event.server
+                call.arguments = event.arguments
+                call.result, call.is_error = event.output, event.is_error
+            case ev.ServerTools():
+                self.server_tools[event.server] = event.tools
             case ev.Usage():
                 self.usage = event
             case ev.Finish():
@@ -94,6 +107,18 @@ class Transcript:
         characters = sum(len(str(m.get("content", ""))) for m in messages)
         estimated_input = reported.input_tokens or estimate_input_tokens(characters, len(messages))
         return ev.Usage(input_tokens=estimated_input, output_tokens=self.content_events)
+
+    @property
+    def client_calls(self) -> list[ToolCall]:
+        """The calls the client is to run (not the ones the worker ran), in order."""
+        calls = sorted(self.tool_calls.values(), key=lambda c: c.index)
+        return [c for c in calls if c.server is None]
+
+    @property
+    def server_calls(self) -> list[ToolCall]:
+        """The calls the worker ran on MCP servers, in order, with their results."""
+        calls = sorted(self.tool_calls.values(), key=lambda c: c.index)
+        return [c for c in calls if c.server is not None]
 
     @property
     def content(self) -> str:
@@ -121,10 +146,16 @@ class Transcript:
                     "name": c.name,
                     "arguments": c.arguments,
                     **({"signature": c.signature} if c.signature else {}),
+                    **(
+                        {"server": c.server, "result": c.result, "is_error": c.is_error}
+                        if c.server
+                        else {}
+                    ),
                 }
                 for c in sorted(self.tool_calls.values(), key=lambda c: c.index)
             ],
             **({"logprobs": self.logprobs} if self.logprobs else {}),
+            **({"server_tools": self.server_tools} if self.server_tools else {}),
             "usage": self.usage.model_dump(exclude={"type"}, exclude_none=True)
             if self.usage
             else None,
@@ -145,6 +176,7 @@ class Transcript:
         for call in data.get("tool_calls") or []:
             t.tool_calls[call["index"]] = ToolCall(**call)
         t.logprobs = data.get("logprobs")
+        t.server_tools = data.get("server_tools") or {}
         if data.get("usage"):
             t.usage = ev.Usage(**data["usage"])
         t.finish_reason = data.get("finish_reason")

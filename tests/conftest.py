@@ -12,6 +12,7 @@ import pytest
 from redis.asyncio import Redis
 
 from shared.embedded_redis import EmbeddedRedis
+from tests.mcp_servers import stdio_command
 from tests.mock_upstream import MockUpstream
 from tests.processes import SpoolProcess, start_api, start_worker, wait_ready, write_config
 
@@ -199,7 +200,11 @@ def tenancy(
     }
     models["echo-key-midstream"] = {**models["echo-key"], "model": "echo-key-midstream"}
     models["internal"] = models["mock-instant"]  # 127.0.0.1: not allow-listed here
-    config = write_config(workdir / "spool.yaml", models, **TENANCY_SETTINGS)
+    # The README's MCP example asks for `calc`: the test tools, over stdio.
+    calc = {"command": stdio_command(), "allowed_tools": ["add"]}
+    config = write_config(
+        workdir / "spool.yaml", models, mcp_servers={"calc": calc}, **TENANCY_SETTINGS
+    )
     url = redis_server.url.replace("/0", "/3")
     os.environ["SPOOL_TEST_UPSTREAM_KEY"] = UPSTREAM_KEY
     worker = start_worker(url, config, workdir)

@@ -32,6 +32,7 @@ from shared.tasks import TASK_SURFACE
 from worker.appender import Appender
 from worker.generation import GenerationRun
 from worker.job_run import JobRun, new_attempt
+from worker.mcp import McpTools
 from worker.providers import Provider
 from worker.providers.anthropic import AnthropicProvider
 from worker.providers.demo import DemoProvider
@@ -86,6 +87,8 @@ class WorkerRuntime:
         self._stream_http: httpx.AsyncClient | None = None
         self._webhook_http: httpx.AsyncClient | None = None
         self.webhooks: WebhookSender | None = None
+        # The MCP servers whose tools generations run (connected when first used).
+        self.mcp = McpTools(settings.mcp_servers, Allowlist.parse(settings.upstream_allowlist))
         self._tasks: list[asyncio.Task[None]] = []
 
     async def startup(self, ctx: dict[str, Any] | None = None) -> None:
@@ -147,6 +150,7 @@ class WorkerRuntime:
         for client in (self._http, self._stream_http, self._webhook_http):
             if client is not None:
                 await client.aclose()
+        await self.mcp.aclose()
         await self.shared_redis.aclose(close_connection_pool=True)
         if self.data is not None:
             await close_data_redis(self.data)
@@ -193,7 +197,7 @@ class WorkerRuntime:
             )
         provider = self.providers[provider_name]
         return GenerationRun(
-            self.store, self.settings, record, attempt, provider, self.appender, held
+            self.store, self.settings, record, attempt, provider, self.appender, held, self.mcp
         )
 
     async def deliver_webhook(self, task_id: str, seq: int, attempt: int) -> str:

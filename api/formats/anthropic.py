@@ -14,7 +14,7 @@ from shared import events as ev
 from shared.errors import SpoolError, error_status
 from shared.request import parse_json_object
 from shared.store import JobRecord
-from shared.transcript import Transcript
+from shared.transcript import ToolCall, Transcript
 
 STOP_REASONS: dict[str, str] = {
     "stop": "end_turn",
@@ -96,6 +96,9 @@ class AnthropicFormat:
         if transcript.text:
             content.append({"type": "text", "text": transcript.content})
         for call in sorted(transcript.tool_calls.values(), key=lambda c: c.index):
+            if call.server is not None:
+                content += mcp_blocks(call)
+                continue
             content.append(
                 {
                     "type": "tool_use",
@@ -121,6 +124,31 @@ class AnthropicFormat:
             "type": "error",
             "error": {"type": error_type(error.status_code), "message": error.message},
         }
+
+
+def mcp_use(call_id: str, index: int, name: str, server: str, arguments: str) -> dict[str, Any]:
+    return {
+        "type": "mcp_tool_use",
+        "id": tool_use_id(call_id, index),
+        "name": name,
+        "server_name": server,
+        "input": parse_json_object(arguments) or {},
+    }
+
+
+def mcp_result(call_id: str, index: int, output: str, is_error: bool) -> dict[str, Any]:
+    return {
+        "type": "mcp_tool_result",
+        "tool_use_id": tool_use_id(call_id, index),
+        "is_error": is_error,
+        "content": [{"type": "text", "text": output}],
+    }
+
+
+def mcp_blocks(call: ToolCall) -> list[dict[str, Any]]:
+    """A call the worker ran on an MCP server, as Anthropic's MCP connector shows one."""
+    use = mcp_use(call.id, call.index, call.name, call.server or "", call.arguments)
+    return [use, mcp_result(call.id, call.index, call.result or "", call.is_error)]
 
 
 class _MessagesRenderer:
@@ -206,11 +234,20 @@ class _MessagesRenderer:
                     "name": event.name or "",
                     "input": {},
                 }
+                if event.server is not None:
+                    tool_use["type"] = "mcp_tool_use"
+                    tool_use["server_name"] = event.server
                 out += self._block("tool_use", event.index, tool_use)
                 if event.arguments:
                     out.append(
                         self._delta({"type": "input_json_delta", "partial_json": event.arguments})
                     )
+            case ev.ToolsRunning():
+                out += self._close()  # the calls are whole: they run now
+            case ev.ToolResult():
+                result = mcp_result(event.id, event.index, event.output, event.is_error)
+                out += self._block("mcp_tool_result", event.index, result)
+                out += self._close()
             case ev.Finish():
                 out += self._close()
                 delta = {

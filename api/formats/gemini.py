@@ -122,10 +122,7 @@ class GeminiFormat:
             parts.append(thought_part(transcript.reasoning_content, transcript.reasoning_signature))
         if transcript.text:
             parts.append({"text": transcript.content})
-        parts += [
-            function_call_part(c)
-            for c in sorted(transcript.tool_calls.values(), key=lambda c: c.index)
-        ]
+        parts += [function_call_part(c) for c in transcript.client_calls]
         candidate: dict[str, Any] = {"content": {"role": "model", "parts": parts}, "index": 0}
         if transcript.logprobs:
             candidate["logprobsResult"] = logprobs_result(transcript.logprobs)
@@ -179,7 +176,8 @@ class _GeminiRenderer:
     def frames(self, entry_id: str, event: ev.Event) -> list[Frame]:
         match event:
             case ev.ToolCallDelta():
-                merge_tool_call(self.calls, event)
+                if event.server is None:  # a call the worker runs is not the client's
+                    merge_tool_call(self.calls, event)
                 return []
             case ev.TextDelta():
                 parts = [*self._whole_calls(), {"text": event.text}]

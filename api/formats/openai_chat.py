@@ -10,9 +10,25 @@ from api.formats import PING, Frame
 from shared import events as ev
 from shared.errors import SpoolError, error_type
 from shared.store import JobRecord
-from shared.transcript import Transcript
+from shared.transcript import ToolCall, Transcript
 
 DONE = Frame(b"[DONE]")
+# The field in which the chat format shows tool calls the worker ran on MCP servers (a
+# delta's, and the message's list of them): not OpenAI's, so clients that do not know it
+# ignore it, and `tool_calls` keeps only what the client is to run.
+TOOL_STEP_FIELD = "spool_tool_steps"
+
+
+def tool_step(step: ev.ToolResult | ToolCall) -> dict[str, Any]:
+    output = step.output if isinstance(step, ev.ToolResult) else step.result
+    return {
+        "id": step.id,
+        "server": step.server,
+        "name": step.name,
+        "arguments": step.arguments,
+        "output": output,
+        "is_error": step.is_error,
+    }
 
 
 def _json(value: dict[str, Any]) -> bytes:
@@ -95,7 +111,7 @@ class OpenAIChatFormat:
                 return [self._delta(render, {"content": event.text})]
             case ev.ReasoningDelta():
                 return [self._reasoning(render, event)]
-            case ev.ToolCallDelta():
+            case ev.ToolCallDelta() if event.server is None:
                 call: dict[str, Any] = {"index": event.index}
                 if event.id is not None:
                     call["id"] = event.id
@@ -107,6 +123,9 @@ class OpenAIChatFormat:
                 if event.signature is not None:
                     signed(call, event.signature)
                 return [self._delta(render, {"tool_calls": [call]})]
+            case ev.ToolResult():
+                # A step the worker ran itself, whole, in a field SDKs pass over.
+                return [self._delta(render, {TOOL_STEP_FIELD: [tool_step(event)]})]
             case ev.Finish():
                 choice = {"index": 0, "delta": {}, "logprobs": None, "finish_reason": event.reason}
                 out = [Frame(_json(self._chunk(render, [choice])))]
@@ -127,14 +146,15 @@ class OpenAIChatFormat:
 
     def response(self, record: JobRecord, transcript: Transcript) -> dict[str, Any]:
         render = record.render
-        content = transcript.content or (None if transcript.tool_calls else "")
+        calls = transcript.client_calls
+        content = transcript.content or (None if calls else "")
         message: dict[str, Any] = {"role": "assistant", "content": content}
         if transcript.reasoning:
             message["reasoning_content"] = transcript.reasoning_content
         if transcript.reasoning_signature:
             block = thinking_block(transcript.reasoning_content, transcript.reasoning_signature)
             message["thinking_blocks"] = [block]
-        if transcript.tool_calls:
+        if calls:
             message["tool_calls"] = [
                 signed(
                     {
@@ -144,8 +164,10 @@ class OpenAIChatFormat:
                     },
                     call.signature,
                 )
-                for call in sorted(transcript.tool_calls.values(), key=lambda c: c.index)
+                for call in calls
             ]
+        if transcript.server_calls:
+            message[TOOL_STEP_FIELD] = [tool_step(c) for c in transcript.server_calls]
         return {
             "id": render["id"],
             "object": "chat.completion",

@@ -25,7 +25,13 @@ SURFACE = "openai.responses"
 RESPONSE_PREFIX = "resp_"
 
 # The item types of a response's output, by the prefix of their ids.
-_ITEM_PREFIX = {"message": "msg", "reasoning": "rs", "function_call": "fc"}
+_ITEM_PREFIX = {
+    "message": "msg",
+    "reasoning": "rs",
+    "function_call": "fc",
+    "mcp_call": "mcp",
+    "mcp_list_tools": "mcpl",
+}
 INCOMPLETE_REASONS = {"length": "max_output_tokens", "content_filter": "content_filter"}
 
 
@@ -119,6 +125,44 @@ def call_item(
     }
 
 
+def mcp_item(
+    render: dict[str, Any], index: int, server: str, name: str, arguments: str, status: str
+) -> dict[str, Any]:
+    """A call the worker runs on an MCP server: its output comes with it once it ran."""
+    return {
+        "id": item_id(render, "mcp_call", index),
+        "type": "mcp_call",
+        "status": status,
+        "server_label": server,
+        "name": name,
+        "arguments": arguments,
+        "output": None,
+        "error": None,
+    }
+
+
+def mcp_outcome(item: dict[str, Any], output: str, is_error: bool) -> None:
+    if is_error:
+        item["status"] = "failed"
+        item["error"] = {
+            "type": "mcp_tool_execution_error",
+            "content": [{"type": "text", "text": output}],
+        }
+    else:
+        item["status"] = "completed"
+        item["output"] = output
+
+
+def list_item(render: dict[str, Any], index: int, server: str, tools: Any) -> dict[str, Any]:
+    return {
+        "id": item_id(render, "mcp_list_tools", index),
+        "type": "mcp_list_tools",
+        "server_label": server,
+        "tools": tools,
+        "error": None,
+    }
+
+
 def error_object(error: ev.Error) -> dict[str, Any]:
     return {"code": error.code, "message": error.message}
 
@@ -129,14 +173,21 @@ def output_items(
     """A transcript's output as items, each with `status`: its reasoning, its text, then
     its calls (the order a stream adds them in)."""
     items: list[dict[str, Any]] = []
+    for server, tools in transcript.server_tools.items():
+        items.append(list_item(render, len(items), server, tools))
     if transcript.reasoning or transcript.reasoning_signature:
         text, signature = transcript.reasoning_content, transcript.reasoning_signature
         items.append(reasoning_item(render, len(items), text, signature, status))
+    for call in transcript.server_calls:
+        item = mcp_item(render, len(items), call.server or "", call.name, call.arguments, status)
+        if call.result is not None:
+            mcp_outcome(item, call.result, call.is_error)
+        items.append(item)
     if transcript.text:
         items.append(message_item(render, len(items), transcript.content, status))
         if transcript.logprobs and render.get("logprobs"):
             items[-1]["content"][0]["logprobs"] = transcript.logprobs
-    for call in sorted(transcript.tool_calls.values(), key=lambda c: c.index):
+    for call in transcript.client_calls:
         arguments = call.arguments if status == "in_progress" else call.final_arguments()
         items.append(call_item(render, len(items), call.id, call.name, arguments, status))
     return items
@@ -225,8 +276,8 @@ class ResponsesRenderer:
     items so far (the last one possibly still open, its text kept as pieces until it
     closes), which item each tool call index went to, and the latest usage."""
 
-    state_tag = "responses.1"
-    __slots__ = ("calls", "items", "n", "open", "pieces", "render", "usage")
+    state_tag = "responses.2"
+    __slots__ = ("awaiting", "calls", "items", "n", "open", "pieces", "render", "usage")
 
     def __init__(self, render: dict[str, Any]) -> None:
         self.render = render
@@ -235,6 +286,7 @@ class ResponsesRenderer:
         self.open = False  # whether the last item is still being written
         self.pieces: list[str] = []  # the open item's text or arguments so far
         self.calls: dict[int, int] = {}  # tool call index -> output index
+        self.awaiting: list[int] = []  # MCP calls closed, their results yet to come
         self.usage: ev.Usage | None = None
 
     # -- state ---------------------------------------------------------------------------
@@ -247,6 +299,7 @@ class ResponsesRenderer:
                 "open": self.open,
                 "pieces": "".join(self.pieces),
                 "calls": [[k, v] for k, v in self.calls.items()],
+                "awaiting": self.awaiting,
                 "usage": self.usage.model_dump(exclude_none=True) if self.usage else None,
             }
         )
@@ -258,6 +311,7 @@ class ResponsesRenderer:
         self.open = bool(data["open"])
         self.pieces = [data["pieces"]] if data["pieces"] else []
         self.calls = {int(k): int(v) for k, v in data["calls"]}
+        self.awaiting = [int(i) for i in data["awaiting"]]
         self.usage = ev.Usage(**data["usage"]) if data["usage"] else None
 
     # -- rendering -----------------------------------------------------------------------
@@ -278,6 +332,12 @@ class ResponsesRenderer:
                 self._reasoning(out, event)
             case ev.ToolCallDelta():
                 self._call(out, event)
+            case ev.ToolsRunning():
+                self._close(out)  # the calls are whole: they run now
+            case ev.ToolResult():
+                self._result(out, event)
+            case ev.ServerTools():
+                self._listing(out, event)
             case ev.Usage():
                 self.usage = event
             case ev.Finish():
@@ -285,9 +345,11 @@ class ResponsesRenderer:
                 self._close(
                     out, "completed" if event.reason in ("stop", "tool_calls") else "incomplete"
                 )
+                self._unfinished(out)
                 self._finish(out, event.reason, entry_ms(entry_id) // 1000)
             case ev.Error():
                 self._close(out, "incomplete")
+                self._unfinished(out)
                 response = response_object(
                     self.render, "failed", self.items, usage=self.usage, error=error_object(event)
                 )
@@ -367,22 +429,31 @@ class ResponsesRenderer:
 
     def _call(self, out: list[Frame], event: ev.ToolCallDelta) -> None:
         index = self.calls.get(event.index)
+        kind = "response.function_call_arguments.delta"
         if index is None:
             index = len(self.items)
             self.calls[event.index] = index
-            item = call_item(
-                self.render, index, event.id or "", event.name or "", "", "in_progress"
-            )
-            self._add(out, item)
+            name = event.name or ""
+            if event.server is not None:
+                item = mcp_item(self.render, index, event.server, name, "", "in_progress")
+                self._add(out, item)
+                self._emit(
+                    out, "response.mcp_call.in_progress", item_id=item["id"], output_index=index
+                )
+            else:
+                item = call_item(self.render, index, event.id or "", name, "", "in_progress")
+                self._add(out, item)
         elif not (self.open and index == len(self.items) - 1):
             # A late fragment of a call already closed (providers send calls one by one):
             # its arguments were final when it closed.
             return
+        if self.items[index]["type"] == "mcp_call":
+            kind = "response.mcp_call_arguments.delta"
         if event.arguments:
             self.pieces.append(event.arguments)
             self._emit(
                 out,
-                "response.function_call_arguments.delta",
+                kind,
                 item_id=self.items[index]["id"],
                 output_index=index,
                 delta=event.arguments,
@@ -421,6 +492,13 @@ class ResponsesRenderer:
                 out, "response.reasoning_summary_part.done", **fields, summary_index=0, part=summary
             )
             item.update(reasoning_item(self.render, index, text, signature, status))
+        elif item["type"] == "mcp_call":
+            item["arguments"] = text or "{}"
+            self._emit(
+                out, "response.mcp_call_arguments.done", **fields, arguments=item["arguments"]
+            )
+            self.awaiting.append(index)  # done once its result is in
+            return
         else:
             item["arguments"] = text or "{}"
             self._emit(
@@ -432,6 +510,40 @@ class ResponsesRenderer:
             )
         item["status"] = status
         self._emit(out, "response.output_item.done", output_index=index, item=item)
+
+    def _result(self, out: list[Frame], event: ev.ToolResult) -> None:
+        index = self.calls.get(event.index)
+        if index is None or self.items[index]["type"] != "mcp_call":
+            return
+        if self.open and index == len(self.items) - 1:
+            self._close(out)
+        if index not in self.awaiting:
+            return
+        self.awaiting.remove(index)
+        item = self.items[index]
+        mcp_outcome(item, event.output, event.is_error)
+        kind = "response.mcp_call.failed" if event.is_error else "response.mcp_call.completed"
+        self._emit(out, kind, item_id=item["id"], output_index=index)
+        self._emit(out, "response.output_item.done", output_index=index, item=item)
+
+    def _listing(self, out: list[Frame], event: ev.ServerTools) -> None:
+        self._close(out)
+        index = len(self.items)
+        item = list_item(self.render, index, event.server, event.tools)
+        self.items.append(item)
+        fields = {"item_id": item["id"], "output_index": index}
+        self._emit(out, "response.output_item.added", output_index=index, item=item)
+        self._emit(out, "response.mcp_list_tools.in_progress", **fields)
+        self._emit(out, "response.mcp_list_tools.completed", **fields)
+        self._emit(out, "response.output_item.done", output_index=index, item=item)
+
+    def _unfinished(self, out: list[Frame]) -> None:
+        """MCP calls the response ended before they ran: done, incomplete."""
+        for index in self.awaiting:
+            item = self.items[index]
+            item["status"] = "incomplete"
+            self._emit(out, "response.output_item.done", output_index=index, item=item)
+        self.awaiting = []
 
     def _finish(self, out: list[Frame], reason: ev.FinishReason, at: int) -> None:
         if reason == "cancelled":

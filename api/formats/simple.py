@@ -1,7 +1,8 @@
 """The simple token API (`POST /api/chat`): one JSON object per `data:` event.
 
 - token: `{"token", "done": false, "model", "timestamp"}`
-- tool call: `{"tool_name", "tool_input", "tool_result": null, "token": "", "done": false}`
+- tool call: `{"tool_name", "tool_input", "tool_result": null, "token": "", "done": false}`;
+  a call the worker ran on an MCP server comes once, with its `tool_result`
 - completion: `{"done": true, "total_tokens", "finish_reason", "response_time"}`
 - error: `{"error", "error_code", "done": true, "retry_after"}`
 
@@ -49,7 +50,11 @@ class SimpleFormat:
             "model": record.render["model"],
             "done": record.status.terminal,
             "tool_calls": [
-                {"tool_name": c.name, "tool_input": _tool_input(c.final_arguments())}
+                {
+                    "tool_name": c.name,
+                    "tool_input": _tool_input(c.final_arguments()),
+                    "tool_result": c.result,
+                }
                 for c in sorted(transcript.tool_calls.values(), key=lambda c: c.index)
             ],
             "total_tokens": usage.total_tokens if usage else 0,
@@ -98,7 +103,8 @@ class _SimpleRenderer:
 
     def frames(self, entry_id: str, event: ev.Event) -> list[Frame]:
         if isinstance(event, ev.ToolCallDelta):
-            merge_tool_call(self.calls, event)
+            if event.server is None:  # a server's call is shown with its result
+                merge_tool_call(self.calls, event)
             return []
         out = self._flush_calls()
         at = entry_ms(entry_id) / 1000
@@ -111,6 +117,18 @@ class _SimpleRenderer:
                             "done": False,
                             "model": self.render["model"],
                             "timestamp": at,
+                        }
+                    )
+                )
+            case ev.ToolResult():
+                out.append(
+                    _frame(
+                        {
+                            "tool_name": event.name,
+                            "tool_input": _tool_input(event.arguments),
+                            "tool_result": event.output,
+                            "token": "",
+                            "done": False,
                         }
                     )
                 )

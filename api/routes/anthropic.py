@@ -16,6 +16,7 @@ from shared.media import MediaKind, media_part
 from shared.request import (
     ContentPart,
     GenerationRequest,
+    McpSelection,
     Message,
     ResponseFormat,
     Thinking,
@@ -24,6 +25,7 @@ from shared.request import (
     json_text,
     message,
 )
+from shared.settings import McpServer
 
 router = APIRouter(tags=["anthropic"])
 SURFACE = "anthropic.messages"
@@ -124,6 +126,23 @@ class MessagesBody(BaseModel):
     output_config: OutputConfig | None = None
 
 
+class McpToolConfiguration(_Model):
+    enabled: bool = True
+    allowed_tools: list[str] | None = None
+
+
+class McpServerIn(BaseModel):
+    """An `mcp_servers` entry: on Spool, the name of a configured MCP server (which the
+    worker runs the tools of); its `url`, if given, must be that server's."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["url"] = "url"
+    name: str = Field(min_length=1, max_length=128)
+    url: str | None = None
+    tool_configuration: McpToolConfiguration | None = None
+
+
 class MessagesRequest(MessagesBody):
     max_tokens: int = Field(ge=1, le=10_000_000)
     stop_sequences: list[str] | None = None
@@ -133,6 +152,26 @@ class MessagesRequest(MessagesBody):
     metadata: Metadata | None = None
     service_tier: str | None = Field(default=None, max_length=64)
     stream: bool = False
+    mcp_servers: list[McpServerIn] | None = Field(default=None, max_length=16)
+
+
+def _mcp(servers: list[McpServerIn], configured: dict[str, McpServer]) -> list[McpSelection]:
+    selections = []
+    for i, server in enumerate(servers):
+        known = configured.get(server.name)
+        if known is None:
+            raise InvalidRequest(
+                f"mcp_servers[{i}]: no MCP server named {server.name!r} is configured"
+            )
+        if server.url is not None and server.url != known.url:
+            raise InvalidRequest(
+                f"mcp_servers[{i}].url: Spool runs only its configured MCP servers; "
+                f"name one, and leave out url or give its own"
+            )
+        config = server.tool_configuration or McpToolConfiguration()
+        if config.enabled:
+            selections.append(McpSelection(server=server.name, allowed_tools=config.allowed_tools))
+    return selections
 
 
 # --- content -------------------------------------------------------------------------------
@@ -369,11 +408,15 @@ async def messages(
     caller: CallerDep,
     cancel_on_disconnect: CancelOnDisconnectDep,
 ) -> Response:
+    request = to_canonical(body)
+    if body.mcp_servers:
+        selections = _mcp(body.mcp_servers, services.settings.mcp_servers)
+        request = request.model_copy(update={"mcp": selections})
     return await serve_generation(
         services,
         caller,
         SURFACE,
-        to_canonical(body),
+        request,
         render=lambda stream_id: {"id": f"msg_{stream_id}", "model": body.model},
         stream=body.stream,
         cancel_on_disconnect=cancel_on_disconnect,

@@ -26,7 +26,7 @@ from shared.errors import (
     StreamExpired,
     StreamNotFound,
 )
-from shared.request import GenerationRequest, Message, ResponseFormat, Tool
+from shared.request import GenerationRequest, McpSelection, Message, ResponseFormat, Tool
 from shared.store import JobRecord
 
 router = APIRouter(tags=["openai"])
@@ -102,10 +102,40 @@ class ResponsesRequest(BaseModel):
     drop_params: bool = False
 
 
+def _mcp(tool: dict[str, Any], i: int) -> McpSelection:
+    """An `mcp` tool: a configured MCP server named by its `server_label` (Spool runs no
+    server a request names by URL, and asks no approvals)."""
+    label = tool.get("server_label")
+    if not isinstance(label, str) or not label:
+        raise InvalidRequest(f"tools[{i}].server_label must name a configured MCP server")
+    for name in ("server_url", "connector_id", "authorization", "headers"):
+        if tool.get(name) is not None:
+            raise InvalidRequest(
+                f"tools[{i}].{name}: Spool runs only its configured MCP servers, with their own "
+                "addresses and credentials; name one by server_label"
+            )
+    if tool.get("require_approval", "never") != "never":
+        raise InvalidRequest(f"tools[{i}].require_approval: approvals are not supported: use never")
+    allowed = tool.get("allowed_tools")
+    if isinstance(allowed, dict):
+        allowed = allowed.get("tool_names")
+    if allowed is not None and not (
+        isinstance(allowed, list) and all(isinstance(t, str) for t in allowed)
+    ):
+        raise InvalidRequest(f"tools[{i}].allowed_tools must be a list of tool names")
+    return McpSelection(server=label, allowed_tools=allowed)
+
+
+def _mcp_tools(tools: list[dict[str, Any]] | None) -> list[McpSelection]:
+    return [_mcp(tool, i) for i, tool in enumerate(tools or []) if tool.get("type") == "mcp"]
+
+
 def _tools(tools: list[dict[str, Any]] | None) -> list[Tool]:
     out = []
     for i, tool in enumerate(tools or []):
         kind = tool.get("type")
+        if kind == "mcp":
+            continue  # see _mcp_tools
         if kind != "function":
             raise InvalidRequest(
                 f"tools[{i}]: the {kind!r} tool is not supported: Spool runs function tools, "
@@ -192,6 +222,7 @@ def to_canonical(body: ResponsesRequest, history: list[Message]) -> GenerationRe
         metadata=body.metadata,
         service_tier=body.service_tier,
         tools=_tools(body.tools),
+        mcp=_mcp_tools(body.tools),
         tool_choice=_tool_choice(body.tool_choice),
         parallel_tool_calls=body.parallel_tool_calls,
         response_format=_text_format(body.text),

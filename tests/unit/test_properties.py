@@ -738,6 +738,31 @@ middle_events = st.one_of(
         name=st.none() | ident,
         arguments=tool_arguments,
     ),
+    # Calls the worker runs on MCP servers, their results and the servers' tool lists.
+    st.builds(
+        ev.ToolCallDelta,
+        index=st.integers(3, 5),
+        id=st.none() | ident,
+        name=st.none() | ident,
+        arguments=tool_arguments,
+        server=st.just("calc"),
+    ),
+    st.builds(
+        ev.ToolResult,
+        index=st.integers(3, 5),
+        id=ident,
+        name=ident,
+        server=st.just("calc"),
+        arguments=tool_arguments,
+        output=st.text(max_size=20),
+        is_error=st.booleans(),
+    ),
+    st.just(ev.ToolsRunning()),
+    st.builds(
+        ev.ServerTools,
+        server=st.just("calc"),
+        tools=st.just([{"name": "add", "description": None, "input_schema": {}}]),
+    ),
     usage_events,
 )
 terminal_events = st.one_of(

@@ -55,6 +55,23 @@ def demo_tokens(request: GenerationRequest, count: int) -> list[str]:
     return words
 
 
+# The most of a tool's result the demo quotes in its answer.
+QUOTED_RESULT_CHARS = 200
+
+
+def answer_tokens(request: GenerationRequest, count: int) -> list[str]:
+    """The demo's answer: after a tool's result, it opens by quoting the result (so a
+    tool loop's answer shows what the tool said), then goes on as usual."""
+    last = request.messages[-1]
+    if last.role != "tool" or not last.content or count < 2:
+        return demo_tokens(request, count)
+    quoted = f"{last.name or 'The tool'} said: {last.content[:QUOTED_RESULT_CHARS]}".split()
+    quoted = quoted[: count - 1]
+    lead = [quoted[0]] + [" " + word for word in quoted[1:]]
+    rest = demo_tokens(request, count - len(lead))
+    return [*lead, " " + rest[0], *rest[1:]]
+
+
 def _count_input_tokens(request: GenerationRequest) -> int:
     return sum(len(m.content.split()) + 3 for m in request.messages)
 
@@ -859,7 +876,7 @@ class DemoProvider:
             reason = "stop"
             if request.max_tokens is not None and request.max_tokens < count:
                 count, reason = request.max_tokens, "length"
-            tokens = demo_tokens(request, count)
+            tokens = answer_tokens(request, count)
             events += [ev.TextDelta(text=t) for t in tokens]
             output_tokens = len(tokens)
 
