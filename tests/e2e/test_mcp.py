@@ -152,6 +152,8 @@ def test_responses_sdk_sees_typed_mcp_items(agents: Agents) -> None:
     arguments = json.loads(call.arguments)
     assert call.output == str(arguments["a"] + arguments["b"]) and call.status == "completed"
     assert response.output_text.startswith(f"add said: {call.output}")
+    # Usage sums both turns: the call's, and the 12-token answer.
+    assert response.usage is not None and response.usage.output_tokens > 12
 
     stream = client.responses.create(model="plain", input="add", tools=tools, stream=True)
     kinds = [event.type for event in stream]
