@@ -373,6 +373,15 @@ async def retrieve_response(
     return JSONBody(fmt.response(record, await services.store.transcript(record)))
 
 
+async def _cancel(services: Services, record: JobRecord) -> JobRecord:
+    """Cancel a response and wait (a few seconds at most) for it to end; the record as
+    it is then."""
+    await services.store.request_cancel(record.id)
+    with contextlib.suppress(GenerationTimeout):
+        await wait_for_transcript(services.hub, record, CANCEL_WAIT_S)
+    return await services.store.get(record.id)
+
+
 @router.post("/v1/responses/{response_id}/cancel")
 @router.post("/openai/v1/responses/{response_id}/cancel", include_in_schema=False)
 async def cancel_response(
@@ -380,11 +389,7 @@ async def cancel_response(
 ) -> JSONBody:
     """Cancel (idempotent) and answer with the response as it ended, or as it is when it
     has not ended within a few seconds."""
-    record = await load_response(services, response_id, caller)
-    await services.store.request_cancel(record.id)
-    with contextlib.suppress(GenerationTimeout):
-        await wait_for_transcript(services.hub, record, CANCEL_WAIT_S)
-    record = await services.store.get(record.id)
+    record = await _cancel(services, await load_response(services, response_id, caller))
     fmt = services.formats[SURFACE]
     return JSONBody(fmt.response(record, await services.store.transcript(record)))
 
@@ -397,9 +402,7 @@ async def delete_response(
     """Forget a response; one still running is cancelled first."""
     record = await load_response(services, response_id, caller)
     if not record.status.terminal:
-        await services.store.request_cancel(record.id)
-        with contextlib.suppress(GenerationTimeout):
-            await wait_for_transcript(services.hub, record, CANCEL_WAIT_S)
+        record = await _cancel(services, record)
     await services.store.delete(record.id, [ResponsesRenderer.state_tag])
     return JSONBody({"id": record.render["id"], "object": "response", "deleted": True})
 

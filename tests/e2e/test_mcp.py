@@ -74,13 +74,14 @@ def agents(
 ) -> Iterator[Agents]:
     workdir = tmp_path_factory.mktemp("mcp")
     config = _config(workdir / "spool.yaml", mcp_url)
-    redis_url = redis_server.url.replace("/0", "/4")
+    redis_url = redis_server.url.replace("/0", "/14")  # a database no other suite uses
     worker = start_worker(redis_url, config, workdir)
     api = start_api(redis_url, config, workdir)
     wait_ready(api.url)
-    yield Agents(api, worker, redis_url, config)
-    api.stop()
-    worker.stop()
+    agents = Agents(api, worker, redis_url, config)
+    yield agents
+    agents.api.stop()
+    agents.worker.stop()  # the one running now (a test replaces it)
 
 
 def simple_events(url: str, model: str, message: str, **headers: str) -> list[dict[str, Any]]:

@@ -20,7 +20,7 @@ from tests.mcp_servers import ROOT, free_port, http_server, stdio_command
 from worker.mcp import McpTools
 
 LOCAL = Allowlist.parse("127.0.0.0/8")
-TOOLS = {"add", "echo", "fail", "slow", "huge"}
+TOOLS = {"add", "echo", "fail", "slow", "nap", "huge"}
 
 Make = Callable[..., McpTools]
 
