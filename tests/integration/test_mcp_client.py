@@ -53,10 +53,11 @@ async def make(request: pytest.FixtureRequest, http_url: str) -> AsyncIterator[M
 
 
 def server_processes() -> list[psutil.Process]:
-    """The stdio test servers this test process started."""
+    """The stdio test servers this test process started itself (not those of the worker
+    processes other suites run)."""
     return [
         child
-        for child in psutil.Process().children(recursive=True)
+        for child in psutil.Process().children(recursive=False)
         if "--stdio" in child.cmdline() and child.status() != psutil.STATUS_ZOMBIE
     ]
 
