@@ -8,6 +8,7 @@ from typing import Any
 from shared.errors import InvalidRequest
 from shared.media import AUDIO_FORMATS, media_part
 from shared.request import ContentPart, Message, Thinking, ToolCall, message
+from shared.transcript import ToolCall as Call
 from shared.transcript import Transcript
 
 # Content part types by the role that may send them.
@@ -185,25 +186,49 @@ def to_messages(input_: str | list[Any], instructions: str | None) -> list[Messa
     return messages
 
 
-def answer(transcript: Transcript) -> Message | None:
-    """A finished response's output as the assistant turn a follow-up continues from; its
-    reasoning goes along only when the provider signed it (and can check it back)."""
+def answer(transcript: Transcript) -> list[Message]:
+    """A finished response's output as the turns a follow-up continues from: the calls
+    the worker ran on MCP servers with their results, then the answer with the client's
+    calls. Its reasoning goes along only when the provider signed it (and can check it)."""
     if not transcript.has_output:
-        return None
-    calls = [
-        ToolCall(id=c.id, name=c.name, arguments=c.final_arguments(), signature=c.signature)
-        for c in sorted(transcript.tool_calls.values(), key=lambda c: c.index)
-    ]
+        return []
     thinking = None
     if transcript.reasoning_signature:
         signature = transcript.reasoning_signature
         thinking = [Thinking(text=transcript.reasoning_content, signature=signature)]
-    return Message(
-        role="assistant",
-        content=transcript.content,
-        tool_calls=calls or None,
-        thinking=thinking,
-    )
+    turns: list[Message] = []
+    ran = transcript.server_calls
+    if ran:
+        turns.append(Message(role="assistant", tool_calls=_calls(ran), thinking=thinking))
+        turns += [
+            Message(
+                role="tool",
+                content=c.result or "",
+                tool_call_id=c.id,
+                name=c.name,
+                is_error=c.is_error or None,
+            )
+            for c in ran
+        ]
+        thinking = None
+    calls = _calls(transcript.client_calls)
+    if transcript.content or calls or thinking:
+        turns.append(
+            Message(
+                role="assistant",
+                content=transcript.content,
+                tool_calls=calls or None,
+                thinking=thinking,
+            )
+        )
+    return turns
+
+
+def _calls(calls: list[Call]) -> list[ToolCall]:
+    return [
+        ToolCall(id=c.id, name=c.name, arguments=c.final_arguments(), signature=c.signature)
+        for c in calls
+    ]
 
 
 # -- canonical messages as listed input items ----------------------------------------------

@@ -320,8 +320,7 @@ async def _history(services: Services, caller: ApiKey, previous_id: str) -> list
     messages = [Message.model_validate(m) for m in previous.request["request"]["messages"]]
     if previous.render.get("echo", {}).get("instructions"):
         messages = messages[1:]
-    reply = answer(transcript)
-    return messages + ([reply] if reply is not None else [])
+    return messages + answer(transcript)
 
 
 @router.post("/v1/responses")

@@ -156,6 +156,12 @@ def test_responses_sdk_sees_typed_mcp_items(agents: Agents) -> None:
     # Usage sums both turns: the call's, and the 12-token answer.
     assert response.usage is not None and response.usage.output_tokens > 12
 
+    # A follow-up continues after the worker's steps (their calls with their results).
+    follow_up = client.responses.create(
+        model="plain", input="and now?", previous_response_id=response.id
+    )
+    assert follow_up.status == "completed" and follow_up.output_text
+
     stream = client.responses.create(model="plain", input="add", tools=tools, stream=True)
     kinds = [event.type for event in stream]
     for kind in (

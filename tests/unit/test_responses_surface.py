@@ -123,15 +123,31 @@ def test_an_answer_continues_with_its_calls_and_only_signed_reasoning() -> None:
         ev.ToolCallDelta(index=0, id="c", name="f"),
     ]:
         transcript.apply(event)
-    reply = answer(transcript)
-    assert reply is not None and reply.thinking is None
+    [reply] = answer(transcript)
+    assert reply.thinking is None
     assert reply.content == "ok" and reply.tool_calls is not None
     assert reply.tool_calls[0].arguments == "{}"
     transcript.apply(ev.ReasoningDelta(text="", signature="sig"))
-    signed = answer(transcript)
-    assert signed is not None and signed.thinking is not None
+    [signed] = answer(transcript)
+    assert signed.thinking is not None
     assert signed.thinking[0].signature == "sig"
-    assert answer(Transcript()) is None
+    assert answer(Transcript()) == []
+
+
+def test_an_answer_keeps_the_workers_tool_steps_with_their_results() -> None:
+    transcript = Transcript()
+    for event in [
+        ev.ToolCallDelta(index=0, id="m1", name="add", arguments='{"a":1}', server="calc"),
+        ev.ToolResult(index=0, id="m1", name="add", server="calc", arguments='{"a":1}', output="1"),
+        ev.TextDelta(text="one"),
+        ev.ToolCallDelta(index=1, id="c1", name="mine"),
+    ]:
+        transcript.apply(event)
+    calls, result, reply = answer(transcript)
+    assert [(c.id, c.name) for c in calls.tool_calls or []] == [("m1", "add")]
+    assert (result.role, result.tool_call_id, result.content) == ("tool", "m1", "1")
+    assert reply.content == "one"
+    assert [c.id for c in reply.tool_calls or []] == ["c1"]
 
 
 # -- request fields --------------------------------------------------------------------------
