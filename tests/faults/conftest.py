@@ -71,6 +71,7 @@ def fault_models(upstream: MockUpstream) -> dict[str, object]:
     return {
         "fault-demo": {"provider": "demo", "tokens_per_second": 300, "max_output_tokens": 30},
         "fault-slow": {"provider": "demo", "tokens_per_second": 20, "max_output_tokens": 60},
+        "fault-long": {"provider": "demo", "tokens_per_second": 20, "max_output_tokens": 200},
         "fault-burst": {"provider": "demo", "tokens_per_second": 0, "max_output_tokens": 3000},
         "fault-late": {
             "provider": "demo",

@@ -65,7 +65,9 @@ def test_sigkill_of_an_api_process_under_50_open_streams(healthy: FaultCluster) 
     def client_run(n: int) -> Reading:
         reading = Reading()
         with httpx.Client(timeout=30) as client:
-            body = chat("fault-slow", f"replica loss {n}", max_tokens=40)
+            # Six seconds long: still going on the victim however slowly the other 49
+            # clients get going on a loaded machine.
+            body = chat("fault-long", f"replica loss {n}", max_tokens=120)
             first = threading.Thread(target=read_some, args=(client, reading, victim.url),
                                      kwargs={"body": body, "stop_after": None})  # fmt: skip
             first.start()
