@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from shared import events as ev
 from shared.errors import UpstreamError
@@ -18,8 +19,10 @@ from shared.transcript import ToolCall as Call
 from shared.transcript import merge_tool_call
 from worker.appender import Appender
 from worker.job_run import JobRun
-from worker.mcp import McpTools
 from worker.providers import Provider
+
+if TYPE_CHECKING:
+    from worker.mcp import McpTools
 
 
 @dataclass
@@ -203,8 +206,11 @@ class GenerationRun(JobRun):
         self, request: GenerationRequest, offset: int, server_of: dict[str, str], *, first: bool
     ) -> Step:
         """One model turn, its events written as they come (tool calls numbered after the
-        earlier turns' and marked with their server); the finish is returned, not written."""
+        earlier turns' and marked with their server); the finish is returned, not written.
+        A turn in a tool loop (`server_of`, the offered tools' servers) also keeps what
+        it said, for the model's history; a plain generation keeps nothing twice."""
         stream = self.provider.stream(request, self.entry)
+        looping = bool(server_of)
         step: Step | None = None
         text: list[str] = []
         reasoning: list[str] = []
@@ -220,19 +226,17 @@ class GenerationRun(JobRun):
                         break
                     case ev.Usage() if not first:
                         continue  # a later turn's counts go into the finish's sum
-                    case ev.TextDelta():
+                    case ev.TextDelta() if looping:
                         text.append(event.text)
-                    case ev.ReasoningDelta():
+                    case ev.ReasoningDelta() if looping:
                         reasoning.append(event.text)
                         signature += event.signature or ""
-                    case ev.ToolCallDelta() if offset or server_of:
+                    case ev.ToolCallDelta() if looping:
                         index = event.index + offset
                         known = calls.get(index)
                         name = event.name or (known.name if known else "")
                         server = server_of.get(name) if known is None or known.server else None
                         event = event.model_copy(update={"index": index, "server": server})
-                        merge_tool_call(calls, event)
-                    case ev.ToolCallDelta():
                         merge_tool_call(calls, event)
                 self.transcript.apply(event)
                 await self._write([event])

@@ -10,7 +10,7 @@ import os
 import socket
 import time
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from redis.asyncio import Redis
@@ -32,9 +32,11 @@ from shared.tasks import TASK_SURFACE
 from worker.appender import Appender
 from worker.generation import GenerationRun
 from worker.job_run import JobRun, new_attempt
-from worker.mcp import McpTools
 from worker.providers import Provider
 from worker.providers.anthropic import AnthropicProvider
+
+if TYPE_CHECKING:
+    from worker.mcp import McpTools
 from worker.providers.demo import DemoProvider
 from worker.providers.gemini import GeminiProvider
 from worker.providers.media import MediaFetcher
@@ -87,8 +89,14 @@ class WorkerRuntime:
         self._stream_http: httpx.AsyncClient | None = None
         self._webhook_http: httpx.AsyncClient | None = None
         self.webhooks: WebhookSender | None = None
-        # The MCP servers whose tools generations run (connected when first used).
-        self.mcp = McpTools(settings.mcp_servers, Allowlist.parse(settings.upstream_allowlist))
+        # The MCP servers whose tools generations run (connected when first used). The
+        # MCP SDK is imported only by a worker that has servers: it is large, and a worker
+        # whose every object the garbage collector scans pays for it on every event.
+        self.mcp: McpTools | None = None
+        if settings.mcp_servers:
+            from worker.mcp import McpTools
+
+            self.mcp = McpTools(settings.mcp_servers, Allowlist.parse(settings.upstream_allowlist))
         self._tasks: list[asyncio.Task[None]] = []
 
     async def startup(self, ctx: dict[str, Any] | None = None) -> None:
@@ -150,7 +158,8 @@ class WorkerRuntime:
         for client in (self._http, self._stream_http, self._webhook_http):
             if client is not None:
                 await client.aclose()
-        await self.mcp.aclose()
+        if self.mcp is not None:
+            await self.mcp.aclose()
         await self.shared_redis.aclose(close_connection_pool=True)
         if self.data is not None:
             await close_data_redis(self.data)
