@@ -34,9 +34,6 @@ from worker.generation import GenerationRun
 from worker.job_run import JobRun, new_attempt
 from worker.providers import Provider
 from worker.providers.anthropic import AnthropicProvider
-
-if TYPE_CHECKING:
-    from worker.mcp import McpTools
 from worker.providers.demo import DemoProvider
 from worker.providers.gemini import GeminiProvider
 from worker.providers.media import MediaFetcher
@@ -49,6 +46,9 @@ from worker.task_providers.queue_http import QueueHttpProvider
 from worker.task_run import TaskRun
 from worker.webhook_outbox import WebhookDispatcher
 from worker.webhooks import WebhookSender
+
+if TYPE_CHECKING:
+    from worker.mcp import McpTools
 
 log = logging.getLogger(__name__)
 RENEW_PAGE = 500  # leases renewed per round trip
