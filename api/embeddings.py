@@ -18,7 +18,7 @@ import orjson
 from api.upstream import malformed as upstream_malformed
 from api.upstream import post_json
 from shared.errors import InvalidRequest, UpstreamError
-from shared.settings import ModelEntry
+from shared.model_table import ModelEntry
 
 MAX_INPUTS = 2048
 MAX_TOKEN_ID = 2**32 - 1

@@ -13,7 +13,8 @@ from starlette.responses import Response
 
 from api.deps import Services
 from api.formats import WireFormat
-from api.responses import DROPPED_PARAMS_HEADER, STREAM_ID_HEADER, JSONBody
+from api.responses import DEPLOYMENT_HEADER, DROPPED_PARAMS_HEADER, STREAM_ID_HEADER, JSONBody
+from api.routing import plan_route
 from api.tail import Tail, wait_for_transcript
 from shared import events as ev
 from shared.auth import ApiKey
@@ -29,10 +30,11 @@ from shared.errors import (
 )
 from shared.fidelity import judge
 from shared.media import check_media, remote_urls
+from shared.model_table import AutoRouter, ModelEntry, ModelGroup, Route, TableModel
 from shared.netguard import Allowlist, UrlRefused, check_url
 from shared.queue import GENERATE
 from shared.request import GenerationRequest
-from shared.settings import PASSTHROUGH_DEFAULTS, ModelEntry, Settings
+from shared.settings import PASSTHROUGH_DEFAULTS, Settings
 from shared.store import JobRecord, Status
 from shared.transcript import Transcript
 
@@ -47,9 +49,10 @@ def model_not_permitted(name: str) -> ModelNotFound:
     return ModelNotFound(f"the model {name!r} does not exist or this key may not use it")
 
 
-def resolve_model(settings: Settings, name: str, caller: ApiKey) -> ModelEntry:
-    """A model-table entry, or a `provider/model` name passed through to that provider
-    when the `passthrough` setting allows it; the caller's key must allow the name."""
+def lookup_model(settings: Settings, name: str, caller: ApiKey) -> TableModel:
+    """A model-table entry (an upstream, a group or an auto-router), or a
+    `provider/model` name passed through to that provider when the `passthrough` setting
+    allows it; the caller's key must allow the name."""
     if not caller.may_use(name):
         raise model_not_permitted(name)
     entry = settings.models.get(name)
@@ -63,8 +66,52 @@ def resolve_model(settings: Settings, name: str, caller: ApiKey) -> ModelEntry:
                 f"{provider} is not allowed on this deployment"
             )
         defaults = PASSTHROUGH_DEFAULTS[provider]
-        return ModelEntry.model_validate({"provider": provider, "model": upstream, **defaults})
+        return ModelEntry.model_validate(
+            {"provider": provider, "model": upstream, "name": name, **defaults}
+        )
     raise ModelNotFound(f"the model {name!r} does not exist")
+
+
+def resolve_model(settings: Settings, name: str, caller: ApiKey) -> ModelEntry:
+    """The one upstream a request without a route (embeddings, token counts) goes to: the
+    entry itself, a group's first deployment, an auto-router's default's."""
+    entry = lookup_model(settings, name, caller)
+    if isinstance(entry, AutoRouter):
+        entry = settings.models[entry.router.default]
+    if isinstance(entry, ModelGroup):
+        return entry.deployments[0]
+    assert isinstance(entry, ModelEntry)
+    return entry
+
+
+def judge_route(
+    request: GenerationRequest, route: Route
+) -> tuple[GenerationRequest, list[str], Route]:
+    """The request judged against the route's deployments (see `shared.fidelity.judge`):
+    a deployment that cannot honour it leaves the route; when none of the chosen model's
+    can, the first refusal is the answer. Returns the request as the first deployment
+    gets it, the fields dropped for it, and the route that is left."""
+    if route.fixed:
+        judged, dropped = judge(request, route.primary.deployments[0])
+        return judged, dropped, route
+    first: tuple[GenerationRequest, list[str]] | None = None
+    refusal: InvalidRequest | None = None
+    kept: dict[str, list[ModelEntry]] = {}
+    for group in route.groups.values():
+        for deployment in group.deployments:
+            try:
+                outcome = judge(request, deployment)
+            except InvalidRequest as refused:
+                if group is route.primary:
+                    refusal = refusal or refused
+                continue
+            kept.setdefault(group.name, []).append(deployment)
+            if first is None and group is route.primary:
+                first = outcome
+    if first is None:
+        assert refusal is not None
+        raise refusal
+    return first[0], first[1], route.narrowed(kept)
 
 
 def check_limits(settings: Settings, request: GenerationRequest) -> None:
@@ -117,14 +164,22 @@ def new_job(
 ) -> tuple[JobRecord, list[str]]:
     """The job record a generation request becomes, checked but not yet stored, and the
     request fields dropped because its provider cannot honour them."""
-    entry = resolve_model(services.settings, request.model, owner)
-    check_limits(services.settings, request)
-    request, dropped = judge(request, entry)
-    payload = {
-        "request": request.model_dump(mode="json"),
-        # The API resolves the model once, so every worker runs what this replica accepted.
-        "entry": entry.model_dump(mode="json"),
+    settings = services.settings
+    entry = lookup_model(settings, request.model, owner)
+    check_limits(settings, request)
+    route = plan_route(settings, request.model, request, owner, entry)
+    judged, dropped, route = judge_route(request, route)
+    if route.chosen is not None and fmt.surface == "simple":
+        # The simple surface's events name the model that answers: the router's choice.
+        render = {**render, "model": route.chosen}
+    # The API resolves the model once, so every worker runs what this replica accepted:
+    # one upstream (`entry`), or a route whose every deployment judges the request again.
+    payload: dict[str, Any] = {
+        "request": (judged if route.fixed else request).model_dump(mode="json"),
+        "entry": route.primary.deployments[0].model_dump(mode="json"),
     }
+    if not route.fixed:
+        payload["route"] = route.to_json()
     record = JobRecord(
         id=stream_id,
         status=Status.QUEUED,
@@ -204,11 +259,16 @@ async def respond(
     if transcript.error is not None:
         error = error_from_event(transcript.error)
         headers = {STREAM_ID_HEADER: record.id}
+        if transcript.deployment:
+            headers[DEPLOYMENT_HEADER] = transcript.deployment
         if transcript.error.retry_after is not None:
             headers["Retry-After"] = str(max(1, round(transcript.error.retry_after)))
         return JSONBody(fmt.error_body(error), status_code=error.status_code, headers=headers)
     body = fmt.response(record, transcript)
-    return JSONBody(body, headers={STREAM_ID_HEADER: record.id})
+    headers = {STREAM_ID_HEADER: record.id}
+    if transcript.deployment:
+        headers[DEPLOYMENT_HEADER] = transcript.deployment
+    return JSONBody(body, headers=headers)
 
 
 async def serve_generation(
@@ -236,6 +296,7 @@ async def serve_generation(
     if stream:
         # Listen before the job exists, so its first event reaches this tail at once.
         tail = Tail(services, record, fmt, cancel_on_disconnect=cancel_on_disconnect)
+        tail.routed = "route" in record.request
         tail.open(tail.beginning())
     try:
         await enqueue_job(services, record, caller, request)
@@ -251,4 +312,6 @@ async def serve_generation(
         response = await respond(services, fmt, record, tail)
     if dropped:
         response.headers[DROPPED_PARAMS_HEADER] = ", ".join(dropped)
+    if "route" not in record.request:  # one upstream: known before it answers
+        response.headers[DEPLOYMENT_HEADER] = record.request["entry"]["name"]
     return response

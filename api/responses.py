@@ -15,6 +15,8 @@ STREAM_ID_HEADER = "X-Spool-Stream-Id"
 # The request fields that were dropped because the model's provider cannot honour them
 # (`drop_params`), comma-separated.
 DROPPED_PARAMS_HEADER = "X-Spool-Dropped-Params"
+# The deployment that served a generation (one upstream of a model group).
+DEPLOYMENT_HEADER = "X-Spool-Deployment"
 _STREAM_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
     (b"cache-control", b"no-cache"),
@@ -55,6 +57,7 @@ class EventStream(Response):
         *,
         on_disconnect: Callable[[], None] = _ignore,
         on_close: Callable[[], None] = _ignore,
+        late_headers: Callable[[], list[tuple[bytes, bytes]]] | None = None,
     ) -> None:
         self.events = body
         self.status_code = 200
@@ -62,6 +65,9 @@ class EventStream(Response):
         self.raw_headers = [*_STREAM_HEADERS, (b"x-spool-stream-id", stream_id.encode())]
         self.on_disconnect = on_disconnect
         self.on_close = on_close
+        # With `late_headers`, the response head waits for the body's first chunk (an
+        # event or a keep-alive) and carries what is known by then.
+        self.late_headers = late_headers
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         deferred = scope.get(DEFERRED)
@@ -74,10 +80,17 @@ class EventStream(Response):
         watcher = asyncio.ensure_future(_until_disconnect(receive))
         watcher.add_done_callback(self._watched)
         try:
-            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            head_sent = self.late_headers is None
+            if head_sent:
+                await send(self._head())
             async for chunk in self.events:
+                if not head_sent:
+                    await send(self._head())
+                    head_sent = True
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 del chunk  # held no longer than it takes to write it
+            if not head_sent:
+                await send(self._head())
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             watcher.cancel()
@@ -85,6 +98,12 @@ class EventStream(Response):
             if aclose is not None:
                 await aclose()
             self.on_close()
+
+    def _head(self) -> dict[str, Any]:
+        headers = self.raw_headers
+        if self.late_headers is not None:
+            headers = [*headers, *self.late_headers()]
+        return {"type": "http.response.start", "status": 200, "headers": headers}
 
     def _watched(self, watcher: asyncio.Future[None]) -> None:
         if not watcher.cancelled() and watcher.exception() is None:

@@ -27,7 +27,7 @@ from starlette.responses import Response
 from api.deps import Services
 from api.formats import Frame, SequencedFormat, StatefulRenderer, WireFormat
 from api.hub import Reader, StreamHub
-from api.responses import STREAM_ID_HEADER, EventStream
+from api.responses import DEPLOYMENT_HEADER, STREAM_ID_HEADER, EventStream
 from shared import events as ev
 from shared.errors import (
     GenerationTimeout,
@@ -110,10 +110,12 @@ class Tail:
 
     __slots__ = (
         "cancel_on_disconnect",
+        "deployment",
         "fmt",
         "reader",
         "record",
         "renderer",
+        "routed",
         "services",
         "state_due",
         "store",
@@ -138,6 +140,10 @@ class Tail:
         # The position from which the renderer's state is saved next (0: never: stateless,
         # or numbered events, which a resume renders from the start).
         self.state_due = RENDER_STATE_EVERY if fmt.stateful and not fmt.sequence_ids else 0
+        # A routed generation's first answer names its deployment only once one answers:
+        # the response head waits for the first event to carry it (see `late_headers`).
+        self.routed = False
+        self.deployment: str | None = None
 
     def beginning(self) -> Start:
         """Where a tail from the start of the stream starts: before its first entry, after
@@ -268,7 +274,13 @@ class Tail:
             self.record.id,
             on_disconnect=self.client_gone,
             on_close=self.close,
+            late_headers=self._late_headers if self.routed else None,
         )
+
+    def _late_headers(self) -> list[tuple[bytes, bytes]]:
+        if self.deployment is None:
+            return []
+        return [(DEPLOYMENT_HEADER.lower().encode(), self.deployment.encode())]
 
     def client_gone(self) -> None:
         """The client disconnected: stop at once, even while waiting for an event."""
@@ -299,6 +311,10 @@ class Tail:
                     if batch is None:
                         yield fmt.keepalive
                         continue
+                    if self.routed and self.deployment is None:
+                        first = batch[0].event
+                        if isinstance(first, ev.Start) and first.deployment:
+                            self.deployment = first.deployment
                     chunk = self._render(batch)
                     if self.state_due and batch[-1].seq >= self.state_due:
                         self._keep_state(batch[-1])

@@ -9,8 +9,8 @@ import httpx
 import orjson
 
 from shared.errors import UpstreamError
+from shared.model_table import ModelEntry
 from shared.redact import upstream_message
-from shared.settings import ModelEntry
 
 MAX_UPSTREAM_BYTES = 256 * 1024 * 1024
 

@@ -31,6 +31,13 @@ class Start(_Event):
     model: str
     provider: str
     input_tokens: int | None = Field(default=None, ge=0, le=MAX_TOKENS)
+    # Routing (a model group, fallbacks or an auto-router): the deployment that serves the
+    # stream, the model it belongs to when that is not `model` (the router's choice or a
+    # fallback), the router rule that chose, and every attempt made, this one last.
+    deployment: str | None = None
+    routed_model: str | None = None
+    rule: str | None = None
+    attempts: list[dict[str, Any]] | None = None
 
 
 class TextDelta(_Event):
@@ -118,6 +125,8 @@ class Finish(_Event):
     type: Literal["finish"] = "finish"
     reason: FinishReason
     usage: Usage | None = None
+    # A content policy ended the output (`reason` content_filter): which and why.
+    filtered: dict[str, Any] | None = None
 
 
 class Error(_Event):
@@ -129,6 +138,8 @@ class Error(_Event):
     retryable: bool = False
     retry_after: float | None = None
     status: int | None = None
+    # Every attempt made on a routed model, when none of them served.
+    attempts: list[dict[str, Any]] | None = None
 
 
 class TaskProgress(_Event):

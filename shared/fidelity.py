@@ -12,8 +12,8 @@ from jsonschema import Draft202012Validator, SchemaError
 
 from shared.errors import InvalidRequest
 from shared.media import AUDIO_FORMATS, MEDIA_TYPES, TEXT_DOCUMENTS
+from shared.model_table import ModelEntry
 from shared.request import ContentPart, GenerationRequest, Protocol
-from shared.settings import ModelEntry
 
 _IMAGES = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp"})
 

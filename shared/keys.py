@@ -145,3 +145,30 @@ def hooks_key(task_id: str) -> str:
 def hook_lock_key(task_id: str, seq: int) -> str:
     """Held while one delivery attempt of one message is in flight."""
     return f"{PREFIX}:{{{task_id}}}:hook-lock:{seq}"
+
+
+def deployment_cooldown_key(deployment: str) -> str:
+    """String with a TTL: while it exists, the deployment of a model group is skipped by
+    every worker (it failed `allowed_fails` times, or told a Retry-After)."""
+    return f"{PREFIX}:route:{deployment}:cooldown"
+
+
+def deployment_fails_key(deployment: str) -> str:
+    """Counter of a deployment's failures in the current window (expires with it)."""
+    return f"{PREFIX}:route:{deployment}:fails"
+
+
+def deployment_busy_key(deployment: str) -> str:
+    """Sorted set of the stream ids a deployment is generating, scored by when each stops
+    counting (ms) even if its worker died: `least_busy` routing counts the live ones."""
+    return f"{PREFIX}:route:{deployment}:busy"
+
+
+def deployment_latency_key(deployment: str) -> str:
+    """List of a deployment's latest times to first token (ms), newest first."""
+    return f"{PREFIX}:route:{deployment}:ttft"
+
+
+def deployment_tokens_key(deployment: str, minute: int) -> str:
+    """Counter of the tokens a deployment took in one minute (Unix time // 60)."""
+    return f"{PREFIX}:route:{deployment}:tpm:{minute}"

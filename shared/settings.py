@@ -24,44 +24,8 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared.errors import ConfigError
+from shared.model_table import AutoRouter, ModelEntry, ModelGroup, TableEntry
 from shared.redis_address import ClusterAddress, parse_redis_url
-
-ProviderName = Literal["demo", "openai", "responses", "anthropic", "gemini"]
-
-
-class ModelEntry(BaseModel):
-    """One row of the model table: a public model name mapped to an upstream."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    provider: ProviderName
-    model: str | None = Field(default=None, description="upstream model name; defaults to the key")
-    base_url: str | None = None
-    api_key_env: str | None = None
-    # Demo provider knobs: tokens per second (0 = as fast as possible), delay before the
-    # first token, and how many tokens an answer has unless max_tokens cuts it shorter.
-    tokens_per_second: float = Field(default=50.0, ge=0)
-    first_token_delay_ms: float = Field(default=0.0, ge=0)
-    max_output_tokens: int = Field(default=48, ge=1, le=100_000)
-    # Demo: think out loud before answering when the request asks for reasoning.
-    reasoning_tokens: int = Field(default=12, ge=0, le=10_000)
-    # Upstream knobs: an upstream silent for idle_timeout_s ends the stream.
-    connect_timeout_s: float = Field(default=10.0, gt=0)
-    idle_timeout_s: float = Field(default=60.0, gt=0)
-    extra_headers: dict[str, str] = Field(default_factory=dict)
-    # Request fields the provider cannot honour are dropped (and named in the response's
-    # X-Spool-Dropped-Params header) instead of refused with a 400.
-    drop_params: bool = False
-    # Embedding models: the vector length the upstream returns (the demo's default length).
-    dimensions: int | None = Field(default=None, ge=1, le=65536)
-    # MCP servers (names in `mcp_servers`) whose tools are offered to the model on every
-    # request, run by the worker; and the most model turns one generation may take.
-    server_tools: list[str] = Field(default_factory=list)
-    max_tool_steps: int = Field(default=8, ge=1, le=100)
-
-    def api_key(self) -> str | None:
-        return os.environ.get(self.api_key_env) if self.api_key_env else None
-
 
 DEFAULT_MODELS: dict[str, ModelEntry] = {"demo": ModelEntry(provider="demo")}
 
@@ -211,8 +175,9 @@ class Settings(BaseSettings):
     data_dir: Path = Path(".spool")
     log_level: str = "info"
 
-    # The model table; the demo model is added unless demo_enabled is false.
-    models: dict[str, ModelEntry] = Field(default_factory=dict)
+    # The model table (see `shared.model_table`): one upstream, a group of deployments or
+    # an auto-router per public name; the demo model is added unless demo_enabled is false.
+    models: dict[str, TableEntry] = Field(default_factory=dict)
     # MCP servers whose tools workers run (see McpServer), by the name models and requests
     # select them by.
     mcp_servers: dict[str, McpServer] = Field(default_factory=dict)
@@ -352,7 +317,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _server_tools_exist(self) -> Settings:
-        for name, entry in self.models.items():
+        for name, entry in self.upstreams():
             missing = [s for s in entry.server_tools if s not in self.mcp_servers]
             if missing:
                 raise ValueError(
@@ -360,6 +325,67 @@ class Settings(BaseSettings):
                     "which mcp_servers does not configure"
                 )
         return self
+
+    @model_validator(mode="after")
+    def _routes_resolve(self) -> Settings:
+        """Deployments get their default names (`<group>#<n>`), unique across the table;
+        fallbacks and router rules name models that exist (not routers)."""
+        named: dict[str, str] = {}
+        for name, entry in list(self.models.items()):
+            if isinstance(entry, ModelGroup):
+                deployments = [
+                    d if d.name else d.model_copy(update={"name": f"{name}#{i + 1}"})
+                    for i, d in enumerate(entry.deployments)
+                ]
+                self.models[name] = entry.model_copy(update={"deployments": deployments})
+                for d in deployments:
+                    assert d.name is not None
+                    if d.name in named:
+                        raise ValueError(
+                            f"models.{name}: the deployment name {d.name!r} is taken "
+                            f"(by models.{named[d.name]})"
+                        )
+                    named[d.name] = name
+        for name, entry in self.models.items():
+            if isinstance(entry, AutoRouter):
+                targets = [
+                    (f"router.rules[{i}].use", r.use) for i, r in enumerate(entry.router.rules)
+                ]
+                targets.append(("router.default", entry.router.default))
+            else:
+                targets = [
+                    (f"{attr}[{i}]", target)
+                    for attr in (
+                        "fallbacks",
+                        "context_window_fallbacks",
+                        "content_policy_fallbacks",
+                    )
+                    for i, target in enumerate(getattr(entry, attr))
+                ]
+            for where, target in targets:
+                if target not in self.models and not (target == "demo" and self.demo_enabled):
+                    raise ValueError(
+                        f"models.{name}.{where} names {target!r}, which is not a model"
+                    )
+                if isinstance(self.models.get(target), AutoRouter):
+                    raise ValueError(
+                        f"models.{name}.{where} names {target!r}, an auto-router; "
+                        "it must name a model or a group"
+                    )
+        return self
+
+    def upstreams(self) -> list[tuple[str, ModelEntry]]:
+        """Every upstream of the table, by the public model it serves: single entries and
+        each deployment of each group."""
+        found: list[tuple[str, ModelEntry]] = []
+        for name, entry in self.models.items():
+            if isinstance(entry, ModelEntry):
+                found.append((name, entry))
+            elif isinstance(entry, ModelGroup):
+                found.extend(
+                    (f"{name}.deployments[{i}]", d) for i, d in enumerate(entry.deployments)
+                )
+        return found
 
     @model_validator(mode="after")
     def _grace_outlasts_keepalive(self) -> Settings:
@@ -422,7 +448,7 @@ class Settings(BaseSettings):
             self.models = {**DEFAULT_MODELS, **self.models}
             self.task_models = {**DEFAULT_TASK_MODELS, **self.task_models}
             return self
-        demo = [f"models.{n}" for n, e in self.models.items() if e.provider == "demo"]
+        demo = [f"models.{n}" for n, e in self.upstreams() if e.provider == "demo"]
         demo += [f"task_models.{n}" for n, e in self.task_models.items() if e.provider == "demo"]
         if demo:
             raise ValueError(

@@ -55,6 +55,13 @@ class Transcript:
     usage: ev.Usage | None = None
     finish_reason: ev.FinishReason | None = None
     error: ev.Error | None = None
+    # Routing: the deployment that served, the model it belongs to (when not the public
+    # one), the auto-router's rule, and the attempts made (see `ev.Start`).
+    deployment: str | None = None
+    routed_model: str | None = None
+    rule: str | None = None
+    attempts: list[dict[str, Any]] | None = None
+    filtered: dict[str, Any] | None = None  # a content policy's block of the output
     events: int = 0
     content_events: int = 0  # text, reasoning and tool-call deltas: a floor for output tokens
     # The prompt reached an upstream that was working on it when the run ended (cancelled,
@@ -68,6 +75,8 @@ class Transcript:
         match event:
             case ev.Start():
                 self.model, self.provider = event.model, event.provider
+                self.deployment, self.routed_model = event.deployment, event.routed_model
+                self.rule, self.attempts = event.rule, event.attempts
             case ev.TextDelta():
                 self.text.append(event.text)
                 if event.logprobs:
@@ -90,8 +99,10 @@ class Transcript:
             case ev.Finish():
                 self.finish_reason = event.reason
                 self.usage = event.usage or self.usage
+                self.filtered = event.filtered
             case ev.Error():
                 self.error = event
+                self.attempts = event.attempts or self.attempts
             case _:
                 pass
 
@@ -160,10 +171,25 @@ class Transcript:
             if self.usage
             else None,
             "finish_reason": self.finish_reason,
-            "error": self.error.model_dump(exclude={"type"}, exclude_none=True)
+            "error": self.error.model_dump(exclude={"type", "attempts"}, exclude_none=True)
             if self.error
             else None,
+            **({"routing": self.routing} if self.routing else {}),
+            **({"filtered": self.filtered} if self.filtered else {}),
         }
+
+    @property
+    def routing(self) -> dict[str, Any] | None:
+        """How the request was routed, for `/result`: None for a lone upstream."""
+        if self.attempts is None and self.rule is None and self.routed_model is None:
+            return None
+        routing = {
+            "deployment": self.deployment,
+            "model": self.routed_model or self.model,
+            "rule": self.rule,
+            "attempts": self.attempts or [],
+        }
+        return {k: v for k, v in routing.items() if v is not None}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Transcript:
@@ -182,4 +208,10 @@ class Transcript:
         t.finish_reason = data.get("finish_reason")
         if data.get("error"):
             t.error = ev.Error(**data["error"])
+        routing = data.get("routing") or {}
+        t.deployment, t.rule = routing.get("deployment"), routing.get("rule")
+        t.attempts = routing.get("attempts")
+        if routing.get("model") != t.model:
+            t.routed_model = routing.get("model")
+        t.filtered = data.get("filtered")
         return t

@@ -7,22 +7,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from shared import events as ev
-from shared.errors import UpstreamError
+from shared.errors import InvalidRequest, UpstreamError
+from shared.fidelity import judge
+from shared.model_table import GroupPlan, ModelEntry, Route
+from shared.redact import redact
 from shared.request import GenerationRequest, Message, Thinking, Tool, ToolCall, parse_json_object
-from shared.settings import ModelEntry, Settings
+from shared.settings import Settings
 from shared.store import JobRecord, StreamStore
 from shared.transcript import ToolCall as Call
 from shared.transcript import merge_tool_call
 from worker.appender import Appender
 from worker.job_run import JobRun
 from worker.providers import Provider
+from worker.routing import RouteState, classify
 
 if TYPE_CHECKING:
     from worker.mcp import McpTools
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -69,6 +78,11 @@ def _add(a: int | None, b: int | None) -> int | None:
 
 
 class GenerationRun(JobRun):
+    """One attempt at a generation job. A job whose model is a group, has fallbacks or was
+    chosen by an auto-router carries its route: before the first token, a failure moves
+    to the next deployment (`worker.routing` orders them), then to the fallbacks; every
+    try is listed on the stream's Start (or its Error)."""
+
     noun = "generation"
 
     def __init__(
@@ -77,10 +91,11 @@ class GenerationRun(JobRun):
         settings: Settings,
         record: JobRecord,
         attempt: str,
-        provider: Provider,
+        providers: Mapping[str, Provider],
         appender: Appender,
         held: int = 0,
         mcp: McpTools | None = None,
+        routes: RouteState | None = None,
     ) -> None:
         entry = ModelEntry.model_validate(record.request["entry"])
         super().__init__(
@@ -88,17 +103,26 @@ class GenerationRun(JobRun):
             settings,
             record,
             attempt,
-            provider.name,
+            entry.provider,
             appender,
             held,
             timeout_s=settings.job_timeout_s,
             secret=entry.api_key(),
         )
-        self.provider = provider
+        self.providers = providers
+        self.provider = providers[entry.provider]
         self.entry = entry
-        self.request = GenerationRequest.model_validate(record.request["request"])
+        routed = record.request.get("route")
+        self.route = Route.from_json(routed) if routed else Route.single(record.model, entry)
+        self.routes = routes
+        self.base_request = GenerationRequest.model_validate(record.request["request"])
+        self.request = self.base_request
         self.mcp = mcp
         self.lead: list[ev.Event] = []  # written with the first event of the stream
+        self.group = self.route.primary
+        self.tries: list[dict[str, Any]] = []  # the attempts of a routed job, in order
+        self.began = 0.0  # when the current try began (monotonic)
+        self.first_token_ms: float | None = None
 
     async def _write(self, events: list[ev.Event]) -> None:
         if self.lead and not self.started:
@@ -106,6 +130,122 @@ class GenerationRun(JobRun):
             for event in self.lead:
                 self.transcript.apply(event)
         await super()._write(events)
+
+    def _start_event(self, input_tokens: int | None) -> ev.Start:
+        start = super()._start_event(input_tokens)
+        if self.route.fixed:
+            return start
+        # The first event is the first token: its latency steers `latency` routing.
+        self.first_token_ms = ms = (time.monotonic() - self.began) * 1000
+        served = self._try(outcome="ok", ms=ms)
+        return start.model_copy(
+            update={
+                "deployment": self.entry.deployment,
+                "routed_model": self.group.name if self.group.name != self.record.model else None,
+                "rule": self.route.rule,
+                "attempts": [*self.tries, served],
+            }
+        )
+
+    def _upstream_error(self, exc: UpstreamError) -> ev.Error:
+        error = super()._upstream_error(exc)
+        if self.route.fixed or not self.tries or self.started:
+            return error
+        return error.model_copy(update={"attempts": self.tries})
+
+    def _try(self, *, outcome: str, ms: float, exc: UpstreamError | None = None) -> dict[str, Any]:
+        attempt: dict[str, Any] = {
+            "deployment": self.entry.deployment,
+            "model": self.group.name,
+            "provider": self.entry.provider,
+            "at": round(time.time() - ms / 1000, 3),
+            "ms": round(ms, 1),
+            "outcome": outcome,
+        }
+        if exc is not None:
+            if exc.upstream_status is not None:
+                attempt["status"] = exc.upstream_status
+            attempt["message"] = redact(exc.message, [self.secret or ""])[:300]
+        return attempt
+
+    def _use(self, group: GroupPlan, deployment: ModelEntry) -> GenerationRequest | None:
+        """Point this run at `deployment` of `group`: its provider, key and the request as
+        it takes it (None when it cannot take it at all)."""
+        self.group, self.entry = group, deployment
+        self.provider = self.providers[deployment.provider]
+        self.provider_name, self.secret = deployment.provider, deployment.api_key()
+        try:
+            return judge(self.base_request, deployment)[0]
+        except InvalidRequest as refused:
+            log.info("stream %s: %s skipped: %s", self.stream_id, deployment.deployment, refused)
+            return None
+
+    async def _attempt(self) -> ev.Finish:
+        if self.route.fixed:
+            self.request = self.base_request
+            return await self._generate()
+        return await self._routed()
+
+    async def _routed(self) -> ev.Finish:
+        """One round over the route: the chosen model's deployments in their strategy's
+        order, then its fallbacks', until one answers. A failure after the first token is
+        final (the text would repeat); a context-window or content-policy refusal skips
+        to the fallbacks for that. The round's last failure ends it (`_pump` may start
+        another after a backoff)."""
+        assert self.routes is not None
+        route, routes = self.route, self.routes
+        queue, tried = list(route.order), set[str]()
+        last: UpstreamError | None = None
+        while queue:
+            group = route.groups[queue.pop(0)]
+            if group.name in tried:
+                continue
+            tried.add(group.name)
+            for deployment in await routes.ranked(group):
+                request = self._use(group, deployment)
+                if request is None:
+                    continue
+                self.request = request
+                self.began = time.monotonic()
+                await routes.started(group, deployment, self.stream_id)
+                try:
+                    finish = await self._generate()
+                except UpstreamError as exc:
+                    if self.started:
+                        raise
+                    last = exc
+                    self.tries.append(
+                        self._try(
+                            outcome=exc.code, ms=(time.monotonic() - self.began) * 1000, exc=exc
+                        )
+                    )
+                    kind = classify(exc)
+                    if kind == "request":
+                        raise
+                    if kind == "deployment":
+                        await routes.failed(group, deployment, exc.retry_after)
+                        continue
+                    # The prompt itself is the trouble: this model's other deployments
+                    # would refuse it too; its own fallbacks come first, if it has any.
+                    special = (
+                        route.context_window if kind == "context_window" else route.content_policy
+                    )
+                    queue = [n for n in special if n not in tried] or queue
+                    break
+                finally:
+                    await routes.ended(group, deployment, self.stream_id)
+                usage = finish.usage.total_tokens if finish.usage else 0
+                await routes.used(group, deployment, usage)
+                if self.first_token_ms is not None:
+                    await routes.first_token(group, deployment, self.first_token_ms)
+                return finish
+        if last is None:
+            raise UpstreamError(
+                "no deployment of the model is available: every one is cooling down after failures",
+                retryable=True,
+                code="no_deployment_available",
+            )
+        raise last
 
     def _selections(self) -> dict[str, frozenset[str] | None]:
         """The MCP servers offered to the model, with the tools a request narrowed them to
@@ -148,7 +288,8 @@ class GenerationRun(JobRun):
         self.request = self.request.model_copy(update={"tools": [*self.request.tools, *tools]})
         return server_of
 
-    async def _attempt(self) -> ev.Finish:
+    async def _generate(self) -> ev.Finish:
+        """The current deployment's answer: one model turn, or a tool loop."""
         if not self._selections():
             return (await self._step(self.request, 0, {}, first=True)).finish
         server_of = await self._offer()

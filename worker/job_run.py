@@ -89,12 +89,19 @@ class JobRun:
         if not self.started:
             # A prompt size the provider told before the first token rides on Start.
             told = next((e.input_tokens for e in events if isinstance(e, ev.Usage)), None)
-            start = ev.Start(
-                model=self.record.model, provider=self.provider_name, input_tokens=told
-            )
+            start = self._start_event(told)
             self.transcript.apply(start)
             events = [start, *events]
         await self.writer.write(events)
+
+    def _start_event(self, input_tokens: int | None) -> ev.Start:
+        return ev.Start(
+            model=self.record.model, provider=self.provider_name, input_tokens=input_tokens
+        )
+
+    def _upstream_error(self, exc: UpstreamError) -> ev.Error:
+        """The error event a failed upstream ends the stream with."""
+        return upstream_error_event(exc)
 
     async def _attempt(self) -> Terminal:
         raise NotImplementedError
@@ -157,7 +164,7 @@ class JobRun:
         except UpstreamError as exc:
             # Whatever the upstream said, the key it was sent never goes further.
             exc.message = redact(exc.message, [self.secret or ""])
-            return await self.finish(Status.FAILED, upstream_error_event(exc))
+            return await self.finish(Status.FAILED, self._upstream_error(exc))
         except REDIS_BLIP_ERRORS:
             # Redis stayed away longer than redis_retry_s: nothing can be written now. The
             # lease runs out and the reaper ends the job once Redis is back.

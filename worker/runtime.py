@@ -40,6 +40,7 @@ from worker.providers.media import MediaFetcher
 from worker.providers.openai import OpenAIProvider
 from worker.providers.responses import ResponsesProvider
 from worker.providers.transport import FastTransport
+from worker.routing import RouteState
 from worker.task_providers import TaskProvider
 from worker.task_providers.demo import DemoTaskProvider
 from worker.task_providers.queue_http import QueueHttpProvider
@@ -76,6 +77,8 @@ class WorkerRuntime:
         self.appender = Appender(self.store, settings)
         self.queue = ArqJobQueue(redis)
         self.reaper = Reaper(self.store, self.queue, settings)
+        # Routing state (cooldowns, load, latency) lives beside the queue, for all workers.
+        self.routes = RouteState(shared_redis, settings.job_timeout_s)
         self.worker_id = uuid.uuid4().hex[:12]
         self.worker_name = f"{socket.gethostname()}:{os.getpid()}:{self.worker_id}"
         self.wake = asyncio.Event()
@@ -204,9 +207,16 @@ class WorkerRuntime:
                 self.appender,
                 held,
             )
-        provider = self.providers[provider_name]
         return GenerationRun(
-            self.store, self.settings, record, attempt, provider, self.appender, held, self.mcp
+            self.store,
+            self.settings,
+            record,
+            attempt,
+            self.providers,
+            self.appender,
+            held,
+            self.mcp,
+            self.routes,
         )
 
     async def deliver_webhook(self, task_id: str, seq: int, attempt: int) -> str:

@@ -19,7 +19,7 @@ from api.generation import check_limits, resolve_model
 from api.responses import JSONBody
 from api.routes.anthropic import MessagesBody, to_canonical
 from api.upstream import malformed, post_json
-from shared.settings import ModelEntry
+from shared.model_table import ModelEntry
 
 router = APIRouter(tags=["anthropic"])
 

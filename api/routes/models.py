@@ -10,13 +10,18 @@ from api.deps import CallerDep, ServicesDep
 from api.generation import model_not_permitted
 from api.responses import JSONBody
 from shared.errors import ModelNotFound
-from shared.settings import ModelEntry
+from shared.model_table import ModelEntry, ModelGroup, TableModel
 
 router = APIRouter(tags=["models"])
 
 
-def model_object(name: str, entry: ModelEntry) -> dict[str, Any]:
-    return {"id": name, "object": "model", "created": 0, "owned_by": entry.provider}
+def model_object(name: str, entry: TableModel) -> dict[str, Any]:
+    """A model in OpenAI's shape; a group is owned by its first deployment's provider,
+    an auto-router by Spool."""
+    if isinstance(entry, ModelGroup):
+        entry = entry.deployments[0]
+    owner = entry.provider if isinstance(entry, ModelEntry) else "spool"
+    return {"id": name, "object": "model", "created": 0, "owned_by": owner}
 
 
 @router.get("/v1/models")

@@ -130,11 +130,17 @@ async def stream_result(
     fmt = services.formats[record.surface]
     transcript = await services.store.transcript(record)
     error = (
-        transcript.error.model_dump(exclude={"type"}, exclude_none=True)
+        transcript.error.model_dump(exclude={"type", "attempts"}, exclude_none=True)
         if transcript.error
         else None
     )
-    return JSONBody(stream_object(record, output=fmt.response(record, transcript), error=error))
+    extra: dict[str, Any] = {}
+    if transcript.routing:
+        extra["routing"] = transcript.routing
+    if transcript.filtered:
+        extra["filtered"] = transcript.filtered  # the output was cut short by a policy
+    output = fmt.response(record, transcript)
+    return JSONBody(stream_object(record, output=output, error=error, **extra))
 
 
 @router.post("/{stream_id}/cancel")

@@ -231,8 +231,9 @@ def test_concurrency_per_key_and_per_deployment(tenancy: Tenancy) -> None:
 
     # The deployment-wide cap holds across keys.
     opened, refused = [], 0
-    for n in range(13):
-        _, crowd = tenancy.new_key(f"crowd-{n}")
+    # The keys first: on a busy machine, making 13 of them takes longer than a stream.
+    crowds = [tenancy.new_key(f"crowd-{n}")[1] for n in range(13)]
+    for crowd in crowds:
         status, stream_id = open_stream(tenancy, crowd)
         if status == 200:
             opened.append((crowd, stream_id))

@@ -21,8 +21,8 @@ from starlette.routing import Route
 
 from shared import events as ev
 from shared.errors import UpstreamError
+from shared.model_table import ModelEntry
 from shared.request import GenerationRequest
-from shared.settings import ModelEntry
 from tests import mock_anthropic as mock
 from tests.mock_upstream import MockUpstream
 from tests.unit.upstream_fakes import (

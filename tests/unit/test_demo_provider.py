@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 
 from shared import events as ev
+from shared.model_table import ModelEntry
 from shared.request import GenerationRequest, Message
-from shared.settings import ModelEntry
 from worker.providers.demo import VOCABULARY, DemoProvider, demo_tokens
 
 

@@ -20,8 +20,8 @@ from openai.lib._pydantic import to_strict_json_schema
 from pydantic import BaseModel, Field, HttpUrl
 
 from shared import events as ev
+from shared.model_table import ModelEntry
 from shared.request import GenerationRequest, ResponseFormat, Tool
-from shared.settings import ModelEntry
 from worker.providers.demo import (
     DemoProvider,
     PatternUnsupported,

@@ -10,8 +10,8 @@ import pytest
 from shared.errors import InvalidRequest
 from shared.fidelity import judge
 from shared.media import check_media, decoded_size, media_part, parse_data_url
+from shared.model_table import ModelEntry
 from shared.request import ContentPart, GenerationRequest, Message, ResponseFormat
-from shared.settings import ModelEntry
 from tests.media import PNG_B64, WAV_B64
 
 

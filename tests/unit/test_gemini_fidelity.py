@@ -915,7 +915,7 @@ def chunk(*parts: dict[str, Any], finish: str | None = None, **extra: Any) -> by
 
 
 def entry() -> Any:
-    from shared.settings import ModelEntry
+    from shared.model_table import ModelEntry
 
     return ModelEntry.model_validate({"provider": "gemini", "base_url": BASE_URL, "model": "g"})
 

@@ -14,8 +14,8 @@ from starlette.routing import Route
 
 from shared import events as ev
 from shared.errors import UpstreamError
+from shared.model_table import ModelEntry
 from shared.request import GenerationRequest
-from shared.settings import ModelEntry
 from tests import mock_gemini
 from tests.mock_gemini import handle_generate
 from tests.mock_upstream import MockUpstream

@@ -11,8 +11,8 @@ import pytest
 
 from shared import events as ev
 from shared.errors import UpstreamError
+from shared.model_table import ModelEntry
 from shared.request import GenerationRequest
-from shared.settings import ModelEntry
 from tests.unit.upstream_fakes import (
     ChunkStream,
     Upstream,

@@ -13,6 +13,7 @@ import pytest
 
 from shared import events as ev
 from shared.errors import UpstreamError
+from shared.model_table import ModelEntry
 from shared.request import (
     ContentPart,
     GenerationRequest,
@@ -22,7 +23,6 @@ from shared.request import (
     Tool,
     ToolCall,
 )
-from shared.settings import ModelEntry
 from tests.unit.upstream_fakes import (
     ChunkStream,
     Upstream,

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from shared.errors import ConfigError
-from shared.settings import DEFAULT_MODELS, ModelEntry, Settings, load_settings
+from shared.model_table import ModelEntry
+from shared.settings import DEFAULT_MODELS, Settings, load_settings
 
 
 @pytest.fixture(autouse=True)

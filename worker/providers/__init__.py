@@ -6,8 +6,8 @@ from collections.abc import AsyncGenerator
 from typing import Protocol
 
 from shared import events as ev
+from shared.model_table import ModelEntry
 from shared.request import GenerationRequest
-from shared.settings import ModelEntry
 
 
 class Provider(Protocol):

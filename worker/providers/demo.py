@@ -25,8 +25,8 @@ from jsonschema.protocols import Validator
 from jsonschema.validators import validator_for
 
 from shared import events as ev
+from shared.model_table import ModelEntry
 from shared.request import GenerationRequest, ResponseFormat, Tool
-from shared.settings import ModelEntry
 
 VOCABULARY = (
     "stream", "token", "queue", "replica", "worker", "resume", "event", "broker", "chunk",

@@ -19,8 +19,8 @@ import orjson
 
 from shared import events as ev
 from shared.errors import UpstreamError
+from shared.model_table import ModelEntry
 from shared.request import ContentPart, GenerationRequest, Message, Tool, parse_json_object
-from shared.settings import ModelEntry
 from worker.providers.http import EventParser, incomplete, stream_events
 from worker.providers.media import DEFAULT_MAX_MEDIA_BYTES, MediaFetcher
 

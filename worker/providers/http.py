@@ -18,8 +18,8 @@ import httpx
 import orjson
 
 from shared.errors import UpstreamError
+from shared.model_table import ModelEntry
 from shared.redact import upstream_message
-from shared.settings import ModelEntry
 from shared.sse import ServerSentEvent, SSEDecoder
 
 log = logging.getLogger(__name__)

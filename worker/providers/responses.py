@@ -15,9 +15,9 @@ import orjson
 from shared import events as ev
 from shared.errors import UpstreamError
 from shared.media import TEXT_DOCUMENTS
+from shared.model_table import ModelEntry
 from shared.redact import upstream_message
 from shared.request import ContentPart, GenerationRequest, Message, ResponseFormat, ToolCall
-from shared.settings import ModelEntry
 from worker.providers.http import EventParser, incomplete, read_to_the_end, stream_events
 from worker.providers.media import DEFAULT_MAX_MEDIA_BYTES, MediaFetcher
 
