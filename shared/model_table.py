@@ -91,8 +91,11 @@ class ModelGroup(RoutingOptions):
     @field_validator("deployments", mode="after")
     @classmethod
     def _deployments_route_nothing(cls, deployments: list[ModelEntry]) -> list[ModelEntry]:
+        defaults = RoutingOptions()
         for i, deployment in enumerate(deployments):
-            misplaced = sorted(deployment.model_fields_set & _GROUP_ONLY)
+            misplaced = sorted(
+                f for f in _GROUP_ONLY if getattr(deployment, f) != getattr(defaults, f)
+            )
             if misplaced:
                 raise ValueError(
                     f"deployments[{i}] sets {', '.join(misplaced)}, which belong to the "
