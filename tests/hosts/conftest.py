@@ -6,6 +6,7 @@ them every test here fails, saying so (`make test-hosts`; `.ci/run` installs the
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -16,13 +17,14 @@ import httpx
 import pytest
 
 from tests.faults.conftest import FAULT_SETTINGS, MEASUREMENTS
-from tests.hosts.netlab import Host, Lab
+from tests.hosts.netlab import Host, Lab, LabUnavailable
 from tests.processes import SpoolProcess, wait_ready, write_config
 from tests.redis_topology import ClusterSet, Place, RedisNode, SentinelSet
 
 REPO = Path(__file__).resolve().parents[2]
 API_PORT = 8000
 UPSTREAM_PORT = 8080
+LB_PLAIN_PORT = 8081  # nginx's TLS server, in plain HTTP, for the tests' clients
 LEASE_S = 3.0
 
 
@@ -45,7 +47,7 @@ class Deployment:
 
     @property
     def lb_url(self) -> str:
-        return f"http://{self.hosts['lb'].ip}"
+        return f"http://{self.hosts['lb'].ip}:{LB_PLAIN_PORT}"
 
     def api_url(self, name: str) -> str:
         return self.apis[name].url
@@ -72,18 +74,46 @@ class Deployment:
         wait_ready(self.lb_url, timeout_s=timeout_s)
 
 
+def self_signed(directory: Path, ip: str) -> tuple[Path, Path]:
+    """A certificate for `ip` (its own CA: clients trust it by this file) and its key."""
+    if shutil.which("openssl") is None:
+        raise LabUnavailable("the multi-host tests need openssl: `apt-get install openssl`")
+    directory.mkdir(parents=True, exist_ok=True)
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+         "-subj", "/CN=spool-test", "-addext", f"subjectAltName=IP:{ip}",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+def tls_cert(workdir: Path) -> Path:
+    """The certificate nginx serves on the load balancer's port 443."""
+    return workdir / "nginx" / "tls" / "cert.pem"
+
+
 def nginx_conf(workdir: Path, lb: Host, apis: list[Host]) -> Path:
-    """deploy/nginx.conf as shipped, with this network's addresses, inside the few lines
-    of a complete nginx configuration."""
+    """deploy/nginx.conf as shipped, with this network's addresses and a self-signed
+    certificate, inside the few lines of a complete nginx configuration. Port 80 redirects
+    and 443 serves TLS, as shipped; the TLS server also listens in plain HTTP on
+    LB_PLAIN_PORT, where the tests' clients (which speak plain HTTP) reach it."""
     site = (REPO / "deploy" / "nginx.conf").read_text()
     servers = "".join(f"    server {api.ip}:{API_PORT};\n" for api in apis)
     site, count = re.subn(r"(?m)^    server 127\.0\.0\.1:\d+;\n", "", site)
     assert count == 2, "deploy/nginx.conf no longer lists two local API replicas"
     site = site.replace("upstream spool_api {\n", "upstream spool_api {\n" + servers)
     site = site.replace("listen 80;", f"listen {lb.ip}:80;")
-    site = site.replace("/var/log/nginx/", f"{workdir / 'nginx'}/")
+    assert "listen 443 ssl;" in site, "deploy/nginx.conf no longer serves TLS on 443"
+    site = site.replace(
+        "listen 443 ssl;", f"listen {lb.ip}:443 ssl;\n    listen {lb.ip}:{LB_PLAIN_PORT};"
+    )
     temp = workdir / "nginx"
-    temp.mkdir(exist_ok=True)
+    cert, key = self_signed(tls_cert(workdir).parent, lb.ip)
+    site = re.sub(r"ssl_certificate\s+\S+;", f"ssl_certificate {cert};", site)
+    site = re.sub(r"ssl_certificate_key\s+\S+;", f"ssl_certificate_key {key};", site)
+    site = site.replace("/var/log/nginx/", f"{temp}/")
     conf = temp / "nginx.conf"
     conf.write_text(
         f"""user root;
