@@ -200,6 +200,19 @@ def tenancy(
     }
     models["echo-key-midstream"] = {**models["echo-key"], "model": "echo-key-midstream"}
     models["internal"] = models["mock-instant"]  # 127.0.0.1: not allow-listed here
+    # The README's routing example: a group with a fallback, and an auto-router.
+    fast_demo = {"provider": "demo", "tokens_per_second": 0, "max_output_tokens": 12}
+    models["chat"] = {"deployments": [fast_demo, fast_demo], "fallbacks": ["demo-fast"]}
+    models["coder"] = fast_demo
+    models["auto"] = {
+        "router": {
+            "rules": [
+                {"when": {"has_tools": True}, "use": "chat"},
+                {"when": {"matches": r"(?i)\b(sql|python|def)\b"}, "use": "coder", "name": "code"},
+            ],
+            "default": "chat",
+        }
+    }
     # The README's MCP example asks for `calc`: the test tools, over stdio.
     calc = {"command": stdio_command(), "allowed_tools": ["add"]}
     config = write_config(
