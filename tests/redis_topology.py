@@ -182,6 +182,12 @@ class SentinelSet:
         )
         return self.primary()
 
+    def wait_replicated(self, timeout_s: float = 30.0) -> None:
+        """Wait until every replica holds all that the primary has taken so far: what a
+        failover from now on cannot lose (see `wait_replicated`)."""
+        primary = self.primary()
+        wait_replicated(primary, [n for n in self.nodes if n is not primary], timeout_s)
+
     def wait_demoted(self, old: RedisNode, timeout_s: float = 30.0) -> None:
         """Wait until a primary that lived through a failover replicates the new one."""
         self._wait(lambda: self._linked(old), "the old primary to become a replica", timeout_s)
@@ -348,6 +354,32 @@ class ClusterSet:
 
     def _wait(self, ready: Callable[[], bool], what: str, timeout_s: float = 30.0) -> None:
         wait_until(ready, what, self.nodes, timeout_s)
+
+
+def wait_replicated(primary: RedisNode, replicas: list[RedisNode], timeout_s: float = 30.0) -> None:
+    """Wait until each of `replicas` replicates `primary` and has applied everything the
+    primary had taken when this was called, whichever connections wrote it.
+
+    Not `WAIT` from a connection of the test's own: WAIT counts the replicas that
+    acknowledged the writes of the connection that sends it, and answers at once, with
+    every connected replica, on a connection that wrote nothing."""
+    offset = int(primary.client().info("replication")["master_repl_offset"])
+
+    def applied(replica: RedisNode) -> bool:
+        info = replica.client().info("replication")
+        return (
+            info.get("master_link_status") == "up"
+            and (str(info.get("master_host")), info.get("master_port"))
+            == (primary.ip, primary.port)
+            and int(info.get("slave_repl_offset", -1)) >= offset
+        )
+
+    wait_until(
+        lambda: all(applied(r) for r in replicas),
+        f"the replicas to apply {primary.name}'s writes up to offset {offset}",
+        [primary, *replicas],
+        timeout_s,
+    )
 
 
 def wait_until(
