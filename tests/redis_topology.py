@@ -290,6 +290,19 @@ class ClusterSet:
                 continue
         raise AssertionError(f"no node serves slot {slot}")
 
+    def wait_replicated(self, master: RedisNode, timeout_s: float = 30.0) -> None:
+        """Wait until `master`'s replicas hold all it has taken so far (see
+        `wait_replicated`): what its failover from now on cannot lose."""
+        replicas = []
+        for node in self.nodes:
+            if node is master or not node.alive:
+                continue
+            info = node.client().info("replication")
+            if (str(info.get("master_host")), info.get("master_port")) == (master.ip, master.port):
+                replicas.append(node)
+        assert replicas, f"{master.name} has no replica"
+        wait_replicated(master, replicas, timeout_s)
+
     def masters_now(self) -> list[RedisNode]:
         return [n for n in self.nodes
                 if n.alive and n.client().info("replication")["role"] == "master"]  # fmt: skip

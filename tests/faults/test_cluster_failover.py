@@ -72,7 +72,7 @@ def test_streams_on_every_master_and_one_killed_under_load(deployment: ClusterDe
         masters = {r.stream_id: cluster.master_of(keys.job_key(r.stream_id)) for r in readings}
         assert len({m.port for m in masters.values()}) >= 2, "the streams spread over masters"
         victim = masters[readings[0].stream_id]
-        victim.client().wait(1, 2000)
+        cluster.wait_replicated(victim)
         victim.kill()
         killed_at = time.monotonic()
         for t in threads:

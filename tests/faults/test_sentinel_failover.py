@@ -65,7 +65,7 @@ def test_primary_killed_under_load(deployment: SentinelDeployment) -> None:
         read_some(client, before, urls[0], body=chat("fault-demo", "written before"))
         assert before.finished
         old = deployment.topology.primary()
-        old.client().wait(1, 2000)  # replicated: it must survive the failover
+        deployment.topology.wait_replicated()  # replicated: it must survive the failover
 
         readings, threads = start_readers(
             client, urls, "fault-slow", 10, "through the failover", max_tokens=50

@@ -23,7 +23,7 @@ def test_a_cluster_master_killed_under_load(cluster_deployment: Deployment) -> N
         readings, threads = start_readers(client, d.lb_url, "slow", 12, "cluster hosts")
         masters = {r.stream_id: cluster.master_of(keys.job_key(r.stream_id)) for r in readings}
         victim = masters[readings[0].stream_id]
-        victim.client().wait(1, 2000)
+        cluster.wait_replicated(victim)
         victim.kill()
         killed_at = time.monotonic()
         for t in threads:

@@ -103,7 +103,7 @@ def test_redis_primary_killed_under_load(healthy: Deployment) -> None:
     with httpx.Client(timeout=30) as client:
         readings, threads = start_readers(client, d.lb_url, "slow", 10, "failover")
         old = d.redis.primary()
-        old.client().wait(1, 2000)
+        d.redis.wait_replicated()
         old.kill()
         killed_at = time.monotonic()
         for t in threads:

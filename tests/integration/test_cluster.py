@@ -144,7 +144,7 @@ async def test_a_killed_master_is_replaced_and_its_streams_go_on(
     waiting = asyncio.create_task(collect(h.hub, first))
     await asyncio.sleep(0.3)  # subscribed on the stream's master
     master = cluster.master_of(keys.job_key(sid))
-    master.client().wait(1, 2000)
+    cluster.wait_replicated(master)
     master.kill()
     # The reader on the dead master ends with the error (its client resumes) ...
     with pytest.raises((RedisError, OSError)):
