@@ -153,6 +153,9 @@ class Mux:
                     future.set_exception(error)
 
     async def _read_replies(self, conn: AbstractConnection) -> None:
+        # A reader whose connection broke is let go (see `_broken`): only the current one
+        # may break the connection, so a stale one never fails its successor's commands.
+        me = asyncio.current_task()
         while True:
             if not self._waiting:
                 self._replies_due.clear()
@@ -163,10 +166,12 @@ class Mux:
             except ResponseError as exc:
                 reply = exc
             except asyncio.CancelledError:
-                self._broken(RedisConnectionError("the connection to redis was closed"))
+                if self._reader is me:
+                    self._broken(RedisConnectionError("the connection to redis was closed"))
                 raise
             except Exception as exc:
-                self._broken(_as_connection_error(exc))
+                if self._reader is me:
+                    self._broken(_as_connection_error(exc))
                 return
             self._stalled = False
             future = self._waiting.popleft()
@@ -178,8 +183,13 @@ class Mux:
                 future.set_result(reply)
 
     def _broken(self, error: Exception) -> None:
-        """Every command in flight fails; the next one reconnects."""
+        """Every command in flight fails; the next one reconnects. The connection's reader
+        goes too (when a write failed, it may be idle, and must not read from the next
+        connection beside the next reader)."""
         self._stalled = False
+        reader, self._reader = self._reader, None
+        if reader is not None and reader is not asyncio.current_task():
+            reader.cancel()
         waiting, self._waiting = self._waiting, deque()
         for future in waiting:
             if not future.done():

@@ -114,6 +114,30 @@ async def test_a_caller_that_gives_up_does_not_shift_the_replies(mux: Redis) -> 
     assert await mux.get("after") == b"ok"
 
 
+async def test_a_failed_write_leaves_one_reader_on_the_next_connection(mux: Redis) -> None:
+    await mux.ping()  # connected, its reader idle
+    pool = mux.connection_pool
+    assert isinstance(pool, MuxPool)
+    writer = pool.mux.connection._writer
+    assert writer is not None
+
+    def failing(chunks: list[bytes]) -> None:
+        raise OSError("the socket went away")
+
+    writer.writelines = failing  # type: ignore[method-assign]
+    with pytest.raises(RedisConnectionError, match="writing to redis failed"):
+        await mux.set("k", "v")
+    # The next commands reconnect; with two readers on the new connection, replies would
+    # go to the wrong callers (or be lost): each must get its own.
+    for _ in range(20):
+        values = await asyncio.gather(*(mux.incrby(f"n{i}", i) for i in range(50)))
+        assert values[1:] == [i * values[1] for i in range(1, 50)]
+    readers = [
+        t for t in asyncio.all_tasks() if "_read_replies" in repr(t.get_coro()) and not t.done()
+    ]
+    assert len(readers) == 1
+
+
 async def test_a_redis_restart_fails_what_was_in_flight_then_reconnects(tmp_path: Path) -> None:
     server = EmbeddedRedis(tmp_path / "redis", appendonly=True)
     server.start()
