@@ -20,6 +20,7 @@ from shared import events as ev
 from shared.auth import ApiKey
 from shared.errors import (
     BudgetExhausted,
+    ConfigError,
     InvalidRequest,
     ModelNotFound,
     RateLimited,
@@ -32,6 +33,7 @@ from shared.fidelity import judge
 from shared.media import check_media, remote_urls
 from shared.model_table import AutoRouter, ModelEntry, ModelGroup, Route, TableModel
 from shared.netguard import Allowlist, UrlRefused, check_url
+from shared.policy import check_input, policies_for
 from shared.queue import GENERATE
 from shared.request import GenerationRequest
 from shared.settings import PASSTHROUGH_DEFAULTS, Settings
@@ -82,6 +84,35 @@ def resolve_model(settings: Settings, name: str, caller: ApiKey) -> ModelEntry:
         return entry.deployments[0]
     assert isinstance(entry, ModelEntry)
     return entry
+
+
+def policy_names(settings: Settings, entry: TableModel, route: Route, caller: ApiKey) -> list[str]:
+    """The content policies a request goes through: its model's (an auto-router's, and
+    the model it chose), and its key's."""
+    names = [entry.policy]
+    if route.chosen is not None:
+        names.append(settings.models[route.chosen].policy)
+    names.append(caller.policy)
+    return list(dict.fromkeys(n for n in names if n is not None))
+
+
+async def check_input_policies(
+    services: Services, record: JobRecord, request: GenerationRequest
+) -> None:
+    """A request whose input a policy blocks is refused (400 `content_policy`) before it
+    is queued; one whose moderation endpoint fails closed, with a 503."""
+    names = record.request.get("policies")
+    if not names:
+        return
+    try:
+        policies = policies_for(names, services.settings.policies)
+    except ConfigError as missing:
+        raise ConfigError(f"the key's content policy is not configured: {missing}") from None
+    texts = [m.content for m in request.messages if m.content]
+    texts += [
+        p.text for m in request.messages for p in m.parts or [] if p.type == "text" and p.text
+    ]
+    await check_input(policies, texts, services.http, count=services.metrics.count_policy)
 
 
 def judge_route(
@@ -180,6 +211,9 @@ def new_job(
     }
     if not route.fixed:
         payload["route"] = route.to_json()
+    policies = policy_names(settings, entry, route, owner)
+    if policies:
+        payload["policies"] = policies  # the worker checks the output against them too
     record = JobRecord(
         id=stream_id,
         status=Status.QUEUED,
@@ -219,6 +253,9 @@ async def enqueue_job(
         raise
     stream_id = record.id
     try:
+        # After admission, so a key's rate limit also bounds what it asks of a moderation
+        # endpoint; a refusal gives the slot back (below).
+        await check_input_policies(services, record, request)
         # The record, the job in the queue and the wake-up for workers: one round trip.
         await services.store.create(
             stream_id,

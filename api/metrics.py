@@ -45,6 +45,17 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.policy_decisions = Counter(
+            "spool_policy_decisions_total",
+            "Content-policy decisions on requests' input, by policy and outcome (`allowed`, "
+            "`blocked`, or `error`: the moderation endpoint failed).",
+            ["policy", "stage", "outcome"],
+            registry=self.registry,
+        )
+
+    def count_policy(self, policy: str, stage: str, outcome: str) -> None:
+        self.policy_decisions.labels(policy, stage, outcome).inc()
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
 

@@ -1,5 +1,6 @@
 """API keys: random secrets shown once, stored only as SHA-256 digests, each with its own
-limits (requests per minute, concurrent generations, token budget, models)."""
+limits (requests per minute, concurrent generations, token budget, models) and content
+policy."""
 
 from __future__ import annotations
 
@@ -33,6 +34,9 @@ class ApiKey:
     # The model names (exact, or fnmatch patterns such as `gpt-4o*`) the key may use, on
     # chat and task models alike; None: any model the deployment offers.
     models: tuple[str, ...] | None = None
+    # The content policy (a name in the settings' `policies`) applied to this key's
+    # requests on top of the model's own; None: only the model's.
+    policy: str | None = None
 
     def may_use(self, model: str) -> bool:
         """Whether this key may use the model of that name (a table entry or a
@@ -55,6 +59,7 @@ class ApiKey:
             created_at=float(h.get(b"created_at", b"0")),
             revoked=h.get(b"revoked") == b"1",
             models=tuple(json.loads(h[b"models"])) if h.get(b"models") else None,
+            policy=h[b"policy"].decode() if h.get(b"policy") else None,
         )
 
 
@@ -74,10 +79,13 @@ class KeyStore:
         concurrency: int | None = None,
         budget_tokens: int | None = None,
         models: tuple[str, ...] | None = None,
+        policy: str | None = None,
     ) -> tuple[str, ApiKey]:
         """A new key. The secret is returned once and never stored."""
         if models is not None and not all(name.strip() for name in models):
             raise ValueError("a key's model names must not be empty")
+        if policy is not None and not policy.strip():
+            raise ValueError("a key's policy name must not be empty")
         secret = SECRET_PREFIX + secrets.token_urlsafe(32)
         key = ApiKey(
             id="key_" + secrets.token_hex(6),
@@ -87,9 +95,10 @@ class KeyStore:
             budget_tokens=budget_tokens,
             created_at=time.time(),
             models=models,
+            policy=policy,
         )
         fields = {"id": key.id, "name": key.name, "created_at": repr(key.created_at)}
-        for field in ("rpm", "concurrency", "budget_tokens"):
+        for field in ("rpm", "concurrency", "budget_tokens", "policy"):
             value = getattr(key, field)
             if value is not None:
                 fields[field] = str(value)

@@ -145,6 +145,7 @@ async def _keys_command(settings: Settings, args: argparse.Namespace) -> int:
                 concurrency=args.concurrency,
                 budget_tokens=args.budget_tokens,
                 models=args.models,
+                policy=args.policy,
             )
             print(f"created {key.id} ({key.name}); the key is shown only once:")
             print(secret)
@@ -157,6 +158,8 @@ async def _keys_command(settings: Settings, args: argparse.Namespace) -> int:
                 ]
                 if key.models is not None:
                     limits.append("models=" + ",".join(key.models))
+                if key.policy is not None:
+                    limits.append(f"policy={key.policy}")
                 state = "revoked" if key.revoked else "active"
                 print(f"{key.id}  {key.name}  {state}  {', '.join(limits) or 'no limits'}")
         elif not await store.revoke(args.key_id):
@@ -278,6 +281,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--models",
         type=_model_list,
         help="comma-separated models the key may use, exact or patterns (gpt-4o*); default: any",
+    )
+    create.add_argument(
+        "--policy",
+        metavar="NAME",
+        help="content policy (a name under `policies` in the settings) for the key's requests",
     )
     keys_sub.add_parser("list", help="list keys (never their secrets)")
     revoke = keys_sub.add_parser("revoke", help="revoke a key by its id")

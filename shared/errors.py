@@ -32,6 +32,12 @@ class InvalidRequest(SpoolError):
     type = "invalid_request_error"
 
 
+class ContentPolicyViolation(InvalidRequest):
+    """The request was blocked by a content policy."""
+
+    code = "content_policy"
+
+
 class RequestTooLarge(InvalidRequest):
     """The request body is too large."""
 
@@ -135,6 +141,18 @@ class StoreUnavailable(SpoolError):
     type = "service_unavailable"
 
 
+class ModerationUnavailable(SpoolError):
+    """The content policy's moderation endpoint failed; try again shortly."""
+
+    status_code = 503
+    code = "moderation_unavailable"
+    type = "service_unavailable"
+
+    def __init__(self, message: str | None = None, *, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class GenerationTimeout(SpoolError):
     """The generation did not finish in time."""
 
@@ -188,6 +206,7 @@ class FenceLost(SpoolError):
 ERROR_STATUSES: dict[str, int] = {
     "internal_error": 500,
     "media_fetch_failed": 400,  # a media URL of the request could not be used
+    "content_policy": 400,
     "upstream_error": 502,
     "upstream_connect_error": 502,
     "upstream_incomplete": 502,
@@ -195,6 +214,7 @@ ERROR_STATUSES: dict[str, int] = {
     "upstream_forbidden": 502,
     "worker_lost": 502,
     "redis_unavailable": 503,
+    "moderation_unavailable": 503,
     "events_lost": 503,
     "worker_shutdown": 503,
     "queue_timeout": 503,

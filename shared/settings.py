@@ -25,6 +25,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared.errors import ConfigError
 from shared.model_table import AutoRouter, ModelEntry, ModelGroup, TableEntry
+from shared.policy import Policy
 from shared.redis_address import ClusterAddress, parse_redis_url
 
 DEFAULT_MODELS: dict[str, ModelEntry] = {"demo": ModelEntry(provider="demo")}
@@ -178,6 +179,11 @@ class Settings(BaseSettings):
     # The model table (see `shared.model_table`): one upstream, a group of deployments or
     # an auto-router per public name; the demo model is added unless demo_enabled is false.
     models: dict[str, TableEntry] = Field(default_factory=dict)
+    # Content policies (see `shared.policy.Policy`), by the name models, groups, routers
+    # and keys name them in `policy`: checked on the input before it is queued and on the
+    # output as it streams. A moderation endpoint is reached through the outbound guard
+    # (`upstream_allowlist`).
+    policies: dict[str, Policy] = Field(default_factory=dict)
     # MCP servers whose tools workers run (see McpServer), by the name models and requests
     # select them by.
     mcp_servers: dict[str, McpServer] = Field(default_factory=dict)
@@ -372,6 +378,16 @@ class Settings(BaseSettings):
                         f"models.{name}.{where} names {target!r}, an auto-router; "
                         "it must name a model or a group"
                     )
+        return self
+
+    @model_validator(mode="after")
+    def _policies_exist(self) -> Settings:
+        for name, entry in self.models.items():
+            if entry.policy is not None and entry.policy not in self.policies:
+                raise ValueError(
+                    f"models.{name}.policy names {entry.policy!r}, which policies does not "
+                    "configure"
+                )
         return self
 
     def upstreams(self) -> list[tuple[str, ModelEntry]]:

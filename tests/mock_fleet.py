@@ -40,6 +40,7 @@ class Script:
     retry_after: str | None = None
     first_token_delay_s: float = 0.0
     fail_times: int | None = None  # fail this many requests, then answer (None: always)
+    text: list[str] | None = None  # what it answers, in these pieces (else `answer(name)`)
 
 
 def answer(name: str) -> list[str]:
@@ -91,14 +92,14 @@ class MockFleet:
             return JSONResponse({"error": error}, status_code=400)
         cut = failing and script.mode == "cut"
         return StreamingResponse(
-            self._stream(name, model, script.first_token_delay_s, cut),
+            self._stream(script.text or answer(name), model, script.first_token_delay_s, cut),
             media_type="text/event-stream",
         )
 
     async def _stream(
-        self, name: str, model: str, delay_s: float, cut: bool
+        self, pieces: list[str], model: str, delay_s: float, cut: bool
     ) -> AsyncIterator[bytes]:
-        frames = text_stream(model, answer(name))
+        frames = text_stream(model, pieces)
         if delay_s:
             await asyncio.sleep(delay_s)
         if cut:

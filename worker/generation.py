@@ -13,10 +13,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import httpx
+
 from shared import events as ev
 from shared.errors import InvalidRequest, UpstreamError
 from shared.fidelity import judge
 from shared.model_table import GroupPlan, ModelEntry, Route
+from shared.policy import OutputGuard, policies_for
 from shared.redact import redact
 from shared.request import GenerationRequest, Message, Thinking, Tool, ToolCall, parse_json_object
 from shared.settings import Settings
@@ -96,6 +99,7 @@ class GenerationRun(JobRun):
         held: int = 0,
         mcp: McpTools | None = None,
         routes: RouteState | None = None,
+        policy_http: httpx.AsyncClient | None = None,
     ) -> None:
         entry = ModelEntry.model_validate(record.request["entry"])
         super().__init__(
@@ -123,6 +127,10 @@ class GenerationRun(JobRun):
         self.tries: list[dict[str, Any]] = []  # the attempts of a routed job, in order
         self.began = 0.0  # when the current try began (monotonic)
         self.first_token_ms: float | None = None
+        # Content policies the output is checked against as it streams (see `_generate`).
+        self.policy_names: list[str] = record.request.get("policies") or []
+        self.policy_http = policy_http
+        self.guard: OutputGuard | None = None
 
     async def _write(self, events: list[ev.Event]) -> None:
         if self.lead and not self.started:
@@ -289,6 +297,29 @@ class GenerationRun(JobRun):
         return server_of
 
     async def _generate(self) -> ev.Finish:
+        """The current deployment's answer, its text checked by the request's content
+        policies as it streams: a block ends it with a `content_filter` finish that says
+        which policy and why (the text before the block stays, and `/result` marks it)."""
+        if not self.policy_names:
+            return await self._answer()
+        policies = policies_for(self.policy_names, self.settings.policies)
+        assert self.policy_http is not None
+        async with OutputGuard(policies, self.policy_http) as guard:
+            self.guard = guard
+            try:
+                finish = await self._answer()
+                if finish.reason == "content_filter":
+                    return finish
+                blocked = await guard.close()  # the last window, and checks still out
+                if blocked is None:
+                    return finish
+                return ev.Finish(
+                    reason="content_filter", usage=finish.usage, filtered=blocked.to_json()
+                )
+            finally:
+                self.guard = None
+
+    async def _answer(self) -> ev.Finish:
         """The current deployment's answer: one model turn, or a tool loop."""
         if not self._selections():
             return (await self._step(self.request, 0, {}, first=True)).finish
@@ -352,6 +383,7 @@ class GenerationRun(JobRun):
         it said, for the model's history; a plain generation keeps nothing twice."""
         stream = self.provider.stream(request, self.entry)
         looping = bool(server_of)
+        guard = self.guard
         step: Step | None = None
         text: list[str] = []
         reasoning: list[str] = []
@@ -361,6 +393,12 @@ class GenerationRun(JobRun):
             async for event in events:
                 if self.cancelled.is_set():
                     raise asyncio.CancelledError  # see `cancel_and_wait`
+                if guard is not None and type(event) is ev.TextDelta:
+                    blocked = guard.feed(event.text)
+                    if blocked is not None:  # not written; the upstream is closed
+                        filtered = ev.Finish(reason="content_filter", filtered=blocked.to_json())
+                        step = Step(filtered, text, reasoning, signature, calls)
+                        break
                 match event:
                     case ev.Finish():
                         step = Step(event, text, reasoning, signature, calls)

@@ -217,6 +217,7 @@ class WorkerRuntime:
             held,
             self.mcp,
             self.routes,
+            self._http,
         )
 
     async def deliver_webhook(self, task_id: str, seq: int, attempt: int) -> str:
