@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-hosts lint bench clean
+.PHONY: install run test test-hosts test-browser lint bench clean
 
 install: $(STAMP)
 
@@ -25,6 +25,11 @@ test: $(STAMP)
 # namespaces): needs root, iproute2 and nginx; fails saying so without them.
 test-hosts: $(STAMP)
 	$(BIN)/pytest tests/hosts
+
+# The playground and spool.js in headless Chromium (Debian's, driven by Playwright; nothing
+# downloads a browser): fails saying so without /usr/bin/chromium.
+test-browser: $(STAMP)
+	$(BIN)/pytest tests/browser
 
 lint: $(STAMP)
 	$(BIN)/ruff check api worker shared tests

@@ -26,6 +26,7 @@ from api.routes import (
     openai_chat,
     openai_completions,
     openai_responses,
+    playground,
     simple,
     streams,
     tasks,
@@ -145,6 +146,7 @@ def create_app(settings: Settings) -> FastAPI:
         usage.router,
         models.router,
         health.router,
+        playground.router,
     ):
         app.include_router(router)
     return app
@@ -152,7 +154,13 @@ def create_app(settings: Settings) -> FastAPI:
 
 # What a browser on an allowed origin may send and read.
 CORS_METHODS = ["GET", "POST", "DELETE", "OPTIONS"]
-CORS_EXPOSED = ["X-Spool-Stream-Id", "X-Spool-Dropped-Params", "Retry-After", "WWW-Authenticate"]
+CORS_EXPOSED = [
+    "X-Spool-Stream-Id",
+    "X-Spool-Dropped-Params",
+    "X-Spool-Deployment",
+    "Retry-After",
+    "WWW-Authenticate",
+]
 
 
 def served(app: FastAPI, settings: Settings) -> ASGIApp:
