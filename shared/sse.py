@@ -37,6 +37,13 @@ def format_event(data: str | bytes, *, id: str | None = None, event: str | None 
     return b"".join(parts)
 
 
+# How long a browser's EventSource waits before it reconnects after a drop (its default is
+# about 3 s). Sent as a `retry:` field with a stream's first event, in that event's block:
+# a block of its own, with no data, would reach SDKs as an event with empty data.
+RETRY_MS = 1000
+RETRY_FIELD = b"retry: %d\n" % RETRY_MS
+
+
 def format_comment(text: str = "") -> bytes:
     """Comment lines: ignored by clients, they keep proxies from timing an idle stream out.
     No blank line follows them: a blank line ends an event, and a client that remembers

@@ -85,3 +85,27 @@ def test_a_resume_with_nothing_left_is_204(cluster: Cluster) -> None:
         rest = client.get(url, headers={"Last-Event-ID": events[-2].id})
         assert rest.status_code == 200
         assert [e.data for e in SSEDecoder().feed(rest.content)] == ["[DONE]"]
+
+
+def test_streams_tell_a_browser_to_reconnect_promptly(cluster: Cluster) -> None:
+    with httpx.Client(timeout=30) as client:
+        created = client.post(f"{cluster.url}/v1/chat/completions", json=chat())
+        # Keep-alives (comment lines) may come first on a busy machine.
+        first = created.content.replace(b": ping\n", b"").split(b"\n\n")[0]
+        # In the first event's own block (a block with no data would be an empty event).
+        assert first.startswith(b"retry: 1000\n") and b"\ndata: " in first
+        assert created.content.count(b"retry:") == 1
+        events = list(SSEDecoder().feed(created.content))
+        stream_id = created.headers["x-spool-stream-id"]
+        resumed = client.get(
+            f"{cluster.other_url}/v1/streams/{stream_id}",
+            headers={"Last-Event-ID": events[2].id or ""},
+        )
+        assert resumed.content.replace(b": ping\n", b"").startswith(b"retry: 1000\n")
+        # Gemini's stream speaks no SSE field but data (google-genai reads any other line
+        # as JSON): no retry there.
+        gemini = client.post(
+            f"{cluster.url}/v1beta/models/demo-fast:streamGenerateContent?alt=sse",
+            json={"contents": [{"role": "user", "parts": [{"text": "hi"}]}]},
+        )
+        assert gemini.status_code == 200 and b"retry:" not in gemini.content
