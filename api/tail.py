@@ -97,6 +97,9 @@ def frame_ids(entry_id: str, frames: list[Frame]) -> list[str]:
 def encode_frames(
     entry_id: str, frames: list[Frame], skip_through: int = -1, *, with_ids: bool = True
 ) -> bytes:
+    if len(frames) == 1 and skip_through < 0:  # nearly every event: one frame, its own id
+        f = frames[0]
+        return format_event(f.data, id=(f.id or entry_id) if with_ids else None, event=f.event)
     ids = frame_ids(entry_id, frames)
     return b"".join(
         format_event(f.data, id=(f.id or i) if with_ids else None, event=f.event)

@@ -15,7 +15,7 @@ _NEWLINES = ("\r\n", "\r", "\n")
 
 
 def _single_line(value: str, what: str) -> str:
-    if any(c in value for c in ("\r", "\n", "\0")):
+    if "\n" in value or "\r" in value or "\0" in value:
         raise ValueError(f"SSE {what} must not contain CR, LF or NUL: {value!r}")
     return value
 
@@ -23,18 +23,16 @@ def _single_line(value: str, what: str) -> str:
 def format_event(data: str | bytes, *, id: str | None = None, event: str | None = None) -> bytes:
     """One SSE event. Multi-line data becomes several `data:` lines, as the spec wants."""
     raw = data.encode("utf-8") if isinstance(data, str) else data
-    parts: list[bytes] = []
-    if event is not None:
-        parts += (b"event: ", _single_line(event, "event name").encode("utf-8"), b"\n")
     if b"\n" in raw or b"\r" in raw:
-        for line in raw.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n"):
-            parts += (b"data: ", line, b"\n")
+        lines = raw.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
+        body = b"".join([b"data: " + line + b"\n" for line in lines])
     else:  # the usual case (JSON): one line, written as it is
-        parts += (b"data: ", raw, b"\n")
-    if id is not None:
-        parts += (b"id: ", _single_line(id, "id").encode("utf-8"), b"\n")
-    parts.append(b"\n")
-    return b"".join(parts)
+        body = b"data: " + raw + b"\n"
+    if event is not None:
+        body = b"event: " + _single_line(event, "event name").encode("utf-8") + b"\n" + body
+    if id is None:
+        return body + b"\n"
+    return body + b"id: " + _single_line(id, "id").encode("utf-8") + b"\n\n"
 
 
 # How long a browser's EventSource waits before it reconnects after a drop (its default is
