@@ -215,6 +215,7 @@ ERROR_STATUSES: dict[str, int] = {
     "worker_lost": 502,
     "redis_unavailable": 503,
     "moderation_unavailable": 503,
+    "no_deployment_available": 503,  # every deployment of a model group is cooling down
     "events_lost": 503,
     "worker_shutdown": 503,
     "queue_timeout": 503,

@@ -31,6 +31,8 @@ SETTINGS = {
     "auth_enabled": False,
     "upstream_allowlist": "127.0.0.1",
     "upstream_backoff_s": 0.05,
+    # A Retry-After past this fails the round at once instead of being waited out.
+    "upstream_retry_after_max_s": 5,
 }
 
 
@@ -54,6 +56,8 @@ def models(fleet: MockFleet) -> dict[str, Any]:
         "stalled": group(d("s-late", weight=FIRST, idle_timeout_s=0.4), d("s-up")),
         "limited": group(d("t-429", weight=FIRST), d("t-up")),
         "cooling": group(d("k-down", weight=FIRST), d("k-up"), allowed_fails=2, cooldown_s=60),
+        "frozen": group(d("z1"), d("z2"), fallbacks=["chain-c"]),
+        "cold": group(d("y1"), d("y2")),
         "long-prompt": group(
             d("c-small", weight=FIRST), d("c-small-2"), context_window_fallbacks=["long-context"]
         ),
@@ -288,6 +292,25 @@ def test_cooldowns_are_shared_by_the_workers(routing: Fleet, tmp_path: Path) -> 
     assert routing.fleet.hits["k-down"] == 2
     attempts = result(routing.url, replies[-1].headers["x-spool-stream-id"])["routing"]["attempts"]
     assert [a["deployment"] for a in attempts] == ["k-up"]
+
+
+def test_a_group_whose_every_deployment_cools_down_is_skipped(routing: Fleet) -> None:
+    for name in ("z1", "z2", "y1", "y2"):
+        routing.fleet.script(name, "429", retry_after="20")
+    first = ask(routing.url, chat("frozen"))
+    assert served_text(first) == "".join(answer("c-up"))
+    later = ask(routing.url, chat("frozen"))
+    assert served_text(later) == "".join(answer("c-up"))
+    attempts = result(routing.url, later.headers["x-spool-stream-id"])["routing"]["attempts"]
+    assert [a["deployment"] for a in attempts] == ["c-up"]
+    assert routing.fleet.hits["z1"] == routing.fleet.hits["z2"] == 1
+    # With nowhere else to go: a 503 that says why, and no upstream asked.
+    refused = ask(routing.url, chat("cold"))
+    assert refused.status_code == 502  # the first time, the upstreams' own 429s
+    again = ask(routing.url, chat("cold"))
+    assert again.status_code == 503, again.text
+    assert again.json()["error"]["code"] == "no_deployment_available"
+    assert routing.fleet.hits["y1"] == routing.fleet.hits["y2"] == 1
 
 
 def test_a_context_window_error_goes_to_the_context_window_fallback(routing: Fleet) -> None:
