@@ -190,11 +190,21 @@ class OpenAIChatFormat:
 
 
 class _ChatRenderer:
-    __slots__ = ("fmt", "render")
+    """One stream's renderer. A text delta (nearly every event) is the stream's chunk with
+    its content spliced in: the same bytes as `fmt.frames` writes, without building and
+    serialising the whole chunk each time."""
+
+    __slots__ = ("fmt", "render", "text_prefix", "text_suffix")
 
     def __init__(self, fmt: OpenAIChatFormat, render: dict[str, Any]) -> None:
         self.fmt = fmt
         self.render = render
+        empty = fmt._delta(render, {"content": ""}).data
+        marker = b'"delta":{"content":""}'
+        at = empty.index(marker) + len(marker) - 3  # at the empty string's opening quote
+        self.text_prefix, self.text_suffix = empty[:at], empty[at + 2 :]
 
     def frames(self, entry_id: str, event: ev.Event) -> list[Frame]:
+        if type(event) is ev.TextDelta and not event.logprobs:
+            return [Frame(self.text_prefix + orjson.dumps(event.text) + self.text_suffix)]
         return self.fmt.frames(event, self.render)
