@@ -6,6 +6,8 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from api.formats import Frame, registry
 from api.formats.openai_chat import OpenAIChatFormat, usage_object
@@ -416,3 +418,18 @@ def test_error_body() -> None:
             "code": "redis_unavailable",
         }
     }
+
+
+@given(
+    text=st.text(),
+    model=st.text(),
+    include_usage=st.booleans(),
+)
+def test_a_streams_text_chunks_are_the_general_paths_bytes(
+    text: str, model: str, include_usage: bool
+) -> None:
+    fmt = OpenAIChatFormat()
+    render = {"id": "chatcmpl-x", "created": 7, "model": model, "include_usage": include_usage}
+    event = ev.TextDelta(text=text)
+    fast = fmt.renderer(render).frames("1-0", event)
+    assert [f.data for f in fast] == [f.data for f in fmt.frames(event, render)]
