@@ -114,7 +114,8 @@ def create_app(settings: Settings) -> FastAPI:
             # Only the abandoned-stream policy reads these marks.
             background.append(supervise("reader-marks", hub.mark_readers_forever))
         # API replicas reap too, so streams end even when every worker is gone.
-        background.append(supervise("reaper", Reaper(store, queue, settings).run_forever))
+        reaper = Reaper(store, queue, settings, count=app.state.metrics.count_reaped)
+        background.append(supervise("reaper", reaper.run_forever))
         try:
             yield
         finally:

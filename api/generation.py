@@ -17,6 +17,7 @@ from api.responses import DEPLOYMENT_HEADER, DROPPED_PARAMS_HEADER, STREAM_ID_HE
 from api.routing import plan_route
 from api.tail import Tail, wait_for_transcript
 from shared import events as ev
+from shared import logs, tracing
 from shared.auth import ApiKey
 from shared.errors import (
     BudgetExhausted,
@@ -321,26 +322,39 @@ async def serve_generation(
 ) -> Response:
     """What every generation route does once it has a canonical request: create the job
     with the surface's render options (`render(stream_id)`), enqueue it, and answer: with
-    its stream, with its result, or (`detach`, not streaming) with the job as queued."""
+    its stream, with its result, or (`detach`, not streaming) with the job as queued.
+    Lines logged meanwhile name the job; with tracing on, its creation is the span
+    `generation.create`, whose context the job carries to the worker."""
     stream_id = new_stream_id()
     fmt = services.formats[surface]
-    record, dropped = new_job(services, fmt, request, render(stream_id), stream_id, caller)
-    if detach:
-        record.request["detached"] = True  # no reader needed: see JobRun.detached
-    if request.has_media_urls:
-        await check_media_urls(services.settings, request)
-    tail = None
-    if stream:
-        # Listen before the job exists, so its first event reaches this tail at once.
-        tail = Tail(services, record, fmt, cancel_on_disconnect=cancel_on_disconnect)
-        tail.routed = "route" in record.request
-        tail.open(tail.beginning())
-    try:
-        await enqueue_job(services, record, caller, request)
-    except BaseException:
-        if tail is not None:
-            tail.close()
-        raise
+    attributes = {"spool.stream_id": stream_id, "spool.surface": surface}
+    with (
+        logs.job_context(stream_id=stream_id, key_id=caller.id, model=request.model),
+        tracing.span("generation.create", kind="producer", attributes=attributes) as span,
+    ):
+        record, dropped = new_job(services, fmt, request, render(stream_id), stream_id, caller)
+        entry = record.request["entry"]
+        deployment = entry.get("name") or entry.get("model") or entry["provider"]
+        logs.update(provider=entry["provider"], deployment=deployment)
+        if span is not None:
+            span.set_attribute("spool.model", record.model)
+            record.request["trace"] = tracing.traceparent()  # the worker's span is its child
+        if detach:
+            record.request["detached"] = True  # no reader needed: see JobRun.detached
+        if request.has_media_urls:
+            await check_media_urls(services.settings, request)
+        tail = None
+        if stream:
+            # Listen before the job exists, so its first event reaches this tail at once.
+            tail = Tail(services, record, fmt, cancel_on_disconnect=cancel_on_disconnect)
+            tail.routed = "route" in record.request
+            tail.open(tail.beginning())
+        try:
+            await enqueue_job(services, record, caller, request)
+        except BaseException:
+            if tail is not None:
+                tail.close()
+            raise
     if detach and tail is None:
         response: Response = JSONBody(
             fmt.response(record, Transcript()), headers={STREAM_ID_HEADER: record.id}

@@ -1,15 +1,20 @@
 """Prometheus metrics of one API process: requests by route and status, open stream
-tails, generations started, and admissions refused. Each replica exposes its own on
-`GET /metrics`; labels are route templates and fixed names, never ids, models or keys."""
+tails, generations started, admissions refused, content-policy decisions, the queue's
+depth (read from Redis when scraped), reaper actions and Redis errors. Each replica
+exposes its own on `GET /metrics`; labels are route templates and fixed names, never ids,
+models or keys. (Workers serve theirs with `spool worker --metrics-port`.)"""
 
 from __future__ import annotations
 
 import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.responses import DEFERRED
+from shared import keys
 
 
 class Metrics:
@@ -53,8 +58,38 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.queue_depth = Gauge(
+            "spool_queue_depth",
+            "Jobs waiting for a worker (all replicas see the same queue), read at scrape time.",
+            registry=self.registry,
+        )
+        self.reaper_actions = Counter(
+            "spool_reaper_actions_total",
+            "Jobs this process's reaper settled: `requeued` (worker lost before any output), "
+            "`lost` (after output), `expired` (queued too long), `cancelled`.",
+            ["action"],
+            registry=self.registry,
+        )
+        self.redis_errors = Counter(
+            "spool_redis_errors_total",
+            "Redis commands that failed, by what issued them.",
+            ["where"],
+            registry=self.registry,
+        )
+
     def count_policy(self, policy: str, stage: str, outcome: str) -> None:
         self.policy_decisions.labels(policy, stage, outcome).inc()
+
+    def count_reaped(self, action: str) -> None:
+        self.reaper_actions.labels(action).inc()
+
+    async def refresh(self, control: Redis) -> None:
+        """Read what lives in Redis rather than in this process: the queue's depth. A
+        Redis that cannot answer leaves the last value and counts an error."""
+        try:
+            self.queue_depth.set(await control.zcard(keys.QUEUED_KEY))
+        except RedisError:
+            self.redis_errors.labels("metrics").inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -1,4 +1,6 @@
-"""The `spool` command: `spool dev` (everything in one command), `spool api`, `spool worker`."""
+"""The `spool` command: `spool dev` (everything in one command), `spool api`, `spool worker`,
+`spool keys`. Ctrl-C and SIGTERM stop each of them quietly: a server stops gracefully and
+exits 0; anything else stops where it is and exits 130."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import base64
 import logging
 import os
 import secrets
+import signal
 import socket
 import subprocess
 import sys
@@ -14,30 +17,59 @@ import time
 from collections.abc import Sequence
 from types import FrameType
 
+from shared import tracing
 from shared.embedded_redis import EmbeddedRedis
-from shared.errors import SpoolError
+from shared.errors import ConfigError, SpoolError
+from shared.logs import setup_logging
 from shared.process_group import StopSignal, stop_children
 from shared.redact import RedactQueryFilter
 from shared.settings import Settings, load_settings
 
 log = logging.getLogger("spool")
 
+SERVERS = ("dev", "api", "worker")
+INTERRUPTED_EXIT = 130  # 128 + SIGINT: a command that was cut short
+INTERRUPT_GRACE_S = 2.0  # how long a cut-short command may take to unwind
 
-def _setup_logging(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM arrived where no server handles it (starting up, stopping, or a
+    command that is no server): the command stops where it is, without a traceback."""
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise Interrupted(signum)
+
+
+def _leave_sigint_to_the_parent() -> None:
+    """In a child of `spool dev`, before it runs: a terminal's Ctrl-C reaches the whole
+    process group, and `spool dev` stops its children itself (SIGTERM, in order), so
+    they ignore SIGINT, even while the interpreter starts."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _child_env(settings: Settings) -> dict[str, str]:
+    """The environment of the processes a command starts: its own, with the settings
+    file and the log format it chose, so they log alike."""
+    env = dict(os.environ)
+    if settings.config is not None:
+        env["SPOOL_CONFIG"] = str(settings.config.resolve())
+    if settings.log_format is not None:
+        env["SPOOL_LOG_FORMAT"] = settings.log_format
+    return env
 
 
 def _group(settings: Settings, role: str, processes: int) -> int:
     """`spool <role> --processes N`: N single-process copies under one supervisor."""
     from shared.process_group import run_group
 
-    env = dict(os.environ)
-    if settings.config is not None:
-        env["SPOOL_CONFIG"] = str(settings.config.resolve())
+    env = _child_env(settings)
     argv = [sys.executable, "-m", "shared.cli", role, "--processes", "1"]
+    if role == "worker" and settings.worker_metrics_port is not None:
+        # Copy i serves its metrics on port + i (see WorkerMetrics.serve).
+        if settings.worker_metrics_port + processes - 1 > 65535:
+            raise ConfigError(f"--metrics-port leaves no room for {processes} processes")
+        env["SPOOL_WORKER_METRICS_PORT"] = str(settings.worker_metrics_port)
     if role == "api":
         # Every API process listens on the same port; the kernel spreads connections.
         argv += ["--host", settings.host, "--port", str(settings.port)]
@@ -100,13 +132,21 @@ def cmd_api(settings: Settings, processes: int | None = None) -> int:
         loop="uvloop",
         http=GuardedHttpProtocol.configured(settings),
         timeout_keep_alive=settings.http_idle_timeout_s,  # type: ignore[arg-type]
+        # uvicorn's loggers propagate to the one handler `setup_logging` installed, so
+        # its lines (the access log too) come out in the process's format.
+        log_config=None,
         log_level=settings.log_level.lower(),
         timeout_graceful_shutdown=5,
         backlog=LISTEN_BACKLOG,
     )
+    # The access log never shows a query string (it may hold a key or a follow token).
     logging.getLogger("uvicorn.access").addFilter(RedactQueryFilter())
     sockets = [_listening_socket(settings)] if os.environ.get(REUSE_PORT_ENV) else None
-    DrainingServer(config).run(sockets=sockets)
+    tracing.start(settings, "api")
+    try:
+        DrainingServer(config).run(sockets=sockets)
+    finally:
+        tracing.stop()
     return 0
 
 
@@ -117,7 +157,11 @@ def cmd_worker(settings: Settings, processes: int | None = None) -> int:
     if processes > 1:
         return _group(settings, "worker", processes)
 
-    run_worker(settings)
+    tracing.start(settings, "worker")
+    try:
+        run_worker(settings)
+    finally:
+        tracing.stop()
     return 0
 
 
@@ -175,7 +219,27 @@ async def _keys_command(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_keys(settings: Settings, args: argparse.Namespace) -> int:
     import asyncio
 
-    return asyncio.run(_keys_command(settings, args))
+    async def interruptible() -> int:
+        # Ctrl-C or SIGTERM cancels the command where it waits (connecting to Redis, say),
+        # rather than breaking into whatever runs at that instant.
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+
+        def stop_now() -> None:
+            task.cancel()
+            # A cancel that some library swallows (a connection half made, say) must not
+            # leave the command waiting: it ends anyway a moment later.
+            loop.call_later(INTERRUPT_GRACE_S, _exit_interrupted)
+
+        for stop in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(stop, stop_now)
+        try:
+            return await _keys_command(settings, args)
+        except asyncio.CancelledError:
+            return INTERRUPTED_EXIT
+
+    return asyncio.run(interruptible())
 
 
 async def _dev_key(settings: Settings, redis_url: str) -> str:
@@ -217,31 +281,41 @@ def cmd_dev(settings: Settings) -> int:
     """Embedded Redis (unless REDIS_URL is set), one API process and one worker process.
     Ctrl-C or SIGTERM stops all of them, in order."""
     redis: EmbeddedRedis | None = None
-    env = dict(os.environ)
-    if settings.config is not None:
-        env["SPOOL_CONFIG"] = str(settings.config.resolve())
-    if not settings.redis_url:
-        redis = EmbeddedRedis(settings.data_dir / "redis")
-        env["REDIS_URL"] = redis.start()
-        (redis.data_dir / "url").write_text(redis.url + "\n")
-        log.info("embedded redis-server at %s (data in %s)", redis.url, redis.data_dir)
-    else:
-        env["REDIS_URL"] = settings.redis_url
-    webhook_secret = None
-    if settings.webhook_secret is None:
-        webhook_secret = env["SPOOL_WEBHOOK_SECRET"] = _dev_webhook_secret(settings)
-    dev_key = None
-    if settings.auth_enabled:
-        import asyncio
-
-        dev_key = asyncio.run(_dev_key(settings, env["REDIS_URL"]))
-    base = [sys.executable, "-m", "shared.cli"]
+    env = _child_env(settings)
     children: list[subprocess.Popen[bytes]] = []
-    stop = StopSignal()
     try:
-        children.append(subprocess.Popen([*base, "worker", "--processes", "1"], env=env))
-        api = [*base, "api", "--processes", "1", "--host", settings.host]
-        children.append(subprocess.Popen([*api, "--port", str(settings.port)], env=env))
+        if not settings.redis_url:
+            redis = EmbeddedRedis(settings.data_dir / "redis")
+            env["REDIS_URL"] = redis.start()
+            (redis.data_dir / "url").write_text(redis.url + "\n")
+            log.info("embedded redis-server at %s (data in %s)", redis.url, redis.data_dir)
+        else:
+            env["REDIS_URL"] = settings.redis_url
+        webhook_secret = None
+        if settings.webhook_secret is None:
+            webhook_secret = env["SPOOL_WEBHOOK_SECRET"] = _dev_webhook_secret(settings)
+        dev_key = None
+        if settings.auth_enabled:
+            import asyncio
+
+            dev_key = asyncio.run(_dev_key(settings, env["REDIS_URL"]))
+        base = [sys.executable, "-m", "shared.cli"]
+        # From here a stop signal is noted and the loop below ends; before, it interrupts.
+        stop = StopSignal()
+        for argv in (
+            [*base, "worker", "--processes", "1"],
+            [
+                *base,
+                "api",
+                "--processes",
+                "1",
+                "--host",
+                settings.host,
+                "--port",
+                str(settings.port),
+            ],
+        ):
+            children.append(subprocess.Popen(argv, env=env, preexec_fn=_leave_sigint_to_the_parent))
         print(
             f"Spool is serving on http://{settings.host}:{settings.port}  (Ctrl-C stops it)",
             flush=True,
@@ -307,21 +381,63 @@ def build_parser() -> argparse.ArgumentParser:
                 metavar="N",
                 help=f"run N {name} processes (SPOOL_{name.upper()}_PROCESSES; default 1)",
             )
+        if name == "worker":
+            cmd.add_argument(
+                "--metrics-port",
+                type=int,
+                metavar="PORT",
+                help="serve Prometheus metrics on this port; with --processes N, process i "
+                "on PORT+i (SPOOL_WORKER_METRICS_PORT)",
+            )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    # Until a server takes them over (and after it gives them back), SIGINT and SIGTERM
+    # stop the command quietly; one that is ignored (a child of `spool dev`, a job a
+    # script put in the background) stays ignored.
+    for stop in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(stop) is not signal.SIG_IGN:
+            signal.signal(stop, _interrupt)
+    command = None
+    try:
+        args = build_parser().parse_args(argv)
+        command = args.command
+        return _run(args)
+    except Interrupted:
+        # A server told to stop has stopped as it should; anything else was cut short.
+        if command in SERVERS:
+            return 0
+        # Cut short anywhere, even halfway through making an object: its finalizer may
+        # then fail on what it lacks, which is no news to the one who pressed Ctrl-C.
+        sys.unraisablehook = _ignore_unraisable
+        return INTERRUPTED_EXIT
+
+
+def _ignore_unraisable(unraisable: sys.UnraisableHookArgs) -> None:
+    return None
+
+
+def _exit_interrupted() -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(INTERRUPTED_EXIT)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         settings = load_settings(
             config=args.config,
             host=getattr(args, "host", None),
             port=getattr(args, "port", None),
+            worker_metrics_port=getattr(args, "metrics_port", None),
         )
     except SpoolError as exc:
         print(f"spool: {exc.message}", file=sys.stderr)
         return 2
-    _setup_logging(settings)
+    # The processes a command starts log as it does (see `_child_env`).
+    chosen = setup_logging(settings, args.command)
+    settings = settings.model_copy(update={"log_format": chosen})
     try:
         if args.command == "keys":
             return cmd_keys(settings, args)

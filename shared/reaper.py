@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import Callable
 
 from redis.exceptions import RedisError
 
@@ -37,9 +38,19 @@ WORKER_LOST = ev.Error(
 
 
 class Reaper:
-    def __init__(self, store: StreamStore, queue: JobQueue, settings: Settings) -> None:
+    """`count(action)` is told of each job settled: `requeued`, `lost`, `expired` or
+    `cancelled` (for the process's metrics)."""
+
+    def __init__(
+        self,
+        store: StreamStore,
+        queue: JobQueue,
+        settings: Settings,
+        count: Callable[[str], None] | None = None,
+    ) -> None:
         self.store = store
         self.queue = queue
+        self.count = count
         self.interval_s = max(0.2, settings.lease_s / 3)
         self.reconnect_hold_s = 2 * settings.lease_s
         # Workers renew every third of a lease, so a live lease has at least about two
@@ -105,6 +116,7 @@ class Reaper:
         if reaped.outcome == "requeued":
             log.warning("stream %s: worker lost before any output; re-queued", stream_id)
             await self.queue.enqueue(GENERATE, f"{stream_id}:requeue:{reaped.requeues}", stream_id)
+            self._counted(reaped.outcome)
             return 1
         terminal: ev.Error | ev.Finish
         status = Status.FAILED
@@ -136,4 +148,9 @@ class Reaper:
             )
         except FenceLost:
             return 0
+        self._counted(reaped.outcome)
         return 1
+
+    def _counted(self, action: str) -> None:
+        if self.count is not None:
+            self.count(action)

@@ -175,6 +175,19 @@ class Settings(BaseSettings):
     config: Path | None = None
     data_dir: Path = Path(".spool")
     log_level: str = "info"
+    # How log lines are written: `json` (one object a line; a line about a job carries its
+    # stream, task and key ids, model, provider and deployment as fields) or `text`.
+    # Unset: json under `spool api` and `spool worker` when stderr is not a terminal (a
+    # container, a service manager), text otherwise.
+    log_format: Literal["json", "text"] | None = None
+    # `spool worker --metrics-port`: the port a worker serves Prometheus metrics on, at
+    # `host`; process i of `--processes N` takes port + i. None: no metrics server.
+    worker_metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    # OpenTelemetry: spans for each job (the API's enqueue, the worker's run, each upstream
+    # attempt) are exported over OTLP/HTTP to this collector (`http://collector:4318`, or
+    # its full `/v1/traces` URL). None: no tracing, and nothing of OpenTelemetry is loaded.
+    otlp_endpoint: str | None = None
+    otel_service_name: str | None = None  # default: spool-api / spool-worker
 
     # The model table (see `shared.model_table`): one upstream, a group of deployments or
     # an auto-router per public name; the demo model is added unless demo_enabled is false.
@@ -279,7 +292,7 @@ class Settings(BaseSettings):
     webhook_backoff_max_s: float = Field(default=3600.0, ge=0)
     webhook_timeout_s: float = Field(default=10.0, gt=0)
 
-    @field_validator("redis_url", "queue_url", mode="before")
+    @field_validator("redis_url", "queue_url", "otlp_endpoint", "log_format", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
@@ -308,6 +321,13 @@ class Settings(BaseSettings):
                 "to a plain or Sentinel Redis for the queue, the job indexes, keys and limits"
             )
         return self
+
+    @field_validator("otlp_endpoint", mode="after")
+    @classmethod
+    def _otlp_endpoint_form(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("otlp_endpoint must be an http:// or https:// URL (OTLP over HTTP)")
+        return value
 
     @property
     def cluster(self) -> bool:

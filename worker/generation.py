@@ -9,13 +9,14 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from shared import events as ev
+from shared import logs, tracing
 from shared.errors import InvalidRequest, UpstreamError
 from shared.fidelity import judge
 from shared.model_table import GroupPlan, ModelEntry, Route
@@ -23,11 +24,11 @@ from shared.policy import OutputGuard, policies_for
 from shared.redact import redact
 from shared.request import GenerationRequest, Message, Thinking, Tool, ToolCall, parse_json_object
 from shared.settings import Settings
-from shared.store import JobRecord, StreamStore
+from shared.store import JobRecord, Status, StreamStore
 from shared.transcript import ToolCall as Call
 from shared.transcript import merge_tool_call
 from worker.appender import Appender
-from worker.job_run import JobRun
+from worker.job_run import JobRun, Terminal
 from worker.providers import Provider
 from worker.routing import RouteState, classify
 
@@ -155,6 +156,50 @@ class GenerationRun(JobRun):
             }
         )
 
+    def _first_event(self) -> None:
+        first_token_s = time.monotonic() - self.began
+        model = self.metrics.model(self.group.name)
+        self.metrics.first_token.labels(model, self.provider_name).observe(first_token_s)
+
+    async def finish(self, status: Status, terminal: Terminal) -> Status:
+        ended = await super().finish(status, terminal)
+        usage = self.transcript.usage  # the finish's, counted once per job
+        if usage is not None:
+            model = self.metrics.model(self.group.name)
+            self.metrics.tokens.labels(model, "input").inc(usage.input_tokens)
+            self.metrics.tokens.labels(model, "output").inc(usage.output_tokens)
+        return ended
+
+    @contextlib.contextmanager
+    def _trying(self) -> Iterator[None]:
+        """One upstream attempt on the current deployment: timed to its first token,
+        counted by outcome, and (with tracing on) a span of its own."""
+        self.began = time.monotonic()
+        model, deployment = self.group.name, self.entry.deployment
+        outcome = "error"
+        attributes = {
+            "spool.stream_id": self.stream_id,
+            "spool.model": model,
+            "spool.provider": self.provider_name,
+            "spool.deployment": deployment,
+        }
+        with tracing.span("upstream.attempt", kind="client", attributes=attributes) as span:
+            try:
+                yield
+                outcome = "ok"
+            except UpstreamError as exc:
+                outcome = exc.code
+                self._note_error(exc)
+                raise
+            except asyncio.CancelledError:
+                outcome = "cancelled"
+                raise
+            finally:
+                labels = (self.metrics.model(model), self.metrics.deployment(deployment), outcome)
+                self.metrics.attempts.labels(*labels).inc()
+                if span is not None:
+                    span.set_attribute("spool.outcome", outcome)
+
     def _upstream_error(self, exc: UpstreamError) -> ev.Error:
         error = super()._upstream_error(exc)
         if self.route.fixed or not self.tries or self.started:
@@ -182,6 +227,7 @@ class GenerationRun(JobRun):
         self.group, self.entry = group, deployment
         self.provider = self.providers[deployment.provider]
         self.provider_name, self.secret = deployment.provider, deployment.api_key()
+        logs.update(deployment=deployment.deployment, provider=deployment.provider)
         try:
             return judge(self.base_request, deployment)[0]
         except InvalidRequest as refused:
@@ -191,7 +237,8 @@ class GenerationRun(JobRun):
     async def _attempt(self) -> ev.Finish:
         if self.route.fixed:
             self.request = self.base_request
-            return await self._generate()
+            with self._trying():
+                return await self._generate()
         return await self._routed()
 
     async def _routed(self) -> ev.Finish:
@@ -214,10 +261,10 @@ class GenerationRun(JobRun):
                 if request is None:
                     continue
                 self.request = request
-                self.began = time.monotonic()
                 await routes.started(group, deployment, self.stream_id)
                 try:
-                    finish = await self._generate()
+                    with self._trying():
+                        finish = await self._generate()
                 except UpstreamError as exc:
                     if self.started:
                         raise
@@ -228,6 +275,12 @@ class GenerationRun(JobRun):
                         )
                     )
                     kind = classify(exc)
+                    reason = self._redacted(exc.message)
+                    log.info(
+                        "stream %s: deployment %s failed before the first token (%s: %s); "
+                        "a %s failure", self.stream_id, deployment.deployment, exc.code, reason,
+                        kind, extra={"code": exc.code, "reason": reason},
+                    )  # fmt: skip
                     if kind == "request":
                         raise
                     if kind == "deployment":
@@ -304,7 +357,8 @@ class GenerationRun(JobRun):
             return await self._answer()
         policies = policies_for(self.policy_names, self.settings.policies)
         assert self.policy_http is not None
-        async with OutputGuard(policies, self.policy_http) as guard:
+        count = self.metrics.count_policy
+        async with OutputGuard(policies, self.policy_http, count=count) as guard:
             self.guard = guard
             try:
                 finish = await self._answer()

@@ -19,6 +19,7 @@ from shared.store import JobRecord, Status, StreamStore
 from shared.supervise import cancel_and_wait
 from shared.transcript import Transcript
 from worker.appender import Appender
+from worker.metrics import WorkerMetrics, unused
 
 log = logging.getLogger(__name__)
 Terminal = ev.Finish | ev.Error | ev.TaskResult
@@ -37,7 +38,9 @@ class JobRun:
     """One attempt at one job. Subclasses implement `_attempt` (one try at the upstream,
     returning the terminal event of a success). `secret` (the upstream's key) is redacted
     from every upstream error message. Events go to the stream through the process's
-    `Appender`, without waiting for each write; the terminal event waits for them all."""
+    `Appender`, without waiting for each write; the terminal event waits for them all.
+    `metrics` is the worker's (the runtime sets it); failures are logged with their code
+    and reason, as fields (`code`, `reason`) of the job's log lines."""
 
     noun = "job"  # what error messages call it
     timeout_code = "generation_timeout"
@@ -66,6 +69,9 @@ class JobRun:
         self.transcript = Transcript()
         self.attempting = False  # an upstream attempt is under way (not backing off)
         self.writer = appender.writer(record.id, attempt, held)
+        self.metrics: WorkerMetrics = unused()
+        self.terminal: Terminal | None = None  # how the job ended, once it has
+        self._noted: UpstreamError | None = None  # the upstream error last counted
 
     @property
     def stream_id(self) -> str:
@@ -89,6 +95,8 @@ class JobRun:
         if not self.started:
             # A prompt size the provider told before the first token rides on Start.
             told = next((e.input_tokens for e in events if isinstance(e, ev.Usage)), None)
+            if events:
+                self._first_event()
             start = self._start_event(told)
             self.transcript.apply(start)
             events = [start, *events]
@@ -99,9 +107,20 @@ class JobRun:
             model=self.record.model, provider=self.provider_name, input_tokens=input_tokens
         )
 
+    def _first_event(self) -> None:
+        """The job's first event is being written (once per job)."""
+
     def _upstream_error(self, exc: UpstreamError) -> ev.Error:
         """The error event a failed upstream ends the stream with."""
         return upstream_error_event(exc)
+
+    def _note_error(self, exc: UpstreamError) -> None:
+        """Count a failed upstream attempt, once however many layers see it go by."""
+        if exc is self._noted:
+            return
+        self._noted = exc
+        status = str(exc.upstream_status) if exc.upstream_status is not None else "none"
+        self.metrics.upstream_errors.labels(self.provider_name, exc.code, status).inc()
 
     async def _attempt(self) -> Terminal:
         raise NotImplementedError
@@ -116,6 +135,7 @@ class JobRun:
                 return await self._attempt()
             except UpstreamError as exc:
                 self.attempting = False
+                self._note_error(exc)
                 failures += 1
                 if self.started or not exc.retryable:
                     raise
@@ -125,8 +145,9 @@ class JobRun:
                 if delay is None:
                     raise
                 log.info(
-                    "job %s: upstream failed before the first event (%s); retry %d in %.2fs",
-                    self.stream_id, exc.message, failures, delay,
+                    "job %s: upstream failed before the first event (%s: %s); retry %d in %.2fs",
+                    self.stream_id, exc.code, self._redacted(exc.message), failures, delay,
+                    extra={"code": exc.code, "reason": self._redacted(exc.message)},
                 )  # fmt: skip
                 await asyncio.sleep(delay)
 
@@ -156,7 +177,10 @@ class JobRun:
         try:
             terminal = pump.result()
         except FenceLost:
-            log.warning("job %s: attempt %s was fenced out", self.stream_id, self.attempt)
+            log.warning(
+                "job %s: attempt %s was fenced out", self.stream_id, self.attempt,
+                extra={"code": "fenced_out", "reason": "another attempt owns the job"},
+            )  # fmt: skip
             return Status.FAILED
         except EventsLost as exc:
             error = ev.Error(code=exc.code, message=exc.message, retryable=True)
@@ -165,19 +189,28 @@ class JobRun:
             # Whatever the upstream said, the key it was sent never goes further.
             exc.message = redact(exc.message, [self.secret or ""])
             return await self.finish(Status.FAILED, self._upstream_error(exc))
-        except REDIS_BLIP_ERRORS:
+        except REDIS_BLIP_ERRORS as exc:
             # Redis stayed away longer than redis_retry_s: nothing can be written now. The
             # lease runs out and the reaper ends the job once Redis is back.
-            log.error("job %s: redis unreachable; leaving the job to the reaper", self.stream_id)
+            self.metrics.redis_error("job")
+            log.error(
+                "job %s: redis unreachable; leaving the job to the reaper", self.stream_id,
+                extra={"code": "redis_unavailable", "reason": f"{type(exc).__name__}: {exc}"},
+            )  # fmt: skip
             return Status.FAILED
-        except Exception:
-            log.exception("job %s: failed", self.stream_id)
+        except Exception as exc:
+            log.exception(
+                "job %s: failed", self.stream_id,
+                extra={"code": "internal_error", "reason": f"{type(exc).__name__}: {exc}"},
+            )  # fmt: skip
             error = ev.Error(code="internal_error", message=f"the {self.noun} failed inside Spool")
             return await self.finish(Status.FAILED, error)
         return await self.finish(Status.COMPLETED, terminal)
 
     async def finish(self, status: Status, terminal: Terminal) -> Status:
+        self.terminal = terminal
         self.transcript.apply(terminal)
+        self._log_end(status, terminal)
         try:
             if not self.started and not isinstance(terminal, ev.Error):
                 await self._write([])
@@ -197,8 +230,34 @@ class JobRun:
                 ),
             )
         except FenceLost:
-            log.warning("job %s: attempt %s was fenced out at finish", self.stream_id, self.attempt)
+            log.warning(
+                "job %s: attempt %s was fenced out at finish", self.stream_id, self.attempt,
+                extra={"code": "fenced_out", "reason": "another attempt owns the job"},
+            )  # fmt: skip
         return status
+
+    def _redacted(self, message: str) -> str:
+        return redact(message, [self.secret or ""])
+
+    def _log_end(self, status: Status, terminal: Terminal) -> None:
+        """One line for the job's end: a failure with its code and reason (a warning), a
+        finish with its reason and token counts."""
+        if isinstance(terminal, ev.Error):
+            self.metrics.job_errors.labels(terminal.code).inc()
+            reason = self._redacted(terminal.message)
+            log.warning(
+                "job %s %s: %s: %s", self.stream_id, status.value, terminal.code, reason,
+                extra={"status": status.value, "code": terminal.code, "reason": reason},
+            )  # fmt: skip
+            return
+        fields: dict[str, str | int] = {"status": status.value}
+        if isinstance(terminal, ev.Finish):
+            fields["finish_reason"] = terminal.reason
+            usage = self.transcript.usage
+            if usage is not None:
+                fields["input_tokens"] = usage.input_tokens
+                fields["output_tokens"] = usage.output_tokens
+        log.info("job %s %s", self.stream_id, status.value, extra=fields)
 
     async def _hand_back_or_fail(self) -> None:
         """The worker is shutting down: a job that emitted nothing goes back to the queue;

@@ -1,4 +1,4 @@
-"""The worker process: consumes generation jobs from the queue."""
+"""The worker process: consumes generation jobs from the queue, and serves its metrics."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import uvloop
 from shared.queue import DELIVER_WEBHOOK, GENERATE, QueueConsumer
 from shared.redis import client_name, create_control_redis, create_data_redis
 from shared.settings import Settings
+from worker.metrics import WorkerMetrics
 from worker.runtime import WorkerRuntime
 
 
@@ -23,7 +24,7 @@ async def deliver_webhook(ctx: dict[str, Any], task_id: str, seq: int, attempt: 
     return await runtime.deliver_webhook(task_id, seq, attempt)
 
 
-def build_consumer(settings: Settings) -> QueueConsumer:
+def build_consumer(settings: Settings, metrics: WorkerMetrics | None = None) -> QueueConsumer:
     # Each connection is named for this process and its use, as CLIENT LIST shows it. The
     # runs' writes ride a Redis outage out for `redis_retry_s`: no per-command bound here.
     redis = create_control_redis(settings, name=client_name("worker", "pool"))
@@ -36,7 +37,7 @@ def build_consumer(settings: Settings) -> QueueConsumer:
         if settings.queue_url is None
         else create_data_redis(settings, multiplexed=True, name=client_name("worker", "data"))
     )
-    runtime = WorkerRuntime(settings, redis, shared_redis, data)
+    runtime = WorkerRuntime(settings, redis, shared_redis, data, metrics)
     return QueueConsumer(
         # arq's own per-job reads and writes (no WATCH, nothing blocking) share the
         # multiplexed connection, so a burst of jobs never waits for pooled connections.
@@ -56,5 +57,8 @@ def build_consumer(settings: Settings) -> QueueConsumer:
 
 
 def run_worker(settings: Settings) -> None:
+    """Run until SIGINT or SIGTERM, serving metrics on `worker_metrics_port` if set."""
+    metrics = WorkerMetrics(settings)
+    metrics.serve(settings)
     asyncio.set_event_loop(uvloop.new_event_loop())
-    build_consumer(settings).run()
+    build_consumer(settings, metrics).run()

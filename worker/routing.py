@@ -20,6 +20,7 @@ from shared import keys
 from shared.errors import UpstreamError
 from shared.model_table import GroupPlan, ModelEntry
 from shared.scripts import register
+from worker.metrics import WorkerMetrics, unused
 
 log = logging.getLogger(__name__)
 
@@ -97,9 +98,12 @@ class RouteState:
     """The routing state of every deployment, on the queue's Redis. It steers, it never
     stops a job: when Redis cannot answer, routing goes on without it."""
 
-    def __init__(self, redis: Redis, job_timeout_s: float) -> None:
+    def __init__(
+        self, redis: Redis, job_timeout_s: float, metrics: WorkerMetrics | None = None
+    ) -> None:
         self.redis = redis
         self.job_timeout_s = job_timeout_s
+        self.metrics = metrics or unused()
         self._fail = register(redis, "route_fail")
         self.rng = random.Random()
 
@@ -124,6 +128,7 @@ class RouteState:
                         pipe.get(keys.deployment_tokens_key(name, int(now // 60)))
                 replies = await pipe.execute()
         except RedisError as exc:
+            self.metrics.redis_error("routing")
             log.warning("routing state unavailable (%s); routing without it", exc)
             return stats
         step = 1 if group.routing == "weighted" else 2
@@ -161,9 +166,11 @@ class RouteState:
                 ],
             )
         except RedisError as exc:
+            self.metrics.redis_error("routing")
             log.warning("could not count a failure of deployment %s: %s", name, exc)
             return 0.0
         if cooled:
+            self.metrics.cooldowns.labels(self.metrics.deployment(name)).inc()
             log.warning("deployment %s cooled down for %.1fs", name, int(cooled) / 1000)
         return int(cooled) / 1000
 
@@ -179,6 +186,7 @@ class RouteState:
                 pipe.pexpire(key, int(self.job_timeout_s * 1000))
                 await pipe.execute()
         except RedisError as exc:
+            self.metrics.redis_error("routing")
             log.warning("could not count a generation of %s: %s", deployment.deployment, exc)
 
     async def ended(self, group: GroupPlan, deployment: ModelEntry, stream_id: str) -> None:
@@ -187,6 +195,7 @@ class RouteState:
         try:
             await self.redis.zrem(keys.deployment_busy_key(deployment.deployment), stream_id)
         except RedisError as exc:
+            self.metrics.redis_error("routing")
             log.warning("could not uncount a generation of %s: %s", deployment.deployment, exc)
 
     async def first_token(self, group: GroupPlan, deployment: ModelEntry, ms: float) -> None:
@@ -200,6 +209,7 @@ class RouteState:
                 pipe.expire(key, STATS_TTL_S)
                 await pipe.execute()
         except RedisError as exc:
+            self.metrics.redis_error("routing")
             log.warning("could not record the latency of %s: %s", deployment.deployment, exc)
 
     async def used(self, group: GroupPlan, deployment: ModelEntry, tokens: int) -> None:
@@ -212,4 +222,5 @@ class RouteState:
                 pipe.expire(key, 120)
                 await pipe.execute()
         except RedisError as exc:
+            self.metrics.redis_error("routing")
             log.warning("could not record the usage of %s: %s", deployment.deployment, exc)

@@ -17,7 +17,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from shared import events as ev
-from shared import keys
+from shared import keys, logs, tracing
 from shared.artifacts import ArtifactStore
 from shared.hooks import HookStore
 from shared.netguard import Allowlist, GuardedTransport
@@ -25,13 +25,14 @@ from shared.queue import ArqJobQueue
 from shared.reaper import WORKER_LOST, Reaper
 from shared.redis import REDIS_BLIP_ERRORS, DataRedis, RedisOutage, close_data_redis
 from shared.settings import Settings
-from shared.store import JobRecord, Lease, Status, StreamStore
+from shared.store import Claim, JobRecord, Lease, Status, StreamStore
 from shared.supervise import cancel_and_wait, supervise
 from shared.task_view import TaskViews
 from shared.tasks import TASK_SURFACE
 from worker.appender import Appender
 from worker.generation import GenerationRun
 from worker.job_run import JobRun, new_attempt
+from worker.metrics import WorkerMetrics
 from worker.providers import Provider
 from worker.providers.anthropic import AnthropicProvider
 from worker.providers.demo import DemoProvider
@@ -60,7 +61,8 @@ class WorkerRuntime:
     """`redis` is a pool on the queue's Redis, for arq, pub/sub and blocking reads;
     `shared_redis` multiplexes one connection to it for everything the runs write (see
     `shared.redis_mux`). `data` is the streams' Redis when that is another (a Cluster);
-    else the streams are on the queue's Redis too."""
+    else the streams are on the queue's Redis too. `metrics` are the process's (served by
+    `spool worker --metrics-port`)."""
 
     def __init__(
         self,
@@ -68,17 +70,19 @@ class WorkerRuntime:
         redis: Redis,
         shared_redis: Redis,
         data: DataRedis | None = None,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         self.settings = settings
         self.redis = redis
         self.shared_redis = shared_redis
         self.data = data
+        self.metrics = metrics or WorkerMetrics(settings)
         self.store = StreamStore(data or shared_redis, settings, shared_redis)
         self.appender = Appender(self.store, settings)
         self.queue = ArqJobQueue(redis)
-        self.reaper = Reaper(self.store, self.queue, settings)
+        self.reaper = Reaper(self.store, self.queue, settings, count=self.metrics.count_reaped)
         # Routing state (cooldowns, load, latency) lives beside the queue, for all workers.
-        self.routes = RouteState(shared_redis, settings.job_timeout_s)
+        self.routes = RouteState(shared_redis, settings.job_timeout_s, self.metrics)
         self.worker_id = uuid.uuid4().hex[:12]
         self.worker_name = f"{socket.gethostname()}:{os.getpid()}:{self.worker_id}"
         self.wake = asyncio.Event()
@@ -170,29 +174,84 @@ class WorkerRuntime:
     # -- the job --------------------------------------------------------------------------
 
     async def generate(self, stream_id: str) -> str:
-        attempt = new_attempt()
-        claim = await self.store.claim(stream_id, attempt, self.worker_name)
-        if claim.outcome in ("busy", "done"):
-            log.info("stream %s: not run (%s, %s)", stream_id, claim.outcome, claim.status)
-            return claim.outcome
-        assert claim.record is not None
-        run = self._new_run(claim.record, attempt, claim.appended)
-        if claim.outcome == "lost":
-            # An earlier attempt died after it had emitted: never restart (that would repeat
-            # text); end the stream visibly, keeping the partial output.
-            run.transcript = await self.store.rebuild_transcript(stream_id)
-            return (await run.finish(Status.FAILED, WORKER_LOST)).value
-        self.runs[stream_id] = run
+        # Every line logged about the job, here and in the tasks it starts, names it.
+        with logs.job_context(stream_id=stream_id):
+            attempt = new_attempt()
+            claim = await self.store.claim(stream_id, attempt, self.worker_name)
+            if claim.outcome in ("busy", "done"):
+                log.info("stream %s: not run (%s, %s)", stream_id, claim.outcome, claim.status)
+                return claim.outcome
+            assert claim.record is not None
+            record = claim.record
+            run = self._new_run(record, attempt, claim.appended)
+            kind = "task" if record.surface == TASK_SURFACE else "generation"
+            deployment = run.entry.deployment if isinstance(run, GenerationRun) else None
+            logs.update(
+                task_id=stream_id if kind == "task" else None,
+                key_id=record.owner or None,
+                model=record.model,
+                provider=run.provider_name,
+                deployment=deployment,
+            )
+            if claim.outcome == "claimed":
+                waited = max(0.0, time.time() - record.created_at)
+                labels = (self.metrics.model(record.model), run.provider_name)
+                self.metrics.queue_wait.labels(*labels).observe(waited)
+            if tracing.active() is None:
+                return await self._run(run, claim, kind)
+            # A child of the API's `generation.create`, whose context the job carries.
+            attributes = {
+                "spool.stream_id": stream_id,
+                "spool.model": record.model,
+                "spool.surface": record.surface,
+            }
+            parent = record.request.get("trace")
+            with tracing.span(
+                f"{kind}.run", kind="consumer", parent=parent, attributes=attributes
+            ) as span:
+                outcome = await self._run(run, claim, kind)
+                if span is not None:
+                    span.set_attribute("spool.provider", run.provider_name)
+                    if isinstance(run, GenerationRun):
+                        span.set_attribute("spool.deployment", run.entry.deployment)
+                    span.set_attribute("spool.outcome", outcome)
+                    if isinstance(run.terminal, ev.Error):
+                        span.set_attribute("spool.error_code", run.terminal.code)
+                        tracing.fail(span, run.terminal.code)
+                return outcome
+
+    async def _run(self, run: JobRun, claim: Claim, kind: str) -> str:
+        stream_id = run.stream_id
+        self.metrics.open_jobs.labels(kind).inc()
         try:
-            # A cancel published between the claim and the line above reached no run; the
-            # flag it set on the record did not go away, so look at it now.
-            if claim.cancel_requested or await self.store.cancel_requested(stream_id):
-                return (await run.finish(Status.CANCELLED, ev.Finish(reason="cancelled"))).value
-            return (await run.run()).value
+            if claim.outcome == "lost":
+                # An earlier attempt died after it had emitted: never restart (that would
+                # repeat text); end the stream visibly, keeping the partial output.
+                run.transcript = await self.store.rebuild_transcript(stream_id)
+                status = await run.finish(Status.FAILED, WORKER_LOST)
+            else:
+                self.runs[stream_id] = run
+                try:
+                    # A cancel published between the claim and the line above reached no
+                    # run; the flag it set on the record did not go away, so look at it now.
+                    if claim.cancel_requested or await self.store.cancel_requested(stream_id):
+                        cancelled = ev.Finish(reason="cancelled")
+                        status = await run.finish(Status.CANCELLED, cancelled)
+                    else:
+                        status = await run.run()
+                finally:
+                    self.runs.pop(stream_id, None)
+            self.metrics.jobs.labels(kind, status.value).inc()
+            return status.value
         finally:
-            self.runs.pop(stream_id, None)
+            self.metrics.open_jobs.labels(kind).dec()
 
     def _new_run(self, record: JobRecord, attempt: str, held: int) -> JobRun:
+        run = self._make_run(record, attempt, held)
+        run.metrics = self.metrics
+        return run
+
+    def _make_run(self, record: JobRecord, attempt: str, held: int) -> JobRun:
         provider_name = record.request["entry"]["provider"]
         if record.surface == TASK_SURFACE:
             assert self._http is not None
@@ -222,7 +281,10 @@ class WorkerRuntime:
 
     async def deliver_webhook(self, task_id: str, seq: int, attempt: int) -> str:
         assert self.webhooks is not None
-        return await self.webhooks.deliver(task_id, seq, attempt)
+        outcome = await self.webhooks.deliver(task_id, seq, attempt)
+        # `pending`: this attempt failed and the next one is queued.
+        self.metrics.webhook_deliveries.labels("retry" if outcome == "pending" else outcome).inc()
+        return outcome
 
     def cancel(self, stream_id: str) -> None:
         run = self.runs.get(stream_id)
@@ -265,6 +327,7 @@ class WorkerRuntime:
                 # a busy worker whose beats take long still renews in time.
                 wait = started + interval - loop.time()
             except REDIS_BLIP_ERRORS as exc:
+                self.metrics.redis_error("lease_renewal")
                 outage.failed(exc)
                 wait = min(interval, RENEW_RETRY_S)
             await asyncio.sleep(max(0.0, wait))

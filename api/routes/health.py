@@ -24,6 +24,7 @@ async def healthz() -> JSONBody:
 
 @router.get("/metrics")
 async def metrics(services: ServicesDep) -> Response:
+    await services.metrics.refresh(services.control)
     return Response(services.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
