@@ -147,4 +147,15 @@ def setup_logging(settings: Settings, command: str) -> LogFormat:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(settings.log_level.upper())
+    # uvicorn's own logging config (wherever it was applied) gives its loggers handlers
+    # of their own and stops them propagating: they go through this one handler instead.
+    for name in UVICORN_LOGGERS:
+        logger = logging.getLogger(name)
+        for old in logger.handlers[:]:
+            logger.removeHandler(old)
+        logger.propagate = True
+        logger.disabled = False
     return chosen
+
+
+UVICORN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access")

@@ -108,7 +108,8 @@ async def test_bad_resume_ids(cluster: Cluster) -> None:
         ok = await client.get(
             f"{cluster.url}/v1/streams/{stream_id}", headers={"Last-Event-ID": f"{last}:0"}
         )
-        assert ok.status_code == 200 and ok.text.startswith("data: [DONE]")
+        # The first event of a response says how soon to reconnect, then the rest.
+        assert ok.status_code == 200 and ok.text.startswith("retry: 1000\ndata: [DONE]")
         for bad in invalid:
             response = await client.get(
                 f"{cluster.url}/v1/streams/{stream_id}", headers={"Last-Event-ID": bad}

@@ -25,7 +25,7 @@ from shared import events as ev
 from shared import keys
 from shared.embedded_redis import EmbeddedRedis
 from shared.settings import Settings
-from shared.sse import SSEDecoder
+from shared.sse import RETRY_FIELD, SSEDecoder
 from shared.store import Entry, RenderState, Status, StreamStore
 from shared.transcript import Transcript
 
@@ -98,7 +98,8 @@ class Api:
         response = await self.http.get(f"/v1/streams/{stream_id}", headers=headers)
         assert response.status_code == 200, response.text
         await self.saved()
-        return response.content
+        # The events, without the reconnection delay that leads every response.
+        return response.content.removeprefix(RETRY_FIELD)
 
     async def saved(self) -> None:
         """Wait for the snapshots the tails are saving in the background."""
