@@ -296,7 +296,8 @@ class Route:
 
 def group_plan(name: str, entry: ModelEntry | ModelGroup) -> GroupPlan:
     if isinstance(entry, ModelEntry):
-        deployment = entry.model_copy(update={"name": entry.name or name})
+        # Table entries are named when the settings load: no copy per request.
+        deployment = entry if entry.name else entry.model_copy(update={"name": name})
         return GroupPlan(
             name,
             [deployment],

@@ -28,7 +28,7 @@ from shared.model_table import AutoRouter, ModelEntry, ModelGroup, TableEntry
 from shared.policy import Policy
 from shared.redis_address import ClusterAddress, parse_redis_url
 
-DEFAULT_MODELS: dict[str, ModelEntry] = {"demo": ModelEntry(provider="demo")}
+DEFAULT_MODELS: dict[str, ModelEntry] = {"demo": ModelEntry(provider="demo", name="demo")}
 
 
 class McpServer(BaseModel):
@@ -240,6 +240,9 @@ class Settings(BaseSettings):
     max_media_urls: int = Field(default=16, ge=0)
     auth_enabled: bool = True
     max_follow_tokens: int = Field(default=16, ge=1, le=10_000)  # per stream
+    # How long a follow token may be used unless minted with its own `ttl_s`; None: as
+    # long as its stream is kept. Never longer than that.
+    follow_token_ttl_s: int | None = Field(default=None, ge=1)
     # What a job may make Spool keep: its stored request (a generation's messages and
     # options; a task's input), and per key, the bytes its jobs keep for as long as they
     # are kept (stream retention for generations, task retention for tasks; a quota that
@@ -358,6 +361,9 @@ class Settings(BaseSettings):
         fallbacks and router rules name models that exist (not routers)."""
         named: dict[str, str] = {}
         for name, entry in list(self.models.items()):
+            if isinstance(entry, ModelEntry) and entry.name is None:
+                # A lone upstream is known by its public name (X-Spool-Deployment).
+                self.models[name] = entry.model_copy(update={"name": name})
             if isinstance(entry, ModelGroup):
                 deployments = [
                     d if d.name else d.model_copy(update={"name": f"{name}#{i + 1}"})

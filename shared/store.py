@@ -466,15 +466,24 @@ class StreamStore:
         return [Entry.from_redis(eid, fields) for eid, fields in reversed(entries)]
 
     async def mint_follow_token(
-        self, stream_id: str, token_digest: str, most: int, longest_s: int
+        self, stream_id: str, token_digest: str, most: int, longest_s: int, lifetime_s: int
     ) -> int:
-        """Keep a follow token for the stream (see follow_mint.lua): its lifetime in
-        seconds, or 0 when the stream already has `most`."""
+        """Keep a follow token for the stream for `lifetime_s`, or as long as the stream
+        if that is sooner (see follow_mint.lua): its lifetime in seconds, or 0 when the
+        stream already has `most`."""
         ttl = await self._follow_mint(
             keys=[keys.follow_tokens_key(stream_id), keys.job_key(stream_id)],
-            args=[token_digest, most, longest_s],
+            args=[token_digest, most, longest_s, lifetime_s],
         )
         return int(ttl)
+
+    async def follow_token_valid(self, stream_id: str, token_digest: str) -> bool:
+        """Whether the stream keeps that follow token and it has not expired."""
+        expires = await self.redis.hget(keys.follow_tokens_key(stream_id), token_digest)  # type: ignore[misc]
+        if expires is None:
+            return False
+        # Tokens minted before they had lifetimes of their own say "1": the stream's.
+        return expires == b"1" or time.time() < float(expires)
 
     async def delete(self, stream_id: str, render_tags: list[str]) -> None:
         """Forget an ended stream: its record, its events, what its readers kept of it, and

@@ -251,12 +251,16 @@ class GenerationRun(JobRun):
         route, routes = self.route, self.routes
         queue, tried = list(route.order), set[str]()
         last: UpstreamError | None = None
+        soonest: float | None = None  # when a cooled-down deployment is back (s)
         while queue:
             group = route.groups[queue.pop(0)]
             if group.name in tried:
                 continue
             tried.add(group.name)
-            for deployment in await routes.ranked(group):
+            order, back = await routes.ranked(group)
+            if back is not None:
+                soonest = back if soonest is None else min(soonest, back)
+            for deployment in order:
                 request = self._use(group, deployment)
                 if request is None:
                     continue
@@ -305,6 +309,7 @@ class GenerationRun(JobRun):
                 "no deployment of the model is available: every one is cooling down after failures",
                 retryable=True,
                 code="no_deployment_available",
+                retry_after=soonest,
             )
         raise last
 

@@ -6,10 +6,12 @@ tokens per minute, per deployment."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import re
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -63,6 +65,7 @@ def classify(exc: UpstreamError) -> FailureKind:
 @dataclass(slots=True)
 class DeploymentStats:
     cooling: bool = False
+    cooling_s: float | None = None  # how much longer it cools down, when known
     busy: int = 0
     latency_ms: float | None = None  # mean of the recent times to first token
     tokens: int = 0  # this minute
@@ -107,10 +110,26 @@ class RouteState:
         self._fail = register(redis, "route_fail")
         self.rng = random.Random()
 
-    async def ranked(self, group: GroupPlan) -> list[ModelEntry]:
+    async def ranked(self, group: GroupPlan) -> tuple[list[ModelEntry], float | None]:
+        """The group's deployments in the order to try them (see `rank`), and when every
+        one of them cools down, how soon the first is back (s)."""
         if not group.pooled:
-            return list(group.deployments)
-        return rank(group, await self._stats(group), self.rng)
+            return list(group.deployments), None
+        stats = await self._stats(group)
+        order = rank(group, stats, self.rng)
+        if order:
+            return order, None
+        return order, min((s.cooling_s for s in stats.values() if s.cooling_s), default=None)
+
+    @contextlib.contextmanager
+    def _steering(self, what: str) -> Iterator[None]:
+        """Routing state steers and never stops a job: a Redis error is counted, logged
+        and passed over."""
+        try:
+            yield
+        except RedisError as exc:
+            self.metrics.redis_error("routing")
+            log.warning("routing state: could not %s: %s", what, exc)
 
     async def _stats(self, group: GroupPlan) -> dict[str, DeploymentStats]:
         names = [d.deployment for d in group.deployments]
@@ -119,7 +138,7 @@ class RouteState:
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for name in names:
-                    pipe.exists(keys.deployment_cooldown_key(name))
+                    pipe.pttl(keys.deployment_cooldown_key(name))
                     if group.routing == "least_busy":
                         pipe.zcount(keys.deployment_busy_key(name), int(now * 1000), "+inf")
                     elif group.routing == "latency":
@@ -134,7 +153,9 @@ class RouteState:
         step = 1 if group.routing == "weighted" else 2
         for i, name in enumerate(names):
             found = stats[name]
-            found.cooling = bool(replies[i * step])
+            left_ms = int(replies[i * step])  # -2: no cooldown; -1: one with no expiry
+            found.cooling = left_ms > 0 or left_ms == -1
+            found.cooling_s = left_ms / 1000 if left_ms > 0 else None
             if step == 1:
                 continue
             value = replies[i * step + 1]
@@ -179,48 +200,36 @@ class RouteState:
             return
         until = int((time.time() + self.job_timeout_s) * 1000)
         key = keys.deployment_busy_key(deployment.deployment)
-        try:
+        with self._steering(f"count a generation of {deployment.deployment}"):
             async with self.redis.pipeline(transaction=False) as pipe:
                 pipe.zadd(key, {stream_id: until})
                 pipe.zremrangebyscore(key, "-inf", int(time.time() * 1000))
                 pipe.pexpire(key, int(self.job_timeout_s * 1000))
                 await pipe.execute()
-        except RedisError as exc:
-            self.metrics.redis_error("routing")
-            log.warning("could not count a generation of %s: %s", deployment.deployment, exc)
 
     async def ended(self, group: GroupPlan, deployment: ModelEntry, stream_id: str) -> None:
         if group.routing != "least_busy" or not group.pooled:
             return
-        try:
+        with self._steering(f"uncount a generation of {deployment.deployment}"):
             await self.redis.zrem(keys.deployment_busy_key(deployment.deployment), stream_id)
-        except RedisError as exc:
-            self.metrics.redis_error("routing")
-            log.warning("could not uncount a generation of %s: %s", deployment.deployment, exc)
 
     async def first_token(self, group: GroupPlan, deployment: ModelEntry, ms: float) -> None:
         if group.routing != "latency" or not group.pooled:
             return
         key = keys.deployment_latency_key(deployment.deployment)
-        try:
+        with self._steering(f"record the latency of {deployment.deployment}"):
             async with self.redis.pipeline(transaction=False) as pipe:
                 pipe.lpush(key, round(ms, 2))
                 pipe.ltrim(key, 0, LATENCY_SAMPLES - 1)
                 pipe.expire(key, STATS_TTL_S)
                 await pipe.execute()
-        except RedisError as exc:
-            self.metrics.redis_error("routing")
-            log.warning("could not record the latency of %s: %s", deployment.deployment, exc)
 
     async def used(self, group: GroupPlan, deployment: ModelEntry, tokens: int) -> None:
         if group.routing != "usage" or not group.pooled or tokens <= 0:
             return
         key = keys.deployment_tokens_key(deployment.deployment, int(time.time() // 60))
-        try:
+        with self._steering(f"record the usage of {deployment.deployment}"):
             async with self.redis.pipeline(transaction=False) as pipe:
                 pipe.incrby(key, tokens)
                 pipe.expire(key, 120)
                 await pipe.execute()
-        except RedisError as exc:
-            self.metrics.redis_error("routing")
-            log.warning("could not record the usage of %s: %s", deployment.deployment, exc)

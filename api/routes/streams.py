@@ -13,13 +13,13 @@ import secrets
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Path, Query
+from fastapi import APIRouter, Body, Header, Path, Query
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
 from api.deps import CallerDep, CancelOnDisconnectDep, OptionalCallerDep, Services, ServicesDep
 from api.responses import JSONBody
 from api.tail import Tail
-from shared import keys
 from shared.auth import ApiKey
 from shared.errors import (
     Conflict,
@@ -83,7 +83,7 @@ async def load(
 async def _follow_token_opens(services: Services, record: JobRecord, token: str) -> bool:
     """A follow token opens its stream while the stream is kept and the key that minted
     it (the stream's owner) is not revoked."""
-    if not await services.redis.hexists(keys.follow_tokens_key(record.id), _token_digest(token)):  # type: ignore[misc]
+    if not await services.store.follow_token_valid(record.id, _token_digest(token)):
         return False
     return record.owner is None or await services.keys.active(record.owner)
 
@@ -151,27 +151,46 @@ async def cancel_stream(stream_id: StreamId, services: ServicesDep, caller: Call
     return JSONBody(stream_object(record, cancel_requested=True))
 
 
+class FollowTokenRequest(BaseModel):
+    """What a follow token is minted with: how long it may be used (seconds); by default
+    `follow_token_ttl_s`, and never longer than its stream is kept."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ttl_s: int | None = Field(default=None, ge=1, le=366 * 24 * 3600)
+
+
+FollowTokenBody = Annotated[FollowTokenRequest | None, Body()]
+
+
 @router.post("/{stream_id}/follow-token")
-async def follow_token(stream_id: StreamId, services: ServicesDep, caller: CallerDep) -> JSONBody:
+async def follow_token(
+    stream_id: StreamId, services: ServicesDep, caller: CallerDep, body: FollowTokenBody = None
+) -> JSONBody:
     """A read-only token for this one stream (tail and result)."""
     record = await load(services, stream_id, caller)
-    return await mint_follow_token(services, record, caller, f"/v1/streams/{record.id}")
+    url = f"/v1/streams/{record.id}"
+    return await mint_follow_token(services, record, caller, url, body)
 
 
 async def mint_follow_token(
-    services: Services, record: JobRecord, caller: ApiKey, url: str
+    services: Services,
+    record: JobRecord,
+    caller: ApiKey,
+    url: str,
+    asked: FollowTokenRequest | None = None,
 ) -> JSONBody:
-    """A read-only token for one stream or task, valid as long as it is kept and its
-    owner's key is not revoked; at most `max_follow_tokens` each (409 past that), each a
-    request of the key's minute (429 past its `rpm`). `url` is where the token is used."""
+    """A read-only token for one stream or task, valid for its lifetime (asked for, or
+    `follow_token_ttl_s`; never past the stream's) while its owner's key is not revoked;
+    at most `max_follow_tokens` each (409 past that), each a request of the key's minute
+    (429 past its `rpm`). `url` is where the token is used."""
     token = FOLLOW_TOKEN_PREFIX + secrets.token_urlsafe(24)
     await services.admission.take_request(caller, "follow:" + _token_digest(token))
     settings = services.settings
+    longest = settings.retention_s + settings.job_timeout_s
+    lifetime = (asked.ttl_s if asked else None) or settings.follow_token_ttl_s or longest
     ttl = await services.store.mint_follow_token(
-        record.id,
-        _token_digest(token),
-        settings.max_follow_tokens,
-        settings.retention_s + settings.job_timeout_s,
+        record.id, _token_digest(token), settings.max_follow_tokens, longest, lifetime
     )
     if not ttl:
         raise FollowTokensExhausted(

@@ -12,7 +12,7 @@ from starlette.responses import FileResponse, RedirectResponse, Response
 
 from api.deps import CallerDep, OptionalCallerDep, ServicesDep
 from api.responses import JSONBody
-from api.routes.streams import FollowToken, StreamId, load, mint_follow_token
+from api.routes.streams import FollowToken, FollowTokenBody, StreamId, load, mint_follow_token
 from api.tail import Tail
 from api.tasks import parse_prefer_wait, submit_task, wait_for_end
 from shared.artifacts import DOWNLOAD_TYPE, served_type
@@ -117,11 +117,12 @@ async def task_events(
 
 @router.post("/{task_id}/follow-token")
 async def task_follow_token(
-    task_id: StreamId, services: ServicesDep, caller: CallerDep
+    task_id: StreamId, services: ServicesDep, caller: CallerDep, body: FollowTokenBody = None
 ) -> JSONBody:
     """A read-only token for this one task (poll, events, outputs), as for streams."""
     record = await load(services, task_id, caller, task=True)
-    return await mint_follow_token(services, record, caller, f"/v1/tasks/{record.id}/events")
+    url = f"/v1/tasks/{record.id}/events"
+    return await mint_follow_token(services, record, caller, url, body)
 
 
 @router.post("/{task_id}/cancel")

@@ -310,6 +310,8 @@ def test_a_group_whose_every_deployment_cools_down_is_skipped(routing: Fleet) ->
     again = ask(routing.url, chat("cold"))
     assert again.status_code == 503, again.text
     assert again.json()["error"]["code"] == "no_deployment_available"
+    # When to come back: when the first deployment's cooldown (20 s) ends.
+    assert 1 <= int(again.headers["retry-after"]) <= 20
     assert routing.fleet.hits["y1"] == routing.fleet.hits["y2"] == 1
 
 

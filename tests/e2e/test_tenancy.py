@@ -145,6 +145,29 @@ def test_follow_tokens_are_few_per_stream_and_end_with_their_key(tenancy: Tenanc
     assert httpx.get(follow, params={"follow_token": token}).status_code == 404
 
 
+def test_a_follow_token_can_be_short_lived(tenancy: Tenancy) -> None:
+    _, owner = tenancy.new_key("brief")
+    created = httpx.post(
+        f"{tenancy.url}/v1/chat/completions", json=chat(stream=True), headers=bearer(owner)
+    )
+    stream_id = created.headers["x-spool-stream-id"]
+    mint = f"{tenancy.url}/v1/streams/{stream_id}/follow-token"
+    brief = httpx.post(mint, json={"ttl_s": 1}, headers=bearer(owner))
+    assert brief.status_code == 200
+    assert brief.json()["expires_at"] - time.time() <= 1.5
+    follow = f"{tenancy.apis[1].url}/v1/streams/{stream_id}"
+    token = brief.json()["token"]
+    assert httpx.get(follow, params={"follow_token": token}).status_code == 200
+    deadline = time.monotonic() + 10
+    while httpx.get(follow, params={"follow_token": token}).status_code == 200:
+        assert time.monotonic() < deadline, "the token outlived its ttl_s"
+        time.sleep(0.2)
+    assert httpx.get(follow, params={"follow_token": token}).status_code == 404
+    for bad in ({"ttl_s": 0}, {"ttl_s": "soon"}, {"lifetime": 5}):
+        refused = httpx.post(mint, json=bad, headers=bearer(owner))
+        assert refused.status_code in (400, 422), refused.text
+
+
 def test_minting_follow_tokens_counts_against_the_keys_minute(tenancy: Tenancy) -> None:
     _, owner = tenancy.new_key("hasty-minter", "--rpm", "3")
     url = f"{tenancy.url}/v1/chat/completions"

@@ -70,6 +70,7 @@ def test_yaml_file_adds_models_and_keeps_demo(
         model="gpt-4o-mini",
         base_url="https://api.example.com/v1",
         api_key_env="EXAMPLE_KEY",
+        name="gpt-small",  # a lone upstream's deployment name is its public name
     )
     assert s.models["fast-demo"].tokens_per_second == 0
     assert s.models["fast-demo"].max_output_tokens == 7
