@@ -21,7 +21,7 @@ from shared import tracing
 from shared.embedded_redis import EmbeddedRedis
 from shared.errors import ConfigError, SpoolError
 from shared.logs import setup_logging
-from shared.process_group import StopSignal, stop_children
+from shared.process_group import StopSignal, leave_sigint_to_the_parent, stop_children
 from shared.redact import RedactQueryFilter
 from shared.settings import Settings, load_settings
 
@@ -39,13 +39,6 @@ class Interrupted(BaseException):
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise Interrupted(signum)
-
-
-def _leave_sigint_to_the_parent() -> None:
-    """In a child of `spool dev`, before it runs: a terminal's Ctrl-C reaches the whole
-    process group, and `spool dev` stops its children itself (SIGTERM, in order), so
-    they ignore SIGINT, even while the interpreter starts."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _child_env(settings: Settings) -> dict[str, str]:
@@ -315,7 +308,7 @@ def cmd_dev(settings: Settings) -> int:
                 str(settings.port),
             ],
         ):
-            children.append(subprocess.Popen(argv, env=env, preexec_fn=_leave_sigint_to_the_parent))
+            children.append(subprocess.Popen(argv, env=env, preexec_fn=leave_sigint_to_the_parent))
         print(
             f"Spool is serving on http://{settings.host}:{settings.port}  (Ctrl-C stops it)",
             flush=True,

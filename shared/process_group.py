@@ -15,6 +15,13 @@ log = logging.getLogger(__name__)
 RESTART_BACKOFF_S = (0.5, 1.0, 2.0, 5.0)
 
 
+def leave_sigint_to_the_parent() -> None:
+    """In a child of a supervising command, before it runs: a terminal's Ctrl-C reaches
+    the whole process group, and the parent stops its children itself (SIGTERM, in
+    order), so they ignore SIGINT, even while the interpreter starts."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class StopSignal:
     """Notes SIGINT and SIGTERM, for a supervisor's loop to see."""
 
@@ -48,7 +55,11 @@ def run_group(argv: list[str], processes: int, *, env: dict[str, str], grace_s: 
     stop = StopSignal()
 
     def spawn(index: int) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(argv, env={**env, "SPOOL_PROCESS_INDEX": str(index)})
+        return subprocess.Popen(
+            argv,
+            env={**env, "SPOOL_PROCESS_INDEX": str(index)},
+            preexec_fn=leave_sigint_to_the_parent,  # the group has one thread: safe here
+        )
 
     children = [spawn(i) for i in range(processes)]
     restarts = [0] * processes

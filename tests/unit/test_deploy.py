@@ -291,6 +291,19 @@ def test_the_worker_grace_outlasts_a_jobs_hand_back(
     assert "lifecycle" not in container(deployment), "a worker needs no preStop: it has no port"
 
 
+def test_the_worker_serves_its_metrics_where_prometheus_is_told_to_look(
+    k8s: Rendering, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    deployment = k8s.deployment("worker")
+    worker = container(deployment)
+    args = build_parser().parse_args(worker["args"])
+    settings = settings_from(pod_env(k8s, deployment, tmp_path), monkeypatch)
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert args.metrics_port == int(annotations["prometheus.io/port"])
+    assert {"name": "metrics", "containerPort": args.metrics_port} in worker["ports"]
+    assert settings.host == "0.0.0.0", "metrics on the pod's loopback reach no scraper"
+
+
 def test_the_autoscaler_scales_the_api_on_what_its_pods_request(k8s: Rendering) -> None:
     (hpa,) = k8s.all("HorizontalPodAutoscaler")
     api = k8s.deployment("api")
