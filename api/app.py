@@ -39,7 +39,7 @@ from shared.limits import Admission, RedisMemory
 from shared.netguard import Allowlist, GuardedTransport
 from shared.queue import ArqJobQueue
 from shared.reaper import Reaper
-from shared.redis import (
+from shared.redis.clients import (
     client_name,
     close_data_redis,
     create_control_redis,

@@ -23,7 +23,7 @@ from shared.errors import Unauthenticated
 from shared.hooks import HookStore
 from shared.limits import Admission
 from shared.queue import JobQueue
-from shared.redis import DataRedis
+from shared.redis.clients import DataRedis
 from shared.settings import Settings
 from shared.store import StreamStore
 from shared.task_view import TaskViews

@@ -37,7 +37,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from shared import events as ev
 from shared import keys
 from shared.errors import ResumePointExpired, StreamNotFound
-from shared.redis import DataRedis, RedisOutage
+from shared.redis.clients import DataRedis, RedisOutage
 from shared.store import Entry, StreamStore
 
 log = logging.getLogger(__name__)
@@ -414,7 +414,7 @@ class StreamHub:
             if node is None:
                 raise RedisConnectionError(f"{link.name} is no longer a node of the cluster")
             # A connection of its own, whatever the node's commands go over (see
-            # shared.redis_mux.NodeMuxLease).
+            # shared.redis.mux.NodeMuxLease).
             kwargs = {k: v for k, v in node.connection_kwargs.items() if k != "muxes"}
             connection_class: type[AbstractConnection] = Connection
         else:

@@ -18,11 +18,11 @@ from collections.abc import Sequence
 from types import FrameType
 
 from shared import tracing
-from shared.embedded_redis import EmbeddedRedis
 from shared.errors import ConfigError, SpoolError
 from shared.logs import setup_logging
 from shared.process_group import StopSignal, leave_sigint_to_the_parent, stop_children
 from shared.redact import RedactQueryFilter
+from shared.redis.embedded import EmbeddedRedis
 from shared.settings import Settings, load_settings
 
 log = logging.getLogger("spool")
@@ -170,7 +170,7 @@ def _redis_url(settings: Settings) -> str:
 
 async def _keys_command(settings: Settings, args: argparse.Namespace) -> int:
     from shared.auth import KeyStore
-    from shared.redis import create_redis
+    from shared.redis.clients import create_redis
 
     redis = create_redis(settings, url=_redis_url(settings))
     store = KeyStore(redis)
@@ -238,7 +238,7 @@ def cmd_keys(settings: Settings, args: argparse.Namespace) -> int:
 async def _dev_key(settings: Settings, redis_url: str) -> str:
     """The local key `spool dev` prints: reused across restarts while Redis keeps it."""
     from shared.auth import KeyStore
-    from shared.redis import create_redis
+    from shared.redis.clients import create_redis
 
     path = settings.data_dir / "dev-key"
     redis = create_redis(settings, url=redis_url)

@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field
 from redis.asyncio import Redis
 
 from shared import keys
-from shared.redis import DataRedis
+from shared.redis.clients import DataRedis
 
 WAKE_MAXLEN = 100
 # Webhook delivery records outlive their task by this much, so late retries can record.

@@ -22,7 +22,7 @@ from redis.commands.core import AsyncScript
 from shared import keys, scripts
 from shared.auth import ANONYMOUS, ApiKey
 from shared.errors import BudgetExhausted, RateLimited, SpoolError
-from shared.redis import REDIS_BLIP_ERRORS, DataRedis
+from shared.redis.clients import REDIS_BLIP_ERRORS, DataRedis
 from shared.request import GenerationRequest
 from shared.settings import Settings
 

@@ -29,7 +29,7 @@ from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
 from shared import keys, scripts
-from shared.redis import RedisOutage
+from shared.redis.clients import RedisOutage
 
 log = logging.getLogger(__name__)
 

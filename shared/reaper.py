@@ -24,7 +24,7 @@ from redis.exceptions import RedisError
 from shared import events as ev
 from shared.errors import FenceLost
 from shared.queue import GENERATE, JobQueue
-from shared.redis import RedisOutage
+from shared.redis.clients import RedisOutage
 from shared.settings import Settings
 from shared.store import Status, StreamStore
 

@@ -26,7 +26,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from shared.errors import ConfigError
 from shared.model_table import AutoRouter, ModelEntry, ModelGroup, TableEntry
 from shared.policy import Policy
-from shared.redis_address import ClusterAddress, parse_redis_url
+from shared.redis.address import ClusterAddress, parse_redis_url
 
 DEFAULT_MODELS: dict[str, ModelEntry] = {"demo": ModelEntry(provider="demo", name="demo")}
 

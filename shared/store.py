@@ -35,7 +35,7 @@ from shared.errors import (
     StreamNotFound,
 )
 from shared.limits import settle, usage_model
-from shared.redis import DataRedis
+from shared.redis.clients import DataRedis
 from shared.settings import Settings
 from shared.transcript import Transcript
 
@@ -400,7 +400,7 @@ class StreamStore:
     ) -> list[Entry]:
         """Entries after `after` (an entry id, or "0-0" for the start), waiting up to
         `block_ms` for the first one when there are none yet. Never block through a
-        multiplexed client (`shared.redis_mux`): it would hold every other command up."""
+        multiplexed client (`shared.redis.mux`): it would hold every other command up."""
         key = keys.stream_key(stream_id)
         reply = await self.redis.xread({key: after}, count=count, block=block_ms)
         if not reply:

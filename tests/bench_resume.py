@@ -33,7 +33,7 @@ from api.app import create_app
 from api.deps import Services
 from api.tail import ResumePoint, Tail
 from shared import events as ev
-from shared.embedded_redis import EmbeddedRedis
+from shared.redis.embedded import EmbeddedRedis
 from shared.settings import Settings
 from shared.store import Entry, Status, StreamStore
 from shared.transcript import Transcript

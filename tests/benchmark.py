@@ -51,7 +51,7 @@ import redis as redis_client
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from shared.embedded_redis import EmbeddedRedis, free_port
+from shared.redis.embedded import EmbeddedRedis, free_port
 from tests import loadgen
 from tests.bench_upstream import expected_text
 from tests.processes import SpoolProcess, start_api, start_worker, wait_ready, write_config

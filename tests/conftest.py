@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from shared.embedded_redis import EmbeddedRedis
+from shared.redis.embedded import EmbeddedRedis
 from tests.mcp_servers import stdio_command
 from tests.mock_upstream import MockUpstream
 from tests.processes import SpoolProcess, start_api, start_worker, wait_ready, write_config

@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from shared.embedded_redis import free_port
+from shared.redis.embedded import free_port
 from tests.mock_upstream import text_stream
 from tests.threaded_server import ThreadedServer
 

@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from shared.embedded_redis import free_port
+from shared.redis.embedded import free_port
 from tests.threaded_server import ThreadedServer
 
 Mode = Literal["normal", "slow", "down", "malformed"]

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import yaml
 
-from shared.embedded_redis import free_port
+from shared.redis.embedded import free_port
 
 
 def write_config(path: Path, models: dict[str, Any], **settings: Any) -> Path:

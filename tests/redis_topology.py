@@ -10,7 +10,7 @@ from pathlib import Path
 
 import redis as sync_redis
 
-from shared.embedded_redis import find_redis_server, free_port
+from shared.redis.embedded import find_redis_server, free_port
 
 SERVICE = "mymaster"
 

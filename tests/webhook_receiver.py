@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from shared.embedded_redis import free_port
+from shared.redis.embedded import free_port
 from tests.threaded_server import ThreadedServer
 
 

@@ -16,7 +16,7 @@ import logging
 
 from shared import events as ev
 from shared.errors import EventsLost, FenceLost
-from shared.redis import with_redis_retry
+from shared.redis.clients import with_redis_retry
 from shared.settings import Settings
 from shared.store import AppendBatch, StreamStore
 from shared.supervise import cancel_and_wait, supervise

@@ -13,7 +13,7 @@ from shared import events as ev
 from shared.backoff import jittered_backoff
 from shared.errors import EventsLost, FenceLost, UpstreamError
 from shared.redact import redact
-from shared.redis import REDIS_BLIP_ERRORS, with_redis_retry
+from shared.redis.clients import REDIS_BLIP_ERRORS, with_redis_retry
 from shared.settings import Settings
 from shared.store import JobRecord, Status, StreamStore
 from shared.supervise import cancel_and_wait

@@ -8,7 +8,7 @@ from typing import Any
 import uvloop
 
 from shared.queue import DELIVER_WEBHOOK, GENERATE, QueueConsumer
-from shared.redis import client_name, create_control_redis, create_data_redis
+from shared.redis.clients import client_name, create_control_redis, create_data_redis
 from shared.settings import Settings
 from worker.metrics import WorkerMetrics
 from worker.runtime import WorkerRuntime

@@ -23,7 +23,7 @@ from shared.hooks import HookStore
 from shared.netguard import Allowlist, GuardedTransport
 from shared.queue import ArqJobQueue
 from shared.reaper import WORKER_LOST, Reaper
-from shared.redis import REDIS_BLIP_ERRORS, DataRedis, RedisOutage, close_data_redis
+from shared.redis.clients import REDIS_BLIP_ERRORS, DataRedis, RedisOutage, close_data_redis
 from shared.settings import Settings
 from shared.store import Claim, JobRecord, Lease, Status, StreamStore
 from shared.supervise import cancel_and_wait, supervise
@@ -60,7 +60,7 @@ RENEW_RETRY_S = 0.25  # how soon renewals are tried again while Redis cannot be 
 class WorkerRuntime:
     """`redis` is a pool on the queue's Redis, for arq, pub/sub and blocking reads;
     `shared_redis` multiplexes one connection to it for everything the runs write (see
-    `shared.redis_mux`). `data` is the streams' Redis when that is another (a Cluster);
+    `shared.redis.mux`). `data` is the streams' Redis when that is another (a Cluster);
     else the streams are on the queue's Redis too. `metrics` are the process's (served by
     `spool worker --metrics-port`)."""
 

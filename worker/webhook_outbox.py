@@ -23,7 +23,7 @@ from shared import keys
 from shared.errors import StreamExpired, StreamNotFound
 from shared.hooks import HookMessage, HookStore
 from shared.queue import DELIVER_WEBHOOK, JobQueue
-from shared.redis import RedisOutage
+from shared.redis.clients import RedisOutage
 from shared.store import Entry, JobRecord, StreamStore
 from shared.task_view import TaskViews
 from shared.tasks import DEFAULT_WEBHOOK_EVENTS

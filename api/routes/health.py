@@ -12,7 +12,7 @@ from starlette.responses import Response
 from api.deps import ServicesDep
 from api.responses import JSONBody
 from shared import keys
-from shared.redis import ping
+from shared.redis.clients import ping
 
 router = APIRouter(tags=["health"])
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.embedded_redis import EmbeddedRedis
+from shared.redis.embedded import EmbeddedRedis
 from tests.conftest import UPSTREAM_KEY, Tenancy, cluster_models
 from tests.mock_upstream import MockUpstream
 from tests.processes import SpoolProcess, free_port, start_api, start_worker, write_config

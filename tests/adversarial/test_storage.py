@@ -12,7 +12,7 @@ import httpx
 import pytest
 import redis
 
-from shared.embedded_redis import EmbeddedRedis
+from shared.redis.embedded import EmbeddedRedis
 from tests.adversarial.conftest import HOSTILE_SETTINGS
 from tests.conftest import UPSTREAM_KEY, Tenancy, cluster_models
 from tests.mock_upstream import MockUpstream

@@ -17,7 +17,7 @@ import pytest
 from playwright.sync_api import BrowserContext, Page, Request
 
 from shared.client import result_text
-from shared.embedded_redis import free_port
+from shared.redis.embedded import free_port
 from tests.browser.conftest import Site
 from tests.processes import wait_ready
 

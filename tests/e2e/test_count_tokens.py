@@ -22,7 +22,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from api.routes.anthropic import MessagesBody, to_canonical
-from shared.embedded_redis import EmbeddedRedis, free_port
+from shared.redis.embedded import EmbeddedRedis, free_port
 from tests.conftest import UPSTREAM_KEY
 from tests.media import PNG_B64, Weather
 from tests.processes import SpoolProcess, create_key, start_api, write_config

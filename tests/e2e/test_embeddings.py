@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from shared.embedded_redis import EmbeddedRedis, free_port
+from shared.redis.embedded import EmbeddedRedis, free_port
 from tests.conftest import UPSTREAM_KEY
 from tests.processes import SpoolProcess, create_key, start_api, write_config
 from tests.threaded_server import ThreadedServer

@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from shared.embedded_redis import free_port
+from shared.redis.embedded import free_port
 from tests.conftest import Cluster
 from tests.e2e.test_fidelity import IMAGE_FORM, find, received
 from tests.media import WAV_B64

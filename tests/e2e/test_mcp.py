@@ -16,7 +16,7 @@ import httpx
 import pytest
 from openai import BadRequestError, OpenAI
 
-from shared.embedded_redis import EmbeddedRedis
+from shared.redis.embedded import EmbeddedRedis
 from tests.mcp_servers import http_server, stdio_command
 from tests.processes import SpoolProcess, start_api, start_worker, wait_ready, write_config
 

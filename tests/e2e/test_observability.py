@@ -26,7 +26,7 @@ import httpx
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from shared.embedded_redis import EmbeddedRedis, free_port
+from shared.redis.embedded import EmbeddedRedis, free_port
 from tests.conftest import UPSTREAM_KEY
 from tests.mock_fleet import MockFleet, deployment
 from tests.mock_upstream import MockUpstream

@@ -15,7 +15,7 @@ import orjson
 import pytest
 from httpx_sse import connect_sse
 
-from shared.embedded_redis import EmbeddedRedis
+from shared.redis.embedded import EmbeddedRedis
 from tests.mock_fleet import MockFleet, deployment
 from tests.mock_moderation import MockModeration
 from tests.processes import (

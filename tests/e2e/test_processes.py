@@ -16,7 +16,7 @@ import pytest
 import redis
 
 from shared import keys
-from shared.embedded_redis import EmbeddedRedis
+from shared.redis.embedded import EmbeddedRedis
 from tests.processes import SpoolProcess, start_api, start_worker, wait_ready, write_config
 
 pytestmark = pytest.mark.e2e

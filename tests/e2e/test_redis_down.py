@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from shared.embedded_redis import free_port
+from shared.redis.embedded import free_port
 from tests.processes import SpoolProcess, write_config
 
 pytestmark = pytest.mark.e2e

@@ -18,7 +18,7 @@ import pytest
 from httpx_sse import connect_sse
 from openai import OpenAI
 
-from shared.embedded_redis import EmbeddedRedis, free_port
+from shared.redis.embedded import EmbeddedRedis, free_port
 from tests.mock_fleet import MockFleet, answer, deployment
 from tests.processes import SpoolProcess, start_api, start_worker, wait_ready, write_config
 

@@ -29,7 +29,7 @@ import redis as sync_redis
 from PIL import Image
 from standardwebhooks import Webhook
 
-from shared.embedded_redis import EmbeddedRedis
+from shared.redis.embedded import EmbeddedRedis
 from tests.e2e.sse_client import read_sse
 from tests.mock_queue_http import FAIL_MESSAGE, MockQueueHttp, model_entry
 from tests.processes import SpoolProcess, start_api, start_worker, wait_ready, write_config

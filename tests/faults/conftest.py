@@ -20,7 +20,7 @@ import redis as sync_redis
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from shared.embedded_redis import EmbeddedRedis, free_port
+from shared.redis.embedded import EmbeddedRedis, free_port
 from shared.sse import SSEDecoder
 from tests.mock_queue_http import MockQueueHttp, model_entry
 from tests.mock_upstream import MockUpstream

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from shared import keys
-from shared.embedded_redis import EmbeddedRedis
+from shared.redis.embedded import EmbeddedRedis
 from tests.faults.conftest import (
     FAULT_SETTINGS,
     Deployed,

@@ -15,7 +15,7 @@ from redis.exceptions import RedisError
 
 from shared import events as ev
 from shared import keys
-from shared.redis import close_data_redis, create_data_redis
+from shared.redis.clients import close_data_redis, create_data_redis
 from shared.settings import Settings
 from shared.store import RenderState, Status
 from tests.integration.test_hub import Harness, collect, text_of, texts

@@ -17,9 +17,9 @@ from api import hub as hub_module
 from api.hub import Reader, StreamHub
 from shared import events as ev
 from shared import keys
-from shared.embedded_redis import EmbeddedRedis
 from shared.errors import EventsLost, ResumePointExpired, StreamNotFound
-from shared.redis import DataRedis, create_redis
+from shared.redis.clients import DataRedis, create_redis
+from shared.redis.embedded import EmbeddedRedis
 from shared.settings import Settings
 from shared.store import Entry, Status, StreamStore
 from shared.supervise import cancel_and_wait, supervise

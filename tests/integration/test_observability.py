@@ -25,10 +25,10 @@ from api.app import create_app
 from api.deps import Services
 from shared import events as ev
 from shared import keys, logs, tracing
-from shared.embedded_redis import EmbeddedRedis, free_port
 from shared.queue import ArqJobQueue
 from shared.reaper import Reaper
-from shared.redis import create_control_redis
+from shared.redis.clients import create_control_redis
+from shared.redis.embedded import EmbeddedRedis, free_port
 from shared.settings import Settings
 from shared.store import Status, StreamStore
 from tests.mock_fleet import MockFleet, deployment

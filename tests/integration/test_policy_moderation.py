@@ -14,10 +14,10 @@ import pytest
 from redis.asyncio import Redis
 
 from shared.auth import KeyStore
-from shared.embedded_redis import free_port
 from shared.errors import ContentPolicyViolation, ModerationUnavailable
 from shared.netguard import Allowlist, GuardedTransport
 from shared.policy import Blocked, OutputGuard, Policy, check_input
+from shared.redis.embedded import free_port
 from tests.mock_moderation import MockModeration, Mode
 
 Decision = tuple[str, str, str]

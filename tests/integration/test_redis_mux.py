@@ -14,9 +14,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from shared.embedded_redis import EmbeddedRedis
-from shared.redis import create_redis
-from shared.redis_mux import MuxPool
+from shared.redis.clients import create_redis
+from shared.redis.embedded import EmbeddedRedis
+from shared.redis.mux import MuxPool
 from shared.settings import Settings
 
 SETTINGS = Settings()

@@ -9,8 +9,8 @@ import pytest
 from redis.asyncio import Redis
 
 from shared import redis as redis_module
-from shared.embedded_redis import EmbeddedRedis
-from shared.redis import client_name, create_redis
+from shared.redis.clients import client_name, create_redis
+from shared.redis.embedded import EmbeddedRedis
 from shared.settings import Settings
 
 

@@ -23,7 +23,7 @@ from api.formats import StatefulRenderer
 from api.tail import RENDER_STATE_EVERY, RENDER_STATE_MAX_BYTES, encode_frames
 from shared import events as ev
 from shared import keys
-from shared.embedded_redis import EmbeddedRedis
+from shared.redis.embedded import EmbeddedRedis
 from shared.settings import Settings
 from shared.sse import RETRY_FIELD, SSEDecoder
 from shared.store import Entry, RenderState, Status, StreamStore

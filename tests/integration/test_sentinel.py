@@ -13,7 +13,7 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from shared.redis import create_redis
+from shared.redis.clients import create_redis
 from shared.settings import Settings
 from tests.integration.test_hub import SETTINGS, Harness, collect, text_of, texts
 from tests.redis_topology import SERVICE, SentinelSet

@@ -19,7 +19,7 @@ from redis.asyncio import Redis
 from api.app import create_app
 from shared import events as ev
 from shared.artifacts import ArtifactStore, served_type
-from shared.embedded_redis import EmbeddedRedis
+from shared.redis.embedded import EmbeddedRedis
 from shared.settings import Settings
 from shared.store import Status, StreamStore
 from shared.transcript import Transcript

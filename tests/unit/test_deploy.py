@@ -24,8 +24,8 @@ from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
 from shared.cli import build_parser
-from shared.embedded_redis import EmbeddedRedis, free_port
-from shared.redis_address import SentinelAddress, parse_redis_url
+from shared.redis.address import SentinelAddress, parse_redis_url
+from shared.redis.embedded import EmbeddedRedis, free_port
 from shared.settings import Settings, load_settings
 from tests.processes import start_api, write_config
 

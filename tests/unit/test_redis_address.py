@@ -1,4 +1,4 @@
-"""Unit tests for shared/redis_address.py: the plain and Sentinel forms of REDIS_URL."""
+"""Unit tests for shared/redis/address.py: the plain and Sentinel forms of REDIS_URL."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import re
 import pytest
 
 from shared.errors import ConfigError
-from shared.redis_address import ClusterAddress, SentinelAddress, parse_redis_url
+from shared.redis.address import ClusterAddress, SentinelAddress, parse_redis_url
 from shared.settings import load_settings
 
 

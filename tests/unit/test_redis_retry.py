@@ -8,7 +8,7 @@ import asyncio
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from shared.redis import with_redis_retry
+from shared.redis.clients import with_redis_retry
 from shared.settings import Settings
 
 

@@ -16,8 +16,8 @@ from redis.exceptions import ClusterDownError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from shared.redis_address import ClusterAddress, SentinelAddress, parse_redis_url
-from shared.redis_mux import MuxPool, NodeMuxes, NodeMuxLease
+from shared.redis.address import ClusterAddress, SentinelAddress, parse_redis_url
+from shared.redis.mux import MuxPool, NodeMuxes, NodeMuxLease
 from shared.settings import Settings
 
 CONNECT_TIMEOUT_S = 2.0
@@ -139,7 +139,7 @@ class _BlockingSentinelPool(SentinelConnectionPool, _BoundedPool):
 
 
 class _SentinelMuxPool(MuxPool, SentinelConnectionPool):
-    """The multiplexed connection (see `shared.redis_mux`), to the primary Sentinel names;
+    """The multiplexed connection (see `shared.redis.mux`), to the primary Sentinel names;
     it asks again whenever it reconnects (a failover breaks it, or demotes its server, whose
     READONLY answers then count as a broken connection)."""
 
@@ -156,9 +156,9 @@ def create_redis(
     """A pooled client, holding at most `redis_max_connections` (or `max_connections`);
     pool exhaustion waits briefly and then fails as a connection error (the API answers
     503). With `multiplexed`, every command goes over one shared connection instead (see
-    `shared.redis_mux`): no blocking commands and no WATCH through such a client, and
+    `shared.redis.mux`): no blocking commands and no WATCH through such a client, and
     with `command_timeout` no caller waits longer than that for its replies. The URL
-    may name a Sentinel-managed primary (see `shared.redis_address`). `name` is the
+    may name a Sentinel-managed primary (see `shared.redis.address`). `name` is the
     connections' client name in Redis (see `client_name`)."""
     redis_url = url or settings.redis_url
     if not redis_url:
