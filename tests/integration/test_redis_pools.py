@@ -8,7 +8,7 @@ import asyncio
 import pytest
 from redis.asyncio import Redis
 
-from shared import redis as redis_module
+from shared.redis import clients as redis_module
 from shared.redis.clients import client_name, create_redis
 from shared.redis.embedded import EmbeddedRedis
 from shared.settings import Settings
