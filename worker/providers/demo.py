@@ -15,7 +15,7 @@ import math
 import random
 import re
 import uuid
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Iterable, Iterator
 from fractions import Fraction
 from typing import Any
 from urllib.parse import unquote
@@ -41,35 +41,54 @@ def _rng(request: GenerationRequest) -> random.Random:
     return random.Random(int.from_bytes(hashlib.sha256(key).digest()[:8], "big"))
 
 
-def demo_tokens(request: GenerationRequest, count: int) -> list[str]:
+def demo_words(request: GenerationRequest, count: int) -> Iterator[str]:
+    """The demo's `count` tokens, made as they are taken: a long answer streamed slowly
+    costs its tokens one at a time, not all of them when it starts. A word is given out
+    once the next is drawn (that one may end its sentence with a full stop)."""
     rng = _rng(request)
-    words: list[str] = []
+    held: str | None = None
     for i in range(count):
         word = rng.choice(VOCABULARY)
         if i == 0:
             word = word.capitalize()
         elif rng.random() < 0.12:
-            words[-1] += "."
+            held = f"{held}."
             word = word.capitalize()
-        words.append(word if i == 0 else " " + word)
-    return words
+        if held is not None:
+            yield held
+        held = word if i == 0 else " " + word
+    if held is not None:
+        yield held
+
+
+def demo_tokens(request: GenerationRequest, count: int) -> list[str]:
+    return list(demo_words(request, count))
 
 
 # The most of a tool's result the demo quotes in its answer.
 QUOTED_RESULT_CHARS = 200
 
 
-def answer_tokens(request: GenerationRequest, count: int) -> list[str]:
-    """The demo's answer: after a tool's result, it opens by quoting the result (so a
-    tool loop's answer shows what the tool said), then goes on as usual."""
+def answer_words(request: GenerationRequest, count: int) -> Iterator[str]:
+    """The demo's answer, `count` tokens made as they are taken: after a tool's result,
+    it opens by quoting the result (so a tool loop's answer shows what the tool said),
+    then goes on as usual."""
     last = request.messages[-1]
     if last.role != "tool" or not last.content or count < 2:
-        return demo_tokens(request, count)
+        yield from demo_words(request, count)
+        return
     quoted = f"{last.name or 'The tool'} said: {last.content[:QUOTED_RESULT_CHARS]}".split()
     quoted = quoted[: count - 1]
-    lead = [quoted[0]] + [" " + word for word in quoted[1:]]
-    rest = demo_tokens(request, count - len(lead))
-    return [*lead, " " + rest[0], *rest[1:]]
+    yield quoted[0]
+    for word in quoted[1:]:
+        yield " " + word
+    rest = demo_words(request, count - len(quoted))
+    yield " " + next(rest)
+    yield from rest
+
+
+def answer_tokens(request: GenerationRequest, count: int) -> list[str]:
+    return list(answer_words(request, count))
 
 
 def _count_input_tokens(request: GenerationRequest) -> int:
@@ -847,6 +866,7 @@ class DemoProvider:
     ) -> AsyncGenerator[ev.Event, None]:
         rng = _rng(request)
         events: list[ev.Event] = []
+        texts: Iterable[str] = ()  # the answer's text, after `events`
         if request.reasoning and entry.reasoning_tokens:
             thought = demo_tokens(request, entry.reasoning_tokens)
             events += [ev.ReasoningDelta(text=t) for t in thought]
@@ -869,21 +889,27 @@ class DemoProvider:
             reason = "stop"
             if request.max_tokens is not None and request.max_tokens < len(pieces):
                 pieces, reason = pieces[: request.max_tokens], "length"
-            events += [ev.TextDelta(text=t) for t in pieces]
+            texts = pieces
             output_tokens = len(pieces)
         else:
             count = entry.max_output_tokens
             reason = "stop"
             if request.max_tokens is not None and request.max_tokens < count:
                 count, reason = request.max_tokens, "length"
-            tokens = answer_tokens(request, count)
-            events += [ev.TextDelta(text=t) for t in tokens]
-            output_tokens = len(tokens)
+            texts = answer_words(request, count)
+            output_tokens = count
+
+        def in_order() -> Iterator[ev.Event]:
+            # The answer's deltas are made as they go out: a slow, long answer holds
+            # no event it has not sent yet.
+            yield from events
+            for text in texts:
+                yield ev.TextDelta(text=text)
 
         loop = asyncio.get_running_loop()
         start = loop.time() + entry.first_token_delay_ms / 1000
         interval = 1 / entry.tokens_per_second if entry.tokens_per_second else 0.0
-        for i, event in enumerate(events):
+        for i, event in enumerate(in_order()):
             # Pace against absolute deadlines so the rate does not drift with scheduling.
             delay = start + i * interval - loop.time()
             if delay > 0:
