@@ -334,8 +334,8 @@ async def serve_generation(
     ):
         record, dropped = new_job(services, fmt, request, render(stream_id), stream_id, caller)
         entry = record.request["entry"]
-        deployment = entry.get("name") or entry.get("model") or entry["provider"]
-        logs.update(provider=entry["provider"], deployment=deployment)
+        # Every route names its deployments (`shared.model_table.group_plan`).
+        logs.update(provider=entry["provider"], deployment=entry["name"])
         if span is not None:
             span.set_attribute("spool.model", record.model)
             record.request["trace"] = tracing.traceparent()  # the worker's span is its child

@@ -87,10 +87,6 @@ def answer_words(request: GenerationRequest, count: int) -> Iterator[str]:
     yield from rest
 
 
-def answer_tokens(request: GenerationRequest, count: int) -> list[str]:
-    return list(answer_words(request, count))
-
-
 def _count_input_tokens(request: GenerationRequest) -> int:
     return sum(len(m.content.split()) + 3 for m in request.messages)
 
