@@ -20,7 +20,7 @@ from types import FrameType
 from shared import tracing
 from shared.errors import ConfigError, SpoolError
 from shared.logs import setup_logging
-from shared.process_group import StopSignal, leave_sigint_to_the_parent, stop_children
+from shared.process_group import StopSignal, leave_sigint_to_the_parent, stop_children, tune_gc
 from shared.redact import RedactQueryFilter
 from shared.redis.embedded import EmbeddedRedis
 from shared.settings import Settings, load_settings
@@ -136,6 +136,7 @@ def cmd_api(settings: Settings, processes: int | None = None) -> int:
     logging.getLogger("uvicorn.access").addFilter(RedactQueryFilter())
     sockets = [_listening_socket(settings)] if os.environ.get(REUSE_PORT_ENV) else None
     tracing.start(settings, "api")
+    tune_gc(settings.gc_thresholds)
     try:
         DrainingServer(config).run(sockets=sockets)
     finally:
@@ -151,6 +152,7 @@ def cmd_worker(settings: Settings, processes: int | None = None) -> int:
         return _group(settings, "worker", processes)
 
     tracing.start(settings, "worker")
+    tune_gc(settings.gc_thresholds)
     try:
         run_worker(settings)
     finally:

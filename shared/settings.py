@@ -158,6 +158,9 @@ DEFAULT_TASK_MODELS: dict[str, TaskModelEntry] = {"demo": TaskModelEntry(provide
 _CHECK_ACROSS_FIELDS: ContextVar[bool] = ContextVar("check_across_fields", default=True)
 
 
+Threshold = Annotated[int, Field(ge=1)]  # one of the garbage collector's thresholds
+
+
 class Settings(BaseSettings):
     """Every knob of an API or worker process. Environment variables use the `SPOOL_` prefix
     (except `REDIS_URL`); `SPOOL_CONFIG` names a YAML file with the same keys."""
@@ -222,6 +225,9 @@ class Settings(BaseSettings):
     on_disconnect: Literal["continue", "cancel"] = "continue"
     abandon_grace_s: float | None = Field(default=None, gt=0)
     worker_max_jobs: int = Field(default=200, ge=1)
+    # The garbage collector's thresholds in `spool api` and `spool worker` processes (see
+    # `shared.process_group.tune_gc`); null keeps CPython's own (700, 10, 10).
+    gc_thresholds: tuple[Threshold, Threshold, Threshold] | None = (50_000, 20, 100)
     worker_poll_interval_s: float = Field(default=0.5, gt=0)
     worker_shutdown_grace_s: int = Field(default=30, ge=0)
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
