@@ -57,6 +57,15 @@ RENEW_PAGE = 500  # leases renewed per round trip
 RENEW_RETRY_S = 0.25  # how soon renewals are tried again while Redis cannot be reached
 
 
+class _Claiming:
+    """A job between its claim and its run: whether a cancel was heard meanwhile."""
+
+    __slots__ = ("heard",)
+
+    def __init__(self) -> None:
+        self.heard = False
+
+
 class WorkerRuntime:
     """`redis` is a pool on the queue's Redis, for arq, pub/sub and blocking reads;
     `shared_redis` multiplexes one connection to it for everything the runs write (see
@@ -87,6 +96,7 @@ class WorkerRuntime:
         self.worker_name = f"{socket.gethostname()}:{os.getpid()}:{self.worker_id}"
         self.wake = asyncio.Event()
         self.runs: dict[str, JobRun] = {}
+        self._claiming: dict[str, _Claiming] = {}  # jobs being claimed, not yet in `runs`
         self.providers: dict[str, Provider] = {}
         self.task_providers: dict[str, TaskProvider] = {}
         self.artifacts = ArtifactStore(settings.artifacts_root, settings.max_output_bytes)
@@ -176,51 +186,61 @@ class WorkerRuntime:
     async def generate(self, stream_id: str) -> str:
         # Every line logged about the job, here and in the tasks it starts, names it.
         with logs.job_context(stream_id=stream_id):
-            attempt = new_attempt()
-            claim = await self.store.claim(stream_id, attempt, self.worker_name)
-            if claim.outcome in ("busy", "done"):
-                log.info("stream %s: not run (%s, %s)", stream_id, claim.outcome, claim.status)
-                return claim.outcome
-            assert claim.record is not None
-            record = claim.record
-            run = self._new_run(record, attempt, claim.appended)
-            kind = "task" if record.surface == TASK_SURFACE else "generation"
-            deployment = run.entry.deployment if isinstance(run, GenerationRun) else None
-            logs.update(
-                task_id=stream_id if kind == "task" else None,
-                key_id=record.owner or None,
-                model=record.model,
-                provider=run.provider_name,
-                deployment=deployment,
-            )
-            if claim.outcome == "claimed":
-                waited = max(0.0, time.time() - record.created_at)
-                labels = (self.metrics.model(record.model), run.provider_name)
-                self.metrics.queue_wait.labels(*labels).observe(waited)
-            if tracing.active() is None:
-                return await self._run(run, claim, kind)
-            # A child of the API's `generation.create`, whose context the job carries.
-            attributes = {
-                "spool.stream_id": stream_id,
-                "spool.model": record.model,
-                "spool.surface": record.surface,
-            }
-            parent = record.request.get("trace")
-            with tracing.span(
-                f"{kind}.run", kind="consumer", parent=parent, attributes=attributes
-            ) as span:
-                outcome = await self._run(run, claim, kind)
-                if span is not None:
-                    span.set_attribute("spool.provider", run.provider_name)
-                    if isinstance(run, GenerationRun):
-                        span.set_attribute("spool.deployment", run.entry.deployment)
-                    span.set_attribute("spool.outcome", outcome)
-                    if isinstance(run.terminal, ev.Error):
-                        span.set_attribute("spool.error_code", run.terminal.code)
-                        tracing.fail(span, run.terminal.code)
-                return outcome
+            # A cancel heard from now until the run is registered is noted here; the
+            # claim's reply tells of any requested before it.
+            claiming = self._claiming[stream_id] = _Claiming()
+            try:
+                return await self._claim_and_run(stream_id, claiming)
+            finally:
+                if self._claiming.get(stream_id) is claiming:
+                    del self._claiming[stream_id]
 
-    async def _run(self, run: JobRun, claim: Claim, kind: str) -> str:
+    async def _claim_and_run(self, stream_id: str, claiming: _Claiming) -> str:
+        attempt = new_attempt()
+        claim = await self.store.claim(stream_id, attempt, self.worker_name)
+        if claim.outcome in ("busy", "done"):
+            log.info("stream %s: not run (%s, %s)", stream_id, claim.outcome, claim.status)
+            return claim.outcome
+        assert claim.record is not None
+        record = claim.record
+        run = self._new_run(record, attempt, claim.appended)
+        kind = "task" if record.surface == TASK_SURFACE else "generation"
+        deployment = run.entry.deployment if isinstance(run, GenerationRun) else None
+        logs.update(
+            task_id=stream_id if kind == "task" else None,
+            key_id=record.owner or None,
+            model=record.model,
+            provider=run.provider_name,
+            deployment=deployment,
+        )
+        if claim.outcome == "claimed":
+            waited = max(0.0, time.time() - record.created_at)
+            labels = (self.metrics.model(record.model), run.provider_name)
+            self.metrics.queue_wait.labels(*labels).observe(waited)
+        if tracing.active() is None:
+            return await self._run(run, claim, claiming, kind)
+        # A child of the API's `generation.create`, whose context the job carries.
+        attributes = {
+            "spool.stream_id": stream_id,
+            "spool.model": record.model,
+            "spool.surface": record.surface,
+        }
+        parent = record.request.get("trace")
+        with tracing.span(
+            f"{kind}.run", kind="consumer", parent=parent, attributes=attributes
+        ) as span:
+            outcome = await self._run(run, claim, claiming, kind)
+            if span is not None:
+                span.set_attribute("spool.provider", run.provider_name)
+                if isinstance(run, GenerationRun):
+                    span.set_attribute("spool.deployment", run.entry.deployment)
+                span.set_attribute("spool.outcome", outcome)
+                if isinstance(run.terminal, ev.Error):
+                    span.set_attribute("spool.error_code", run.terminal.code)
+                    tracing.fail(span, run.terminal.code)
+            return outcome
+
+    async def _run(self, run: JobRun, claim: Claim, claiming: _Claiming, kind: str) -> str:
         stream_id = run.stream_id
         self.metrics.open_jobs.labels(kind).inc()
         try:
@@ -232,9 +252,9 @@ class WorkerRuntime:
             else:
                 self.runs[stream_id] = run
                 try:
-                    # A cancel published between the claim and the line above reached no
-                    # run; the flag it set on the record did not go away, so look at it now.
-                    if claim.cancel_requested or await self.store.cancel_requested(stream_id):
+                    # Cancelled before the claim (the flag on the record), or heard of
+                    # between the claim and the line above (when there was no run to tell).
+                    if claim.cancel_requested or claiming.heard:
                         cancelled = ev.Finish(reason="cancelled")
                         status = await run.finish(Status.CANCELLED, cancelled)
                     else:
@@ -290,6 +310,9 @@ class WorkerRuntime:
         run = self.runs.get(stream_id)
         if run is not None:
             run.cancelled.set()
+        claiming = self._claiming.get(stream_id)
+        if claiming is not None:
+            claiming.heard = True
 
     # -- background tasks -----------------------------------------------------------------
 
@@ -297,7 +320,7 @@ class WorkerRuntime:
         async with self.redis.pubsub() as pubsub:
             await pubsub.subscribe(keys.WAKE_CHANNEL, keys.CANCEL_CHANNEL)
             # Cancels published while we were not subscribed are still flagged on the record.
-            for stream_id in list(self.runs):
+            for stream_id in [*self.runs, *self._claiming]:
                 if await self.store.cancel_requested(stream_id):
                     self.cancel(stream_id)
             self.wake.set()

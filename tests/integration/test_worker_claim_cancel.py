@@ -1,0 +1,101 @@
+"""A cancel that comes while a worker is claiming the job, in one process on a real
+redis-server: the API app cancels the stream after the worker's claim has read the record
+and before its run is registered. The run must not start: the stream ends with one
+cancelled finish and no text (before, the worker read the flag again after every claim;
+now it keeps what its cancel listener hears meanwhile)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+from redis.asyncio import Redis
+
+from api.app import create_app
+from api.deps import Services
+from shared import events as ev
+from shared.redis.clients import create_control_redis
+from shared.redis.embedded import EmbeddedRedis
+from shared.settings import Settings
+from shared.store import Claim, Status
+from worker.metrics import WorkerMetrics
+from worker.runtime import WorkerRuntime
+
+
+@pytest.fixture
+async def system(
+    redis: Redis, redis_server: EmbeddedRedis
+) -> AsyncIterator[tuple[httpx.AsyncClient, Services, WorkerRuntime]]:
+    settings = Settings.model_validate(
+        {
+            "redis_url": redis_server.url.replace("/0", "/1"),  # the `redis` fixture's database
+            "auth_enabled": False,
+            "models": {"slow": {"provider": "demo", "tokens_per_second": 5}},
+        }
+    )
+    app = create_app(settings)
+    runtime = WorkerRuntime(
+        settings,
+        create_control_redis(settings),
+        create_control_redis(settings, multiplexed=True),
+        metrics=WorkerMetrics(settings),
+    )
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://spool") as http:
+            await runtime.startup()
+            try:
+                yield http, app.state.services, runtime
+            finally:
+                await runtime.shutdown()
+
+
+async def test_a_cancel_heard_while_claiming_ends_the_job_before_it_runs(
+    system: tuple[httpx.AsyncClient, Services, WorkerRuntime],
+) -> None:
+    http, services, runtime = system
+    created: asyncio.Queue[str] = asyncio.Queue()
+    create = services.store.create
+
+    async def noting_create(stream_id: str, **fields: Any) -> None:
+        await create(stream_id, **fields)
+        created.put_nowait(stream_id)
+
+    services.store.create = noting_create  # type: ignore[method-assign]
+    claim, cancel = runtime.store.claim, runtime.cancel
+    heard = asyncio.Event()
+    noted: list[bool] = []
+
+    def hearing_cancel(stream_id: str) -> None:
+        cancel(stream_id)
+        heard.set()
+
+    runtime.cancel = hearing_cancel  # type: ignore[method-assign]
+
+    async def claim_then_cancel(stream_id: str, attempt: str, worker: str) -> Claim:
+        claimed = await claim(stream_id, attempt, worker)
+        assert not claimed.cancel_requested  # the claim itself saw no cancel
+        cancel = await http.post(f"/v1/streams/{stream_id}/cancel")
+        assert cancel.status_code == 200, cancel.text
+        # The worker's listener hears the cancel before the run is registered.
+        await asyncio.wait_for(heard.wait(), 5)
+        noted.append(runtime._claiming[stream_id].heard)
+        return claimed
+
+    runtime.store.claim = claim_then_cancel  # type: ignore[method-assign]
+    body = {"model": "slow", "messages": [{"role": "user", "content": "hi"}]}
+    posting = asyncio.create_task(http.post("/v1/chat/completions", json=body))
+    stream_id = await asyncio.wait_for(created.get(), 10)
+    outcome = await asyncio.wait_for(runtime.generate(stream_id), 10)
+    response = await asyncio.wait_for(posting, 10)
+
+    assert noted == [True]
+    assert outcome == Status.CANCELLED.value
+    assert response.json()["choices"][0]["finish_reason"] == "cancelled"
+    events = [e.event for e in await services.store.read_range(stream_id, "-", "+")]
+    assert not any(isinstance(e, ev.TextDelta) for e in events)
+    assert isinstance(events[-1], ev.Finish) and events[-1].reason == "cancelled"
+    assert runtime._claiming == {} and runtime.runs == {}
