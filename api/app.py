@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any, cast
 
 import httpx
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from api.deps import Services
 from api.errors import install_error_handlers
@@ -168,8 +171,15 @@ def served(app: FastAPI, settings: Settings) -> ASGIApp:
     """The application as the server runs it: SSE responses deferred out of the
     framework's frames (`DeferredStreams`), and, with `cors_origins`, CORS outermost, so
     preflights are answered before anything else and every answer (a stream, a refusal)
-    carries the headers a browser needs to read it."""
-    wrapped: ASGIApp = DeferredStreams(app)
+    carries the headers a browser needs to read it.
+
+    The client address and scheme are taken from `X-Forwarded-For` / `-Proto` sent by the
+    proxies in `FORWARDED_ALLOW_IPS` (uvicorn's own rule and default, 127.0.0.1), inside
+    `DeferredStreams`: an open stream holds no frame of it."""
+    trusted = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
+    # uvicorn types its middleware with its own ASGI types, Starlette with its own.
+    forwarded = cast(ASGIApp, ProxyHeadersMiddleware(cast(Any, app), trusted_hosts=trusted))
+    wrapped: ASGIApp = DeferredStreams(forwarded)
     if settings.cors_origins:
         wrapped = CORSMiddleware(
             wrapped,

@@ -12,12 +12,16 @@ uvicorn buffers a request head without limit and waits for it forever. Here:
 - when the open connections reach `max_connections` (from the descriptor limit), the
   connection that has waited longest for a head is closed to make room, so clients that
   only hold sockets cannot keep others out.
+
+It also tells a response when its client goes (`WATCH_DISCONNECT` in the scope's
+extensions), so an open stream needs no task of its own waiting on `receive()` for that.
 """
 
 from __future__ import annotations
 
 import asyncio
 import resource
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -32,6 +36,11 @@ HEAD_SLACK_BYTES = 8 * 1024
 DISCARD_BODIES = 4
 # Descriptors kept for what is not a client connection: Redis, upstreams, logs, files.
 RESERVED_DESCRIPTORS = 64
+
+
+WATCH_DISCONNECT = "spool.watch_disconnect"
+"""Scope extension: `watch(callback)` calls `callback()` once, when the client of this
+request disconnects (at once, if it already has); `watch(None)` stops watching."""
 
 
 def descriptor_budget(reserved: int = RESERVED_DESCRIPTORS) -> int:
@@ -84,6 +93,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._head_began_here = False
         self._head_timer: asyncio.TimerHandle | None = None
         self._discarded = 0
+        self._on_lost: Callable[[], None] | None = None
 
     # Connection life
 
@@ -97,6 +107,16 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_waiting()
         super().connection_lost(exc)
+        on_lost, self._on_lost = self._on_lost, None
+        if on_lost is not None:
+            on_lost()
+
+    def watch_disconnect(self, callback: Callable[[], None] | None) -> None:
+        gone = self.cycle is None or self.cycle.disconnected or self.transport.is_closing()
+        if callback is not None and gone:
+            self.loop.call_soon(callback)  # gone already
+            return
+        self._on_lost = callback
 
     def _make_room(self, excess: int) -> None:
         for connection in list(self.waiting)[:excess]:
@@ -157,6 +177,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._in_head = False
         self._discarded = 0
         self._stop_waiting()
+        extensions: dict[str, Any] = self.scope.setdefault("extensions", {})
+        extensions[WATCH_DISCONNECT] = self.watch_disconnect
         super().on_headers_complete()
 
     def on_body(self, body: bytes) -> None:
@@ -177,6 +199,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._head_began_here = True
 
     def on_response_complete(self) -> None:
+        self._on_lost = None  # what watched was this response's; the next one is another
         super().on_response_complete()
         if not self.transport.is_closing() and self._in_head:
             self._begin_head(timed=True)

@@ -11,6 +11,10 @@ import orjson
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from api.http_protocol import WATCH_DISCONNECT
+
+Watch = Callable[[Callable[[], None] | None], None]  # see WATCH_DISCONNECT
+
 STREAM_ID_HEADER = "X-Spool-Stream-Id"
 # The request fields that were dropped because the model's provider cannot honour them
 # (`drop_params`), comma-separated.
@@ -74,11 +78,17 @@ class EventStream(Response):
         if deferred is not None:
             deferred.append(self)
             return
-        await self.run(receive, send)
+        await self.run(receive, send, scope.get("extensions", {}).get(WATCH_DISCONNECT))
 
-    async def run(self, receive: Receive, send: Send) -> None:
-        watcher = asyncio.ensure_future(_until_disconnect(receive))
-        watcher.add_done_callback(self._watched)
+    async def run(self, receive: Receive, send: Send, watch: Watch | None = None) -> None:
+        """Stream to `send`. The client's leaving is noticed through `watch` (the server's
+        `WATCH_DISCONNECT`), else by a task waiting on `receive()`."""
+        watcher: asyncio.Future[None] | None = None
+        if watch is not None:
+            watch(self.on_disconnect)
+        else:
+            watcher = asyncio.ensure_future(_until_disconnect(receive))
+            watcher.add_done_callback(self._watched)
         try:
             head_sent = self.late_headers is None
             if head_sent:
@@ -93,7 +103,11 @@ class EventStream(Response):
                 await send(self._head())
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
-            watcher.cancel()
+            if watcher is not None:
+                watcher.cancel()
+            else:
+                assert watch is not None
+                watch(None)
             aclose = getattr(self.events, "aclose", None)
             if aclose is not None:
                 await aclose()
@@ -135,7 +149,7 @@ class DeferredStreams:
             # framework put in it (routes, exit stacks, handlers) before streaming.
             for key in scope.keys() - _ASGI_SCOPE_KEYS:
                 del scope[key]
-            await stream.run(receive, send)
+            await stream.run(receive, send, scope.get("extensions", {}).get(WATCH_DISCONNECT))
 
 
 _ASGI_SCOPE_KEYS = frozenset(

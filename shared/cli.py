@@ -124,6 +124,7 @@ def cmd_api(settings: Settings, processes: int | None = None) -> int:
         port=settings.port,
         loop="uvloop",
         http=GuardedHttpProtocol.configured(settings),
+        proxy_headers=False,  # applied inside the app (`api.app.served`)
         timeout_keep_alive=settings.http_idle_timeout_s,  # type: ignore[arg-type]
         # uvicorn's loggers propagate to the one handler `setup_logging` installed, so
         # its lines (the access log too) come out in the process's format.
