@@ -129,6 +129,13 @@ class Reader:
         self.error = error
         self.wake()
 
+    def continued(self) -> bool:
+        """Whether the entries the hub handed over include the next one this reader needs
+        (a new stream's first events, published before its reader read the stream): then
+        nothing before them is missing, and a gap after it is caught by `accept`."""
+        queue = self.queue
+        return bool(queue) and queue[0].seq <= self.next_seq <= queue[-1].seq
+
     def accept(self, entries: list[Entry]) -> list[Entry]:
         """The entries that continue this reader's position, in order, up to its terminal
         event; a gap in the positions means it missed some, which it then reads."""
@@ -227,6 +234,8 @@ class StreamHub:
                     raise reader.error
                 if reader.gone or (reader.drained and drainable):
                     return
+                if reader.catch_up and reader.continued():
+                    reader.catch_up = False  # what the hub handed over continues it: no read
                 if reader.catch_up and reader.sub.confirmed and not reader.stalled:
                     reader.catch_up = False
                     try:

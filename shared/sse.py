@@ -101,11 +101,29 @@ class SSEDecoder:
         buf = self._buffer
         if "\r" not in buf:
             # LF line ends only, as nearly every server sends: split them all at once.
-            *lines, self._buffer = buf.split("\n")
-            for line in lines:
+            lines = buf.split("\n")
+            self._buffer = lines.pop()
+            last = len(lines) - 1
+            i = 0
+            while i <= last:
+                line = lines[i]
+                if (
+                    i < last
+                    and not lines[i + 1]
+                    and line.startswith("data: ")
+                    and not self._data
+                    and not self._event
+                ):
+                    # Nearly every event: one `data: ` line, then the blank line that ends
+                    # it. What `_process_line` and `_dispatch` would make of the two.
+                    yield ServerSentEvent(line[6:], "message", self._id, self._retry)
+                    self._retry = None
+                    i += 2
+                    continue
                 event = self._process_line(line)
                 if event is not None:
                     yield event
+                i += 1
             return
         start = 0
         while True:

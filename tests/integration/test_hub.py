@@ -8,6 +8,7 @@ import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
@@ -141,6 +142,43 @@ async def test_readers_join_before_the_first_event_midstream_and_after_the_end(
     # After the end: the whole stream from the stream itself, terminal included.
     late = await asyncio.wait_for(collect(harness.hub, harness.hub.open(sid, "0-0", 1)), 10)
     assert text_of(late) == everything and isinstance(late[-1].event, ev.Finish)
+
+
+async def test_a_new_reader_handed_its_first_events_does_not_read_the_stream(
+    harness: Harness,
+) -> None:
+    """A new stream's first events often reach its reader on the live channel before the
+    reader has read the stream once: they continue its position, so it skips that read.
+    A reader whose handed entries start past its position still reads what it missed."""
+    sid = await harness.new_stream()
+    reader = harness.hub.open(sid, "0-0", 1)
+    async with asyncio.timeout(5):
+        while not reader.sub.confirmed:  # noqa: ASYNC110 (the hub offers nothing to wait on)
+            await asyncio.sleep(0.01)
+    writer = harness.appender.writer(sid, "attempt", 0)
+    await writer.write(texts(3))
+    await writer.flush()
+    async with asyncio.timeout(5):
+        while len(reader.queue) < 3:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+    late = harness.hub.open(sid, "0-0", 1)  # its live entries will start at the 4th
+    reads: list[str] = []
+    read = harness.store.read
+
+    async def counting_read(stream_id: str, after: str, **kwargs: Any) -> list[Entry]:
+        reads.append(after)
+        return await read(stream_id, after, **kwargs)
+
+    harness.store.read = counting_read  # type: ignore[method-assign]
+    following = asyncio.create_task(collect(harness.hub, late))
+    await writer.write(texts(2, 3))
+    await writer.flush()
+    await harness.finish(sid, writer.held)
+    got = await asyncio.wait_for(collect(harness.hub, reader), 10)
+    assert text_of(got) == [f"t{i}" for i in range(5)]
+    assert [e.seq for e in got] == list(range(1, 7))
+    assert text_of(await asyncio.wait_for(following, 10)) == [f"t{i}" for i in range(5)]
+    assert reads == ["0-0"]  # the late reader's, none of the first one's
 
 
 async def test_a_reader_slower_than_the_stream_catches_up_without_gaps(

@@ -171,6 +171,30 @@ def test_decoder_yields_events_as_soon_as_complete() -> None:
     ]
 
 
+def test_one_line_events_keep_the_id_and_retry_before_them() -> None:
+    """Single `data:` line events (read on a shorter path) see the fields other lines set:
+    the last event id stays, a retry goes with the next event only, an event name or an
+    unfinished multi-line event is not skipped."""
+    wire = (
+        b"id: 7\nretry: 10\ndata: a\n\ndata: b\n\nevent: x\ndata: c\n\n"
+        b"data: d\ndata: e\n\ndata:f\n\ndata: \n\n: note\ndata: g\n\n"
+    )
+    expected = [
+        ServerSentEvent(data="a", id="7", retry=10),
+        ServerSentEvent(data="b", id="7"),
+        ServerSentEvent(data="c", event="x", id="7"),
+        ServerSentEvent(data="d\ne", id="7"),
+        ServerSentEvent(data="f", id="7"),
+        ServerSentEvent(data="", id="7"),
+        ServerSentEvent(data="g", id="7"),
+    ]
+    assert list(SSEDecoder().feed(wire)) == expected
+    for split in range(len(wire) + 1):
+        decoder = SSEDecoder()
+        got = [*decoder.feed(wire[:split]), *decoder.feed(wire[split:])]
+        assert got == expected, f"split at byte {split}"
+
+
 def test_decoder_ignores_unknown_and_malformed_lines() -> None:
     raw = (
         b"no colon here\n"
