@@ -39,6 +39,10 @@ def _ignore() -> None:
     return None
 
 
+def _never() -> bool:
+    return False
+
+
 DEFERRED = "spool.deferred_stream"
 """Scope key under which `DeferredStreams` hands an `EventStream` its place to wait."""
 
@@ -62,6 +66,7 @@ class EventStream(Response):
         on_disconnect: Callable[[], None] = _ignore,
         on_close: Callable[[], None] = _ignore,
         late_headers: Callable[[], list[tuple[bytes, bytes]]] | None = None,
+        ends: Callable[[], bool] = _never,
     ) -> None:
         self.events = body
         self.status_code = 200
@@ -72,6 +77,8 @@ class EventStream(Response):
         # With `late_headers`, the response head waits for the body's first chunk (an
         # event or a keep-alive) and carries what is known by then.
         self.late_headers = late_headers
+        # Asked after each chunk the body yields: whether it was the last one.
+        self.ends = ends
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         deferred = scope.get(DEFERRED)
@@ -93,15 +100,21 @@ class EventStream(Response):
             head_sent = self.late_headers is None
             if head_sent:
                 await send(self._head())
+            ended = False
             async for chunk in self.events:
                 if not head_sent:
                     await send(self._head())
                     head_sent = True
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                # The last chunk ends the response in the same write.
+                ended = self.ends()
+                await send({"type": "http.response.body", "body": chunk, "more_body": not ended})
                 del chunk  # held no longer than it takes to write it
+                if ended:
+                    break
             if not head_sent:
                 await send(self._head())
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            if not ended:
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             if watcher is not None:
                 watcher.cancel()

@@ -278,7 +278,12 @@ class Tail:
             on_disconnect=self.client_gone,
             on_close=self.close,
             late_headers=self._late_headers if self.routed else None,
+            ends=self._ended,
         )
+
+    def _ended(self) -> bool:
+        """Whether the chunk just sent ended the stream (its terminal event)."""
+        return self.reader is not None and self.reader.finished
 
     def _late_headers(self) -> list[tuple[bytes, bytes]]:
         if self.deployment is None:
@@ -325,6 +330,8 @@ class Tail:
                     if self.state_due and batch[-1].seq >= self.state_due:
                         self._keep_state(batch[-1])
                     del batch  # nothing of an event outlives its write
+                    if reader.finished:
+                        ended = True  # the response may end with this chunk (`_ended`)
                     if chunk:
                         if retry:
                             chunk, retry = retry + chunk, b""

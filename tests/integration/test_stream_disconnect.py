@@ -1,4 +1,4 @@
-"""Open SSE responses under Spool's HTTP protocol, served by uvicorn in this event loop:
+"""SSE responses: open ones under Spool's HTTP protocol, served by uvicorn in this event loop:
 an open stream costs one task (the request's own), not a second one waiting on
 `receive()`, and a client that goes is still noticed at once, while its stream waits for
 an event that never comes. Under another server (no `WATCH_DISCONNECT`), the stream
@@ -144,3 +144,38 @@ async def test_without_the_protocol_a_stream_watches_receive_itself() -> None:
         "body": b"",
         "more_body": False,
     }
+
+
+async def test_the_last_chunk_ends_the_response_in_the_same_message() -> None:
+    """A body that says its chunk was the last (a tail at its stream's terminal event) ends
+    the response with that chunk: no empty message after it, one write fewer."""
+    chunks = [b"data: 1\n\n", b"data: 2\n\n"]
+    sent_chunks = 0
+    closed: list[bool] = []
+
+    async def body() -> AsyncIterator[bytes]:
+        nonlocal sent_chunks
+        for chunk in chunks:
+            sent_chunks += 1
+            yield chunk
+        yield b"never sent"
+
+    sent: list[MutableMapping[str, Any]] = []
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(message)
+
+    async def receive() -> dict[str, Any]:
+        await asyncio.Event().wait()
+        return {}
+
+    stream = EventStream(
+        body(), "s1", on_close=lambda: closed.append(True), ends=lambda: sent_chunks == 2
+    )
+    await asyncio.wait_for(stream.run(receive, send), 5)
+    assert [(m["type"], m.get("body"), m.get("more_body")) for m in sent] == [
+        ("http.response.start", None, None),
+        ("http.response.body", b"data: 1\n\n", True),
+        ("http.response.body", b"data: 2\n\n", False),
+    ]
+    assert closed == [True]
