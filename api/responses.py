@@ -85,7 +85,7 @@ class EventStream(Response):
         if deferred is not None:
             deferred.append(self)
             return
-        await self.run(receive, send, scope.get("extensions", {}).get(WATCH_DISCONNECT))
+        await self.run(receive, send, scope.get(WATCH_DISCONNECT))
 
     async def run(self, receive: Receive, send: Send, watch: Watch | None = None) -> None:
         """Stream to `send`. The client's leaving is noticed through `watch` (the server's
@@ -158,11 +158,15 @@ class DeferredStreams:
         await self.app(scope, receive, send)
         if deferred:
             stream = deferred.pop()
+            watch = scope.get(WATCH_DISCONNECT)
             # The server keeps the scope as long as the connection: let go of what the
-            # framework put in it (routes, exit stacks, handlers) before streaming.
-            for key in scope.keys() - _ASGI_SCOPE_KEYS:
-                del scope[key]
-            await stream.run(receive, send, scope.get("extensions", {}).get(WATCH_DISCONNECT))
+            # framework put in it (routes, exit stacks, handlers) before streaming, and of
+            # the room it took (a dict never shrinks as keys go; cleared, it does).
+            kept = {key: scope[key] for key in _ASGI_SCOPE_KEYS if key in scope}
+            scope.clear()
+            scope.update(kept)
+            del kept
+            await stream.run(receive, send, watch)
 
 
 _ASGI_SCOPE_KEYS = frozenset(
