@@ -65,10 +65,10 @@ _HEAD_TOO_LARGE_BODY = (
 
 
 def _lean(event: asyncio.Event) -> None:
-    """An event a connection holds as long as it is open: its waiters in a list
-    rather than a deque: an empty deque is 760 bytes, a list 56, and an open stream holds
-    two such events. (`asyncio.Event` only appends to, removes from and walks its
-    waiters, which a list does as well.)"""
+    """Keep the waiters of an event a connection holds while it is open in a list, not a
+    deque: an empty deque is 760 bytes, a list 56, and an open stream holds two such
+    events. (`asyncio.Event` only appends to, removes from and walks its waiters, which a
+    list does as well.)"""
     if not event._waiters:
         event._waiters = []  # type: ignore[assignment]
 

@@ -2,7 +2,7 @@
 an open stream costs one task (the request's own), not a second one waiting on
 `receive()`, and a client that goes is still noticed at once, while its stream waits for
 an event that never comes. Under another server (no `WATCH_DISCONNECT`), the stream
-watches `receive()` itself."""
+watches `receive()` itself. A body's last chunk ends the response in the same message."""
 
 from __future__ import annotations
 

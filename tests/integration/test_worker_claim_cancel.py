@@ -1,8 +1,8 @@
 """A cancel that comes while a worker is claiming the job, in one process on a real
 redis-server: the API app cancels the stream after the worker's claim has read the record
 and before its run is registered. The run must not start: the stream ends with one
-cancelled finish and no text (before, the worker read the flag again after every claim;
-now it keeps what its cancel listener hears meanwhile)."""
+cancelled finish and no text. The worker keeps what its cancel listener hears while a job
+is being claimed, rather than reading the flag again after every claim."""
 
 from __future__ import annotations
 
