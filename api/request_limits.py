@@ -58,6 +58,9 @@ def _route_exists(scope: Scope) -> bool:
     return any(route.matches(scope)[0] is Match.FULL for route in scope["app"].router.routes)
 
 
+KNOWN_ROUTES_MAX = 1024  # (method, path) pairs whose answer `RequestLimits` remembers
+
+
 async def _no_body() -> Message:
     return {"type": "http.request", "body": b"", "more_body": False}
 
@@ -68,6 +71,9 @@ class RequestLimits:
         self.max_body = settings.max_body_bytes
         self.max_headers = settings.max_header_bytes
         self.max_depth = settings.max_json_depth
+        # Whether a route takes (method, path): matching walks every route, and the same
+        # few paths carry nearly every body. Bounded; emptied when full.
+        self._known: dict[tuple[str, str], bool] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -87,13 +93,22 @@ class RequestLimits:
         if declared is not None and declared > self.max_body:
             await self._reject(scope, send, RequestTooLarge(self._too_large_message()))
             return
-        if not _route_exists(scope):
+        if not self._route_exists(scope):
             # 404 or 405, answered by the router without reading the body.
             await self.app(scope, _no_body, send)
             return
         if not await self._authenticate(scope, send):
             return
         await self._with_body(scope, receive, send)
+
+    def _route_exists(self, scope: Scope) -> bool:
+        key = (scope["method"], scope["path"])
+        known = self._known.get(key)
+        if known is None:
+            if len(self._known) >= KNOWN_ROUTES_MAX:
+                self._known.clear()
+            known = self._known[key] = _route_exists(scope)
+        return known
 
     async def _authenticate(self, scope: Scope, send: Send) -> bool:
         request = Request(scope)

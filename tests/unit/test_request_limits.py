@@ -1,0 +1,55 @@
+"""Unit tests for api/request_limits.py's route check: a body sent to a path no route takes
+is answered by the router without being read, and the answer for each (method, path) is
+remembered, within a bound."""
+
+from __future__ import annotations
+
+from collections.abc import MutableMapping
+from typing import Any
+
+from fastapi import FastAPI
+
+from api.request_limits import KNOWN_ROUTES_MAX, RequestLimits
+from shared.settings import Settings
+
+
+def scope_for(app: FastAPI, method: str, path: str) -> dict[str, Any]:
+    return {
+        "type": "http",
+        "method": method,
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"content-length", b"2"), (b"content-type", b"application/json")],
+        "app": app,
+    }
+
+
+async def test_unknown_paths_are_answered_unread_and_remembered_within_a_bound() -> None:
+    app = FastAPI()
+
+    @app.post("/v1/things/{name}")
+    async def things(name: str) -> dict[str, str]:
+        return {"name": name}
+
+    limits = RequestLimits(app, Settings())
+
+    async def receive() -> MutableMapping[str, Any]:
+        raise AssertionError("the body of a request no route takes was read")
+
+    for i in range(KNOWN_ROUTES_MAX + 10):
+        sent: list[MutableMapping[str, Any]] = []
+
+        async def send(message: MutableMapping[str, Any], sent: list[Any] = sent) -> None:
+            sent.append(message)
+
+        await limits(scope_for(app, "POST", f"/nowhere/{i}"), receive, send)
+        assert sent[0]["status"] == 404
+        assert len(limits._known) <= KNOWN_ROUTES_MAX
+
+    # The route's own paths and methods: taken, and not taken by another method.
+    assert limits._route_exists(scope_for(app, "POST", "/v1/things/a"))
+    assert not limits._route_exists(scope_for(app, "PUT", "/v1/things/a"))
+    assert limits._known[("POST", "/v1/things/a")] is True
+    assert limits._known[("PUT", "/v1/things/a")] is False
