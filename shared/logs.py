@@ -155,7 +155,14 @@ def setup_logging(settings: Settings, command: str) -> LogFormat:
             logger.removeHandler(old)
         logger.propagate = True
         logger.disabled = False
+    # Libraries' own lines for every upstream request (httpx) and every job (arq, two)
+    # say nothing Spool's lines do not (with the job's fields), and each costs a write:
+    # above `debug`, only their warnings and errors are kept.
+    quiet = logging.WARNING if root.level > logging.DEBUG else logging.NOTSET
+    for name in CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(quiet)
     return chosen
 
 
 UVICORN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access")
+CHATTY_LOGGERS = ("httpx", "arq.worker")

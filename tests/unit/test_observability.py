@@ -53,9 +53,12 @@ def root_logging() -> Iterator[None]:
     """Whatever a test installs on the root logger goes again afterwards."""
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
+    chatty = {name: logging.getLogger(name).level for name in logs.CHATTY_LOGGERS}
     yield
     root.handlers[:] = handlers
     root.setLevel(level)
+    for name, was in chatty.items():
+        logging.getLogger(name).setLevel(was)
 
 
 # -- log lines --------------------------------------------------------------------------
@@ -189,6 +192,29 @@ def test_uvicorns_access_log_keeps_its_redaction_in_json(
     (line,) = [json.loads(text) for text in err.getvalue().splitlines()]
     assert line["logger"] == "uvicorn.access"
     assert line["message"] == '127.0.0.1:5000 - "GET /v1/streams/abc?[redacted] HTTP/1.1" 200'
+
+
+def test_libraries_per_request_lines_are_kept_only_at_debug(
+    monkeypatch: pytest.MonkeyPatch, root_logging: None
+) -> None:
+    """httpx's line per upstream request and arq's two per job say what Spool's own lines
+    say: at info they are dropped (their warnings stay); at debug they are kept."""
+    err = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", err)
+    logs.setup_logging(Settings(), "worker")
+    logging.getLogger("httpx").info("HTTP Request: POST https://upstream/v1 200")
+    logging.getLogger("arq.worker").info("0.00s -> job:generate()")
+    logging.getLogger("arq.worker").warning("job expired")
+    logging.getLogger("worker.job_run").info("job abc completed")
+    messages = [json.loads(text)["message"] for text in err.getvalue().splitlines()]
+    assert messages == ["job expired", "job abc completed"]
+
+    err.truncate(0)
+    err.seek(0)
+    logs.setup_logging(Settings(log_level="debug"), "worker")
+    logging.getLogger("httpx").info("HTTP Request: POST https://upstream/v1 200")
+    messages = [json.loads(text)["message"] for text in err.getvalue().splitlines()]
+    assert messages == ["HTTP Request: POST https://upstream/v1 200"]
 
 
 # -- metrics ----------------------------------------------------------------------------
