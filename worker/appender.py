@@ -46,21 +46,24 @@ class StreamWriter:
     async def write(self, events: list[ev.Event]) -> None:
         """Hand events over; returns at once unless too many are still waiting. Raises what
         an earlier append of this writer ran into (FenceLost, a Redis outage)."""
+        if events and self.hand(events):
+            await self.flush()
+
+    def hand(self, events: list[ev.Event]) -> bool:
+        """`write` without the wait (for the hot loop of a run, one event at a time):
+        hands `events` (not empty) over and says whether the caller must `flush` now."""
         if self.error is not None:
             raise self.error
-        if not events:
-            return
         first = self.queued == 0
-        self.pending.extend(events)
+        self.pending += events
         self.queued += len(events)
         self._settled.clear()
         if not self.scheduled:
             self.scheduled = True
             self.appender._ready(self)
-        if first or len(self.pending) > MAX_PENDING:
-            # The stream's first events go out before the run reads on (an upstream's
-            # first read may hold its whole answer): the first token is never held back.
-            await self.flush()
+        # The stream's first events go out before the run reads on (an upstream's first
+        # read may hold its whole answer): the first token is never held back.
+        return first or len(self.pending) > MAX_PENDING
 
     async def flush(self) -> None:
         """Wait until every event handed over is written."""

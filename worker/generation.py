@@ -443,6 +443,7 @@ class GenerationRun(JobRun):
         stream = self.provider.stream(request, self.entry)
         looping = bool(server_of)
         guard = self.guard
+        writer = self.writer
         step: Step | None = None
         text: list[str] = []
         reasoning: list[str] = []
@@ -477,7 +478,11 @@ class GenerationRun(JobRun):
                         event = event.model_copy(update={"index": index, "server": server})
                         merge_tool_call(calls, event)
                 self.transcript.apply(event)
-                await self._write([event])
+                if self.started:  # nearly every event: straight to the writer
+                    if writer.hand([event]):
+                        await writer.flush()
+                else:
+                    await self._write([event])
         if step is None:
             raise UpstreamError("the provider ended without a finish", code="upstream_incomplete")
         return step
