@@ -27,12 +27,11 @@ from shared import events as ev
 from shared import keys, logs, tracing
 from shared.queue import ArqJobQueue
 from shared.reaper import Reaper
-from shared.redis.clients import create_control_redis
 from shared.redis.embedded import EmbeddedRedis, free_port
 from shared.settings import Settings
 from shared.store import Status, StreamStore
+from tests.in_process import worker_runtime
 from tests.mock_fleet import MockFleet, deployment
-from worker.metrics import WorkerMetrics
 from worker.runtime import WorkerRuntime
 
 FIRST = 1_000_000.0  # a weight that puts a deployment first nearly always
@@ -106,12 +105,7 @@ async def system(redis: Redis, redis_server: EmbeddedRedis) -> AsyncIterator[Sys
     root.addHandler(handler)
     root.setLevel(logging.INFO)
     app = create_app(settings)
-    runtime = WorkerRuntime(
-        settings,
-        create_control_redis(settings),
-        create_control_redis(settings, multiplexed=True),
-        metrics=WorkerMetrics(settings),
-    )
+    runtime = worker_runtime(settings)
     try:
         async with app.router.lifespan_context(app):
             services: Services = app.state.services

@@ -17,11 +17,10 @@ from redis.asyncio import Redis
 from api.app import create_app
 from api.deps import Services
 from shared import events as ev
-from shared.redis.clients import create_control_redis
 from shared.redis.embedded import EmbeddedRedis
 from shared.settings import Settings
 from shared.store import Claim, Status
-from worker.metrics import WorkerMetrics
+from tests.in_process import worker_runtime
 from worker.runtime import WorkerRuntime
 
 
@@ -37,12 +36,7 @@ async def system(
         }
     )
     app = create_app(settings)
-    runtime = WorkerRuntime(
-        settings,
-        create_control_redis(settings),
-        create_control_redis(settings, multiplexed=True),
-        metrics=WorkerMetrics(settings),
-    )
+    runtime = worker_runtime(settings)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://spool") as http:
