@@ -59,6 +59,7 @@ def _route_exists(scope: Scope) -> bool:
 
 
 KNOWN_ROUTES_MAX = 1024  # (method, path) pairs whose answer `RequestLimits` remembers
+KNOWN_PATH_MAX_CHARS = 256  # a longer path is matched every time, not remembered
 
 
 async def _no_body() -> Message:
@@ -103,6 +104,8 @@ class RequestLimits:
 
     def _route_exists(self, scope: Scope) -> bool:
         key = (scope["method"], scope["path"])
+        if len(key[1]) > KNOWN_PATH_MAX_CHARS:
+            return _route_exists(scope)
         known = self._known.get(key)
         if known is None:
             if len(self._known) >= KNOWN_ROUTES_MAX:

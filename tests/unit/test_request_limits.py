@@ -1,6 +1,6 @@
 """Unit tests for api/request_limits.py's route check: a body sent to a path no route takes
 is answered by the router without being read, and the answer for each (method, path) is
-remembered, within a bound."""
+remembered, within bounds on the entries and on the path's length."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from api.request_limits import KNOWN_ROUTES_MAX, RequestLimits
+from api.request_limits import KNOWN_PATH_MAX_CHARS, KNOWN_ROUTES_MAX, RequestLimits
 from shared.settings import Settings
 
 
@@ -53,3 +53,7 @@ async def test_unknown_paths_are_answered_unread_and_remembered_within_a_bound()
     assert not limits._route_exists(scope_for(app, "PUT", "/v1/things/a"))
     assert limits._known[("POST", "/v1/things/a")] is True
     assert limits._known[("PUT", "/v1/things/a")] is False
+    # A long path (a hostile client's) is matched, not kept.
+    long = "/v1/things/" + "x" * KNOWN_PATH_MAX_CHARS
+    assert limits._route_exists(scope_for(app, "POST", long))
+    assert ("POST", long) not in limits._known
