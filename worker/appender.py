@@ -46,6 +46,8 @@ class StreamWriter:
     async def write(self, events: list[ev.Event]) -> None:
         """Hand events over; returns at once unless too many are still waiting. Raises what
         an earlier append of this writer ran into (FenceLost, a Redis outage)."""
+        if self.error is not None:
+            raise self.error
         if events and self.hand(events):
             await self.flush()
 

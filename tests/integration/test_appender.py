@@ -124,6 +124,10 @@ async def test_a_stale_attempt_cannot_append_any_part_of_a_batch(
         await stale.flush()
     with pytest.raises(FenceLost):
         await stale.write([ev.TextDelta(text="again")])
+    with pytest.raises(FenceLost):
+        await stale.write([])  # nothing to write still says what happened
+    with pytest.raises(FenceLost):
+        stale.hand([ev.TextDelta(text="again")])  # the run's short path says it too
     entries = await store.read_range(stream_id, "-", "+")
     assert [e.event.text for e in entries] == ["mine"]  # type: ignore[union-attr]
     # The new attempt writes on from what the stream holds.
