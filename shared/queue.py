@@ -20,7 +20,7 @@ from typing import Any, Protocol, cast
 import orjson
 from arq.connections import ArqRedis
 from arq.constants import in_progress_key_prefix, job_key_prefix
-from arq.jobs import Job, JobStatus
+from arq.jobs import Job, JobStatus, deserialize_job_raw
 from arq.jobs import serialize_job as serialize_arq_job
 from arq.utils import timestamp_ms
 from arq.worker import Worker, func
@@ -124,14 +124,27 @@ JobFunction = Callable[..., Awaitable[Any]]
 Hook = Callable[[dict[str, Any]], Awaitable[None]]
 
 
+class JobWatcher(Protocol):
+    """Told of each job this process takes from the queue, before the job's function runs
+    (so it can start what the job will need first), and of each one's end."""
+
+    def taken(self, job_id: str, function: str, args: tuple[Any, ...]) -> None: ...
+
+    def ended(self, job_id: str) -> None: ...
+
+
 class _WakeableWorker(Worker):
     """arq's worker, waking on the wake channel instead of sleeping between polls, taking
-    the jobs one poll finds in one round trip, and forgetting finished jobs as they end
-    (arq's own poll walks every running job each time, which grows with the load)."""
+    the jobs one poll finds in one round trip (each with its stored form, which its watcher
+    is told of before the job runs), and forgetting finished jobs as they end (arq's own
+    poll walks every running job each time, which grows with the load)."""
 
-    def __init__(self, *args: Any, wake: asyncio.Event, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, wake: asyncio.Event, watcher: JobWatcher | None, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.wake = wake
+        self.watcher = watcher
         self._take_jobs = scripts.register(self.pool, "take_jobs")
 
     async def _poll_iteration(self) -> None:
@@ -140,19 +153,35 @@ class _WakeableWorker(Worker):
             hold_ms = int(self.in_progress_timeout_s * 1000)
             taken = await self._take_jobs(
                 keys=[self.queue_name],
-                args=[timestamp_ms(), hold_ms, free, self.queue_read_limit, in_progress_key_prefix],
-            )
-            for job_id, score in zip(taken[::2], taken[1::2], strict=True):
+                args=[
+                    timestamp_ms(), hold_ms, free, self.queue_read_limit, in_progress_key_prefix,
+                    job_key_prefix,
+                ],
+            )  # fmt: skip
+            for raw_id, score, job in zip(taken[::3], taken[1::3], taken[2::3], strict=True):
                 await self.sem.acquire()
                 self.job_counter += 1
-                task = self.loop.create_task(self.run_job(job_id.decode(), int(score)))
-                task.add_done_callback(functools.partial(self._job_ended, job_id.decode()))
-                self.tasks[job_id.decode()] = task
+                job_id = raw_id.decode()
+                if self.watcher is not None and job:
+                    self._tell_taken(job_id, job)
+                task = self.loop.create_task(self.run_job(job_id, int(score)))
+                task.add_done_callback(functools.partial(self._job_ended, job_id))
+                self.tasks[job_id] = task
         if self.allow_abort_jobs:
             await self._cancel_aborted_jobs()
         await self.heart_beat()
 
+    def _tell_taken(self, job_id: str, job: bytes) -> None:
+        assert self.watcher is not None
+        try:
+            function, args, _, _, _ = deserialize_job_raw(job, deserializer=deserialize_job)
+        except Exception:  # arq's own run of the job reports what is wrong with it
+            return
+        self.watcher.taken(job_id, function, tuple(args))
+
     def _job_ended(self, job_id: str, task: asyncio.Task[None]) -> None:
+        if self.watcher is not None:
+            self.watcher.ended(job_id)
         self._release_sem_dec_counter_on_complete()
         if self.tasks.get(job_id) is task:
             del self.tasks[job_id]
@@ -198,6 +227,7 @@ class QueueConsumer:
         shutdown_grace_s: int,
         max_tries: int = 3,
         ctx: dict[str, Any] | None = None,
+        watcher: JobWatcher | None = None,
     ) -> None:
         async def wake_on_free_slot(_: dict[str, Any]) -> None:
             wake.set()
@@ -221,6 +251,7 @@ class QueueConsumer:
             job_serializer=serialize_job,
             job_deserializer=deserialize_job,
             wake=wake,
+            watcher=watcher,
         )
 
     def run(self) -> None:

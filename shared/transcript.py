@@ -70,6 +70,10 @@ class Transcript:
 
     def apply(self, event: ev.Event) -> None:
         self.events += 1
+        if type(event) is ev.TextDelta and event.logprobs is None:  # nearly every event
+            self.content_events += 1
+            self.text.append(event.text)
+            return
         if isinstance(event, ev.TextDelta | ev.ReasoningDelta | ev.ToolCallDelta):
             self.content_events += 1
         match event:

@@ -3,6 +3,13 @@ Redis its settings name: for tests that reach inside a job while it runs."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
+
+import httpx
+
+from api.app import create_app
+from api.deps import Services
 from shared.redis.clients import create_control_redis
 from shared.settings import Settings
 from worker.metrics import WorkerMetrics
@@ -18,3 +25,21 @@ def worker_runtime(settings: Settings) -> WorkerRuntime:
         create_control_redis(settings, multiplexed=True),
         metrics=WorkerMetrics(settings),
     )
+
+
+@contextlib.asynccontextmanager
+async def app_and_worker(
+    settings: Settings,
+) -> AsyncIterator[tuple[httpx.AsyncClient, Services, WorkerRuntime]]:
+    """The API app (a client to it over ASGI, and its services) and a worker runtime, both
+    started; no queue consumer runs: the test calls the runtime itself."""
+    app = create_app(settings)
+    runtime = worker_runtime(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://spool") as http:
+            await runtime.startup()
+            try:
+                yield http, app.state.services, runtime
+            finally:
+                await runtime.shutdown()

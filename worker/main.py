@@ -53,6 +53,7 @@ def build_consumer(settings: Settings, metrics: WorkerMetrics | None = None) -> 
         poll_interval_s=settings.worker_poll_interval_s,
         shutdown_grace_s=settings.worker_shutdown_grace_s,
         ctx={"spool": runtime},
+        watcher=runtime,
     )
 
 

@@ -10,6 +10,7 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -21,7 +22,7 @@ from shared import keys, logs, tracing
 from shared.artifacts import ArtifactStore
 from shared.hooks import HookStore
 from shared.netguard import Allowlist, GuardedTransport
-from shared.queue import ArqJobQueue
+from shared.queue import GENERATE, ArqJobQueue
 from shared.reaper import WORKER_LOST, Reaper
 from shared.redis.clients import REDIS_BLIP_ERRORS, DataRedis, RedisOutage, close_data_redis
 from shared.settings import Settings
@@ -66,6 +67,19 @@ class _Claiming:
         self.heard = False
 
 
+class _Prefetch:
+    """A generation's claim, sent as the queue took its job (in the same write as arq's
+    own reads of the job), for the job's run to take up; undone if arq never runs it."""
+
+    __slots__ = ("attempt", "claim", "claiming", "job_id")
+
+    def __init__(self, job_id: str, attempt: str, claim: asyncio.Future[Claim]) -> None:
+        self.job_id = job_id
+        self.attempt = attempt
+        self.claim = claim
+        self.claiming = _Claiming()
+
+
 class WorkerRuntime:
     """`redis` is a pool on the queue's Redis, for arq, pub/sub and blocking reads;
     `shared_redis` multiplexes one connection to it for everything the runs write (see
@@ -97,6 +111,8 @@ class WorkerRuntime:
         self.wake = asyncio.Event()
         self.runs: dict[str, JobRun] = {}
         self._claiming: dict[str, _Claiming] = {}  # jobs being claimed, not yet in `runs`
+        self._prefetched: dict[str, _Prefetch] = {}  # by stream id: claims not yet taken up
+        self._unclaiming: set[asyncio.Task[None]] = set()
         self.providers: dict[str, Provider] = {}
         self.task_providers: dict[str, TaskProvider] = {}
         self.artifacts = ArtifactStore(settings.artifacts_root, settings.max_output_bytes)
@@ -167,6 +183,10 @@ class WorkerRuntime:
         log.info("worker %s ready", self.worker_id)
 
     async def shutdown(self, ctx: dict[str, Any] | None = None) -> None:
+        for prefetch in list(self._prefetched.values()):
+            self.ended(prefetch.job_id)  # claimed as taken, never run: back to the queue
+        if self._unclaiming:
+            await asyncio.gather(*self._unclaiming, return_exceptions=True)
         for task in self._tasks:
             await cancel_and_wait(task)
         await self.appender.stop()
@@ -183,21 +203,65 @@ class WorkerRuntime:
 
     # -- the job --------------------------------------------------------------------------
 
+    def taken(self, job_id: str, function: str, args: tuple[Any, ...]) -> None:
+        """The queue took a job (`JobWatcher`): a generation's claim goes now, one round
+        trip sooner than its run would send it."""
+        if function != GENERATE or len(args) != 1 or not isinstance(args[0], str):
+            return
+        stream_id = args[0]
+        if stream_id in self._claiming:  # a second job for the stream claims for itself
+            return
+        attempt = new_attempt()
+        claim = asyncio.ensure_future(self.store.claim(stream_id, attempt, self.worker_name))
+        prefetch = self._prefetched[stream_id] = _Prefetch(job_id, attempt, claim)
+        # A cancel heard from now until the run is registered is noted.
+        self._claiming[stream_id] = prefetch.claiming
+
+    def ended(self, job_id: str) -> None:
+        """A job the queue took has ended (`JobWatcher`). A claim made for it that its run
+        never took up (arq did not run it) is undone: the job goes back to the queue."""
+        for stream_id, prefetch in self._prefetched.items():
+            if prefetch.job_id == job_id:
+                del self._prefetched[stream_id]
+                task = asyncio.ensure_future(self._unclaim(stream_id, prefetch))
+                self._unclaiming.add(task)
+                task.add_done_callback(self._unclaiming.discard)
+                return
+
+    async def _unclaim(self, stream_id: str, prefetch: _Prefetch) -> None:
+        try:
+            claim = await prefetch.claim
+            if claim.outcome == "claimed":
+                await self.store.release(stream_id, prefetch.attempt)
+        except Exception as exc:  # the lease runs out and the reaper takes the job back
+            log.warning("stream %s: could not undo an unused claim: %s", stream_id, exc)
+        finally:
+            if self._claiming.get(stream_id) is prefetch.claiming:
+                del self._claiming[stream_id]
+
     async def generate(self, stream_id: str) -> str:
         # Every line logged about the job, here and in the tasks it starts, names it.
         with logs.job_context(stream_id=stream_id):
-            # A cancel heard from now until the run is registered is noted here; the
-            # claim's reply tells of any requested before it.
-            claiming = self._claiming[stream_id] = _Claiming()
+            prefetch = self._prefetched.pop(stream_id, None)
+            if prefetch is not None:
+                claiming, attempt = prefetch.claiming, prefetch.attempt
+                pending: Awaitable[Claim] = prefetch.claim
+            else:
+                # A cancel heard from now until the run is registered is noted here; the
+                # claim's reply tells of any requested before it.
+                claiming = self._claiming[stream_id] = _Claiming()
+                attempt = new_attempt()
+                pending = self.store.claim(stream_id, attempt, self.worker_name)
             try:
-                return await self._claim_and_run(stream_id, claiming)
+                return await self._claim_and_run(stream_id, attempt, pending, claiming)
             finally:
                 if self._claiming.get(stream_id) is claiming:
                     del self._claiming[stream_id]
 
-    async def _claim_and_run(self, stream_id: str, claiming: _Claiming) -> str:
-        attempt = new_attempt()
-        claim = await self.store.claim(stream_id, attempt, self.worker_name)
+    async def _claim_and_run(
+        self, stream_id: str, attempt: str, pending: Awaitable[Claim], claiming: _Claiming
+    ) -> str:
+        claim = await pending
         if claim.outcome in ("busy", "done"):
             log.info("stream %s: not run (%s, %s)", stream_id, claim.outcome, claim.status)
             return claim.outcome

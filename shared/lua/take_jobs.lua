@@ -8,16 +8,19 @@
 -- ARGV[3] at most this many jobs to take
 -- ARGV[4] at most this many to look at
 -- ARGV[5] arq's in-progress key prefix
--- Returns the taken jobs as a flat list: id, score, id, score ...
+-- ARGV[6] arq's job key prefix
+-- Returns the taken jobs as a flat list: id, score, the job as arq stored it (false when
+-- it is gone), id, score, job ...
 local taken = {}
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[4])
 for _, id in ipairs(due) do
-  if #taken >= 2 * tonumber(ARGV[3]) then break end
+  if #taken >= 3 * tonumber(ARGV[3]) then break end
   local mark = ARGV[5] .. id
   if redis.call('EXISTS', mark) == 0 then
     redis.call('PSETEX', mark, ARGV[2], '1')
     taken[#taken + 1] = id
     taken[#taken + 1] = redis.call('ZSCORE', KEYS[1], id)
+    taken[#taken + 1] = redis.call('GET', ARGV[6] .. id)
   end
 end
 return taken

@@ -14,13 +14,12 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from api.app import create_app
 from api.deps import Services
 from shared import events as ev
 from shared.redis.embedded import EmbeddedRedis
 from shared.settings import Settings
 from shared.store import Claim, Status
-from tests.in_process import worker_runtime
+from tests.in_process import app_and_worker
 from worker.runtime import WorkerRuntime
 
 
@@ -35,16 +34,8 @@ async def system(
             "models": {"slow": {"provider": "demo", "tokens_per_second": 5}},
         }
     )
-    app = create_app(settings)
-    runtime = worker_runtime(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://spool") as http:
-            await runtime.startup()
-            try:
-                yield http, app.state.services, runtime
-            finally:
-                await runtime.shutdown()
+    async with app_and_worker(settings) as system:
+        yield system
 
 
 async def test_a_cancel_heard_while_claiming_ends_the_job_before_it_runs(
