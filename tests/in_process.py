@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 
@@ -29,10 +30,14 @@ def worker_runtime(settings: Settings) -> WorkerRuntime:
 
 @contextlib.asynccontextmanager
 async def app_and_worker(
-    settings: Settings,
+    redis_url: str, models: dict[str, Any]
 ) -> AsyncIterator[tuple[httpx.AsyncClient, Services, WorkerRuntime]]:
     """The API app (a client to it over ASGI, and its services) and a worker runtime, both
-    started; no queue consumer runs: the test calls the runtime itself."""
+    started on `redis_url` with these models and no keys; no queue consumer runs: the test
+    calls the runtime itself."""
+    settings = Settings.model_validate(
+        {"redis_url": redis_url, "auth_enabled": False, "models": models}
+    )
     app = create_app(settings)
     runtime = worker_runtime(settings)
     async with app.router.lifespan_context(app):

@@ -17,7 +17,6 @@ from redis.asyncio import Redis
 from api.deps import Services
 from shared import events as ev
 from shared.redis.embedded import EmbeddedRedis
-from shared.settings import Settings
 from shared.store import Claim, Status
 from tests.in_process import app_and_worker
 from worker.runtime import WorkerRuntime
@@ -27,14 +26,11 @@ from worker.runtime import WorkerRuntime
 async def system(
     redis: Redis, redis_server: EmbeddedRedis
 ) -> AsyncIterator[tuple[httpx.AsyncClient, Services, WorkerRuntime]]:
-    settings = Settings.model_validate(
-        {
-            "redis_url": redis_server.url.replace("/0", "/1"),  # the `redis` fixture's database
-            "auth_enabled": False,
-            "models": {"slow": {"provider": "demo", "tokens_per_second": 5}},
-        }
-    )
-    async with app_and_worker(settings) as system:
+    # The `redis` fixture's database: the test reads what the runs wrote.
+    url = redis_server.url.replace("/0", "/1")
+    async with app_and_worker(
+        url, {"slow": {"provider": "demo", "tokens_per_second": 5}}
+    ) as system:
         yield system
 
 

@@ -20,7 +20,6 @@ from shared import events as ev
 from shared import keys
 from shared.queue import GENERATE, ArqJobQueue, _WakeableWorker, deserialize_job, serialize_job
 from shared.redis.embedded import EmbeddedRedis
-from shared.settings import Settings
 from shared.store import Claim, Status
 from tests.in_process import app_and_worker
 from worker.runtime import WorkerRuntime
@@ -30,14 +29,11 @@ System = tuple[httpx.AsyncClient, Services, WorkerRuntime]
 
 @pytest.fixture
 async def system(redis: Redis, redis_server: EmbeddedRedis) -> AsyncIterator[System]:
-    settings = Settings.model_validate(
-        {
-            "redis_url": redis_server.url.replace("/0", "/1"),  # the `redis` fixture's database
-            "auth_enabled": False,
-            "models": {"fast": {"provider": "demo", "max_output_tokens": 5}},
-        }
-    )
-    async with app_and_worker(settings) as system:
+    # The `redis` fixture's database: the test reads what the runs wrote.
+    url = redis_server.url.replace("/0", "/1")
+    async with app_and_worker(
+        url, {"fast": {"provider": "demo", "max_output_tokens": 5}}
+    ) as system:
         yield system
 
 
