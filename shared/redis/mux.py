@@ -36,6 +36,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from shared.redis.resp import Packer
+
 _NO_RETRY = Retry(NoBackoff(), 0)
 CONNECT_BACKOFF_S = (0.05, 0.1, 0.2, 0.5)  # after 1, 2, 3, more failed connects in a row
 
@@ -58,6 +60,7 @@ class Mux:
         self._make_connection = make_connection
         self.command_timeout = command_timeout
         self._conn: AbstractConnection | None = None
+        self._packer: Packer | None = None
         self._connecting: asyncio.Task[None] | None = None
         self._reader: asyncio.Task[None] | None = None
         self._outbox: list[tuple[list[bytes], list[asyncio.Future[Any]]]] = []
@@ -85,6 +88,14 @@ class Mux:
         if self._conn is None:
             self._conn = self._make_connection()
         return self._conn
+
+    @property
+    def packer(self) -> Packer:
+        """Packs commands with the connection's string encoding."""
+        if self._packer is None:
+            encoder = self.connection.encoder
+            self._packer = Packer(encoder.encoding, encoder.encoding_errors)
+        return self._packer
 
     def submit(self, chunks: list[bytes], replies: int) -> list[asyncio.Future[Any]]:
         loop = asyncio.get_running_loop()
@@ -247,13 +258,12 @@ class MuxLease:
         return self._mux
 
     def pack_command(self, *args: Any) -> list[bytes]:
-        packed: list[bytes] = self.mux.connection.pack_command(*args)
-        return packed
+        return [self.mux.packer.command(args)]
 
     def pack_commands(self, commands: Iterable[Iterable[Any]]) -> _Packed:
-        listed = [tuple(c) for c in commands]
-        packed = _Packed(self.mux.connection.pack_commands(listed))
-        packed.replies = len(listed)
+        data, count = self.mux.packer.commands(commands)
+        packed = _Packed((data,))
+        packed.replies = count
         return packed
 
     async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
