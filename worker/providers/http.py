@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
-from collections.abc import AsyncGenerator, Callable
+import weakref
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
 
 import httpx
@@ -57,20 +59,29 @@ async def stream_events(
 ) -> AsyncGenerator[ServerSentEvent, None]:
     """POST `body` and yield the response's SSE events. Closing the generator (or
     cancelling its consumer) closes the upstream request."""
-    # The read timeout applies to each read: an upstream silent that long has stalled.
-    timeout = httpx.Timeout(
-        entry.idle_timeout_s, connect=entry.connect_timeout_s, read=entry.idle_timeout_s
+    # Merged as the client merges them: by name in any case, the later one winning.
+    sent = dict(_client_headers(client))
+    for given in (SSE_REQUEST_HEADERS, headers, entry.extra_headers):
+        for name, value in given.items():
+            sent[name.lower()] = (name, value)
+    request = httpx.Request(
+        "POST",
+        _url(url),
+        params=params,
+        headers=list(sent.values()),
+        content=orjson.dumps(body),
+        # The read timeout applies to each read: an upstream silent that long has stalled.
+        extensions={
+            "timeout": {
+                "connect": entry.connect_timeout_s,
+                "read": entry.idle_timeout_s,
+                "write": entry.idle_timeout_s,
+                "pool": entry.idle_timeout_s,
+            }
+        },
     )
-    headers = {
-        "Accept": "text/event-stream",
-        "Content-Type": "application/json",
-        **headers,
-        **entry.extra_headers,
-    }
     try:
-        async with client.stream(
-            "POST", url, content=orjson.dumps(body), headers=headers, params=params, timeout=timeout
-        ) as response:
+        async with _sent(client, request) as response:
             if response.status_code >= 400:
                 payload = await response.aread()
                 message = upstream_message(payload, headers)
@@ -96,6 +107,42 @@ async def stream_events(
     except httpx.HTTPError as exc:
         silent = f"the upstream went silent for {entry.idle_timeout_s:g}s"
         raise transport_error(exc, entry.connect_timeout_s, silent) from exc
+
+
+@functools.lru_cache(maxsize=256)
+def _url(url: str) -> httpx.URL:
+    """Upstream URLs, parsed once (a worker calls the same few over and over)."""
+    return httpx.URL(url)
+
+
+SSE_REQUEST_HEADERS = {"Accept": "text/event-stream", "Content-Type": "application/json"}
+_CLIENT_HEADERS: weakref.WeakKeyDictionary[httpx.AsyncClient, dict[str, tuple[str, str]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _client_headers(client: httpx.AsyncClient) -> dict[str, tuple[str, str]]:
+    """The client's own headers (User-Agent, Accept-Encoding), which a request sent through
+    the client would carry, by lower-cased name. A client's headers are set when it is made."""
+    found = _CLIENT_HEADERS.get(client)
+    if found is None:
+        found = _CLIENT_HEADERS[client] = {k.lower(): (k, v) for k, v in client.headers.items()}
+    return found
+
+
+@contextlib.asynccontextmanager
+async def _sent(client: httpx.AsyncClient, request: httpx.Request) -> AsyncIterator[httpx.Response]:
+    """`request` sent straight to the transport the client has for its URL (its proxy
+    when it has one), its response closed on the way out. A provider's streamed POST needs
+    nothing else of the client: it follows no redirects and keeps no cookies, and the rest
+    of what `client.stream` does for each request costs more than reading the answer."""
+    transport = client._transport_for_url(request.url)
+    response = await transport.handle_async_request(request)
+    response.request = request
+    try:
+        yield response
+    finally:
+        await response.aclose()
 
 
 DRAIN_S = 0.05
