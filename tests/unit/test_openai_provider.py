@@ -522,6 +522,41 @@ async def test_request_sent_upstream(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "user" not in body
 
 
+async def test_request_headers_merge_as_the_client_merges_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The client's own headers go too; a later header of the same name in any case wins,
+    and is sent once: the model's extra headers over the provider's, over the client's."""
+    monkeypatch.setenv(KEY_ENV, "sk-secret-123")
+    upstream = sse_upstream([chunk({}, "stop"), DONE])
+    await run(
+        upstream,
+        entry=make_entry(extra_headers={"ACCEPT": "text/event-stream; v=2", "User-Agent": "me"}),
+    )
+    sent = upstream.requests[0]
+    assert sent.headers.get_list("accept") == ["text/event-stream; v=2"]
+    assert sent.headers.get_list("user-agent") == ["me"]
+    assert sent.headers["accept-encoding"] == httpx.AsyncClient().headers["accept-encoding"]
+    assert sent.headers["authorization"] == "Bearer sk-secret-123"
+    assert sent.headers["host"] == httpx.URL(BASE_URL).netloc.decode()
+    assert int(sent.headers["content-length"]) == len(sent.content)
+    assert sent.extensions["timeout"]["read"] == make_entry().idle_timeout_s
+
+
+async def test_request_goes_through_the_clients_proxy_mount() -> None:
+    """A client with a transport mounted for the upstream's URL (a proxy) sends there."""
+    upstream = sse_upstream([chunk({}, "stop"), DONE])
+    unused = sse_upstream([])
+    mounted = httpx.AsyncClient(
+        transport=httpx.MockTransport(unused.handler),
+        mounts={BASE_URL.split("://")[0] + "://": httpx.MockTransport(upstream.handler)},
+    )
+    async with mounted:
+        events = [e async for e in OpenAIProvider(mounted).stream(make_request(), make_entry())]
+    assert len(upstream.requests) == 1 and not unused.requests
+    assert isinstance(events[-1], ev.Finish)
+
+
 async def test_no_authorization_without_key(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(KEY_ENV, raising=False)
     upstream = sse_upstream([chunk({}, "stop"), DONE])
