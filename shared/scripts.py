@@ -7,7 +7,8 @@ import functools
 from pathlib import Path
 
 from redis.asyncio import Redis, RedisCluster
-from redis.commands.core import AsyncScript
+
+from shared.redis.lean import Script
 
 SCRIPT_DIR = Path(__file__).with_name("lua")
 INCLUDE = "--@include "
@@ -26,7 +27,6 @@ def source(name: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def register(redis: Redis | RedisCluster, name: str) -> AsyncScript:
-    """The script as redis-py runs it: EVALSHA, loading it again when Redis lost it."""
-    script: AsyncScript = redis.register_script(source(name))  # type: ignore[misc]
-    return script
+def register(redis: Redis | RedisCluster, name: str) -> Script:
+    """The script, run by EVALSHA (by EVAL when Redis has lost it, which loads it again)."""
+    return Script(redis, source(name))

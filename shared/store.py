@@ -35,6 +35,7 @@ from shared.errors import (
     StreamNotFound,
 )
 from shared.limits import settle, usage_model
+from shared.redis import lean
 from shared.redis.clients import DataRedis
 from shared.settings import Settings
 from shared.transcript import Transcript
@@ -273,7 +274,7 @@ class StreamStore:
                 self._queued(pipe, stream_id)
                 if then is not None:
                     then(pipe)
-                await pipe.execute()
+                await lean.execute(pipe)
             return
         # Two: the record first, for a worker may take the job the moment it is queued.
         # A record whose enqueue then fails expires unread (the caller got the error).
@@ -532,7 +533,7 @@ class StreamStore:
             async with self.control.pipeline(transaction=False) as pipe:
                 pipe.eval(source, 3, *args)
                 self._claimed(pipe, stream_id, lease_guess)
-                reply = (await pipe.execute())[0]
+                reply = (await lean.execute(pipe))[0]
         else:
             reply, indexed = await asyncio.gather(
                 self.redis.eval(source, 3, *args),  # type: ignore[arg-type]
@@ -594,7 +595,7 @@ class StreamStore:
                 async with self.redis.pipeline(transaction=False) as pipe:
                     for numkeys, args in calls:
                         pipe.execute_command("EVALSHA", script.sha, numkeys, *args)
-                    replies: list[Any] = await pipe.execute(raise_on_error=True)
+                    replies: list[Any] = await lean.execute(pipe)
                 return replies
             except NoScriptError:
                 # Redis lost its script cache (a restart, or a replica promoted: scripts
