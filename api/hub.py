@@ -34,7 +34,6 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import MovedError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from shared import events as ev
 from shared import keys
 from shared.errors import ResumePointExpired, StreamNotFound
 from shared.redis.clients import DataRedis, RedisOutage
@@ -55,7 +54,7 @@ def parse_live(data: bytes) -> list[Entry]:
     entries = []
     for line in data.split(b"\n"):
         entry_id, seq, payload = line.split(b" ", 2)
-        entries.append(Entry(entry_id.decode(), int(seq), ev.decode(payload)))
+        entries.append(Entry.read(entry_id, int(seq), payload))
     return entries
 
 
@@ -149,7 +148,7 @@ class Reader:
             out.append(entry)
             self.next_seq += 1
             self.after = entry.id
-            if ev.is_terminal(entry.event):
+            if entry.terminal:
                 self.finished = True
                 break
         if out:

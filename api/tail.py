@@ -25,7 +25,7 @@ from redis.exceptions import RedisError
 from starlette.responses import Response
 
 from api.deps import Services
-from api.formats import Frame, SequencedFormat, StatefulRenderer, WireFormat
+from api.formats import Frame, SequencedFormat, StatefulRenderer, TextSplicer, WireFormat
 from api.hub import Reader, StreamHub
 from api.responses import DEPLOYMENT_HEADER, STREAM_ID_HEADER, EventStream
 from shared import events as ev
@@ -120,6 +120,7 @@ class Tail:
         "renderer",
         "routed",
         "services",
+        "splice",
         "state_due",
         "store",
     )
@@ -139,6 +140,10 @@ class Tail:
         self.fmt = fmt
         self.cancel_on_disconnect = cancel_on_disconnect
         self.renderer = fmt.renderer(record.render)
+        # A renderer that renders plain text deltas undecoded (see `formats.TextSplicer`).
+        self.splice = cast(TextSplicer, self.renderer).text_event if (
+            hasattr(self.renderer, "text_event") and not fmt.stateful and fmt.sse_ids
+        ) else None  # fmt: skip
         self.reader: Reader | None = None
         # The position from which the renderer's state is saved next (0: never: stateless,
         # or numbered events, which a resume renders from the start).
@@ -297,12 +302,19 @@ class Tail:
             self.reader.wake()
 
     def _render(self, batch: list[Entry]) -> bytes:
-        fmt, renderer = self.fmt, self.renderer
-        return b"".join(
-            encode_frames(entry.id, frames, with_ids=fmt.sse_ids)
-            for entry in batch
-            if (frames := renderer.frames(entry.id, entry.event))
-        )
+        renderer, with_ids, splice = self.renderer, self.fmt.sse_ids, self.splice
+        out = []
+        for entry in batch:
+            value = entry.value
+            if type(value) is bytes:
+                if splice is not None:  # nearly every event: a text delta, undecoded
+                    out.append(splice(entry.id, ev.stored_text(value)))
+                    continue
+                value = ev.decode(value)
+            frames = renderer.frames(entry.id, value)  # type: ignore[arg-type]
+            if frames:
+                out.append(encode_frames(entry.id, frames, with_ids=with_ids))
+        return b"".join(out)
 
     async def stream(self, start: Start) -> AsyncIterator[bytes]:
         # The reconnection delay rides with the first event (formats that speak SSE fields).

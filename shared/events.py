@@ -187,3 +187,25 @@ def encode(event: Event) -> bytes:
 
 def decode(raw: bytes | str) -> Event:
     return _adapter.validate_json(raw)
+
+
+_PLAIN_TEXT_HEAD = b'{"type":"text","text":"'
+_PLAIN_TEXT_TAIL = b'"}'
+
+
+def plain_text(raw: bytes) -> bytes | None:
+    """The text of a stored event that is a plain text delta (as `encode` writes one) and
+    whose JSON string needs no unescaping: its UTF-8 bytes, which are also its JSON string's
+    contents (to be spliced into a wire format's JSON as they are). None for any other event
+    (a text with a quote, a backslash or a control character, which JSON escapes, included).
+    The API's readers render these without decoding them."""
+    if raw.startswith(_PLAIN_TEXT_HEAD) and raw.endswith(_PLAIN_TEXT_TAIL):
+        text = raw[len(_PLAIN_TEXT_HEAD) : -len(_PLAIN_TEXT_TAIL)]
+        if b'"' not in text and b"\\" not in text:
+            return text
+    return None
+
+
+def stored_text(raw: bytes) -> bytes:
+    """The text of an event `plain_text` accepted (without checking it again)."""
+    return raw[len(_PLAIN_TEXT_HEAD) : -len(_PLAIN_TEXT_TAIL)]

@@ -146,15 +146,35 @@ class AppendBatch:
 class Entry(NamedTuple):
     """One stream entry: its Redis id, its position in the stream (1-based, counted over
     everything ever appended, so a gap means trimmed events) and the event. A tuple: one
-    is made per event per process, and a tuple is made in half a frozen dataclass's time."""
+    is made per event per process, and a tuple is made in half a frozen dataclass's time.
+
+    `value` is the event, or, for a plain text delta read from Redis, the event as stored
+    (see `ev.plain_text`): nearly every event of a stream is one, and a format that splices
+    its text into its own JSON renders it without decoding it. `event` decodes it."""
 
     id: str
     seq: int
-    event: ev.Event
+    value: ev.Event | bytes
+
+    @property
+    def event(self) -> ev.Event:
+        value = self.value
+        return ev.decode(value) if type(value) is bytes else value  # type: ignore[return-value]
+
+    @property
+    def terminal(self) -> bool:
+        value = self.value
+        return type(value) is not bytes and ev.is_terminal(value)  # type: ignore[arg-type]
+
+    @classmethod
+    def read(cls, entry_id: bytes, seq: int, raw: bytes) -> Entry:
+        """An entry as stored (a plain text delta stays undecoded)."""
+        value = raw if ev.plain_text(raw) is not None else ev.decode(raw)
+        return cls(entry_id.decode(), seq, value)
 
     @classmethod
     def from_redis(cls, entry_id: bytes, fields: dict[bytes, bytes]) -> Entry:
-        return cls(entry_id.decode(), int(fields[b"n"]), ev.decode(fields[ev.FIELD]))
+        return cls.read(entry_id, int(fields[b"n"]), fields[ev.FIELD])
 
 
 @dataclass(frozen=True, slots=True)

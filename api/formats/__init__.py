@@ -39,6 +39,15 @@ class Renderer(Protocol):
         ...
 
 
+class TextSplicer(Protocol):
+    """A stateless renderer that renders a plain text delta from its stored text (see
+    `ev.plain_text`), without the event being decoded: `text` is the text's UTF-8 bytes,
+    which need no escaping in JSON. It returns the whole SSE event, `id:` line included,
+    exactly as `frames` and `tail.encode_frames` would make it."""
+
+    def text_event(self, entry_id: str, text: bytes) -> bytes: ...
+
+
 class StatefulRenderer(Renderer, Protocol):
     """The renderer of a stateful format: its state can be saved to a few bytes and put back
     into a fresh renderer, which then renders exactly what the saved one would."""

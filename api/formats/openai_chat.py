@@ -192,7 +192,8 @@ class OpenAIChatFormat:
 class _ChatRenderer:
     """One stream's renderer. A text delta (nearly every event) is the stream's chunk with
     its content spliced in: the same bytes as `fmt.frames` writes, without building and
-    serialising the whole chunk each time."""
+    serialising the whole chunk each time (and, with `text_event`, without the stored
+    event being decoded)."""
 
     __slots__ = ("fmt", "render", "text_prefix", "text_suffix")
 
@@ -208,3 +209,9 @@ class _ChatRenderer:
         if type(event) is ev.TextDelta and not event.logprobs:
             return [Frame(self.text_prefix + orjson.dumps(event.text) + self.text_suffix)]
         return self.fmt.frames(event, self.render)
+
+    def text_event(self, entry_id: str, text: bytes) -> bytes:
+        return b"".join(
+            (b"data: ", self.text_prefix, b'"', text, b'"', self.text_suffix, b"\nid: ",
+             entry_id.encode(), b"\n\n")
+        )  # fmt: skip

@@ -333,3 +333,59 @@ def test_from_json_of_empty_transcript() -> None:
     assert back.finish_reason is None
     assert back.error is None
     assert not back.has_output
+
+
+# -- plain text deltas, read without decoding ------------------------------------------------
+
+
+@pytest.mark.parametrize("text", ["", " tok", "héllo 日本 🎉", "a/b", "x\x7fy", "{}", "a'b"])
+def test_plain_text_is_the_texts_bytes(text: str) -> None:
+    raw = ev.encode(ev.TextDelta(text=text))
+    found = ev.plain_text(raw)
+    assert found == text.encode()
+    assert ev.stored_text(raw) == found
+    assert orjson.loads(b'"' + found + b'"') == text  # splices into JSON as it is
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        ev.TextDelta(text='say "hi"'),
+        ev.TextDelta(text="back\\slash"),
+        ev.TextDelta(text="line\nbreak"),
+        ev.TextDelta(text="tab\there"),
+        ev.TextDelta(text="a", logprobs=[{"token": "a", "logprob": -0.1}]),
+        ev.ReasoningDelta(text="thinking"),
+        ev.Finish(reason="stop"),
+        ev.Start(model="m", provider="demo"),
+    ],
+)
+def test_plain_text_refuses_what_needs_decoding(event: ev.Event) -> None:
+    assert ev.plain_text(ev.encode(event)) is None
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"type":"text","text":"a","x":"b"}',  # not what `encode` writes: decoded instead
+        b'{"type":"text","text":"a"} ',
+        b'{"type":"text","text":"a\\u0041"}',
+        b'{"type":"texts","text":"a"}',
+    ],
+)
+def test_plain_text_refuses_other_shapes(raw: bytes) -> None:
+    assert ev.plain_text(raw) is None
+
+
+def test_a_stored_entry_keeps_plain_text_undecoded_and_decodes_on_demand() -> None:
+    from shared.store import Entry
+
+    text = Entry.read(b"5-0", 3, ev.encode(ev.TextDelta(text="hé")))
+    assert text.value == ev.encode(ev.TextDelta(text="hé"))
+    assert text.event == ev.TextDelta(text="hé")
+    assert (text.id, text.seq, text.terminal) == ("5-0", 3, False)
+    finish = Entry.read(b"6-0", 4, ev.encode(ev.Finish(reason="stop")))
+    assert finish.value == finish.event == ev.Finish(reason="stop")
+    assert finish.terminal
+    quoted = Entry.read(b"7-0", 5, ev.encode(ev.TextDelta(text='"')))
+    assert quoted.value == ev.TextDelta(text='"')

@@ -433,3 +433,17 @@ def test_a_streams_text_chunks_are_the_general_paths_bytes(
     event = ev.TextDelta(text=text)
     fast = fmt.renderer(render).frames("1-0", event)
     assert [f.data for f in fast] == [f.data for f in fmt.frames(event, render)]
+
+
+@given(st.text(), st.sampled_from([RENDER, RENDER_NO_USAGE]))
+def test_a_spliced_text_event_is_the_rendered_one(text: str, render: dict[str, Any]) -> None:
+    """A text delta rendered undecoded from its stored form is byte for byte the event the
+    renderer and `encode_frames` make of it decoded."""
+    raw = ev.encode(ev.TextDelta(text=text))
+    renderer = FMT.renderer(render)
+    expected = encode_frames("1700000000123-4", renderer.frames("1700000000123-4", ev.decode(raw)))
+    stored = ev.plain_text(raw)
+    if stored is None:
+        assert any(c in text for c in '"\\') or any(ord(c) < 0x20 for c in text)
+        return
+    assert renderer.text_event("1700000000123-4", stored) == expected
