@@ -37,6 +37,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from shared import keys
 from shared.errors import ResumePointExpired, StreamNotFound
 from shared.redis.clients import DataRedis, RedisOutage
+from shared.redis.mux import NOT_ENOUGH_DATA, buffered_reply
 from shared.store import Entry, StreamStore
 
 log = logging.getLogger(__name__)
@@ -635,7 +636,11 @@ class _Link:
         loop = asyncio.get_running_loop()
         while True:
             try:
-                reply = await conn.read_response(disconnect_on_error=False)
+                reply = buffered_reply(conn)  # many messages come in one read, under load
+                if reply is NOT_ENOUGH_DATA:
+                    reply = await conn.read_response(disconnect_on_error=False)
+                elif isinstance(reply, Exception):
+                    raise reply
             except MovedError as moved:  # a subscription sent to a node that lost the slot
                 self.hub._moved(self, moved)
                 continue

@@ -29,6 +29,8 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from redis._parsers.hiredis import NOT_ENOUGH_DATA as NOT_ENOUGH_DATA
+from redis._parsers.hiredis import _AsyncHiredisParser
 from redis.asyncio.connection import AbstractConnection, Connection, ConnectionPool
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -172,8 +174,12 @@ class Mux:
                 self._replies_due.clear()
                 await self._replies_due.wait()
                 continue
+            reply: Any = buffered_reply(conn)
             try:
-                reply: Any = await conn.read_response(disconnect_on_error=False)
+                if reply is NOT_ENOUGH_DATA:
+                    reply = await conn.read_response(disconnect_on_error=False)
+                elif isinstance(reply, RedisConnectionError):
+                    raise reply
             except ResponseError as exc:
                 reply = exc
             except asyncio.CancelledError:
@@ -232,6 +238,18 @@ class Mux:
                 future.set_exception(closed)
         if self._conn is not None:
             await self._conn.disconnect()
+
+
+def buffered_reply(conn: AbstractConnection) -> Any:
+    """The next reply, when the connection has already read it off the socket (a read
+    brings many, under load); else `NOT_ENOUGH_DATA`, and it must be awaited. redis-py's
+    own read wraps every reply, buffered or not, in a timeout (a timer set and cancelled):
+    more than the rest of handing the reply over."""
+    parser = conn._parser
+    if type(parser) is not _AsyncHiredisParser or not parser._connected:
+        return NOT_ENOUGH_DATA
+    reader: Any = parser._reader
+    return NOT_ENOUGH_DATA if reader is None else reader.gets()
 
 
 def _as_connection_error(exc: BaseException) -> Exception:

@@ -7,6 +7,7 @@ import asyncio
 import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
@@ -232,3 +233,28 @@ async def test_a_full_redis_is_not_hammered_and_is_reached_once_it_has_room(tmp_
         await client.aclose(close_connection_pool=True)
         await admin.aclose()
         server.stop()
+
+
+async def test_replies_already_read_are_handed_over_without_awaiting_the_socket(
+    mux: Redis,
+) -> None:
+    """A read brings many replies at once under load: they are handed over as they sit
+    in the buffer, in order, and only an empty buffer is waited on."""
+    await mux.ping()
+    pool = mux.connection_pool
+    assert isinstance(pool, MuxPool)
+    conn = pool.mux.connection
+    awaited = [0]
+    original = conn.read_response
+
+    async def counting(*args: Any, **kwargs: Any) -> Any:
+        awaited[0] += 1
+        return await original(*args, **kwargs)
+
+    conn.read_response = counting  # type: ignore[method-assign]
+    results = await asyncio.gather(*(mux.incrby(f"b{i % 10}", 1) for i in range(1000)))
+    assert sorted(results) == sorted(n for _ in range(10) for n in range(1, 101))
+    assert awaited[0] < 100, awaited[0]
+    with pytest.raises(ResponseError):  # an error reply from the buffer is still an error
+        await asyncio.gather(mux.set("s", "x"), mux.incr("s"), mux.get("s"))
+    assert await mux.get("s") == b"x"
