@@ -15,6 +15,7 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from api.deps import Services
 from api.errors import install_error_handlers
+from api.fast_routes import FastRoutes
 from api.hub import StreamHub
 from api.metrics import Metrics, MetricsMiddleware
 from api.request_limits import RequestLimits
@@ -134,7 +135,8 @@ def create_app(settings: Settings) -> FastAPI:
     install_error_handlers(app)
     metrics = Metrics()
     app.state.metrics = metrics
-    app.add_middleware(RequestLimits, settings=settings)
+    fast = FastRoutes([openai_chat.router]) if settings.fast_routes else None
+    app.add_middleware(RequestLimits, settings=settings, fast=fast)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     for router in (
         openai_chat.router,

@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.deps import CALLER_STATE, Services, authenticate
 from api.errors import error_response
+from api.fast_routes import FastRoutes
 from shared.errors import (
     HeadersTooLarge,
     InvalidRequest,
@@ -67,8 +68,9 @@ async def _no_body() -> Message:
 
 
 class RequestLimits:
-    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+    def __init__(self, app: ASGIApp, settings: Settings, fast: FastRoutes | None = None) -> None:
         self.app = app
+        self.fast = fast  # routes served without the framework's steps, when valid
         self.max_body = settings.max_body_bytes
         self.max_headers = settings.max_header_bytes
         self.max_depth = settings.max_json_depth
@@ -161,6 +163,10 @@ class RequestLimits:
             error = InvalidRequest(f"the JSON body is nested deeper than {self.max_depth} levels")
             await self._reject(scope, send, error)
             return
+        if self.fast is not None:
+            fast = self.fast.get(scope)
+            if fast is not None and await self.fast.serve(fast, scope, whole, receive, send):
+                return
         replayed = False
 
         async def replay() -> Message:

@@ -230,6 +230,9 @@ class Settings(BaseSettings):
     gc_thresholds: tuple[Threshold, Threshold, Threshold] | None = (50_000, 20, 100)
     worker_poll_interval_s: float = Field(default=0.5, gt=0)
     worker_shutdown_grace_s: int = Field(default=30, ge=0)
+    # Serve OpenAI chat completions without the web framework's per-request steps when the
+    # request is valid (see `api.fast_routes`; anything else goes the framework's way).
+    fast_routes: bool = True
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     max_header_bytes: int = Field(default=16 * 1024, ge=1024)
     # A connection must send a whole request head within this time of opening (or of its
