@@ -169,6 +169,15 @@ Event = Annotated[
     Field(discriminator="type"),
 ]
 TERMINAL_TYPES = frozenset({"finish", "error", "task_result"})
+_validate_text = TextDelta.__pydantic_validator__.validate_python
+
+
+def text_delta(text: str) -> TextDelta:
+    """`TextDelta(text=text)`, validated the same, without the keyword-argument wrapper
+    (providers make one per token)."""
+    made: TextDelta = _validate_text({"text": text})
+    return made
+
 
 _adapter: TypeAdapter[Event] = TypeAdapter(Event)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import codecs
 from collections.abc import Iterator
-from dataclasses import dataclass
+from typing import NamedTuple
 
 _NEWLINES = ("\r\n", "\r", "\n")
 
@@ -50,8 +50,9 @@ def format_comment(text: str = "") -> bytes:
     return "".join(f": {line}\n" for line in text.splitlines() or [""]).encode("utf-8")
 
 
-@dataclass(frozen=True, slots=True)
-class ServerSentEvent:
+class ServerSentEvent(NamedTuple):
+    """One event as read (a tuple: an upstream stream makes one per token)."""
+
     data: str
     event: str = "message"
     id: str | None = None

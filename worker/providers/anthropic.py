@@ -378,7 +378,7 @@ class _EventMapper:
         kind = delta.get("type")
         if kind == "text_delta":
             text = delta.get("text")
-            return [ev.TextDelta(text=text)] if isinstance(text, str) and text else []
+            return [ev.text_delta(text)] if isinstance(text, str) and text else []
         if kind == "thinking_delta":
             text = delta.get("thinking")
             return [ev.ReasoningDelta(text=text)] if isinstance(text, str) and text else []

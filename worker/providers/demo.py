@@ -900,7 +900,7 @@ class DemoProvider:
             # no event it has not sent yet.
             yield from events
             for text in texts:
-                yield ev.TextDelta(text=text)
+                yield ev.text_delta(text)
 
         loop = asyncio.get_running_loop()
         start = loop.time() + entry.first_token_delay_ms / 1000

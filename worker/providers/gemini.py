@@ -349,7 +349,7 @@ class _ResponseMapper:
             # Gemini signs a turn's first part; the signature is kept as reasoning.
             out.append(ev.ReasoningDelta(text="", signature=signature))
         if text:
-            out.append(ev.TextDelta(text=text))
+            out.append(ev.text_delta(text))
         return out
 
 

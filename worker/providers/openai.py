@@ -221,7 +221,7 @@ class _ChunkMapper:
                 if logprobs:
                     out.append(ev.TextDelta(text=content, logprobs=_logprobs(logprobs)))
                 else:
-                    out.append(ev.TextDelta(text=content))
+                    out.append(ev.text_delta(content))
             for call in delta.get("tool_calls") or []:
                 out.append(_tool_call_delta(call))
             reason = choice.get("finish_reason")

@@ -303,7 +303,7 @@ class _EventMapper:
     def _refusal(self, event: dict[str, Any]) -> list[ev.Event]:
         """A refusal is the answer the client gets: it is passed on as text."""
         delta = event.get("delta")
-        return [ev.TextDelta(text=delta)] if isinstance(delta, str) and delta else []
+        return [ev.text_delta(delta)] if isinstance(delta, str) and delta else []
 
     def _reasoning(self, event: dict[str, Any]) -> list[ev.Event]:
         delta = event.get("delta")
