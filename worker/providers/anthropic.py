@@ -435,12 +435,15 @@ class AnthropicProvider:
         mapper = _EventMapper()
         parser = EventParser()
         events = stream_events(self.client, url, body=body, headers=headers, entry=entry)
-        async with contextlib.aclosing(events) as sses:
-            async for sse in sses:
-                for event in parser.parse(sse, functools.partial(mapper.map, name=sse.event)):
-                    yield event
+        async with contextlib.aclosing(events) as reads:
+            async for read in reads:
+                for sse in read:
+                    for event in parser.parse(sse, functools.partial(mapper.map, name=sse.event)):
+                        yield event
+                    if mapper.stopped:
+                        break
                 if mapper.stopped:
-                    await read_to_the_end(sses)
+                    await read_to_the_end(reads)
                     break
         if not mapper.stopped:
             raise incomplete()

@@ -438,10 +438,11 @@ class GeminiProvider:
             entry=entry,
             params={"alt": "sse"},
         )
-        async with contextlib.aclosing(events) as sses:
-            async for sse in sses:
-                for event in parser.parse(sse, mapper.map):
-                    yield event
+        async with contextlib.aclosing(events) as reads:
+            async for read in reads:
+                for sse in read:
+                    for event in parser.parse(sse, mapper.map):
+                        yield event
         if not mapper.done:
             raise incomplete()
         yield mapper.finish()

@@ -291,13 +291,18 @@ class OpenAIProvider:
         mapper = _ChunkMapper()
         parser = EventParser()
         events = stream_events(self.client, url, body=body, headers=headers, entry=entry)
-        async with contextlib.aclosing(events) as sses:
-            async for sse in sses:
-                if sse.data == "[DONE]":
-                    await read_to_the_end(sses)
+        done = False
+        async with contextlib.aclosing(events) as reads:
+            async for read in reads:
+                for sse in read:
+                    if sse.data == "[DONE]":
+                        done = True
+                        break
+                    for event in parser.parse(sse, mapper.map):
+                        yield event
+                if done:
+                    await read_to_the_end(reads)
                     break
-                for event in parser.parse(sse, mapper.map):
-                    yield event
         if mapper.finish_reason is None:
             raise incomplete()
         yield ev.Finish(reason=mapper.finish_reason, usage=mapper.usage)

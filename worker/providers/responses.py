@@ -435,12 +435,15 @@ class ResponsesProvider:
         mapper = _EventMapper({**headers, **entry.extra_headers})
         parser = EventParser()
         events = stream_events(self.client, url, body=body, headers=headers, entry=entry)
-        async with contextlib.aclosing(events) as sses:
-            async for sse in sses:
-                for event in parser.parse(sse, mapper.map):
-                    yield event
+        async with contextlib.aclosing(events) as reads:
+            async for read in reads:
+                for sse in read:
+                    for event in parser.parse(sse, mapper.map):
+                        yield event
+                    if mapper.finish_reason is not None:
+                        break
                 if mapper.finish_reason is not None:
-                    await read_to_the_end(sses)
+                    await read_to_the_end(reads)
                     break
         if mapper.finish_reason is None:
             raise incomplete()
