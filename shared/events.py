@@ -6,6 +6,7 @@ event's JSON. The `type` field discriminates.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 import orjson
@@ -200,6 +201,7 @@ def decode(raw: bytes | str) -> Event:
 
 _PLAIN_TEXT_HEAD = b'{"type":"text","text":"'
 _PLAIN_TEXT_TAIL = b'"}'
+_NEEDS_ESCAPE = re.compile(rb'["\\\x00-\x1f]')  # what a JSON string cannot hold as it is
 
 
 def plain_text(raw: bytes) -> bytes | None:
@@ -207,10 +209,11 @@ def plain_text(raw: bytes) -> bytes | None:
     whose JSON string needs no unescaping: its UTF-8 bytes, which are also its JSON string's
     contents (to be spliced into a wire format's JSON as they are). None for any other event
     (a text with a quote, a backslash or a control character, which JSON escapes, included).
-    The API's readers render these without decoding them."""
+    The API's readers render these without decoding them: what the workers wrote is
+    trusted to be UTF-8, as `encode` writes it."""
     if raw.startswith(_PLAIN_TEXT_HEAD) and raw.endswith(_PLAIN_TEXT_TAIL):
         text = raw[len(_PLAIN_TEXT_HEAD) : -len(_PLAIN_TEXT_TAIL)]
-        if b'"' not in text and b"\\" not in text:
+        if _NEEDS_ESCAPE.search(text) is None:
             return text
     return None
 

@@ -174,8 +174,8 @@ class Mux:
                 self._replies_due.clear()
                 await self._replies_due.wait()
                 continue
-            reply: Any = buffered_reply(conn)
             try:
+                reply: Any = buffered_reply(conn)
                 if reply is NOT_ENOUGH_DATA:
                     reply = await conn.read_response(disconnect_on_error=False)
                 elif isinstance(reply, RedisConnectionError):

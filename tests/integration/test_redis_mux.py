@@ -258,3 +258,16 @@ async def test_replies_already_read_are_handed_over_without_awaiting_the_socket(
     with pytest.raises(ResponseError):  # an error reply from the buffer is still an error
         await asyncio.gather(mux.set("s", "x"), mux.incr("s"), mux.get("s"))
     assert await mux.get("s") == b"x"
+
+
+async def test_a_garbled_reply_in_the_buffer_fails_its_caller_and_reconnects(mux: Redis) -> None:
+    """Bytes that are not the protocol, already read, break the connection as a garbled
+    read would: the caller gets an error (no hang) and the next command reconnects."""
+    await mux.ping()
+    pool = mux.connection_pool
+    assert isinstance(pool, MuxPool)
+    pool.mux.connection._parser._reader.feed(b"?not redis\r\n")  # type: ignore[union-attr]
+    with pytest.raises(RedisConnectionError):
+        await asyncio.wait_for(mux.get("k"), 5)
+    assert await mux.set("k", "v")
+    assert await mux.get("k") == b"v"

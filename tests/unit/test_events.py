@@ -371,6 +371,7 @@ def test_plain_text_refuses_what_needs_decoding(event: ev.Event) -> None:
         b'{"type":"text","text":"a"} ',
         b'{"type":"text","text":"a\\u0041"}',
         b'{"type":"texts","text":"a"}',
+        b'{"type":"text","text":"a\x01b"}',  # a control character JSON must escape
     ],
 )
 def test_plain_text_refuses_other_shapes(raw: bytes) -> None:

@@ -458,6 +458,17 @@ async def test_http_4xx_is_not_retryable(status: int) -> None:
     assert "nope" in error.message
 
 
+async def test_an_error_quoting_a_models_header_does_not_repeat_it() -> None:
+    """Upstreams sometimes quote what they were sent: a key the model sends in its extra
+    headers (a gateway's `x-api-key`, say) is kept out of the error as the provider's own."""
+    secret = "gw-secret-4242"
+    upstream = Upstream(error_response(401, {"error": {"message": f"bad key {secret}"}}))
+    entry = make_entry(extra_headers={"X-Api-Key": secret})
+    _, error = await run_provider_until_error(OpenAIProvider, upstream, make_request(), entry)
+    assert error.upstream_status == 401
+    assert secret not in error.message
+
+
 async def test_stream_ending_without_finish_reason_raises() -> None:
     upstream = sse_upstream([chunk({"content": "a"}), chunk({"content": "b"})])
     got, error = await run_until_error(upstream)

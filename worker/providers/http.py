@@ -85,7 +85,8 @@ async def stream_events(
         async with _sent(client, request) as response:
             if response.status_code >= 400:
                 payload = await response.aread()
-                message = upstream_message(payload, headers)
+                # Every header sent is redacted from it: the model's own may carry keys too.
+                message = upstream_message(payload, dict(sent.values()))
                 raise UpstreamError(
                     f"upstream answered {response.status_code}: {message}",
                     upstream_status=response.status_code,
