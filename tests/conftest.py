@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
+from shared.redis.clients import create_redis
 from shared.redis.embedded import EmbeddedRedis
+from shared.settings import Settings
 from tests.mcp_servers import stdio_command
 from tests.mock_upstream import MockUpstream
 from tests.processes import SpoolProcess, start_api, start_worker, wait_ready, write_config
@@ -32,6 +34,15 @@ async def redis(redis_server: EmbeddedRedis) -> AsyncIterator[Redis]:
     await client.flushdb()
     yield client
     await client.aclose()
+
+
+@pytest.fixture
+async def mux(redis_server: EmbeddedRedis) -> AsyncIterator[Redis]:
+    """A multiplexed client (`shared.redis.mux`) on database 6, emptied first."""
+    client = create_redis(Settings(), url=redis_server.url.replace("/0", "/6"), multiplexed=True)
+    await client.flushdb()
+    yield client
+    await client.aclose(close_connection_pool=True)
 
 
 @pytest.fixture(scope="session")

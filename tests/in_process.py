@@ -3,6 +3,7 @@ Redis its settings name: for tests that reach inside a job while it runs."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
@@ -48,3 +49,16 @@ async def app_and_worker(
                 yield http, app.state.services, runtime
             finally:
                 await runtime.shutdown()
+
+
+def note_created(services: Services) -> asyncio.Queue[str]:
+    """The ids of the streams the API creates from now on, as each is created."""
+    created: asyncio.Queue[str] = asyncio.Queue()
+    create = services.store.create
+
+    async def noting_create(stream_id: str, **fields: Any) -> None:
+        await create(stream_id, **fields)
+        created.put_nowait(stream_id)
+
+    services.store.create = noting_create  # type: ignore[method-assign]
+    return created

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import fakeredis
@@ -24,14 +23,6 @@ from shared.settings import Settings
 
 SETTINGS = Settings()
 INCR_SCRIPT = "return redis.call('INCRBY', KEYS[1], ARGV[1])"
-
-
-@pytest.fixture
-async def mux(redis_server: EmbeddedRedis) -> AsyncIterator[Redis]:
-    client = create_redis(SETTINGS, url=redis_server.url.replace("/0", "/7"), multiplexed=True)
-    await client.flushdb()
-    yield client
-    await client.aclose(close_connection_pool=True)
 
 
 def sent_commands(client: Redis) -> list[bytes]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -21,14 +20,6 @@ from shared.redis.mux import MuxPool
 from shared.settings import Settings
 
 SETTINGS = Settings()
-
-
-@pytest.fixture
-async def mux(redis_server: EmbeddedRedis) -> AsyncIterator[Redis]:
-    client = create_redis(SETTINGS, url=redis_server.url.replace("/0", "/6"), multiplexed=True)
-    await client.flushdb()
-    yield client
-    await client.aclose(close_connection_pool=True)
 
 
 def writes(client: Redis) -> list[int]:

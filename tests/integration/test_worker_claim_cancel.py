@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any
 
 import httpx
 import pytest
@@ -18,7 +17,7 @@ from api.deps import Services
 from shared import events as ev
 from shared.redis.embedded import EmbeddedRedis
 from shared.store import Claim, Status
-from tests.in_process import app_and_worker
+from tests.in_process import app_and_worker, note_created
 from worker.runtime import WorkerRuntime
 
 
@@ -38,14 +37,7 @@ async def test_a_cancel_heard_while_claiming_ends_the_job_before_it_runs(
     system: tuple[httpx.AsyncClient, Services, WorkerRuntime],
 ) -> None:
     http, services, runtime = system
-    created: asyncio.Queue[str] = asyncio.Queue()
-    create = services.store.create
-
-    async def noting_create(stream_id: str, **fields: Any) -> None:
-        await create(stream_id, **fields)
-        created.put_nowait(stream_id)
-
-    services.store.create = noting_create  # type: ignore[method-assign]
+    created = note_created(services)
     claim, cancel = runtime.store.claim, runtime.cancel
     heard = asyncio.Event()
     noted: list[bool] = []

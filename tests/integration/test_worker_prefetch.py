@@ -21,7 +21,7 @@ from shared import keys
 from shared.queue import GENERATE, ArqJobQueue, _WakeableWorker, deserialize_job, serialize_job
 from shared.redis.embedded import EmbeddedRedis
 from shared.store import Claim, Status
-from tests.in_process import app_and_worker
+from tests.in_process import app_and_worker, note_created
 from worker.runtime import WorkerRuntime
 
 System = tuple[httpx.AsyncClient, Services, WorkerRuntime]
@@ -40,14 +40,7 @@ async def system(redis: Redis, redis_server: EmbeddedRedis) -> AsyncIterator[Sys
 async def queued_job(http: httpx.AsyncClient, services: Services) -> tuple[str, asyncio.Task[Any]]:
     """A streaming request whose job waits in the queue (no worker polls here): its stream
     id and the request, still open."""
-    created: asyncio.Queue[str] = asyncio.Queue()
-    create = services.store.create
-
-    async def noting_create(stream_id: str, **fields: Any) -> None:
-        await create(stream_id, **fields)
-        created.put_nowait(stream_id)
-
-    services.store.create = noting_create  # type: ignore[method-assign]
+    created = note_created(services)
     body = {"model": "fast", "messages": [{"role": "user", "content": "hi"}]}
     posting = asyncio.create_task(http.post("/v1/chat/completions", json=body))
     return await asyncio.wait_for(created.get(), 10), posting
