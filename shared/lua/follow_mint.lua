@@ -10,6 +10,8 @@ if redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
 local ttl = math.max(redis.call('TTL', KEYS[2]), tonumber(ARGV[3]))
 local lifetime = math.min(ttl, tonumber(ARGV[4]))
 local now = redis.call('TIME')
-redis.call('HSET', KEYS[1], ARGV[1], tonumber(now[1]) + lifetime)
+-- To the microsecond: whole seconds would cut up to a second off the token's lifetime.
+local expires = tonumber(now[1]) + tonumber(now[2]) / 1000000 + lifetime
+redis.call('HSET', KEYS[1], ARGV[1], string.format('%.6f', expires))
 redis.call('EXPIRE', KEYS[1], ttl)
 return lifetime

@@ -315,3 +315,17 @@ async def test_a_look_that_reaches_redis_late_judges_leases_as_of_its_sweep(
     assert late.outcome == "alive"
     due = await store.reap(sid, "reaper", as_of_ms=await store.server_time_ms())
     assert due.outcome == "lost"
+
+
+async def test_a_follow_token_lives_its_whole_lifetime(redis: Redis) -> None:
+    """A token asked for 1 s lasts 1 s from its minting, to the microsecond, not until the
+    end of the Redis clock's current second."""
+    store = make_store(redis)
+    sid = await create(store)
+    seconds, micros = await redis.time()
+    minted_at = seconds + micros / 1_000_000
+    assert await store.mint_follow_token(sid, "digest", most=5, longest_s=600, lifetime_s=1) == 1
+    stored = await redis.hget(keys.follow_tokens_key(sid), "digest")
+    assert stored is not None
+    assert minted_at + 1 <= float(stored) < minted_at + 1.1
+    assert await store.follow_token_valid(sid, "digest")
