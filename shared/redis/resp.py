@@ -4,31 +4,46 @@ here, so this is on the hot path of both processes).
 
 Arguments follow redis-py's rules: bytes and memoryviews as they are, str encoded, int and
 float by `repr`, a bool or any other type refused with `DataError`; a first argument with
-spaces ("CLIENT SETNAME") is split into words.
+spaces ("CLIENT SETNAME") is split into words. With UTF-8 (redis-py's default encoding),
+hiredis' packer (C) packs what it takes, which gives the same bytes; what it refuses (a
+bool, an enum, any other type) is packed, or refused, here.
 """
 
 from __future__ import annotations
 
+import codecs
 from collections.abc import Iterable
 from typing import Any
 
+import hiredis
 from redis.exceptions import DataError
+
+_pack_in_c = getattr(hiredis, "pack_command", None)
 
 
 class Packer:
     """Packs with one connection's string encoding."""
 
-    __slots__ = ("encoding", "errors")
+    __slots__ = ("encoding", "errors", "in_c")
 
     def __init__(self, encoding: str = "utf-8", errors: str = "strict") -> None:
         self.encoding = encoding
         self.errors = errors
+        self.in_c = (
+            _pack_in_c if codecs.lookup(encoding).name == "utf-8" and errors == "strict" else None
+        )
 
     def command(self, args: tuple[Any, ...]) -> bytes:
         """One command as one bytes object."""
         head = args[0]
         if (isinstance(head, str) and " " in head) or (isinstance(head, bytes) and b" " in head):
             args = (*head.split(), *args[1:])
+        if self.in_c is not None:
+            try:
+                packed: bytes = self.in_c(args)
+                return packed
+            except TypeError:
+                pass  # a type hiredis does not take: redis-py's rules below
         parts = [b"*%d\r\n" % len(args)]
         append = parts.append
         encoding, errors = self.encoding, self.errors

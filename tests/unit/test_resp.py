@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from typing import Any
 
 import pytest
@@ -13,6 +14,14 @@ from redis.exceptions import DataError
 from shared.redis.resp import Packer
 
 REDIS_PY = Connection()
+
+
+class Level(enum.IntEnum):
+    HIGH = 3
+
+
+class Kind(enum.StrEnum):
+    TEXT = "text"
 
 
 def redis_py(*args: Any) -> bytes:
@@ -41,6 +50,8 @@ def test_packs_what_redis_py_packs(args: list[Any]) -> None:
         ("XADD", "s", "MAXLEN", "~", 10000, "*", "e", memoryview(b'{"type":"text"}')),
         ("SET", "big", b"x" * 100_000),
         ("GET", "k"),
+        # Types hiredis' packer refuses or packs otherwise: redis-py's rules apply.
+        ("SET", Level.HIGH, Kind.TEXT, 2**80, -0.0, 1e-7),
     ],
 )
 def test_examples(args: tuple[Any, ...]) -> None:
@@ -71,3 +82,11 @@ def test_the_connections_encoding() -> None:
     with pytest.raises(UnicodeEncodeError):
         Packer("ascii").command(("SET", "k", "é"))
     assert Packer("ascii", "replace").command(("SET", "k", "é")).endswith(b"$1\r\n?\r\n")
+
+
+def test_the_c_packer_and_the_python_one_agree() -> None:
+    python_only = Packer()
+    python_only.in_c = None
+    for args in [("EVALSHA", "a" * 40, 2, "k1", b"k2", 10_000, 1.5), ("SET", "k", "é", "PX", 1)]:
+        assert Packer().command(args) == python_only.command(args) == redis_py(*args)
+    assert Packer().in_c is not None  # UTF-8, strict: packed in C
