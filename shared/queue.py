@@ -29,6 +29,7 @@ from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
 from shared import keys, scripts
+from shared.redis import lean
 from shared.redis.clients import RedisOutage
 
 log = logging.getLogger(__name__)
@@ -73,9 +74,16 @@ def deserialize_job(raw: bytes) -> dict[str, Any]:
     return data
 
 
+class _LeanArqRedis(ArqRedis):
+    """arq's client, its transactions (two per job) sent the short way (`LeanPipeline`)."""
+
+    def pipeline(self, transaction: bool = True, shard_hint: str | None = None) -> Pipeline:
+        return lean.pipeline(self, transaction, shard_hint)
+
+
 def _arq(redis: Redis) -> ArqRedis:
     """arq's client on the same connection pool as everything else."""
-    return ArqRedis(
+    return _LeanArqRedis(
         connection_pool=redis.connection_pool,
         job_serializer=serialize_job,
         job_deserializer=deserialize_job,

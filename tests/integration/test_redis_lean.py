@@ -8,10 +8,12 @@ from __future__ import annotations
 import asyncio
 import signal
 from pathlib import Path
+from typing import Any
 
 import fakeredis
 import pytest
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -136,3 +138,108 @@ async def test_other_clients_keep_redis_pys_way(redis_server: EmbeddedRedis) -> 
 
 def test_the_projects_scripts_are_registered_the_short_way() -> None:
     assert isinstance(scripts.register(fakeredis.FakeAsyncRedis(), "append"), lean.Script)
+
+
+# -- LeanPipeline: redis-py's pipelines (arq's transactions), the short way ----------------
+
+
+def redis_py_runs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Records each pipeline redis-py's own way runs from now on."""
+    runs: list[str] = []
+    for name in ("_execute_transaction", "_execute_pipeline"):
+        original = getattr(Pipeline, name)
+
+        def recording(self: Pipeline, *args: Any, _o: Any = original, _n: str = name) -> Any:
+            runs.append(_n)
+            return _o(self, *args)
+
+        monkeypatch.setattr(Pipeline, name, recording)
+    return runs
+
+
+def lean_client(mux: Redis) -> lean.LeanRedis:
+    return lean.LeanRedis(connection_pool=mux.connection_pool)
+
+
+async def outcome(client: Redis, transaction: bool, build: Any, raise_on_error: bool) -> Any:
+    """What a pipeline built by `build` gives: its replies, or the error it raised."""
+    try:
+        async with client.pipeline(transaction=transaction) as pipe:
+            build(pipe)
+            replies = await pipe.execute(raise_on_error=raise_on_error)
+    except Exception as exc:
+        return (type(exc), str(exc))
+    return [(type(r), str(r)) if isinstance(r, Exception) else r for r in replies]
+
+
+def fine(pipe: Any) -> None:
+    pipe.set("k", "v")
+    pipe.get("k")
+    pipe.incr("n")
+    pipe.expire("n", 100)  # a callback makes it a bool
+    pipe.zadd("z", {"a": 1, "b": 2})
+    pipe.zrange("z", 0, -1, withscores=True)  # one makes pairs of these
+    pipe.delete("nothing")
+
+
+def failing_in_exec(pipe: Any) -> None:
+    pipe.set("s", "x")
+    pipe.incr("s")  # queued, then fails when EXEC runs it
+    pipe.get("s")
+
+
+def refused_when_queued(pipe: Any) -> None:
+    pipe.set("q", "1")
+    pipe.execute_command("SET", "q")  # wrong arity: refused at once, EXEC aborts
+    pipe.get("q")
+
+
+@pytest.mark.parametrize("transaction", [True, False])
+@pytest.mark.parametrize("raise_on_error", [True, False])
+@pytest.mark.parametrize("build", [fine, failing_in_exec, refused_when_queued])
+async def test_a_lean_pipeline_gives_what_redis_py_gives(
+    mux: Redis,
+    monkeypatch: pytest.MonkeyPatch,
+    transaction: bool,
+    raise_on_error: bool,
+    build: Any,
+) -> None:
+    short = lean_client(mux)
+    await mux.flushdb()
+    theirs = await outcome(mux, transaction, build, raise_on_error)
+    state = sorted(await mux.keys("*"))
+    await mux.flushdb()
+    runs = redis_py_runs(monkeypatch)
+    ours = await outcome(short, transaction, build, raise_on_error)
+    assert ours == theirs
+    assert sorted(await mux.keys("*")) == state
+    assert runs == []  # nothing went redis-py's way
+
+
+async def test_a_lean_pipeline_without_a_mux_runs_redis_pys_way(
+    redis_server: EmbeddedRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pooled = create_redis(SETTINGS, url=redis_server.url.replace("/0", "/6"))
+    client = lean.LeanRedis(connection_pool=pooled.connection_pool)
+    runs = redis_py_runs(monkeypatch)
+    try:
+        await pooled.flushdb()
+        ours = await outcome(client, True, fine, True)
+        await pooled.flushdb()
+        assert ours == await outcome(pooled, True, fine, True)
+        assert runs == ["_execute_transaction", "_execute_transaction"]
+    finally:
+        await pooled.aclose(close_connection_pool=True)
+
+
+async def test_arqs_client_takes_the_short_way(mux: Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    from shared.queue import _arq
+
+    client = _arq(mux)
+    runs = redis_py_runs(monkeypatch)
+    async with client.pipeline(transaction=True) as pipe:
+        pipe.get("arq:job:x")
+        pipe.incr("arq:retry:x")
+        pipe.expire("arq:retry:x", 88400)
+        assert await pipe.execute() == [None, 1, True]
+    assert runs == []
