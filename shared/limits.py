@@ -233,10 +233,23 @@ async def settle(
 ) -> None:
     """What an ended (or never created) job leaves on the control Redis: off the indexes,
     its slot and reservation given back, its usage charged to its owner (settle.lua)."""
+    settle_keys, args = settling(job_id, owner, model, input_tokens, output_tokens, usage_ttl_s)
+    await script(keys=settle_keys, args=args)
+
+
+def settling(
+    job_id: str,
+    owner: str | None,
+    model: str,
+    input_tokens: int,
+    output_tokens: int,
+    usage_ttl_s: int,
+) -> tuple[list[str], list[Any]]:
+    """The keys and arguments of settle_job.lua (settle.lua, finish_settle.lua)."""
     owner_id = owner or ""
     day = time.strftime("%Y-%m-%d", time.gmtime())
-    await script(
-        keys=[
+    return (
+        [
             keys.LEASES_KEY,
             keys.QUEUED_KEY,
             keys.GLOBAL_CONCURRENCY_KEY,
@@ -245,5 +258,5 @@ async def settle(
             keys.reservations_key(owner_id),
             keys.daily_usage_key(owner_id, day),
         ],
-        args=[job_id, int(owner is not None), model, input_tokens, output_tokens, usage_ttl_s],
+        [job_id, int(owner is not None), model, input_tokens, output_tokens, usage_ttl_s],
     )

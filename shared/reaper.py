@@ -144,7 +144,7 @@ class Reaper:
                 status=status,
                 terminal=terminal,
                 transcript=transcript,
-                request=record.request,
+                record=record,
             )
         except FenceLost:
             return 0

@@ -13,7 +13,7 @@ import functools
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, NamedTuple
@@ -34,7 +34,7 @@ from shared.errors import (
     StreamExpired,
     StreamNotFound,
 )
-from shared.limits import settle, usage_model
+from shared.limits import settle, settling, usage_model
 from shared.redis import lean
 from shared.redis.clients import DataRedis
 from shared.settings import Settings
@@ -244,6 +244,7 @@ class StreamStore:
         self._append = scripts.register(redis, "append")
         self._renew = scripts.register(redis, "renew")
         self._finish = scripts.register(redis, "finish")
+        self._finish_settle = scripts.register(redis, "finish_settle")
         self._cancel = scripts.register(redis, "cancel")
         self._release = scripts.register(redis, "release")
         self._reap = scripts.register(redis, "reap")
@@ -671,28 +672,48 @@ class StreamStore:
         transcript: Transcript,
         request: dict[str, Any] | None = None,
         held: int = 0,
+        events: Sequence[ev.Event] = (),
+        record: JobRecord | None = None,
     ) -> None:
-        """End the stream with `terminal`: store the output, charge the owner's usage (the
+        """End the stream: the attempt's `events` not written yet, then `terminal`, after
+        the `held` events it wrote (see finish_job.lua); store the output, then settle the
+        job on the control Redis: its indexes, its concurrency slot, its owner's usage (the
         transcript's, or an estimate when the provider never reported any, see
-        `Transcript.billable_usage`; `request` is the job's stored request) and release
-        its concurrency slot, all in one script. `held` is how many events the attempt
-        wrote: the terminal event goes after them (see finish.lua)."""
+        `Transcript.billable_usage`; `request` is the job's stored request, the `record`'s
+        when given). With the job's `record` and one Redis for streams and queue, both
+        happen in one script (finish_settle.lua)."""
+        if record is not None:
+            request = record.request
         usage = transcript.billable_usage(request or {})
-        reply = await self._finish(
-            keys=self._keys(stream_id),
-            args=[
-                attempt,
-                self.maxlen,
-                self.retention_s,
-                status.value,
-                ev.encode(terminal),
-                orjson.dumps(transcript.to_json()),
-                self.tombstone_s,
-                keys.live_channel(stream_id),
-                held,
-                self.publish,
-            ],
-        )
+        args: list[Any] = [
+            attempt,
+            self.maxlen,
+            self.retention_s,
+            status.value,
+            ev.encode(terminal),
+            orjson.dumps(transcript.to_json()),
+            self.tombstone_s,
+            keys.live_channel(stream_id),
+            held,
+            self.publish,
+            b"\n".join([ev.encode(e) for e in events]),
+        ]
+        if record is not None and self.redis is self.control:
+            settle_keys, settle_args = settling(
+                stream_id,
+                record.owner or None,
+                usage_model(self.settings, record.model),
+                usage.input_tokens,
+                usage.output_tokens,
+                self.usage_ttl_s,
+            )
+            reply = await self._finish_settle(
+                keys=[*self._keys(stream_id), *settle_keys], args=[*args, *settle_args]
+            )
+            if reply is None:
+                raise FenceLost()
+            return
+        reply = await self._finish(keys=self._keys(stream_id), args=args)
         if reply is None:
             raise FenceLost()
         if reply[0] == b"finished":
@@ -710,8 +731,13 @@ class StreamStore:
             usage_model(self.settings, model),
             input,
             output,
-            usage_ttl_s=self.settings.usage_retention_days * 86400,
+            usage_ttl_s=self.usage_ttl_s,
         )
+
+    @property
+    def usage_ttl_s(self) -> int:
+        """How long an owner's usage of a day is kept."""
+        return self.settings.usage_retention_days * 86400
 
     # -- reaper side ----------------------------------------------------------------------
 

@@ -39,6 +39,7 @@ class StreamWriter:
         self.queued = held
         self.pending: list[ev.Event] = []
         self.scheduled = False  # waiting in the appender's queue, or in flight
+        self.closed = False  # the run writes what is left itself (see `close`)
         self.error: BaseException | None = None
         self._settled = asyncio.Event()  # nothing pending nor in flight
         self._settled.set()
@@ -73,6 +74,21 @@ class StreamWriter:
         if self.error is not None:
             raise self.error
 
+    async def close(self) -> list[ev.Event]:
+        """The run's last write is its own (its finish carries it, one round trip instead
+        of two): wait for the append in flight, if any, and hand back the events not sent
+        yet. Nothing is appended for this writer after. Raises what an earlier append ran
+        into, as `flush` does."""
+        self.closed = True
+        if self.appender._unqueue(self):  # waiting, not in flight: nothing to wait for
+            self.scheduled = False
+            self._settled.set()
+        await self._settled.wait()
+        if self.error is not None:
+            raise self.error
+        events, self.pending = self.pending, []
+        return events
+
     def _take(self) -> AppendBatch:
         batch = AppendBatch(self.stream_id, self.attempt, self.held, self.pending)
         self.pending = []
@@ -80,7 +96,7 @@ class StreamWriter:
 
     def _written(self, count: int) -> None:
         self.held += count
-        if self.pending:
+        if self.pending and not self.closed:
             self.appender._ready(self)  # what came while this append was in flight
         else:
             self.scheduled = False
@@ -119,6 +135,14 @@ class Appender:
     def _ready(self, writer: StreamWriter) -> None:
         self._queue.append(writer)
         self._wake.set()
+
+    def _unqueue(self, writer: StreamWriter) -> bool:
+        """Take `writer` out of the queue; False when it is not there (in flight, or idle)."""
+        try:
+            self._queue.remove(writer)
+        except ValueError:
+            return False
+        return True
 
     async def _pump(self) -> None:
         while True:

@@ -214,9 +214,11 @@ class JobRun:
         try:
             if not self.started and not isinstance(terminal, ev.Error):
                 await self._write([])
+            last: list[ev.Event] = []
             with contextlib.suppress(EventsLost):
                 # What Redis lost cannot be written again: the terminal goes after it.
-                await self.writer.flush()
+                last = await self.writer.close()
+            # The events not sent yet go with the terminal one, in the same script.
             await with_redis_retry(
                 self.settings,
                 lambda: self.store.finish(
@@ -225,8 +227,9 @@ class JobRun:
                     status=status,
                     terminal=terminal,
                     transcript=self.transcript,
-                    request=self.record.request,
+                    record=self.record,
                     held=self.writer.held,
+                    events=last,
                 ),
             )
         except FenceLost:

@@ -151,3 +151,47 @@ async def test_a_lost_script_cache_is_loaded_again(
     await writer.flush()
     texts = [e.text for _, e in await store.read_all(stream_id) if isinstance(e, ev.TextDelta)]
     assert texts == ["before", "after"]
+
+
+async def test_closing_waits_for_the_append_in_flight_and_hands_back_the_rest(
+    setup: tuple[CountingStore, Appender],
+) -> None:
+    store, appender = setup
+    stream_id = await new_job(store)
+    writer = appender.writer(stream_id, "a1", 0)
+    assert writer.hand([ev.TextDelta(text="first")])  # the stream's first: sent at once
+    await asyncio.sleep(0)  # the appender takes it: in flight
+    writer.hand([ev.TextDelta(text="second")])
+    writer.hand([ev.TextDelta(text="third")])
+    rest = await writer.close()
+    assert [e.text for e in rest if isinstance(e, ev.TextDelta)] == ["second", "third"]
+    assert writer.held == 1
+    await asyncio.sleep(0.05)  # nothing more goes out for it
+    assert store.appends == 1
+    assert [e.seq for e in await store.read_range(stream_id, "-", "+")] == [1]
+
+
+async def test_closing_a_writer_still_queued_takes_it_out_of_the_queue(
+    setup: tuple[CountingStore, Appender],
+) -> None:
+    store, appender = setup
+    stream_id = await new_job(store)
+    writer = appender.writer(stream_id, "a1", 0)
+    writer.hand([ev.TextDelta(text="only")])  # queued; the appender has not run yet
+    assert await writer.close() == [ev.TextDelta(text="only")]
+    await asyncio.sleep(0.05)
+    assert store.appends == 0
+    assert await store.read_range(stream_id, "-", "+") == []
+
+
+async def test_closing_raises_what_an_append_ran_into(
+    setup: tuple[CountingStore, Appender],
+) -> None:
+    store, appender = setup
+    stream_id = await new_job(store)
+    writer = appender.writer(stream_id, "stale", 0)  # not the attempt that claimed it
+    writer.hand([ev.TextDelta(text="x")])
+    await asyncio.sleep(0)  # in flight
+    writer.hand([ev.TextDelta(text="y")])
+    with pytest.raises(FenceLost):
+        await writer.close()

@@ -329,3 +329,97 @@ async def test_a_follow_token_lives_its_whole_lifetime(redis: Redis) -> None:
     assert stored is not None
     assert minted_at + 1 <= float(stored) < minted_at + 1.1
     assert await store.follow_token_valid(sid, "digest")
+
+
+async def live_messages(redis: Redis, sid: str) -> tuple[object, list[bytes]]:
+    """Subscribes to the stream's live channel; the list fills as messages come."""
+    pubsub = redis.pubsub()
+    await pubsub.subscribe(keys.live_channel(sid))
+    await pubsub.get_message(timeout=1)  # the confirmation
+    return pubsub, []
+
+
+async def drain(pubsub: object, into: list[bytes]) -> list[bytes]:
+    while (message := await pubsub.get_message(timeout=0.2)) is not None:  # type: ignore[attr-defined]
+        into.append(message["data"])
+    return into
+
+
+async def test_finish_writes_the_attempts_last_events_before_the_terminal(redis: Redis) -> None:
+    store = make_store(redis)
+    sid = await create(store)
+    record = (await store.claim(sid, "t", "test-worker")).record
+    await append(store, sid, "t", [ev.Start(model="demo", provider="demo")])
+    pubsub, messages = await live_messages(redis, sid)
+    last = [ev.TextDelta(text="b"), ev.TextDelta(text="c")]
+    transcript = Transcript(text=["bc"], finish_reason="stop")
+    for _ in range(2):  # the second is a retry after a lost reply: it changes nothing
+        await store.finish(sid, "t", status=Status.COMPLETED, terminal=ev.Finish(reason="stop"),
+                           transcript=transcript, held=1, events=last, record=record)  # fmt: skip
+    entries = await store.read_range(sid, "-", "+")
+    assert [e.seq for e in entries] == [1, 2, 3, 4]
+    assert [e.event for e in entries[1:]] == [*last, ev.Finish(reason="stop")]
+    # One message carries them all to the readers, as the stream holds them.
+    (message,) = await drain(pubsub, messages)
+    assert message.split(b"\n") == [
+        b"%s %d %s" % (e.id.encode(), e.seq, ev.encode(e.event)) for e in entries[1:]
+    ]
+    await pubsub.aclose()  # type: ignore[attr-defined]
+
+
+async def test_finish_after_redis_lost_events_drops_the_unwritten_ones(redis: Redis) -> None:
+    store = make_store(redis)
+    sid = await create(store)
+    await store.claim(sid, "t", "test-worker")
+    await append(store, sid, "t", [ev.Start(model="demo", provider="demo")])
+    # The attempt had 3 events acknowledged; Redis (a failover) kept 1 of them.
+    await store.finish(sid, "t", status=Status.FAILED, terminal=ev.Error(code="x", message="y"),
+                       transcript=Transcript(), held=3, events=[ev.TextDelta(text="z")])  # fmt: skip
+    entries = await store.read_range(sid, "-", "+")
+    assert [e.seq for e in entries] == [1, 4]  # the gap shows; the terminal comes after it
+    assert entries[-1].event == ev.Error(code="x", message="y")
+
+
+async def owned_slot(redis: Redis, sid: str, owner: str) -> None:
+    """The job's concurrency slots and token reservation, as admission leaves them."""
+    await redis.zadd(keys.GLOBAL_CONCURRENCY_KEY, {sid: 1})
+    await redis.zadd(keys.concurrency_key(owner), {sid: 1})
+    await redis.hset(keys.reservations_key(owner), sid, 100)
+    await redis.hset(keys.usage_key(owner), "reserved", 100)
+
+
+async def script_calls(redis: Redis) -> int:
+    stats = await redis.info("commandstats")
+    return sum(stats.get(f"cmdstat_{c}", {}).get("calls", 0) for c in ("evalsha", "eval"))
+
+
+async def test_on_one_redis_the_finish_settles_the_job_in_the_same_script(redis: Redis) -> None:
+    store = make_store(redis)
+    sid = await create(store)
+    record = (await store.claim(sid, "t", "test-worker")).record
+    assert record is not None and record.owner == "key_test"
+    await owned_slot(redis, sid, "key_test")
+    usage = ev.Usage(input_tokens=3, output_tokens=5)
+    transcript = Transcript(text=["hi"], finish_reason="stop", usage=usage)
+    before = await script_calls(redis)
+    await store.finish(sid, "t", status=Status.COMPLETED, terminal=ev.Finish(reason="stop"),
+                       transcript=transcript, events=[ev.TextDelta(text="hi")], record=record)  # fmt: skip
+    assert await script_calls(redis) == before + 1
+    assert await redis.zscore(keys.GLOBAL_CONCURRENCY_KEY, sid) is None
+    assert await redis.zscore(keys.concurrency_key("key_test"), sid) is None
+    assert await redis.hgetall(keys.usage_key("key_test")) == {b"reserved": b"0", b"total": b"8"}
+    assert await redis.zscore(keys.LEASES_KEY, sid) is None
+
+
+async def test_a_fenced_out_finish_settles_nothing(redis: Redis) -> None:
+    store = make_store(redis)
+    sid = await create(store)
+    record = (await store.claim(sid, "t", "test-worker")).record
+    await owned_slot(redis, sid, "key_test")
+    with pytest.raises(FenceLost):
+        await store.finish(sid, "stale", status=Status.COMPLETED,
+                           terminal=ev.Finish(reason="stop"), transcript=Transcript(),
+                           events=[ev.TextDelta(text="no")], record=record)  # fmt: skip
+    assert await redis.zscore(keys.concurrency_key("key_test"), sid) == 1
+    assert await redis.hget(keys.usage_key("key_test"), "reserved") == b"100"
+    assert [e.seq for e in await store.read_range(sid, "-", "+")] == []

@@ -1,0 +1,47 @@
+-- finish_job.lua: included by finish.lua and finish_settle.lua (after now.lua). Defines
+-- finish_job(K, A), which ends a running job with the attempt's last events and its
+-- terminal event, fenced by the attempt token: it stores the output, starts the retention
+-- clock and leaves a tombstone for late readers.
+-- K[1] job record (hash)             K[2] events (stream)
+-- K[3] tombstone (string)
+-- A[1] attempt token                 A[2] the stream's length cap
+-- A[3] default retention (s)         A[4] final status
+-- A[5] the terminal event (JSON)     A[6] the output (transcript JSON)
+-- A[7] tombstone lifetime (s)        A[8] live channel
+-- A[9] how many events the attempt had written (Redis acknowledged them)
+-- A[10] PUBLISH, or SPUBLISH on a Redis Cluster
+-- A[11] the attempt's events not written yet, one per line (may be empty): they go
+--       before the terminal event, in the same message to the stream's readers
+-- When Redis holds fewer events than the attempt wrote (a failover or a restart lost
+-- some), the unwritten ones are dropped and the terminal event takes the position after
+-- what the attempt wrote: readers who saw the lost ones get it, and a reader from the
+-- start meets the gap in the positions.
+-- Returns false when fenced out, {"done"} when already ended, else {"finished", owner,
+-- model} (owner empty when the job has none).
+local function finish_job(K, A)
+  if redis.call('HGET', K[1], 'attempt') ~= A[1] then return false end
+  if redis.call('HGET', K[1], 'status') ~= 'running' then return {'done'} end
+  local appended = tonumber(redis.call('HGET', K[1], 'appended') or '0')
+  local n = math.max(appended, tonumber(A[9]))
+  local lines = {}
+  if appended == n then
+    for event in string.gmatch(A[11], '[^\n]+') do
+      n = n + 1
+      local id = redis.call('XADD', K[2], 'MAXLEN', '~', A[2], '*', 'e', event, 'n', n)
+      lines[#lines + 1] = id .. ' ' .. n .. ' ' .. event
+    end
+  end
+  n = n + 1
+  redis.call('HSET', K[1], 'appended', n)
+  local eid = redis.call('XADD', K[2], 'MAXLEN', '~', A[2], '*', 'e', A[5], 'n', n)
+  lines[#lines + 1] = eid .. ' ' .. n .. ' ' .. A[5]
+  redis.call(A[10], A[8], table.concat(lines, '\n'))
+  redis.call('HSET', K[1], 'status', A[4], 'finished_at', now / 1000, 'output', A[6])
+  redis.call('HDEL', K[1], 'lease_until')
+  local keep = redis.call('HGET', K[1], 'retention') or A[3]
+  redis.call('EXPIRE', K[1], keep)
+  redis.call('EXPIRE', K[2], keep)
+  local owner = redis.call('HGET', K[1], 'owner') or ''
+  redis.call('SET', K[3], owner ~= '' and owner or '1', 'EX', A[7])
+  return {'finished', owner, redis.call('HGET', K[1], 'model') or ''}
+end
