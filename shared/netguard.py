@@ -13,6 +13,7 @@ the IPv4 address they carry, not by the IPv6 prefix.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import socket
 from collections.abc import Iterable
@@ -139,25 +140,35 @@ class HostUnresolvable(SpoolError):
     type = "invalid_request_error"
 
 
+@functools.lru_cache(maxsize=1024)
+def _literal_allowed(host: str, allowlist: Allowlist) -> bool | None:
+    """Whether `host`, when it is an IP address, may be reached (None when it is a name).
+    An address needs no lookup, and its verdict never changes: a worker asks for the same
+    few on every request."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    return not is_internal(address) or allowlist.allows(host, address)
+
+
 async def check_host(host: str, port: int, allowlist: Allowlist, setting: str) -> None:
     """Resolve `host`; raise unless every address it has is global or allow-listed (in the
     setting named `setting`)."""
-    try:
-        # An address needs no lookup (which would cost a trip to the resolver's threads).
-        addresses = [ipaddress.ip_address(host)]
-    except ValueError:
+    allowed = _literal_allowed(host, allowlist)
+    if allowed is None:
         loop = asyncio.get_running_loop()
         try:
             infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except (socket.gaierror, UnicodeError) as exc:
             raise HostUnresolvable(f"cannot resolve the host {host!r}") from exc
         addresses = [ipaddress.ip_address(info[4][0]) for info in infos]
-    for address in addresses:
-        if is_internal(address) and not allowlist.allows(host, address):
-            raise AddressRefused(
-                f"the host {host!r} resolves to an internal address; "
-                f"allow-list it in {setting} if that is intended"
-            )
+        allowed = all(not is_internal(a) or allowlist.allows(host, a) for a in addresses)
+    if not allowed:
+        raise AddressRefused(
+            f"the host {host!r} resolves to an internal address; "
+            f"allow-list it in {setting} if that is intended"
+        )
 
 
 class UrlRefused(Exception):

@@ -176,6 +176,11 @@ class Entry(NamedTuple):
     def from_redis(cls, entry_id: bytes, fields: dict[bytes, bytes]) -> Entry:
         return cls.read(entry_id, int(fields[b"n"]), fields[ev.FIELD])
 
+    @classmethod
+    def from_flat(cls, entry_id: bytes, flat: list[bytes]) -> Entry:
+        """An entry as Redis sends it: its fields and values in one list."""
+        return cls.from_redis(entry_id, dict(zip(flat[::2], flat[1::2], strict=True)))
+
 
 @dataclass(frozen=True, slots=True)
 class RenderState:
@@ -424,6 +429,14 @@ class StreamStore:
         `block_ms` for the first one when there are none yet. Never block through a
         multiplexed client (`shared.redis.mux`): it would hold every other command up."""
         key = keys.stream_key(stream_id)
+        mux = lean.mux_of(self.redis) if block_ms is None else None
+        if mux is not None:
+            # Every new reader reads its stream once: the short way, its reply as Redis
+            # sent it (entries with their fields as flat lists).
+            (raw,) = await lean.send(mux, [("XREAD", "COUNT", count, "STREAMS", key, after)])
+            if not raw:
+                return []
+            return [Entry.from_flat(eid, flat) for eid, flat in raw[0][1]]
         reply = await self.redis.xread({key: after}, count=count, block=block_ms)
         if not reply:
             return []
@@ -464,10 +477,7 @@ class StreamStore:
             keys=[keys.render_state_key(stream_id, tag), keys.stream_key(stream_id)],
             args=[point.seq, point.id],
         )
-        entries = [
-            Entry.from_redis(eid, dict(zip(flat[::2], flat[1::2], strict=True)))
-            for eid, flat in raw
-        ]
+        entries = [Entry.from_flat(eid, flat) for eid, flat in raw]
         return (RenderState.from_member(member) if member is not None else None), entries
 
     async def save_render_states(

@@ -7,6 +7,7 @@ from redis.asyncio import Redis
 
 from shared import events as ev
 from shared import keys
+from shared.redis import lean
 from shared.errors import FenceLost, InvalidResumeId, ResumePointExpired, StreamNotFound
 from shared.queue import ArqJobQueue
 from shared.reaper import Reaper
@@ -423,3 +424,30 @@ async def test_a_fenced_out_finish_settles_nothing(redis: Redis) -> None:
     assert await redis.zscore(keys.concurrency_key("key_test"), sid) == 1
     assert await redis.hget(keys.usage_key("key_test"), "reserved") == b"100"
     assert [e.seq for e in await store.read_range(sid, "-", "+")] == []
+
+
+async def test_a_read_through_the_multiplexed_client_gives_what_redis_py_gives(
+    mux: Redis, redis_server: object
+) -> None:
+    short = make_store(mux)
+    plain_client = Redis.from_url(redis_server.url.replace("/0", "/6"))  # type: ignore[attr-defined]
+    plain = make_store(plain_client)
+    sid = await create(short)
+    await short.claim(sid, "t", "test-worker")
+    events: list[ev.Event] = [
+        ev.Start(model="demo", provider="demo"),
+        ev.TextDelta(text="plain"),
+        ev.TextDelta(text='a "quoted" one'),
+        ev.Usage(input_tokens=1, output_tokens=2),
+    ]
+    await append(short, sid, "t", events)
+    try:
+        assert lean.mux_of(short.redis) is not None and lean.mux_of(plain.redis) is None
+        for after, count in [("0-0", 256), ("0-0", 2), ((await short.read_all(sid))[1][0], 256)]:
+            ours = await short.read(sid, after, block_ms=None, count=count)
+            assert ours == await plain.read(sid, after, block_ms=None, count=count)
+            assert ours
+        assert [e.event for e in await short.read(sid, "0-0", block_ms=None)] == events
+        assert await short.read("f" * 32, "0-0", block_ms=None) == []
+    finally:
+        await plain_client.aclose()

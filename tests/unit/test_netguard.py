@@ -165,6 +165,15 @@ async def test_check_host_accepts_global_forms_and_the_allowlist() -> None:
     await check_host("::ffff:127.0.0.1", 80, Allowlist.parse("127.0.0.1"), "x")
 
 
+async def test_an_address_keeps_its_verdict_for_each_allowlist() -> None:
+    listed, empty = Allowlist.parse("10.0.0.0/8"), Allowlist.parse("")
+    for _ in range(3):  # the verdicts are remembered, per allowlist
+        await check_host("10.1.2.3", 80, listed, "x")
+        with pytest.raises(AddressRefused):
+            await check_host("10.1.2.3", 80, empty, "x")
+        await check_host("8.8.8.8", 80, empty, "x")
+
+
 async def test_callback_urls_with_the_forms_are_refused() -> None:
     settings = Settings.model_validate({"webhook_secret": WEBHOOK_SECRET})
     for host in ("::127.0.0.1", "64:ff9b::7f00:1", "2002:7f00:1::", "::ffff:169.254.169.254"):
