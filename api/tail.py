@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -136,7 +135,7 @@ class Tail:
         self.services = services
         self.store = services.store
         # What a tail needs of the job; the request it carries can be large.
-        self.record = dataclasses.replace(record, request={})
+        self.record = record.without_request()
         self.fmt = fmt
         self.cancel_on_disconnect = cancel_on_disconnect
         self.renderer = fmt.renderer(record.render)

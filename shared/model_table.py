@@ -82,6 +82,22 @@ class ModelEntry(RoutingOptions):
         return self.name or self.model or self.provider
 
 
+_JSON_FORMS: dict[int, tuple[ModelEntry, dict[str, Any]]] = {}
+
+
+def entry_json(entry: ModelEntry) -> dict[str, Any]:
+    """`entry.model_dump(mode="json")`, made once per entry: the model table's entries last
+    as long as the process, and every job's record carries one. Not to be changed."""
+    found = _JSON_FORMS.get(id(entry))
+    if found is not None and found[0] is entry:
+        return found[1]
+    if len(_JSON_FORMS) >= 1024:  # entries made per request (none today) do not pile up
+        _JSON_FORMS.clear()
+    dumped = entry.model_dump(mode="json")
+    _JSON_FORMS[id(entry)] = (entry, dumped)
+    return dumped
+
+
 class ModelGroup(RoutingOptions):
     """Several deployments behind one public name, picked per request by `routing`."""
 

@@ -73,6 +73,24 @@ class JobRecord:
     cancel_requested: bool
     owner: str
 
+    def without_request(self) -> JobRecord:
+        """The record with an empty request (which can be large), for what holds it long.
+        (`dataclasses.replace` costs several times this, on every streaming request.)"""
+        return JobRecord(
+            self.id,
+            self.status,
+            self.surface,
+            self.model,
+            self.created_at,
+            self.started_at,
+            self.finished_at,
+            {},
+            self.render,
+            self.output,
+            self.cancel_requested,
+            self.owner,
+        )
+
     @classmethod
     def from_hash(cls, stream_id: str, h: dict[bytes, bytes]) -> JobRecord:
         def opt_float(name: bytes) -> float | None:

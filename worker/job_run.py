@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import uuid
+import secrets
 
 from shared import events as ev
 from shared.backoff import jittered_backoff
@@ -289,4 +289,4 @@ def upstream_error_event(exc: UpstreamError) -> ev.Error:
 
 
 def new_attempt() -> str:
-    return uuid.uuid4().hex
+    return secrets.token_hex(16)
