@@ -68,6 +68,18 @@ class StreamWriter:
         # read may hold its whole answer): the first token is never held back.
         return first or len(self.pending) > MAX_PENDING
 
+    def hand_one(self, event: ev.Event) -> bool:
+        """`hand([event])` after the stream's first event (a run's hot loop)."""
+        if self.error is not None:
+            raise self.error
+        self.pending.append(event)
+        self.queued += 1
+        self._settled.clear()
+        if not self.scheduled:
+            self.scheduled = True
+            self.appender._ready(self)
+        return len(self.pending) > MAX_PENDING
+
     async def flush(self) -> None:
         """Wait until every event handed over is written."""
         await self._settled.wait()

@@ -449,10 +449,19 @@ class GenerationRun(JobRun):
         reasoning: list[str] = []
         signature = ""
         calls: dict[int, Call] = {}
+        transcript = self.transcript
+        cancelled = self.cancelled
+        plain = not looping and guard is None  # a text delta needs nothing but writing
         async with contextlib.aclosing(stream) as events:
             async for event in events:
-                if self.cancelled.is_set():
+                if cancelled.is_set():
                     raise asyncio.CancelledError  # see `cancel_and_wait`
+                if plain and type(event) is ev.TextDelta and writer.queued:
+                    # Nearly every event: what the general path below does with it.
+                    transcript.apply(event)
+                    if writer.hand_one(event):
+                        await writer.flush()
+                    continue
                 if guard is not None and type(event) is ev.TextDelta:
                     blocked = guard.feed(event.text)
                     if blocked is not None:  # not written; the upstream is closed
