@@ -34,6 +34,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import MovedError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from shared import events as ev
 from shared import keys
 from shared.errors import ResumePointExpired, StreamNotFound
 from shared.redis.clients import DataRedis, RedisOutage
@@ -52,10 +53,12 @@ RECONNECT_BACKOFF_S = (0.05, 0.2, 0.5, 1.0, 2.0)
 
 def parse_live(data: bytes) -> list[Entry]:
     """A live-channel message: `<entry id> <position> <event JSON>` lines."""
-    entries = []
+    entries: list[Entry] = []
+    append, plain, decode = entries.append, ev.is_plain_text, ev.decode
     for line in data.split(b"\n"):
         entry_id, seq, payload = line.split(b" ", 2)
-        entries.append(Entry.read(entry_id, int(seq), payload))
+        # `Entry.read`, inline: a message carries a batch of them.
+        append(Entry(entry_id.decode(), int(seq), payload if plain(payload) else decode(payload)))
     return entries
 
 

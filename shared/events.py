@@ -202,6 +202,7 @@ def decode(raw: bytes | str) -> Event:
 _PLAIN_TEXT_HEAD = b'{"type":"text","text":"'
 _PLAIN_TEXT_TAIL = b'"}'
 _NEEDS_ESCAPE = re.compile(rb'["\\\x00-\x1f]')  # what a JSON string cannot hold as it is
+_HEAD_LEN, _TAIL_LEN = len(_PLAIN_TEXT_HEAD), len(_PLAIN_TEXT_TAIL)
 
 
 def plain_text(raw: bytes) -> bytes | None:
@@ -211,13 +212,18 @@ def plain_text(raw: bytes) -> bytes | None:
     (a text with a quote, a backslash or a control character, which JSON escapes, included).
     The API's readers render these without decoding them: what the workers wrote is
     trusted to be UTF-8, as `encode` writes it."""
-    if raw.startswith(_PLAIN_TEXT_HEAD) and raw.endswith(_PLAIN_TEXT_TAIL):
-        text = raw[len(_PLAIN_TEXT_HEAD) : -len(_PLAIN_TEXT_TAIL)]
-        if _NEEDS_ESCAPE.search(text) is None:
-            return text
-    return None
+    return stored_text(raw) if is_plain_text(raw) else None
+
+
+def is_plain_text(raw: bytes) -> bool:
+    """Whether `plain_text` takes `raw` (without making its text)."""
+    return (
+        raw.startswith(_PLAIN_TEXT_HEAD)
+        and raw.endswith(_PLAIN_TEXT_TAIL)
+        and _NEEDS_ESCAPE.search(raw, _HEAD_LEN, len(raw) - _TAIL_LEN) is None
+    )
 
 
 def stored_text(raw: bytes) -> bytes:
     """The text of an event `plain_text` accepted (without checking it again)."""
-    return raw[len(_PLAIN_TEXT_HEAD) : -len(_PLAIN_TEXT_TAIL)]
+    return raw[_HEAD_LEN:-_TAIL_LEN]

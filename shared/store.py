@@ -187,8 +187,7 @@ class Entry(NamedTuple):
     @classmethod
     def read(cls, entry_id: bytes, seq: int, raw: bytes) -> Entry:
         """An entry as stored (a plain text delta stays undecoded)."""
-        value = raw if ev.plain_text(raw) is not None else ev.decode(raw)
-        return cls(entry_id.decode(), seq, value)
+        return cls(entry_id.decode(), seq, raw if ev.is_plain_text(raw) else ev.decode(raw))
 
     @classmethod
     def from_redis(cls, entry_id: bytes, fields: dict[bytes, bytes]) -> Entry:
