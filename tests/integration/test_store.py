@@ -7,10 +7,10 @@ from redis.asyncio import Redis
 
 from shared import events as ev
 from shared import keys
-from shared.redis import lean
 from shared.errors import FenceLost, InvalidResumeId, ResumePointExpired, StreamNotFound
 from shared.queue import ArqJobQueue
 from shared.reaper import Reaper
+from shared.redis import lean
 from shared.settings import Settings
 from shared.store import Status, StreamStore
 from shared.transcript import Transcript
