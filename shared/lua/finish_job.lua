@@ -15,16 +15,18 @@
 -- When Redis holds fewer events than the attempt wrote (a failover or a restart lost
 -- some), the unwritten ones are dropped and the terminal event takes the position after
 -- what the attempt wrote: readers who saw the lost ones get it, and a reader from the
--- start meets the gap in the positions.
+-- start meets the gap in the positions. (When it holds more, which an attempt whose
+-- appends were all answered never meets, they are taken as written already.)
 -- Returns false when fenced out, {"done"} when already ended, else {"finished", owner,
 -- model} (owner empty when the job has none).
 local function finish_job(K, A)
   if redis.call('HGET', K[1], 'attempt') ~= A[1] then return false end
   if redis.call('HGET', K[1], 'status') ~= 'running' then return {'done'} end
   local appended = tonumber(redis.call('HGET', K[1], 'appended') or '0')
-  local n = math.max(appended, tonumber(A[9]))
+  local held = tonumber(A[9])
+  local n = math.max(appended, held)
   local lines = {}
-  if appended == n then
+  if appended == held then
     for event in string.gmatch(A[11], '[^\n]+') do
       n = n + 1
       local id = redis.call('XADD', K[2], 'MAXLEN', '~', A[2], '*', 'e', event, 'n', n)

@@ -451,3 +451,20 @@ async def test_a_read_through_the_multiplexed_client_gives_what_redis_py_gives(
         assert await short.read("f" * 32, "0-0", block_ms=None) == []
     finally:
         await plain_client.aclose()
+
+
+async def test_finish_takes_events_redis_holds_beyond_the_attempts_count_as_written(
+    redis: Redis,
+) -> None:
+    store = make_store(redis)
+    sid = await create(store)
+    await store.claim(sid, "t", "test-worker")
+    await append(store, sid, "t", [ev.TextDelta(text="once")])
+    # The attempt counts none written: the one Redis holds is that batch, not written again.
+    await store.finish(sid, "t", status=Status.COMPLETED, terminal=ev.Finish(reason="stop"),
+                       transcript=Transcript(), held=0, events=[ev.TextDelta(text="once")])  # fmt: skip
+    entries = await store.read_range(sid, "-", "+")
+    assert [(e.seq, e.event) for e in entries] == [
+        (1, ev.TextDelta(text="once")),
+        (2, ev.Finish(reason="stop")),
+    ]
