@@ -45,6 +45,8 @@ def json_text_too_deep(text: bytes, limit: int) -> bool:
     """Whether JSON text nests arrays and objects deeper than `limit`, judged on the bytes
     before anything is parsed: strings are blanked out, everything but brackets dropped,
     and the deepest running count of open brackets taken, all in C loops."""
+    if text.count(b"{") + text.count(b"[") <= limit:
+        return False  # fewer openings than the limit, strings' brackets counted too
     steps = _JSON_STRING.sub(b"", text).translate(None, _NOT_BRACKETS).translate(_STEPS)
     return max(accumulate(array("b", steps)), default=0) > limit
 

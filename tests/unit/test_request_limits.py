@@ -7,9 +7,13 @@ from __future__ import annotations
 from collections.abc import MutableMapping
 from typing import Any
 
+import orjson
 from fastapi import FastAPI
+from hypothesis import given
+from hypothesis import strategies as st
 
 from api.request_limits import KNOWN_PATH_MAX_CHARS, KNOWN_ROUTES_MAX, RequestLimits
+from shared.request import json_depth, json_text_too_deep
 from shared.settings import Settings
 
 
@@ -57,3 +61,19 @@ async def test_unknown_paths_are_answered_unread_and_remembered_within_a_bound()
     long = "/v1/things/" + "x" * KNOWN_PATH_MAX_CHARS
     assert limits._route_exists(scope_for(app, "POST", long))
     assert ("POST", long) not in limits._known
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.integers(-(2**63), 2**63 - 1) | st.text(alphabet='ab{}[]\\"', max_size=6),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3)
+    ),
+    max_leaves=12,
+)
+
+
+@given(JSON_VALUES, st.integers(min_value=0, max_value=6))
+def test_the_depth_check_on_bytes_agrees_with_the_parsed_value(value: object, limit: int) -> None:
+    # Strings full of brackets and escapes included: only real nesting counts.
+    text = orjson.dumps(value)
+    assert json_text_too_deep(text, limit) == (json_depth(value, limit) > limit)
