@@ -57,9 +57,14 @@ def parse_live(data: bytes) -> list[Entry]:
     append, plain, decode = entries.append, ev.is_plain_text, ev.decode
     for line in data.split(b"\n"):
         entry_id, seq, payload = line.split(b" ", 2)
-        # `Entry.read`, inline: a message carries a batch of them.
-        append(Entry(entry_id.decode(), int(seq), payload if plain(payload) else decode(payload)))
+        # `Entry.read`, inline (a message carries a batch of them); the tuple made without
+        # the named tuple's own constructor, which is a Python call of its own.
+        value = payload if plain(payload) else decode(payload)
+        append(_new_tuple(Entry, (entry_id.decode(), int(seq), value)))
     return entries
+
+
+_new_tuple = tuple.__new__
 
 
 class _Sub:

@@ -173,10 +173,22 @@ TERMINAL_TYPES = frozenset({"finish", "error", "task_result"})
 _validate_text = TextDelta.__pydantic_validator__.validate_python
 
 
+_TEXT_DELTAS: dict[str, TextDelta] = {}
+TEXT_DELTAS_KEPT = 8192  # distinct short texts (tokens) whose events are kept for reuse
+TEXT_DELTA_KEPT_CHARS = 32
+
+
 def text_delta(text: str) -> TextDelta:
-    """`TextDelta(text=text)`, validated the same, without the keyword-argument wrapper
-    (providers make one per token)."""
-    made: TextDelta = _validate_text({"text": text})
+    """`TextDelta(text=text)`, validated the same. Providers make one per token, and the
+    same tokens come again and again: the events of short texts are kept and handed out
+    again (events are frozen), up to `TEXT_DELTAS_KEPT` of them."""
+    made = _TEXT_DELTAS.get(text)
+    if made is None:
+        made = _validate_text({"text": text})
+        if len(text) <= TEXT_DELTA_KEPT_CHARS:
+            if len(_TEXT_DELTAS) >= TEXT_DELTAS_KEPT:
+                _TEXT_DELTAS.clear()
+            _TEXT_DELTAS[text] = made
     return made
 
 

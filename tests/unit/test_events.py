@@ -390,3 +390,20 @@ def test_a_stored_entry_keeps_plain_text_undecoded_and_decodes_on_demand() -> No
     assert finish.terminal
     quoted = Entry.read(b"7-0", 5, ev.encode(ev.TextDelta(text='"')))
     assert quoted.value == ev.TextDelta(text='"')
+
+
+def test_a_text_delta_is_made_as_the_model_makes_it_and_short_ones_are_reused() -> None:
+    for text in ["a", " tok", "é日本", "", "x" * (ev.TEXT_DELTA_KEPT_CHARS + 1)]:
+        made = ev.text_delta(text)
+        assert made == ev.TextDelta(text=text) and type(made) is ev.TextDelta
+    assert ev.text_delta(" the") is ev.text_delta(" the")  # frozen: safe to share
+    long = "y" * (ev.TEXT_DELTA_KEPT_CHARS + 1)
+    assert ev.text_delta(long) is not ev.text_delta(long)  # a whole answer is not kept
+    with pytest.raises(ValidationError):
+        ev.text_delta(" the").text = "changed"  # type: ignore[misc]
+
+
+def test_the_kept_text_deltas_stay_bounded() -> None:
+    for i in range(ev.TEXT_DELTAS_KEPT * 2 + 5):
+        assert ev.text_delta(f"t{i}").text == f"t{i}"
+    assert len(ev._TEXT_DELTAS) <= ev.TEXT_DELTAS_KEPT
