@@ -181,15 +181,21 @@ TEXT_DELTA_KEPT_CHARS = 32
 def text_delta(text: str) -> TextDelta:
     """`TextDelta(text=text)`, validated the same. Providers make one per token, and the
     same tokens come again and again: the events of short texts are kept and handed out
-    again (events are frozen), up to `TEXT_DELTAS_KEPT` of them."""
+    again (events are frozen), up to `TEXT_DELTAS_KEPT` of them (their JSON too, see
+    `encode`)."""
     made = _TEXT_DELTAS.get(text)
     if made is None:
         made = _validate_text({"text": text})
-        if len(text) <= TEXT_DELTA_KEPT_CHARS:
-            if len(_TEXT_DELTAS) >= TEXT_DELTAS_KEPT:
-                _TEXT_DELTAS.clear()
-            _TEXT_DELTAS[text] = made
+        _keep(_TEXT_DELTAS, text, made)
     return made
+
+
+def _keep(kept: dict[str, Any], text: str, value: Any) -> None:
+    """Keep `value` for a short `text`, forgetting everything once the dict is full."""
+    if len(text) <= TEXT_DELTA_KEPT_CHARS:
+        if len(kept) >= TEXT_DELTAS_KEPT:
+            kept.clear()
+        kept[text] = value
 
 
 _adapter: TypeAdapter[Event] = TypeAdapter(Event)
@@ -203,8 +209,16 @@ def encode(event: Event) -> bytes:
     # Text deltas are nearly every event of a stream: their JSON is written directly
     # (the same bytes as the general path's, in a fifth of the time).
     if type(event) is TextDelta and event.logprobs is None:
-        return orjson.dumps({"type": "text", "text": event.text})
+        text = event.text
+        encoded = _ENCODED_TEXTS.get(text)
+        if encoded is None:
+            encoded = orjson.dumps({"type": "text", "text": text})
+            _keep(_ENCODED_TEXTS, text, encoded)
+        return encoded
     return orjson.dumps(event.model_dump(mode="json", exclude_none=True))
+
+
+_ENCODED_TEXTS: dict[str, bytes] = {}  # the JSON of the text deltas of short texts
 
 
 def decode(raw: bytes | str) -> Event:

@@ -50,6 +50,9 @@ def format_comment(text: str = "") -> bytes:
     return "".join(f": {line}\n" for line in text.splitlines() or [""]).encode("utf-8")
 
 
+_new_tuple = tuple.__new__
+
+
 class ServerSentEvent(NamedTuple):
     """One event as read (a tuple: an upstream stream makes one per token)."""
 
@@ -116,8 +119,9 @@ class SSEDecoder:
                     and not self._event
                 ):
                     # Nearly every event: one `data: ` line, then the blank line that ends
-                    # it. What `_process_line` and `_dispatch` would make of the two.
-                    yield ServerSentEvent(line[6:], "message", self._id, self._retry)
+                    # it. What `_process_line` and `_dispatch` would make of the two (the
+                    # tuple made without the named tuple's constructor, a call of its own).
+                    yield _new_tuple(ServerSentEvent, (line[6:], "message", self._id, self._retry))
                     self._retry = None
                     i += 2
                     continue

@@ -5,12 +5,14 @@ refused and truncated connections, and a response closed before its end."""
 from __future__ import annotations
 
 import asyncio
+import gzip
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import httpx
 import pytest
 
-from worker.providers.transport import FastTransport
+from worker.providers.http import _sent
+from worker.providers.transport import FastTransport, body_reads
 
 Replies = list[tuple[list[bytes], bool]]
 Serve = Callable[[Replies], Awaitable[tuple["Server", httpx.AsyncClient]]]
@@ -146,3 +148,32 @@ async def test_a_response_closed_before_its_end_closes_its_connection(serve: Ser
             break  # the caller stops reading (a cancel)
     assert (await body_of(client))[0] == 204
     assert server.connections == 2  # the half-read connection was not reused
+
+
+async def reads_of(client: httpx.AsyncClient) -> tuple[list[bytes], bool]:
+    """A body through `body_reads`, and whether it came straight from the connection (the
+    request sent as the providers send theirs)."""
+    request = httpx.Request("POST", client.base_url.join("/v1/x"), content=b"{}")
+    async with _sent(client, request) as response:
+        reads = body_reads(response)
+        straight = reads.__qualname__ != "Response.aiter_bytes"  # type: ignore[attr-defined]
+        return [piece async for piece in reads], straight
+
+
+async def test_body_reads_come_straight_from_the_connection_when_nothing_needs_decoding(
+    serve: Serve,
+) -> None:
+    events = [b"data: %d\n\n" % i for i in range(4)]
+    body = chunk(events[0]) + chunk(events[1]), chunk(events[2]) + chunk(events[3]) + b"0\r\n\r\n"
+    gzipped = gzip.compress(b"".join(events))
+    replies = [
+        ([CHUNKED + body[0], body[1]], False),
+        ([b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: %d\r\n\r\n"
+          % len(gzipped) + gzipped], False),
+    ]  # fmt: skip
+    server, client = await serve(replies)
+    pieces, straight = await reads_of(client)
+    assert straight and b"".join(pieces) == b"".join(events) and len(pieces) == 2
+    pieces, straight = await reads_of(client)  # decoded by httpx, as before
+    assert not straight and b"".join(pieces) == b"".join(events)
+    assert server.connections == 1  # the straight read still gave the connection back

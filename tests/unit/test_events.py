@@ -407,3 +407,10 @@ def test_the_kept_text_deltas_stay_bounded() -> None:
     for i in range(ev.TEXT_DELTAS_KEPT * 2 + 5):
         assert ev.text_delta(f"t{i}").text == f"t{i}"
     assert len(ev._TEXT_DELTAS) <= ev.TEXT_DELTAS_KEPT
+
+
+def test_a_kept_text_deltas_json_is_the_json_of_its_event() -> None:
+    for text in [" tok", 'a "q"', "\n", "é", "z" * (ev.TEXT_DELTA_KEPT_CHARS + 3)]:
+        for _ in range(2):  # made, then kept
+            assert ev.encode(ev.text_delta(text)) == orjson.dumps({"type": "text", "text": text})
+            assert ev.decode(ev.encode(ev.TextDelta(text=text))) == ev.TextDelta(text=text)

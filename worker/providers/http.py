@@ -23,6 +23,7 @@ from shared.errors import UpstreamError
 from shared.model_table import ModelEntry
 from shared.redact import upstream_message
 from shared.sse import ServerSentEvent, SSEDecoder
+from worker.providers.transport import body_reads
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,7 @@ async def stream_events(
                     code="upstream_error",
                 )
             decoder = SSEDecoder(max_line_chars=MAX_UPSTREAM_LINE_CHARS)
-            async for raw in response.aiter_bytes():
+            async for raw in body_reads(response):
                 try:
                     events = list(decoder.feed(raw))
                 except ValueError as exc:

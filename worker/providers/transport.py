@@ -242,3 +242,14 @@ class _Body(httpx.AsyncByteStream):
             self._transport._give_back(self._key, self._conn)
         else:
             self._conn.close()  # the rest of this response would confuse the next one
+
+
+def body_reads(response: httpx.Response) -> AsyncIterator[bytes]:
+    """The body of a streamed response, a network read at a time. One this transport made
+    that needs no decoding (no Content-Encoding) comes straight from its connection,
+    without httpx's decoder and re-chunking layers, which would hand over the same bytes;
+    any other through `aiter_bytes`. The response's `aclose` ends either."""
+    stream = response.stream
+    if type(stream) is _Body and "content-encoding" not in response.headers:
+        return stream.__aiter__()
+    return response.aiter_bytes()
