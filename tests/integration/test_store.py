@@ -468,3 +468,13 @@ async def test_finish_takes_events_redis_holds_beyond_the_attempts_count_as_writ
         (1, ev.TextDelta(text="once")),
         (2, ev.Finish(reason="stop")),
     ]
+
+
+async def test_a_batch_longer_than_the_cap_is_trimmed_too(redis: Redis) -> None:
+    store = make_store(redis, stream_maxlen=100)
+    sid = await create(store)
+    await store.claim(sid, "t", "test-worker")
+    await append(store, sid, "t", [ev.TextDelta(text=str(i)) for i in range(1000)])
+    held = await store.read_all(sid)
+    assert 100 <= len(held) < 1000  # trimmed to about the cap, the newest kept
+    assert held[-1][1] == ev.TextDelta(text="999")
