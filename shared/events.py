@@ -183,11 +183,14 @@ def text_delta(text: str) -> TextDelta:
     same tokens come again and again: the events of short texts are kept and handed out
     again (events are frozen), up to `TEXT_DELTAS_KEPT` of them (their JSON too, see
     `encode`)."""
-    made = _TEXT_DELTAS.get(text)
-    if made is None:
-        made = _validate_text({"text": text})
-        _keep(_TEXT_DELTAS, text, made)
-    return made
+    if type(text) is not str:  # refused, or made, as the model does it
+        made: TextDelta = _validate_text({"text": text})
+        return made
+    kept = _TEXT_DELTAS.get(text)
+    if kept is None:
+        kept = _validate_text({"text": text})
+        _keep(_TEXT_DELTAS, text, kept)
+    return kept
 
 
 def _keep(kept: dict[str, Any], text: str, value: Any) -> None:

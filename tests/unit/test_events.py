@@ -414,3 +414,11 @@ def test_a_kept_text_deltas_json_is_the_json_of_its_event() -> None:
         for _ in range(2):  # made, then kept
             assert ev.encode(ev.text_delta(text)) == orjson.dumps({"type": "text", "text": text})
             assert ev.decode(ev.encode(ev.TextDelta(text=text))) == ev.TextDelta(text=text)
+
+
+@pytest.mark.parametrize("bad", [None, 3, ["a"], {"a": 1}])
+def test_a_text_delta_of_something_not_text_is_refused_as_the_model_refuses_it(bad: object) -> None:
+    with pytest.raises(ValidationError):
+        ev.TextDelta(text=bad)  # type: ignore[arg-type]
+    with pytest.raises(ValidationError):
+        ev.text_delta(bad)  # type: ignore[arg-type]
