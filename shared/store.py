@@ -697,7 +697,6 @@ class StreamStore:
         status: Status,
         terminal: ev.Finish | ev.Error | ev.TaskResult,
         transcript: Transcript,
-        request: dict[str, Any] | None = None,
         held: int = 0,
         events: Sequence[ev.Event] = (),
         record: JobRecord | None = None,
@@ -706,12 +705,10 @@ class StreamStore:
         the `held` events it wrote (see finish_job.lua); store the output, then settle the
         job on the control Redis: its indexes, its concurrency slot, its owner's usage (the
         transcript's, or an estimate when the provider never reported any, see
-        `Transcript.billable_usage`; `request` is the job's stored request, the `record`'s
-        when given). With the job's `record` and one Redis for streams and queue, both
-        happen in one script (finish_settle.lua)."""
-        if record is not None:
-            request = record.request
-        usage = transcript.billable_usage(request or {})
+        `Transcript.billable_usage`, which reads the `record`'s request). With the job's
+        `record` and one Redis for streams and queue, both happen in one script
+        (finish_settle.lua)."""
+        usage = transcript.billable_usage(record.request if record is not None else {})
         args: list[Any] = [
             attempt,
             self.maxlen,

@@ -29,14 +29,16 @@ local function finish_job(K, A)
   if appended == held then
     for event in string.gmatch(A[11], '[^\n]+') do
       n = n + 1
-      local id = redis.call('XADD', K[2], 'MAXLEN', '~', A[2], '*', 'e', event, 'n', n)
+      local id = redis.call('XADD', K[2], '*', 'e', event, 'n', n)
       lines[#lines + 1] = id .. ' ' .. n .. ' ' .. event
     end
   end
   n = n + 1
   redis.call('HSET', K[1], 'appended', n)
-  local eid = redis.call('XADD', K[2], 'MAXLEN', '~', A[2], '*', 'e', A[5], 'n', n)
+  local eid = redis.call('XADD', K[2], '*', 'e', A[5], 'n', n)
   lines[#lines + 1] = eid .. ' ' .. n .. ' ' .. A[5]
+  -- The cap once, as append.lua does it.
+  redis.call('XTRIM', K[2], 'MAXLEN', '~', A[2])
   redis.call(A[10], A[8], table.concat(lines, '\n'))
   redis.call('HSET', K[1], 'status', A[4], 'finished_at', now / 1000, 'output', A[6])
   redis.call('HDEL', K[1], 'lease_until')
