@@ -19,8 +19,8 @@ from typing import Any, Protocol, cast
 
 import orjson
 from arq.connections import ArqRedis
-from arq.constants import in_progress_key_prefix, job_key_prefix
-from arq.jobs import Job, JobStatus, deserialize_job_raw
+from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_prefix
+from arq.jobs import Job, JobStatus, SerializationError, deserialize_job_raw
 from arq.jobs import serialize_job as serialize_arq_job
 from arq.utils import timestamp_ms
 from arq.worker import Worker, func
@@ -132,6 +132,30 @@ JobFunction = Callable[..., Awaitable[Any]]
 Hook = Callable[[dict[str, Any]], Awaitable[None]]
 
 
+TRIES_KEPT_S = 88_400  # how long a job's try count is kept, as arq keeps it
+_Job = tuple[str, tuple[Any, ...], dict[str, Any], int]  # function, args, kwargs, enqueued try
+
+
+def _read_job(raw: bytes | None) -> _Job | str:
+    """A job as arq stored it, or why it cannot run."""
+    if not raw:
+        return "it expired"
+    try:
+        function, args, kwargs, enqueued_try, _ = deserialize_job_raw(
+            raw, deserializer=deserialize_job
+        )
+    except SerializationError as exc:
+        return f"it cannot be read ({exc})"
+    if not (
+        isinstance(function, str)
+        and isinstance(args, list)
+        and isinstance(kwargs, dict)
+        and isinstance(enqueued_try, int | None)
+    ):
+        return "it is not a job as Spool queues them"
+    return function, tuple(args), kwargs, enqueued_try or 0
+
+
 class JobWatcher(Protocol):
     """Told of each job this process takes from the queue, before the job's function runs
     (so it can start what the job will need first), and of each one's end."""
@@ -143,9 +167,10 @@ class JobWatcher(Protocol):
 
 class _WakeableWorker(Worker):
     """arq's worker, waking on the wake channel instead of sleeping between polls, taking
-    the jobs one poll finds in one round trip (each with its stored form, which its watcher
-    is told of before the job runs), and forgetting finished jobs as they end (arq's own
-    poll walks every running job each time, which grows with the load)."""
+    the jobs one poll finds in one round trip (each with its stored form and its try
+    counted, which its watcher is told of before the job runs, and which its run does not
+    read again as arq's own `run_job` would), and forgetting finished jobs as they end
+    (arq's own poll walks every running job each time, which grows with the load)."""
 
     def __init__(
         self, *args: Any, wake: asyncio.Event, watcher: JobWatcher | None, **kwargs: Any
@@ -163,29 +188,64 @@ class _WakeableWorker(Worker):
                 keys=[self.queue_name],
                 args=[
                     timestamp_ms(), hold_ms, free, self.queue_read_limit, in_progress_key_prefix,
-                    job_key_prefix,
+                    job_key_prefix, retry_key_prefix, TRIES_KEPT_S,
                 ],
             )  # fmt: skip
-            for raw_id, score, job in zip(taken[::3], taken[1::3], taken[2::3], strict=True):
+            for raw_id, raw, tries in zip(taken[::3], taken[1::3], taken[2::3], strict=True):
                 await self.sem.acquire()
                 self.job_counter += 1
                 job_id = raw_id.decode()
-                if self.watcher is not None and job:
-                    self._tell_taken(job_id, job)
-                task = self.loop.create_task(self.run_job(job_id, int(score)))
+                job = _read_job(raw)
+                if self.watcher is not None and isinstance(job, tuple):
+                    self.watcher.taken(job_id, job[0], job[1])
+                task = self.loop.create_task(self._run_taken(job_id, job, int(tries)))
                 task.add_done_callback(functools.partial(self._job_ended, job_id))
                 self.tasks[job_id] = task
         if self.allow_abort_jobs:
             await self._cancel_aborted_jobs()
         await self.heart_beat()
 
-    def _tell_taken(self, job_id: str, job: bytes) -> None:
-        assert self.watcher is not None
-        try:
-            function, args, _, _, _ = deserialize_job_raw(job, deserializer=deserialize_job)
-        except Exception:  # arq's own run of the job reports what is wrong with it
+    async def _run_taken(self, job_id: str, job: _Job | str, job_try: int) -> None:
+        """Run a job the poll took, as arq's `run_job` runs one (its tries, its time limit,
+        its end written back), without reading the job again, a task of its own, or the
+        bookkeeping of results, aborts and cron jobs that Spool's queue does not use."""
+        if isinstance(job, str):
+            log.warning("job %s cannot run: %s", job_id, job)
+            await asyncio.shield(self.finish_failed_job(job_id, None))
             return
-        self.watcher.taken(job_id, function, tuple(args))
+        name, args, kwargs, enqueued_try = job
+        function = self.functions.get(name)
+        if function is None:
+            log.warning("job %s cannot run: no function %r", job_id, name)
+            await asyncio.shield(self.finish_failed_job(job_id, None))
+            return
+        if enqueued_try > job_try:
+            job_try = enqueued_try
+            await self.pool.setex(retry_key_prefix + job_id, TRIES_KEPT_S, str(job_try))
+        max_tries = self.max_tries if function.max_tries is None else function.max_tries
+        if job_try > max_tries:
+            log.warning("job %s:%s: more than %d tries; not run again", job_id, name, max_tries)
+            self.jobs_failed += 1
+            await asyncio.shield(self.finish_failed_job(job_id, None))
+            return
+        timeout_s = self.job_timeout_s if function.timeout_s is None else function.timeout_s
+        finish = True
+        try:
+            async with asyncio.timeout(timeout_s):
+                await function.coroutine(self.ctx, *args, **kwargs)
+            self.jobs_complete += 1
+        except asyncio.CancelledError:
+            # The worker is stopping: another runs the job again (as arq does, the
+            # cancellation ends here, and the job's end is still written back).
+            log.info("job %s:%s cancelled; it will run again", job_id, name)
+            self.jobs_retried += 1
+            finish = False
+        except Exception:
+            log.exception("job %s:%s failed", job_id, name)
+            self.jobs_failed += 1
+        await asyncio.shield(self.finish_job(job_id, finish, None, None, False, None, None))
+        if self.after_job_end:
+            await self.after_job_end(self.ctx)
 
     def _job_ended(self, job_id: str, task: asyncio.Task[None]) -> None:
         if self.watcher is not None:
