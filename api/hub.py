@@ -52,15 +52,22 @@ RECONNECT_BACKOFF_S = (0.05, 0.2, 0.5, 1.0, 2.0)
 
 
 def parse_live(data: bytes) -> list[Entry]:
-    """A live-channel message: `<entry id> <position> <event JSON>` lines."""
+    """A live-channel message (see append.lua): the position of its first event and the
+    entry ids, space-separated, on the first line; then each event's JSON on a line."""
+    head, _, body = data.partition(b"\n")
+    ids = head.decode().split(" ")
+    seq = int(ids[0])
+    payloads = body.split(b"\n")
+    if len(payloads) != len(ids) - 1:
+        raise ValueError(f"{len(ids) - 1} entry ids for {len(payloads)} events")
     entries: list[Entry] = []
     append, plain, decode = entries.append, ev.is_plain_text, ev.decode
-    for line in data.split(b"\n"):
-        entry_id, seq, payload = line.split(b" ", 2)
+    for entry_id, payload in zip(ids[1:], payloads, strict=True):
         # `Entry.read`, inline (a message carries a batch of them); the tuple made without
         # the named tuple's own constructor, which is a Python call of its own.
         value = payload if plain(payload) else decode(payload)
-        append(_new_tuple(Entry, (entry_id.decode(), int(seq), value)))
+        append(_new_tuple(Entry, (entry_id, seq, value)))
+        seq += 1
     return entries
 
 

@@ -662,8 +662,8 @@ class StreamStore:
             self.pending_ttl_s,
             batch.held,
             keys.live_channel(batch.stream_id),
-            b"\n".join([ev.encode(e) for e in batch.events]),
             self.publish,
+            b"\n".join([ev.encode(e) for e in batch.events]),
         ]
 
     async def renew_leases(self, runs: list[tuple[str, str]]) -> list[Lease]:

@@ -7,10 +7,12 @@
 -- ARGV[4] how many events the stream held before this batch, as the attempt counts them
 --         (a batch whose reply was lost and which is sent again is not written twice)
 -- ARGV[5] live channel (pub/sub)
--- ARGV[6] the encoded events, one per line (JSON as workers encode it never holds a raw
---         line break)
--- ARGV[7] PUBLISH, or SPUBLISH on a Redis Cluster (a shard channel: only the node that
+-- ARGV[6] PUBLISH, or SPUBLISH on a Redis Cluster (a shard channel: only the node that
 --         holds the stream carries it)
+-- ARGV[7] the encoded events, one per line (JSON as workers encode it never holds a raw
+--         line break; no empty lines)
+-- The live message (see `api.hub.parse_live`): the position of the batch's first event and
+-- the entry ids, space-separated, on its first line; then the events, one per line.
 -- Returns false when fenced out, 0 when the batch was already written, a negative number
 -- (minus the events missing) when Redis holds fewer events than the attempt had written
 -- (a failover to a replica that had not received them, or a restart that lost the last
@@ -21,17 +23,18 @@ if job[1] ~= ARGV[1] or job[2] ~= 'running' then return false end
 local held = tonumber(job[3] or '0')
 if held > tonumber(ARGV[4]) then return 0 end
 if held < tonumber(ARGV[4]) then return held - tonumber(ARGV[4]) end
-local lines = {}
+if ARGV[7] == '' then return 0 end
+local ids = {}
 local n = held
-for event in string.gmatch(ARGV[6], '[^\n]+') do
+for event in string.gmatch(ARGV[7], '[^\n]+') do
   n = n + 1
-  local id = redis.call('XADD', KEYS[2], '*', 'e', event, 'n', n)
-  lines[#lines + 1] = id .. ' ' .. n .. ' ' .. event
+  ids[n - held] = redis.call('XADD', KEYS[2], '*', 'e', event, 'n', n)
 end
 -- The cap once per batch: the same approximate trim as on every XADD, for less.
 redis.call('XTRIM', KEYS[2], 'MAXLEN', '~', ARGV[2])
 redis.call('HINCRBY', KEYS[1], 'appended', n - held)
 -- The stream key is born with its first entry; that is when it gets its expiry.
 if held == 0 then redis.call('EXPIRE', KEYS[2], ARGV[3]) end
-redis.call(ARGV[7], ARGV[5], table.concat(lines, '\n'))
+redis.call(ARGV[6], ARGV[5],
+  (held + 1) .. ' ' .. table.concat(ids, ' ') .. '\n' .. ARGV[7])
 return n - held

@@ -18,7 +18,7 @@ if status == 'queued' then
   local owner = redis.call('HGET', KEYS[1], 'owner') or ''
   local n = redis.call('HINCRBY', KEYS[1], 'appended', 1)
   local eid = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'e', ARGV[1], 'n', n)
-  redis.call(ARGV[7], ARGV[6], eid .. ' ' .. n .. ' ' .. ARGV[1])
+  redis.call(ARGV[7], ARGV[6], n .. ' ' .. eid .. '\n' .. ARGV[1])  -- as append.lua
   redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', now / 1000,
     'output', ARGV[4], 'cancel', '1')
   local keep = redis.call('HGET', KEYS[1], 'retention') or ARGV[3]

@@ -10,8 +10,8 @@
 -- A[7] tombstone lifetime (s)        A[8] live channel
 -- A[9] how many events the attempt had written (Redis acknowledged them)
 -- A[10] PUBLISH, or SPUBLISH on a Redis Cluster
--- A[11] the attempt's events not written yet, one per line (may be empty): they go
---       before the terminal event, in the same message to the stream's readers
+-- A[11] the attempt's events not written yet, one per line (may be empty; no empty
+--       lines): they go before the terminal event, in the same message to the readers
 -- When Redis holds fewer events than the attempt wrote (a failover or a restart lost
 -- some), the unwritten ones are dropped and the terminal event takes the position after
 -- what the attempt wrote: readers who saw the lost ones get it, and a reader from the
@@ -25,21 +25,23 @@ local function finish_job(K, A)
   local appended = tonumber(redis.call('HGET', K[1], 'appended') or '0')
   local held = tonumber(A[9])
   local n = math.max(appended, held)
-  local lines = {}
-  if appended == held then
+  local first = n + 1
+  local ids = {}
+  local events = A[5]
+  if appended == held and A[11] ~= '' then
     for event in string.gmatch(A[11], '[^\n]+') do
       n = n + 1
-      local id = redis.call('XADD', K[2], '*', 'e', event, 'n', n)
-      lines[#lines + 1] = id .. ' ' .. n .. ' ' .. event
+      ids[#ids + 1] = redis.call('XADD', K[2], '*', 'e', event, 'n', n)
     end
+    events = A[11] .. '\n' .. A[5]
   end
   n = n + 1
   redis.call('HSET', K[1], 'appended', n)
-  local eid = redis.call('XADD', K[2], '*', 'e', A[5], 'n', n)
-  lines[#lines + 1] = eid .. ' ' .. n .. ' ' .. A[5]
+  ids[#ids + 1] = redis.call('XADD', K[2], '*', 'e', A[5], 'n', n)
   -- The cap once, as append.lua does it.
   redis.call('XTRIM', K[2], 'MAXLEN', '~', A[2])
-  redis.call(A[10], A[8], table.concat(lines, '\n'))
+  -- The live message as append.lua makes it.
+  redis.call(A[10], A[8], first .. ' ' .. table.concat(ids, ' ') .. '\n' .. events)
   redis.call('HSET', K[1], 'status', A[4], 'finished_at', now / 1000, 'output', A[6])
   redis.call('HDEL', K[1], 'lease_until')
   local keep = redis.call('HGET', K[1], 'retention') or A[3]

@@ -86,6 +86,19 @@ async def collect(hub: StreamHub, reader: Reader) -> list[Entry]:
     return got
 
 
+def count_reads(harness: Harness) -> list[str]:
+    """The positions the readers read the stream after, from now on."""
+    reads: list[str] = []
+    read = harness.store.read
+
+    async def counting_read(stream_id: str, after: str, **kwargs: Any) -> list[Entry]:
+        reads.append(after)
+        return await read(stream_id, after, **kwargs)
+
+    harness.store.read = counting_read  # type: ignore[method-assign]
+    return reads
+
+
 def text_of(entries: list[Entry]) -> list[str]:
     return [e.event.text for e in entries if isinstance(e.event, ev.TextDelta)]
 
@@ -162,14 +175,7 @@ async def test_a_new_reader_handed_its_first_events_does_not_read_the_stream(
         while len(reader.queue) < 3:  # noqa: ASYNC110
             await asyncio.sleep(0.01)
     late = harness.hub.open(sid, "0-0", 1)  # its live entries will start at the 4th
-    reads: list[str] = []
-    read = harness.store.read
-
-    async def counting_read(stream_id: str, after: str, **kwargs: Any) -> list[Entry]:
-        reads.append(after)
-        return await read(stream_id, after, **kwargs)
-
-    harness.store.read = counting_read  # type: ignore[method-assign]
+    reads = count_reads(harness)
     following = asyncio.create_task(collect(harness.hub, late))
     await writer.write(texts(2, 3))
     await writer.flush()
@@ -179,6 +185,57 @@ async def test_a_new_reader_handed_its_first_events_does_not_read_the_stream(
     assert [e.seq for e in got] == list(range(1, 7))
     assert text_of(await asyncio.wait_for(following, 10)) == [f"t{i}" for i in range(5)]
     assert reads == ["0-0"]  # the late reader's, none of the first one's
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        b"1796000000000-0 1 {}",  # the lines of an older version's messages
+        b"1 1796000000000-0 1796000000000-1\n{}",  # fewer events than ids
+        b"x 1796000000000-0\n{}",
+        b"\xff\n{}",
+    ],
+)
+async def test_a_live_message_not_in_the_format_makes_readers_read_the_stream(
+    harness: Harness, redis: Redis, message: bytes
+) -> None:
+    sid = await harness.new_stream()
+    writer = harness.appender.writer(sid, "attempt", 0)
+    await writer.write(texts(2))
+    await writer.flush()
+    reader = harness.hub.open(sid, "0-0", 1)
+    batches = harness.hub.follow(reader)
+    first = await asyncio.wait_for(anext(batches), 5)
+    assert first is not None and text_of(first) == ["t0", "t1"]
+    reads = count_reads(harness)
+    # Written to the stream without its live message, then a message nobody can read.
+    await harness.store.redis.xadd(
+        keys.stream_key(sid), {"e": ev.encode(ev.TextDelta(text="t2")), "n": 3}
+    )
+    await redis.hincrby(keys.job_key(sid), "appended", 1)
+    await redis.publish(keys.live_channel(sid), message)
+    await harness.finish(sid, 3)
+    got: list[Entry] = []
+    async with asyncio.timeout(10), contextlib.aclosing(batches):
+        async for batch in batches:
+            got.extend(batch or [])
+    assert text_of(got) == ["t2"]
+    assert [e.seq for e in got] == [3, 4]
+    assert reads[:1] == [first[-1].id]
+
+
+def test_a_live_message_holds_its_batch_in_order() -> None:
+    plain, other = ev.TextDelta(text="a b"), ev.TextDelta(text='say "hi"')
+    message = b"7 1-0 1-1 2-0\n%s\n%s\n%s" % (
+        ev.encode(plain),
+        ev.encode(other),
+        ev.encode(ev.Finish(reason="stop")),
+    )
+    entries = hub_module.parse_live(message)
+    assert [(e.id, e.seq) for e in entries] == [("1-0", 7), ("1-1", 8), ("2-0", 9)]
+    # A plain text stays as stored (rendered without decoding); the rest is decoded.
+    assert entries[0].value == ev.encode(plain) and entries[0].event == plain
+    assert entries[1:] == [Entry("1-1", 8, other), Entry("2-0", 9, ev.Finish(reason="stop"))]
 
 
 async def test_a_reader_slower_than_the_stream_catches_up_without_gaps(

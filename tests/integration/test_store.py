@@ -12,7 +12,7 @@ from shared.queue import ArqJobQueue
 from shared.reaper import Reaper
 from shared.redis import lean
 from shared.settings import Settings
-from shared.store import Status, StreamStore
+from shared.store import Entry, Status, StreamStore
 from shared.transcript import Transcript
 
 
@@ -340,6 +340,12 @@ async def live_messages(redis: Redis, sid: str) -> tuple[object, list[bytes]]:
     return pubsub, []
 
 
+def live_message(entries: list[Entry]) -> bytes:
+    """The live message of `entries` (consecutive), as append.lua writes it."""
+    ids = b" ".join(e.id.encode() for e in entries)
+    return b"%d %s\n%s" % (entries[0].seq, ids, b"\n".join(ev.encode(e.event) for e in entries))
+
+
 async def drain(pubsub: object, into: list[bytes]) -> list[bytes]:
     while (message := await pubsub.get_message(timeout=0.2)) is not None:  # type: ignore[attr-defined]
         into.append(message["data"])
@@ -362,9 +368,35 @@ async def test_finish_writes_the_attempts_last_events_before_the_terminal(redis:
     assert [e.event for e in entries[1:]] == [*last, ev.Finish(reason="stop")]
     # One message carries them all to the readers, as the stream holds them.
     (message,) = await drain(pubsub, messages)
-    assert message.split(b"\n") == [
-        b"%s %d %s" % (e.id.encode(), e.seq, ev.encode(e.event)) for e in entries[1:]
-    ]
+    assert message == live_message(entries[1:])
+    await pubsub.aclose()  # type: ignore[attr-defined]
+
+
+async def test_an_append_publishes_its_batch_as_the_stream_holds_it(redis: Redis) -> None:
+    store = make_store(redis)
+    sid = await create(store)
+    await store.claim(sid, "t", "test-worker")
+    pubsub, messages = await live_messages(redis, sid)
+    first = [ev.Start(model="demo", provider="demo"), ev.TextDelta(text="a")]
+    await append(store, sid, "t", first)
+    await append(store, sid, "t", [ev.TextDelta(text='say "b"'), ev.TextDelta(text="c")])
+    await store.append(sid, "t", [], held=4)  # nothing to write: nothing published
+    entries = await store.read_range(sid, "-", "+")
+    assert [e.seq for e in entries] == [1, 2, 3, 4]
+    assert await drain(pubsub, messages) == [live_message(entries[:2]), live_message(entries[2:])]
+    await pubsub.aclose()  # type: ignore[attr-defined]
+
+
+async def test_a_queued_jobs_cancel_publishes_its_finish_as_an_append_would(
+    redis: Redis,
+) -> None:
+    store = make_store(redis)
+    sid = await create(store)
+    pubsub, messages = await live_messages(redis, sid)
+    await store.request_cancel(sid)
+    entries = await store.read_range(sid, "-", "+")
+    assert [e.event for e in entries] == [ev.Finish(reason="cancelled")]
+    assert await drain(pubsub, messages) == [live_message(entries)]
     await pubsub.aclose()  # type: ignore[attr-defined]
 
 
