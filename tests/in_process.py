@@ -31,13 +31,13 @@ def worker_runtime(settings: Settings) -> WorkerRuntime:
 
 @contextlib.asynccontextmanager
 async def app_and_worker(
-    redis_url: str, models: dict[str, Any]
+    redis_url: str, models: dict[str, Any], **overrides: Any
 ) -> AsyncIterator[tuple[httpx.AsyncClient, Services, WorkerRuntime]]:
     """The API app (a client to it over ASGI, and its services) and a worker runtime, both
-    started on `redis_url` with these models and no keys; no queue consumer runs: the test
-    calls the runtime itself."""
+    started on `redis_url` with these models (and settings) and no keys; no queue consumer
+    runs: the test calls the runtime itself."""
     settings = Settings.model_validate(
-        {"redis_url": redis_url, "auth_enabled": False, "models": models}
+        {"redis_url": redis_url, "auth_enabled": False, "models": models, **overrides}
     )
     app = create_app(settings)
     runtime = worker_runtime(settings)

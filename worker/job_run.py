@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+from collections.abc import Callable
 
 from shared import events as ev
 from shared.backoff import jittered_backoff
@@ -32,6 +33,32 @@ def backoff_delay(settings: Settings, failures: int, retry_after: float | None) 
         return None
     delay = jittered_backoff(settings.upstream_backoff_s, settings.upstream_backoff_max_s, failures)
     return max(retry_after or 0.0, delay)
+
+
+class CancelFlag:
+    """A run's cancel flag, set once (a cancel, a lost lease, the abandoned-stream policy):
+    its run is told at once, without a task of its own waiting on it."""
+
+    __slots__ = ("_callback", "_set")
+
+    def __init__(self) -> None:
+        self._set = False
+        self._callback: Callable[[], object] | None = None
+
+    def set(self) -> None:
+        if not self._set:
+            self._set = True
+            if self._callback is not None:
+                self._callback()
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def on_set(self, callback: Callable[[], object] | None) -> None:
+        """Call `callback` when the flag is set (now, if it is); None stops it."""
+        self._callback = callback
+        if callback is not None and self._set:
+            callback()
 
 
 class JobRun:
@@ -65,7 +92,7 @@ class JobRun:
         self.provider_name = provider_name
         self.timeout_s = timeout_s
         self.secret = secret
-        self.cancelled = asyncio.Event()
+        self.cancelled = CancelFlag()
         self.transcript = Transcript()
         self.attempting = False  # an upstream attempt is under way (not backing off)
         self.writer = appender.writer(record.id, attempt, held)
@@ -152,20 +179,30 @@ class JobRun:
                 await asyncio.sleep(delay)
 
     async def run(self) -> Status:
-        pump = asyncio.create_task(self._pump(), name=f"pump:{self.stream_id}")
-        cancel_wait = asyncio.create_task(self.cancelled.wait(), name=f"cancel:{self.stream_id}")
+        loop = asyncio.get_running_loop()
+        pump = loop.create_task(self._pump(), name=f"pump:{self.stream_id}")
+        # Done when the pump ends, a cancel comes or the time is up, whichever is first.
+        race: asyncio.Future[None] = loop.create_future()
+
+        def end(*_: object) -> None:
+            if not race.done():
+                race.set_result(None)
+
+        pump.add_done_callback(end)
+        timer = loop.call_later(self.timeout_s, end)
+        self.cancelled.on_set(end)
         try:
-            done, _ = await asyncio.wait(
-                {pump, cancel_wait}, timeout=self.timeout_s, return_when=asyncio.FIRST_COMPLETED
-            )
+            await race
         except asyncio.CancelledError:
             await cancel_and_wait(pump)
             await asyncio.shield(self._hand_back_or_fail())
             raise
         finally:
-            cancel_wait.cancel()
+            timer.cancel()
+            self.cancelled.on_set(None)
+            pump.remove_done_callback(end)
 
-        if pump not in done:
+        if not pump.done():
             # Cut while an attempt was under way: the upstream had the prompt.
             self.transcript.prompt_sent = self.attempting
             await cancel_and_wait(pump)
