@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import time
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.responses import DEFERRED
 from shared import keys
+from shared.metric_types import Counter, Gauge, Histogram
 
 
 class Metrics:

@@ -10,9 +10,10 @@ import functools
 import logging
 import os
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, start_http_server
 
 from shared.errors import ConfigError
+from shared.metric_types import Counter, Gauge, Histogram
 from shared.model_table import ModelEntry
 from shared.settings import Settings
 
