@@ -20,9 +20,11 @@
 -- Returns false when fenced out, {"done"} when already ended, else {"finished", owner,
 -- model} (owner empty when the job has none).
 local function finish_job(K, A)
-  if redis.call('HGET', K[1], 'attempt') ~= A[1] then return false end
-  if redis.call('HGET', K[1], 'status') ~= 'running' then return {'done'} end
-  local appended = tonumber(redis.call('HGET', K[1], 'appended') or '0')
+  local job = redis.call('HMGET', K[1], 'attempt', 'status', 'appended', 'retention', 'owner',
+    'model')
+  if job[1] ~= A[1] then return false end
+  if job[2] ~= 'running' then return {'done'} end
+  local appended = tonumber(job[3] or '0')
   local held = tonumber(A[9])
   local n = math.max(appended, held)
   local first = n + 1
@@ -44,10 +46,10 @@ local function finish_job(K, A)
   redis.call(A[10], A[8], first .. ' ' .. table.concat(ids, ' ') .. '\n' .. events)
   redis.call('HSET', K[1], 'status', A[4], 'finished_at', now / 1000, 'output', A[6])
   redis.call('HDEL', K[1], 'lease_until')
-  local keep = redis.call('HGET', K[1], 'retention') or A[3]
+  local keep = job[4] or A[3]
   redis.call('EXPIRE', K[1], keep)
   redis.call('EXPIRE', K[2], keep)
-  local owner = redis.call('HGET', K[1], 'owner') or ''
+  local owner = job[5] or ''
   redis.call('SET', K[3], owner ~= '' and owner or '1', 'EX', A[7])
-  return {'finished', owner, redis.call('HGET', K[1], 'model') or ''}
+  return {'finished', owner, job[6] or ''}
 end
