@@ -263,6 +263,7 @@ class StreamStore:
         self.task_retention_s = settings.task_retention_s
         self.task_timeout_s = settings.task_timeout_s
         self._create = scripts.register(redis, "create_job")
+        self._claim = scripts.register(redis, "claim")
         self._append = scripts.register(redis, "append")
         self._renew = scripts.register(redis, "renew")
         self._finish = scripts.register(redis, "finish")
@@ -574,17 +575,17 @@ class StreamStore:
         the real one); should that write fail, the job is still on the queued index,
         where the reaper finds it too."""
         args: list[Any] = [*self._keys(stream_id), stream_id, attempt, self.lease_ms, worker]
-        # EVAL, not EVALSHA: a script cache lost to a restart cannot fail the claim.
-        source = scripts.source("claim")
         lease_guess = now_ms() + self.lease_ms
         if self.redis is self.control:
-            async with self.control.pipeline(transaction=False) as pipe:
-                pipe.eval(source, 3, *args)
-                self._claimed(pipe, stream_id, lease_guess)
-                reply = (await lean.execute(pipe))[0]
+            try:
+                reply = await self._claim_indexed(stream_id, args, lease_guess, sha=True)
+            except NoScriptError:
+                # Redis lost its script cache (a restart, a promoted replica): EVAL loads
+                # it again. The index commands ran, and run again: the same writes.
+                reply = await self._claim_indexed(stream_id, args, lease_guess, sha=False)
         else:
             reply, indexed = await asyncio.gather(
-                self.redis.eval(source, 3, *args),  # type: ignore[arg-type]
+                self._claim(keys=args[:3], args=args[3:]),
                 self._index_claim(stream_id, lease_guess),
                 return_exceptions=True,
             )
@@ -604,6 +605,16 @@ class StreamStore:
                 record=record,
             )
         return Claim(outcome, Status(status) if status != "missing" else None)
+
+    async def _claim_indexed(
+        self, stream_id: str, args: list[Any], lease_ms: int, *, sha: bool
+    ) -> Any:
+        """claim.lua (by EVALSHA, or by EVAL), and the lease index told, in one round trip."""
+        script = ("EVALSHA", self._claim.sha) if sha else ("EVAL", self._claim.script)
+        async with self.control.pipeline(transaction=False) as pipe:
+            pipe.execute_command(*script, 3, *args)
+            self._claimed(pipe, stream_id, lease_ms)
+            return (await lean.execute(pipe))[0]
 
     @staticmethod
     def _claimed(pipe: Pipeline, stream_id: str, lease_ms: int) -> None:

@@ -510,3 +510,15 @@ async def test_a_batch_longer_than_the_cap_is_trimmed_too(redis: Redis) -> None:
     held = await store.read_all(sid)
     assert 100 <= len(held) < 1000  # trimmed to about the cap, the newest kept
     assert held[-1][1] == ev.TextDelta(text="999")
+
+
+async def test_a_claim_after_redis_lost_its_scripts_loads_them_again(redis: Redis) -> None:
+    store = make_store(redis)
+    sid = await create(store)
+    await redis.script_flush()  # a restart, or a replica promoted: the cache is gone
+    claim = await store.claim(sid, "t", "test-worker")
+    assert claim.outcome == "claimed" and claim.record is not None
+    assert await redis.zscore(keys.LEASES_KEY, sid) is not None
+    assert await redis.zscore(keys.QUEUED_KEY, sid) is None
+    assert await redis.script_exists(store._claim.sha) == [True]  # loaded again
+    assert (await store.claim(sid, "u", "other-worker")).outcome == "busy"
