@@ -211,12 +211,14 @@ class _WakeableWorker(Worker):
         bookkeeping of results, aborts and cron jobs that Spool's queue does not use."""
         if isinstance(job, str):
             log.warning("job %s cannot run: %s", job_id, job)
+            self.jobs_failed += 1
             await asyncio.shield(self.finish_failed_job(job_id, None))
             return
         name, args, kwargs, enqueued_try = job
         function = self.functions.get(name)
         if function is None:
             log.warning("job %s cannot run: no function %r", job_id, name)
+            self.jobs_failed += 1
             await asyncio.shield(self.finish_failed_job(job_id, None))
             return
         if enqueued_try > job_try:

@@ -607,13 +607,13 @@ class StreamStore:
         return Claim(outcome, Status(status) if status != "missing" else None)
 
     async def _claim_indexed(
-        self, stream_id: str, args: list[Any], lease_ms: int, *, sha: bool
+        self, stream_id: str, args: list[Any], lease_guess: int, *, sha: bool
     ) -> Any:
         """claim.lua (by EVALSHA, or by EVAL), and the lease index told, in one round trip."""
         script = ("EVALSHA", self._claim.sha) if sha else ("EVAL", self._claim.script)
         async with self.control.pipeline(transaction=False) as pipe:
             pipe.execute_command(*script, 3, *args)
-            self._claimed(pipe, stream_id, lease_ms)
+            self._claimed(pipe, stream_id, lease_guess)
             return (await lean.execute(pipe))[0]
 
     @staticmethod

@@ -153,6 +153,7 @@ async def test_a_job_that_cannot_run_is_removed_and_the_others_run(
     assert ran == ["stream-1"]
     assert await arq_keys(redis, "bad") == GONE
     assert await arq_keys(redis, "good") == GONE
+    assert (worker.jobs_complete, worker.jobs_failed) == (1, 1)
     assert worker.job_counter == 0
 
 
