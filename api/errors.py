@@ -89,6 +89,13 @@ def _validation_error(exc: RequestValidationError) -> SpoolError:
     return error
 
 
+def count_redis_error(app: Any) -> None:
+    """A request that Redis failed, counted in `spool_redis_errors_total{where="request"}`."""
+    services = getattr(app.state, "services", None)
+    if services is not None:
+        services.metrics.redis_errors.labels("request").inc()
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(SpoolError)
     async def spool_error(request: Request, exc: SpoolError):  # type: ignore[no-untyped-def]
@@ -127,11 +134,13 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(TryAgainError)  # a slot moving between nodes
     async def redis_down(request: Request, exc: Exception):  # type: ignore[no-untyped-def]
         log.warning("redis unavailable: %s", exc)
+        count_redis_error(request.app)
         return error_response(request, StoreUnavailable(), headers={"Retry-After": "1"})
 
     @app.exception_handler(OutOfMemoryError)  # Redis at maxmemory before admission saw it
     async def redis_full(request: Request, exc: Exception):  # type: ignore[no-untyped-def]
         log.warning("redis refused a write: %s", exc)
+        count_redis_error(request.app)
         return error_response(request, StorageFull())
 
     @app.exception_handler(Exception)

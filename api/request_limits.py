@@ -22,7 +22,7 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.deps import CALLER_STATE, Services, authenticate
-from api.errors import error_response
+from api.errors import count_redis_error, error_response
 from api.fast_routes import FastRoutes
 from shared.errors import (
     HeadersTooLarge,
@@ -125,6 +125,7 @@ class RequestLimits:
             return False
         except _REDIS_DOWN as exc:
             log.warning("redis unavailable: %s", exc)
+            count_redis_error(scope["app"])
             await self._reject(scope, send, StoreUnavailable(), {"Retry-After": "1"})
             return False
         if caller is None:

@@ -278,3 +278,31 @@ async def test_the_reaper_counts_what_it_settles(redis: Redis) -> None:
     await lose_the_worker()  # after output: ended
     assert counted == ["requeued", "lost"]
     assert (await store.get(sid)).status is Status.FAILED
+
+
+async def test_requests_that_redis_fails_are_counted(tmp_path: Any) -> None:
+    """Redis gone under the API: each request is a 503, and each counts once in
+    `spool_redis_errors_total{where="request"}`, whether its key lookup or its job's
+    creation met the outage."""
+    server = EmbeddedRedis(tmp_path / "redis", appendonly=False)
+    server.start()
+    try:
+        for auth in (False, True):
+            settings = Settings.model_validate(
+                {"redis_url": server.url, "auth_enabled": auth, "redis_retry_s": 0.1}
+            )
+            app = create_app(settings)
+            async with app.router.lifespan_context(app):
+                transport = httpx.ASGITransport(app=app)
+                async with httpx.AsyncClient(transport=transport, base_url="http://spool") as http:
+                    server.stop()
+                    body = {"model": "demo", "messages": [{"role": "user", "content": "hi"}]}
+                    headers = {"Authorization": "Bearer sk-anything"}
+                    for _ in range(2):
+                        answer = await http.post("/v1/chat/completions", json=body, headers=headers)
+                        assert answer.status_code == 503, answer.text
+                    metrics = generate_latest(app.state.services.metrics.registry).decode()
+                    assert sample(metrics, "spool_redis_errors_total", where="request") == 2
+                    server.start()
+    finally:
+        server.stop()
