@@ -49,6 +49,7 @@ PING_INTERVAL_S = 5.0  # the hub's connection is pinged this often, and must ans
 HANDSHAKE_TIMEOUT_S = 5.0  # a new connection must be set up (connect, name) within this
 READER_MARK_INTERVAL_S = 1.0
 RECONNECT_BACKOFF_S = (0.05, 0.2, 0.5, 1.0, 2.0)
+UNREADABLE_TOLD_EVERY_S = 60.0  # unreadable live messages are logged this often at most
 
 
 def parse_live(data: bytes) -> list[Entry]:
@@ -202,6 +203,8 @@ class StreamHub:
         self._recheck: set[bytes] = set()  # channels whose node may have changed
         self._running = False
         self._refreshing: asyncio.Task[None] | None = None
+        self._unreadable = 0  # live messages not read since that was last told
+        self._unreadable_told = -UNREADABLE_TOLD_EVERY_S
 
     @property
     def streams(self) -> int:
@@ -468,8 +471,17 @@ class StreamHub:
         try:
             entries = parse_live(data)
         except ValueError as exc:
-            # Not what a worker writes; the stream itself says what was appended.
-            log.warning("unreadable live message on %r: %s", channel, exc)
+            # Not what a worker of this version writes (one of another version, during a
+            # rolling update, writes every message so): the stream itself says what was
+            # appended. Told once a minute at most, with how many there were.
+            self._unreadable += 1
+            now = asyncio.get_running_loop().time()
+            if now >= self._unreadable_told + UNREADABLE_TOLD_EVERY_S:
+                log.warning(
+                    "%d unreadable live message(s); readers read their streams instead "
+                    "(the last on %r: %s)", self._unreadable, channel, exc,
+                )  # fmt: skip
+                self._unreadable, self._unreadable_told = 0, now
             for reader in sub.readers:
                 reader.catch_up = True
                 reader.wake()

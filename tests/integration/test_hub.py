@@ -224,6 +224,25 @@ async def test_a_live_message_not_in_the_format_makes_readers_read_the_stream(
     assert reads[:1] == [first[-1].id]
 
 
+async def test_unreadable_live_messages_are_told_once_a_minute_at_most(
+    harness: Harness, redis: Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    sid = await harness.new_stream()
+    reader = harness.hub.open(sid, "0-0", 1)
+    async with asyncio.timeout(5):
+        while not reader.sub.confirmed:  # noqa: ASYNC110 (the hub offers nothing to wait on)
+            await asyncio.sleep(0.01)
+    with caplog.at_level("WARNING", logger="api.hub"):
+        for _ in range(5):  # as a worker of another version writes every message
+            await redis.publish(keys.live_channel(sid), b"1796000000000-0 1 {}")
+        async with asyncio.timeout(5):
+            while harness.hub._unreadable < 4:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+    told = [r.getMessage() for r in caplog.records if "unreadable" in r.getMessage()]
+    assert len(told) == 1 and told[0].startswith("1 unreadable live message(s)")
+    reader.close()
+
+
 def test_a_live_message_holds_its_batch_in_order() -> None:
     plain, other = ev.TextDelta(text="a b"), ev.TextDelta(text='say "hi"')
     message = b"7 1-0 1-1 2-0\n%s\n%s\n%s" % (
