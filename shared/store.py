@@ -577,12 +577,13 @@ class StreamStore:
         args: list[Any] = [*self._keys(stream_id), stream_id, attempt, self.lease_ms, worker]
         lease_guess = now_ms() + self.lease_ms
         if self.redis is self.control:
-            try:
-                reply = await self._claim_indexed(stream_id, args, lease_guess, sha=True)
-            except NoScriptError:
-                # Redis lost its script cache (a restart, a promoted replica): EVAL loads
-                # it again. The index commands ran, and run again: the same writes.
-                reply = await self._claim_indexed(stream_id, args, lease_guess, sha=False)
+
+            def claim_and_index(pipe: Pipeline) -> None:
+                pipe.execute_command("EVALSHA", self._claim.sha, 3, *args)
+                # Run again after a lost script cache: the same writes.
+                self._claimed(pipe, stream_id, lease_guess)
+
+            reply = (await self._scripted(self._claim, claim_and_index))[0]
         else:
             reply, indexed = await asyncio.gather(
                 self._claim(keys=args[:3], args=args[3:]),
@@ -605,16 +606,6 @@ class StreamStore:
                 record=record,
             )
         return Claim(outcome, Status(status) if status != "missing" else None)
-
-    async def _claim_indexed(
-        self, stream_id: str, args: list[Any], lease_guess: int, *, sha: bool
-    ) -> Any:
-        """claim.lua (by EVALSHA, or by EVAL), and the lease index told, in one round trip."""
-        script = ("EVALSHA", self._claim.sha) if sha else ("EVAL", self._claim.script)
-        async with self.control.pipeline(transaction=False) as pipe:
-            pipe.execute_command(*script, 3, *args)
-            self._claimed(pipe, stream_id, lease_guess)
-            return (await lean.execute(pipe))[0]
 
     @staticmethod
     def _claimed(pipe: Pipeline, stream_id: str, lease_ms: int) -> None:
@@ -649,16 +640,26 @@ class StreamStore:
         """One run of an idempotent script per call (key count, keys and arguments), in
         one pipeline. The first error is raised (then none of the calls may be taken as
         done; running them all again is safe)."""
+
+        def runs(pipe: Any) -> None:  # a cluster client's pipeline too
+            for numkeys, args in calls:
+                pipe.execute_command("EVALSHA", script.sha, numkeys, *args)
+
+        return await self._scripted(script, runs)
+
+    async def _scripted(self, script: AsyncScript, fill: Callable[[Any], None]) -> list[Any]:
+        """A pipeline that `fill` fills with EVALSHAs of `script` (and other commands, all
+        safe to run twice), run in one round trip. When Redis has lost its script cache (a
+        restart, or a replica promoted: scripts are not replicated), the script is loaded
+        and the whole pipeline run again. Streams and queue share one Redis wherever a
+        pipeline holds commands for both."""
         for attempt in range(2):
             try:
                 async with self.redis.pipeline(transaction=False) as pipe:
-                    for numkeys, args in calls:
-                        pipe.execute_command("EVALSHA", script.sha, numkeys, *args)
+                    fill(pipe)
                     replies: list[Any] = await lean.execute(pipe)
                 return replies
             except NoScriptError:
-                # Redis lost its script cache (a restart, or a replica promoted: scripts
-                # are not replicated): load it and run the calls again.
                 if attempt:
                     raise
                 await self.redis.script_load(script.script)
