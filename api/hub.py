@@ -31,7 +31,7 @@ from redis.asyncio import RedisCluster
 from redis.asyncio.connection import AbstractConnection, Connection
 from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import MovedError, RedisError
+from redis.exceptions import MovedError, RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared import events as ev
@@ -382,7 +382,7 @@ class StreamHub:
             return "redis"
         try:
             return str(self.redis.get_node_from_key(channel).name)
-        except (RedisError, IndexError, KeyError, AttributeError):
+        except (RedisError, RedisClusterException, IndexError, KeyError, AttributeError):
             return None  # the slot map is not known (yet)
 
     def _link(self, name: str) -> _Link:

@@ -76,6 +76,25 @@ async def test_streams_on_every_node_reach_their_readers(
     assert await redis.zcard(keys.QUEUED_KEY) == 0
 
 
+async def test_a_reader_opened_before_the_slot_map_is_read_is_routed_after(
+    on_cluster: Harness,
+) -> None:
+    """A new client knows no slots until its first command: a reader opened before then
+    (the API opens a new stream's reader before it stores the job) waits for the map
+    instead of failing."""
+    h = on_cluster
+    sid = uuid.uuid4().hex
+    reader = h.hub.open(sid, "0-0", 1)
+    following = asyncio.create_task(collect(h.hub, reader))
+    await h.store.create(sid, surface="openai.chat", model="demo", request={}, render={}, owner="k")
+    assert (await h.store.claim(sid, "attempt", "worker")).outcome == "claimed"
+    writer = h.appender.writer(sid, "attempt", 0)
+    await writer.write(texts(2))
+    await writer.flush()
+    await h.finish(sid, writer.held)
+    assert text_of(await asyncio.wait_for(following, 10)) == ["t0", "t1"]
+
+
 async def test_a_cancel_and_a_reap_on_the_cluster(on_cluster: Harness, redis: Redis) -> None:
     h = on_cluster
     queued = uuid.uuid4().hex
