@@ -242,9 +242,10 @@ def new_job(
 
 async def enqueue_job(
     services: Services, record: JobRecord, owner: ApiKey, request: GenerationRequest
-) -> None:
+) -> int:
     """Admit the job (limits and budget), store it and queue it. On a key whose budget
-    left is less than the request's worst case, the job's `max_tokens` is cut to it."""
+    left is less than the request's worst case, the job's `max_tokens` is cut to it.
+    Returns how many connections listened to the stream as it was stored."""
     settings = services.settings
     stored = len(orjson.dumps(record.request))
     if stored > settings.max_stored_request_bytes:
@@ -266,7 +267,7 @@ async def enqueue_job(
         # endpoint; a refusal gives the slot back (below).
         await check_input_policies(services, record, request)
         # The record, the job in the queue and the wake-up for workers: one round trip.
-        await services.store.create(
+        listeners = await services.store.create(
             stream_id,
             surface=record.surface,
             model=record.model,
@@ -279,6 +280,7 @@ async def enqueue_job(
     except BaseException:
         await services.admission.release(owner, stream_id)
         raise
+    return listeners
 
 
 def error_from_event(event: ev.Error) -> SpoolError:
@@ -358,11 +360,14 @@ async def serve_generation(
             tail.routed = "route" in record.request
             tail.open(tail.beginning())
         try:
-            await enqueue_job(services, record, caller, request)
+            listeners = await enqueue_job(services, record, caller, request)
         except BaseException:
             if tail is not None:
                 tail.close()
             raise
+        if tail is not None and tail.reader is not None and listeners:
+            # This process's hub was listening as the job was stored: it hears it all.
+            tail.reader.heard_from_start()
     if detach and tail is None:
         response: Response = JSONBody(
             fmt.response(record, Transcript()), headers={STREAM_ID_HEADER: record.id}

@@ -99,6 +99,7 @@ class Reader:
         "drained",
         "error",
         "finished",
+        "fresh",
         "gone",
         "hub",
         "next_seq",
@@ -117,6 +118,7 @@ class Reader:
         self.queue: list[Entry] = []
         # Read the stream once subscribed: whatever was written before that is only there.
         self.catch_up = True
+        self.fresh = True  # nothing since it opened has said it may have missed entries
         self.waiter: asyncio.Future[None] | None = None
         self.error: BaseException | None = None
         self.drained = False
@@ -131,7 +133,7 @@ class Reader:
         if len(self.queue) >= QUEUE_LIMIT:
             # Too far behind to keep holding entries for it: it reads them from the stream.
             self.queue = []
-            self.catch_up = True
+            self.must_read()
         else:
             self.queue.extend(entries)
         self.wake()
@@ -140,6 +142,19 @@ class Reader:
         waiter = self.waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+
+    def must_read(self) -> None:
+        """It may have missed entries: it reads the stream before taking handed-over ones."""
+        self.catch_up = True
+        self.fresh = False
+
+    def heard_from_start(self) -> None:
+        """Its stream was created while the hub listened to it (Redis counted the
+        subscription as the record was made): every entry comes on the channel, so the
+        read it would make once subscribed finds nothing, and is not made. Unless
+        something since it opened (a reconnect, a gap, a move) already asked for a read."""
+        if self.fresh:
+            self.catch_up = False
 
     def fail(self, error: BaseException) -> None:
         self.error = error
@@ -160,7 +175,7 @@ class Reader:
             if entry.seq < self.next_seq:
                 continue  # already had it (from its own read of the stream)
             if entry.seq > self.next_seq:
-                self.catch_up = True
+                self.must_read()
                 break
             out.append(entry)
             self.next_seq += 1
@@ -302,7 +317,7 @@ class StreamHub:
         if status is None:
             raise StreamNotFound("the stream expired while it was being read")
         if more:
-            reader.catch_up = True
+            reader.must_read()
         elif status.terminal and reader.sub.confirmed:
             # Ended, and its last event is behind this reader: nothing will ever come.
             reader.finished = True
@@ -374,7 +389,7 @@ class StreamHub:
         sub.link = link
         sub.confirmed = False
         for reader in sub.readers:
-            reader.catch_up = True
+            reader.must_read()
         link.subscribe(sub.channel)
 
     def _node_of(self, channel: bytes) -> str | None:
@@ -483,7 +498,7 @@ class StreamHub:
                 )  # fmt: skip
                 self._unreadable, self._unreadable_told = 0, now
             for reader in sub.readers:
-                reader.catch_up = True
+                reader.must_read()
                 reader.wake()
             return
         for reader in sub.readers:
@@ -610,7 +625,7 @@ class _Link:
             if sub is not None:
                 sub.confirmed = False
                 for reader in sub.readers:
-                    reader.catch_up = True
+                    reader.must_read()
         self._dirty.set()
         self._pong = asyncio.get_running_loop().time()
         writer = asyncio.create_task(self._write_loop(conn), name="spool-hub-writer")

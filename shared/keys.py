@@ -48,8 +48,9 @@ def stream_key(stream_id: str) -> str:
 
 def live_channel(stream_id: str) -> str:
     """Pub/sub channel on which every append to the stream is published as it is written
-    (`<entry id> <position> <event JSON>` lines): what API processes' stream hubs listen
-    to. The stream itself stays the record; a missed message is read back from it."""
+    (a head line, `<position of the first event> <entry id>...`, then each event's JSON
+    on a line): what API processes' stream hubs listen to. The stream itself stays the
+    record; a missed message is read back from it."""
     return f"{PREFIX}:{{{stream_id}}}:live"
 
 

@@ -249,7 +249,9 @@ class StreamStore:
             control = redis
         self.control: Redis = control
         # Live channels are shard channels on a cluster: only the stream's node carries them.
-        self.publish = "SPUBLISH" if isinstance(redis, RedisCluster) else "PUBLISH"
+        sharded = isinstance(redis, RedisCluster)
+        self.publish = "SPUBLISH" if sharded else "PUBLISH"
+        self._count_listeners = "SHARDNUMSUB" if sharded else "NUMSUB"
         self.maxlen = settings.stream_maxlen
         self.retention_s = settings.retention_s
         self.tombstone_s = settings.tombstone_s
@@ -262,7 +264,6 @@ class StreamStore:
         self.max_requeues = settings.max_requeues
         self.task_retention_s = settings.task_retention_s
         self.task_timeout_s = settings.task_timeout_s
-        self._create = scripts.register(redis, "create_job")
         self._claim = scripts.register(redis, "claim")
         self._append = scripts.register(redis, "append")
         self._renew = scripts.register(redis, "renew")
@@ -294,9 +295,11 @@ class StreamStore:
         render: dict[str, Any],
         owner: str,
         then: Callable[[Pipeline], object] | None = None,
-    ) -> None:
+    ) -> int:
         """Create a queued job record; `then` adds more commands (the enqueue) to the
-        control Redis' round trip, which also puts the job on the queued index."""
+        control Redis' round trip, which also puts the job on the queued index. Returns
+        how many connections listened to the stream's live channel as the record was made
+        (a stream hub that subscribed before has every event from the channel)."""
         try:
             encoded = orjson.dumps(request), orjson.dumps(render)
         except orjson.JSONEncodeError as exc:
@@ -304,13 +307,14 @@ class StreamStore:
         args: list[Any] = [
             stream_id, surface, model, *encoded, self.pending_ttl_s, owner, self.retention_s
         ]  # fmt: skip
-        await self._create_record(stream_id, args, then)
+        return await self._create_record(stream_id, args, then)
 
     async def _create_record(
         self, stream_id: str, args: list[Any], then: Callable[[Pipeline], object] | None
-    ) -> None:
+    ) -> int:
         # EVAL, not EVALSHA: a script cache lost to a restart cannot fail the first command.
         source = scripts.source("create_job")
+        args = [*args, keys.live_channel(stream_id), self._count_listeners]
         if self.redis is self.control:
             # One Redis: the record, the index and the enqueue share one round trip.
             async with self.control.pipeline(transaction=False) as pipe:
@@ -318,16 +322,17 @@ class StreamStore:
                 self._queued(pipe, stream_id)
                 if then is not None:
                     then(pipe)
-                await lean.execute(pipe)
-            return
+                replies = await lean.execute(pipe)
+            return int(replies[0])
         # Two: the record first, for a worker may take the job the moment it is queued.
         # A record whose enqueue then fails expires unread (the caller got the error).
-        await self.redis.eval(source, 1, keys.job_key(stream_id), *args)  # type: ignore[misc]
+        listeners = await self.redis.eval(source, 1, keys.job_key(stream_id), *args)  # type: ignore[misc]
         async with self.control.pipeline(transaction=False) as pipe:
             self._queued(pipe, stream_id)
             if then is not None:
                 then(pipe)
             await pipe.execute()
+        return int(listeners)
 
     @staticmethod
     def _queued(pipe: Pipeline, stream_id: str, at_ms: int | None = None) -> None:

@@ -56,9 +56,10 @@ def note_created(services: Services) -> asyncio.Queue[str]:
     created: asyncio.Queue[str] = asyncio.Queue()
     create = services.store.create
 
-    async def noting_create(stream_id: str, **fields: Any) -> None:
-        await create(stream_id, **fields)
+    async def noting_create(stream_id: str, **fields: Any) -> int:
+        listeners = await create(stream_id, **fields)
         created.put_nowait(stream_id)
+        return listeners
 
     services.store.create = noting_create  # type: ignore[method-assign]
     return created

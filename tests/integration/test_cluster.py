@@ -18,7 +18,7 @@ from shared import keys
 from shared.redis.clients import close_data_redis, create_data_redis
 from shared.settings import Settings
 from shared.store import RenderState, Status
-from tests.integration.test_hub import Harness, collect, text_of, texts
+from tests.integration.test_hub import Harness, collect, text_of, texts, wait_confirmed
 from tests.redis_topology import ClusterSet
 
 SETTINGS = {"retention_s": 600, "keepalive_interval_s": 0.2, "redis_retry_s": 15, "lease_s": 5}
@@ -93,6 +93,38 @@ async def test_a_reader_opened_before_the_slot_map_is_read_is_routed_after(
     await writer.flush()
     await h.finish(sid, writer.held)
     assert text_of(await asyncio.wait_for(following, 10)) == ["t0", "t1"]
+
+
+async def test_a_stream_created_while_the_hub_listens_is_heard_whole(
+    on_cluster: Harness, cluster: ClusterSet
+) -> None:
+    """The creation counts the hub's shard-channel subscription on the stream's node."""
+    h = on_cluster
+    sid = uuid.uuid4().hex
+    # The hub connected to the stream's node already (a reader opened before the
+    # connection is made reads its stream once it is, as after any reconnect).
+    node = cluster.master_of(keys.job_key(sid)).port
+    neighbour = next(
+        other
+        for other in (uuid.uuid4().hex for _ in range(1000))
+        if cluster.master_of(keys.job_key(other)).port == node
+    )
+    await wait_confirmed(h.hub.open(neighbour, "0-0", 1))
+    reader = h.hub.open(sid, "0-0", 1)
+    await wait_confirmed(reader)
+    listeners = await h.store.create(
+        sid, surface="openai.chat", model="demo", request={}, render={}, owner="k"
+    )
+    assert listeners == 1
+    reader.heard_from_start()
+    assert not reader.catch_up
+    assert (await h.store.claim(sid, "attempt", "worker")).outcome == "claimed"
+    following = asyncio.create_task(collect(h.hub, reader))
+    writer = h.appender.writer(sid, "attempt", 0)
+    await writer.write(texts(4))
+    await writer.flush()
+    await h.finish(sid, writer.held)
+    assert text_of(await asyncio.wait_for(following, 10)) == ["t0", "t1", "t2", "t3"]
 
 
 async def test_a_cancel_and_a_reap_on_the_cluster(on_cluster: Harness, redis: Redis) -> None:

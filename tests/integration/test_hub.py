@@ -187,6 +187,100 @@ async def test_a_new_reader_handed_its_first_events_does_not_read_the_stream(
     assert reads == ["0-0"]  # the late reader's, none of the first one's
 
 
+async def wait_confirmed(reader: Reader) -> None:
+    async with asyncio.timeout(5):
+        while not reader.sub.confirmed:  # noqa: ASYNC110 (the hub offers nothing to wait on)
+            await asyncio.sleep(0.01)
+
+
+async def connected(hub: StreamHub) -> StreamHub:
+    """The hub once its connection is up (a reader opened before that reads its stream
+    once the connection is made, as after any reconnect)."""
+    first = hub.open(uuid.uuid4().hex, "0-0", 1)
+    await wait_confirmed(first)
+    first.close()
+    return hub
+
+
+async def create_and_claim(harness: Harness, sid: str) -> int:
+    """A stream made as the API makes one; returns the listeners Redis counted."""
+    listeners = await harness.store.create(
+        sid, surface="openai.chat", model="demo", request={}, render={}, owner="k"
+    )
+    assert (await harness.store.claim(sid, "attempt", "worker")).outcome == "claimed"
+    return listeners
+
+
+async def test_a_stream_created_while_the_hub_listens_is_never_read(harness: Harness) -> None:
+    """The API opens a new stream's reader before it stores the job: when Redis counts
+    the hub's subscription as the record is made, every event comes on the channel, and
+    the reader reads nothing from the stream."""
+    sid = uuid.uuid4().hex
+    reader = (await connected(harness.hub)).open(sid, "0-0", 1)
+    await wait_confirmed(reader)
+    reads = count_reads(harness)
+    assert await create_and_claim(harness, sid) == 1
+    reader.heard_from_start()
+    following = asyncio.create_task(collect(harness.hub, reader))
+    writer = harness.appender.writer(sid, "attempt", 0)
+    for i in range(0, 40, 4):
+        await writer.write(texts(4, i))
+        await asyncio.sleep(0)
+    await writer.flush()
+    await harness.finish(sid, writer.held)
+    got = await asyncio.wait_for(following, 10)
+    assert text_of(got) == [f"t{i}" for i in range(40)]
+    assert [e.seq for e in got] == list(range(1, 42))
+    assert reads == []
+
+
+async def test_a_stream_created_before_the_hub_listens_is_read(harness: Harness) -> None:
+    """Nobody listened as the record was made (Redis counts none): the reader reads
+    what was written before its subscription."""
+    sid = uuid.uuid4().hex
+    assert await create_and_claim(harness, sid) == 0
+    writer = harness.appender.writer(sid, "attempt", 0)
+    await writer.write(texts(3))
+    await writer.flush()
+    reads = count_reads(harness)
+    reader = harness.hub.open(sid, "0-0", 1)
+    following = asyncio.create_task(collect(harness.hub, reader))
+    await wait_confirmed(reader)
+    await writer.write(texts(2, 3))
+    await writer.flush()
+    await harness.finish(sid, writer.held)
+    assert text_of(await asyncio.wait_for(following, 10)) == [f"t{i}" for i in range(5)]
+    assert reads[0] == "0-0"
+
+
+async def test_a_reconnect_before_the_creation_answers_keeps_the_read(
+    harness: Harness, redis: Redis
+) -> None:
+    """The hub's connection drops after Redis counted its subscription: what was
+    published meanwhile reached nobody, so the reader still reads the stream, though
+    the creation's answer (which comes later) says the hub listened."""
+    sid = uuid.uuid4().hex
+    reader = (await connected(harness.hub)).open(sid, "0-0", 1)
+    await wait_confirmed(reader)
+    assert await create_and_claim(harness, sid) == 1
+    assert reader.fresh
+    link = reader.sub.link
+    assert link is not None and link.task is not None
+    await redis.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+    writer = harness.appender.writer(sid, "attempt", 0)
+    await writer.write(texts(3))  # published while the hub is not listening
+    await writer.flush()
+    async with asyncio.timeout(5):
+        while reader.fresh:  # noqa: ASYNC110 (the link's reconnect marks its readers)
+            await asyncio.sleep(0.01)
+    reads = count_reads(harness)
+    reader.heard_from_start()  # too late to count: the reader reads what it missed
+    following = asyncio.create_task(collect(harness.hub, reader))
+    await harness.finish(sid, writer.held)
+    assert text_of(await asyncio.wait_for(following, 10)) == ["t0", "t1", "t2"]
+    assert reads and reads[0] == "0-0"
+
+
 @pytest.mark.parametrize(
     "message",
     [

@@ -50,6 +50,24 @@ async def test_create_and_get(redis: Redis) -> None:
         await store.get("b" * 32)
 
 
+async def test_create_counts_who_listens_to_the_streams_channel(redis: Redis) -> None:
+    store = make_store(redis)
+
+    async def listeners(sid: str) -> int:
+        return await store.create(
+            sid, surface="openai.chat", model="demo", request={}, render={}, owner="k"
+        )
+
+    assert await listeners("c" * 32) == 0
+    listener = redis.pubsub()
+    await listener.subscribe(keys.live_channel("d" * 32))
+    try:
+        assert await listeners("d" * 32) == 1
+        assert await listeners("e" * 32) == 0  # another stream's channel
+    finally:
+        await listener.aclose()
+
+
 async def test_claim_is_exclusive_and_appends_are_fenced(redis: Redis) -> None:
     store = make_store(redis)
     sid = await create(store)
