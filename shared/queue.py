@@ -19,7 +19,7 @@ from typing import Any, Protocol, cast
 
 import orjson
 from arq.connections import ArqRedis
-from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_prefix
+from arq.constants import abort_jobs_ss, in_progress_key_prefix, job_key_prefix, retry_key_prefix
 from arq.jobs import Job, JobStatus, SerializationError, deserialize_job_raw
 from arq.jobs import serialize_job as serialize_arq_job
 from arq.utils import timestamp_ms
@@ -245,9 +245,29 @@ class _WakeableWorker(Worker):
         except Exception:
             log.exception("job %s:%s failed", job_id, name)
             self.jobs_failed += 1
-        await asyncio.shield(self.finish_job(job_id, finish, None, None, False, None, None))
+        await asyncio.shield(self._finish_taken(job_id, finish))
         if self.after_job_end:
             await self.after_job_end(self.ctx)
+
+    async def _finish_taken(self, job_id: str, finish: bool) -> None:
+        """What arq's `finish_job` writes for a job run here (no result kept, no retry
+        deferred): one transaction, sent the short way, without a pipeline object."""
+        mux = lean.mux_of(self.pool)
+        if mux is None:
+            await self.finish_job(job_id, finish, None, None, False, None, None)
+            return
+        in_progress = in_progress_key_prefix + job_id
+        done: list[tuple[str, ...]] = [("DEL", in_progress)]
+        if finish:
+            done = [
+                ("ZREM", abort_jobs_ss, job_id),
+                ("ZREM", self.queue_name, job_id),
+                ("DEL", in_progress, retry_key_prefix + job_id, job_key_prefix + job_id),
+            ]
+        replies = await lean.send(mux, [("MULTI",), *done, ("EXEC",)])
+        for reply in replies[-1]:
+            if isinstance(reply, Exception):
+                raise reply
 
     def _job_ended(self, job_id: str, task: asyncio.Task[None]) -> None:
         if self.watcher is not None:

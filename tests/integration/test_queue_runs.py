@@ -1,12 +1,13 @@
 """The worker runs each job its poll took from what the poll read (the job as stored, its
 try counted), on a real redis-server: jobs that end, fail, run too long, have had their
 tries, cannot be read or were stopped with the worker each leave arq's queue as arq's
-own run would leave it."""
+own run would leave it: through a pooled client (arq's own writes) and through the
+multiplexed one the worker holds (Spool's short way)."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -16,8 +17,25 @@ from redis.asyncio import Redis
 
 from shared import keys
 from shared.queue import GENERATE, ArqJobQueue, _WakeableWorker, deserialize_job, serialize_job
+from shared.redis import lean
+from shared.redis.clients import create_control_redis
+from shared.redis.embedded import EmbeddedRedis
+from shared.settings import Settings
 
 Job = Callable[..., Awaitable[Any]]
+
+
+@pytest.fixture(params=["pooled", "multiplexed"])
+async def redis(
+    request: pytest.FixtureRequest, redis_server: EmbeddedRedis
+) -> AsyncIterator[Redis]:
+    url = redis_server.url.replace("/0", "/1")
+    multiplexed = request.param == "multiplexed"
+    client = create_control_redis(Settings(redis_url=url), multiplexed=multiplexed)
+    assert (lean.mux_of(client) is not None) is multiplexed
+    await client.flushdb()
+    yield client
+    await client.aclose()
 
 
 def worker_for(redis: Redis, job: Job, **options: Any) -> _WakeableWorker:
