@@ -54,7 +54,7 @@ class JobQueue(Protocol):
         self, function: str, job_id: str, *args: Any, defer_s: float | None = None
     ) -> None: ...
 
-    def enqueue_into(self, pipe: Pipeline, function: str, job_id: str, *args: Any) -> None:
+    def enqueue_into(self, pipe: lean.CommandSink, function: str, job_id: str, *args: Any) -> None:
         """Add the commands that queue a job now to `pipe`, so the enqueue shares a round
         trip with other writes."""
         ...
@@ -109,14 +109,15 @@ class ArqJobQueue:
         if job is not None and not defer_s:
             await self.redis.publish(keys.WAKE_CHANNEL, job_id)
 
-    def enqueue_into(self, pipe: Pipeline, function: str, job_id: str, *args: Any) -> None:
+    def enqueue_into(self, pipe: lean.CommandSink, function: str, job_id: str, *args: Any) -> None:
         """What `enqueue` does, without its read-before-write (the job id is new): the job
         as arq stores it, its place in the queue, and the wake-up for idle workers."""
         now_ms = timestamp_ms()
         job = serialize_arq_job(function, args, {}, None, now_ms, serializer=serialize_job)
-        pipe.set(job_key_prefix + job_id, job, px=self.redis.expires_extra_ms, nx=True)
-        pipe.zadd(self.queue_name, {job_id: now_ms}, nx=True)
-        pipe.publish(keys.WAKE_CHANNEL, job_id)
+        expires_ms = self.redis.expires_extra_ms
+        pipe.execute_command("SET", job_key_prefix + job_id, job, "PX", expires_ms, "NX")
+        pipe.execute_command("ZADD", self.queue_name, "NX", now_ms, job_id)
+        pipe.execute_command("PUBLISH", keys.WAKE_CHANNEL, job_id)
 
     async def abort(self, job_id: str) -> None:
         job = Job(job_id, self.redis, _queue_name=self.queue_name, _deserializer=deserialize_job)

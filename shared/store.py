@@ -20,7 +20,6 @@ from typing import Any, NamedTuple
 
 import orjson
 from redis.asyncio import Redis, RedisCluster
-from redis.asyncio.client import Pipeline
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, RedisError
 
@@ -294,7 +293,7 @@ class StreamStore:
         request: dict[str, Any],
         render: dict[str, Any],
         owner: str,
-        then: Callable[[Pipeline], object] | None = None,
+        then: Callable[[lean.CommandSink], object] | None = None,
     ) -> int:
         """Create a queued job record; `then` adds more commands (the enqueue) to the
         control Redis' round trip, which also puts the job on the queued index. Returns
@@ -310,20 +309,23 @@ class StreamStore:
         return await self._create_record(stream_id, args, then)
 
     async def _create_record(
-        self, stream_id: str, args: list[Any], then: Callable[[Pipeline], object] | None
+        self,
+        stream_id: str,
+        args: list[Any],
+        then: Callable[[lean.CommandSink], object] | None,
     ) -> int:
         # EVAL, not EVALSHA: a script cache lost to a restart cannot fail the first command.
         source = scripts.source("create_job")
         args = [*args, keys.live_channel(stream_id), self._count_listeners]
         if self.redis is self.control:
             # One Redis: the record, the index and the enqueue share one round trip.
-            async with self.control.pipeline(transaction=False) as pipe:
-                pipe.eval(source, 1, keys.job_key(stream_id), *args)
+            def create_and_queue(pipe: lean.CommandSink) -> None:
+                pipe.execute_command("EVAL", source, 1, keys.job_key(stream_id), *args)
                 self._queued(pipe, stream_id)
                 if then is not None:
                     then(pipe)
-                replies = await lean.execute(pipe)
-            return int(replies[0])
+
+            return int((await lean.pipelined(self.control, create_and_queue))[0])
         # Two: the record first, for a worker may take the job the moment it is queued.
         # A record whose enqueue then fails expires unread (the caller got the error).
         listeners = await self.redis.eval(source, 1, keys.job_key(stream_id), *args)  # type: ignore[misc]
@@ -335,8 +337,9 @@ class StreamStore:
         return int(listeners)
 
     @staticmethod
-    def _queued(pipe: Pipeline, stream_id: str, at_ms: int | None = None) -> None:
-        pipe.zadd(keys.QUEUED_KEY, {stream_id: at_ms if at_ms is not None else now_ms()})
+    def _queued(pipe: lean.CommandSink, stream_id: str, at_ms: int | None = None) -> None:
+        at = at_ms if at_ms is not None else now_ms()
+        pipe.execute_command("ZADD", keys.QUEUED_KEY, at, stream_id)
 
     async def create_task(
         self,
@@ -583,7 +586,7 @@ class StreamStore:
         lease_guess = now_ms() + self.lease_ms
         if self.redis is self.control:
 
-            def claim_and_index(pipe: Pipeline) -> None:
+            def claim_and_index(pipe: lean.CommandSink) -> None:
                 pipe.execute_command("EVALSHA", self._claim.sha, 3, *args)
                 # Run again after a lost script cache: the same writes.
                 self._claimed(pipe, stream_id, lease_guess)
@@ -613,9 +616,9 @@ class StreamStore:
         return Claim(outcome, Status(status) if status != "missing" else None)
 
     @staticmethod
-    def _claimed(pipe: Pipeline, stream_id: str, lease_ms: int) -> None:
-        pipe.zadd(keys.LEASES_KEY, {stream_id: lease_ms})
-        pipe.zrem(keys.QUEUED_KEY, stream_id)
+    def _claimed(pipe: lean.CommandSink, stream_id: str, lease_ms: int) -> None:
+        pipe.execute_command("ZADD", keys.LEASES_KEY, lease_ms, stream_id)
+        pipe.execute_command("ZREM", keys.QUEUED_KEY, stream_id)
 
     async def _index_claim(self, stream_id: str, lease_ms: int) -> None:
         async with self.control.pipeline(transaction=False) as pipe:
@@ -660,10 +663,7 @@ class StreamStore:
         pipeline holds commands for both."""
         for attempt in range(2):
             try:
-                async with self.redis.pipeline(transaction=False) as pipe:
-                    fill(pipe)
-                    replies: list[Any] = await lean.execute(pipe)
-                return replies
+                return await lean.pipelined(self.redis, fill)
             except NoScriptError:
                 if attempt:
                     raise

@@ -13,8 +13,8 @@ results) or none at all.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, cast
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Protocol, cast
 
 from redis.asyncio import Redis, RedisCluster
 from redis.asyncio import client as redis_client
@@ -32,6 +32,34 @@ def mux_of(client: Any) -> Mux | None:
     """The multiplexed connection `client` (a client or a pipeline) sends through, if any."""
     pool = getattr(client, "connection_pool", None)
     return pool.mux if isinstance(pool, MuxPool) else None
+
+
+class CommandSink(Protocol):
+    """What gathers commands for one round trip: a redis-py pipeline, or `Commands`."""
+
+    def execute_command(self, *args: Any, **options: Any) -> Any: ...
+
+
+class Commands(list[tuple[Any, ...]]):
+    """Commands gathered as a pipeline gathers them (raw arguments, `execute_command`),
+    for `send`: without a pipeline object and its bookkeeping."""
+
+    def execute_command(self, *args: Any, **options: Any) -> None:
+        self.append(args)
+
+
+async def pipelined(client: Redis | RedisCluster, fill: Callable[[Any], object]) -> list[Any]:
+    """The commands `fill` gives (raw arguments, through `execute_command`) in one round
+    trip: written straight to the client's multiplexed connection, with raw replies;
+    else in a redis-py pipeline. An error reply is raised, the first of them."""
+    mux = mux_of(client)
+    if mux is not None:
+        commands = Commands()
+        fill(commands)
+        return await send(mux, commands)
+    async with client.pipeline(transaction=False) as pipe:
+        fill(pipe)
+        return await pipe.execute()
 
 
 async def send(mux: Mux, commands: Sequence[Sequence[Any]]) -> list[Any]:

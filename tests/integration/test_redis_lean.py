@@ -68,6 +68,36 @@ async def test_an_error_reply_is_raised_after_every_reply_is_read(mux: Redis) ->
     assert await mux.incrby("fresh", 2) == 2
 
 
+def gathered(pipe: lean.CommandSink) -> None:
+    pipe.execute_command("SET", "job", "j", "PX", 60_000, "NX")
+    pipe.execute_command("ZADD", "q", "NX", 5, "m")
+    pipe.execute_command("EVAL", INCR_SCRIPT, 1, "n", 3)
+    pipe.execute_command("INCRBY", "job", 1)  # not an integer
+    pipe.execute_command("PUBLISH", "ch", "m")
+
+
+@pytest.mark.parametrize("way", ["multiplexed", "pooled"])
+async def test_gathered_commands_run_in_one_round_trip_either_way(
+    way: str, mux: Redis, redis_server: EmbeddedRedis
+) -> None:
+    client = mux if way == "multiplexed" else Redis.from_url(redis_server.url.replace("/0", "/6"))
+    try:
+        with pytest.raises(ResponseError, match="not an integer"):
+            await lean.pipelined(client, gathered)
+        # Every command ran, the failed one aside, and the connection is in step.
+        assert await client.pttl("job") > 59_000
+        assert await client.zscore("q", "m") == 5.0
+        assert await client.get("n") == b"3"
+        await client.delete("job")
+        replies = await lean.pipelined(
+            client, lambda pipe: [pipe.execute_command("INCRBY", "n", 2)]
+        )
+        assert replies == [5]
+    finally:
+        if client is not mux:
+            await client.aclose()
+
+
 async def test_transactions_keep_redis_pys_way(mux: Redis) -> None:
     async with mux.pipeline(transaction=True) as pipe:
         pipe.set("t", "1")
