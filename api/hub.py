@@ -62,7 +62,7 @@ def parse_live(data: bytes) -> list[Entry]:
     if len(payloads) != len(ids) - 1:
         raise ValueError(f"{len(ids) - 1} entry ids for {len(payloads)} events")
     entries: list[Entry] = []
-    append, plain, decode = entries.append, ev.is_plain_text, ev.decode
+    append, plain, decode = entries.append, ev.match_plain_text, ev.decode
     for entry_id, payload in zip(ids[1:], payloads, strict=True):
         # `Entry.read`, inline (a message carries a batch of them); the tuple made without
         # the named tuple's own constructor, which is a Python call of its own.

@@ -230,8 +230,12 @@ def decode(raw: bytes | str) -> Event:
 
 _PLAIN_TEXT_HEAD = b'{"type":"text","text":"'
 _PLAIN_TEXT_TAIL = b'"}'
-_NEEDS_ESCAPE = re.compile(rb'["\\\x00-\x1f]')  # what a JSON string cannot hold as it is
+_NEEDS_ESCAPE = rb'"\\\x00-\x1f'  # what a JSON string cannot hold as it is
 _HEAD_LEN, _TAIL_LEN = len(_PLAIN_TEXT_HEAD), len(_PLAIN_TEXT_TAIL)
+# A plain text delta whole, in one match (cheaper than testing its parts one by one).
+_PLAIN_TEXT = re.compile(
+    re.escape(_PLAIN_TEXT_HEAD) + b"[^" + _NEEDS_ESCAPE + b"]*" + re.escape(_PLAIN_TEXT_TAIL)
+)
 
 
 def plain_text(raw: bytes) -> bytes | None:
@@ -246,11 +250,11 @@ def plain_text(raw: bytes) -> bytes | None:
 
 def is_plain_text(raw: bytes) -> bool:
     """Whether `plain_text` takes `raw` (without making its text)."""
-    return (
-        raw.startswith(_PLAIN_TEXT_HEAD)
-        and raw.endswith(_PLAIN_TEXT_TAIL)
-        and _NEEDS_ESCAPE.search(raw, _HEAD_LEN, len(raw) - _TAIL_LEN) is None
-    )
+    return match_plain_text(raw) is not None
+
+
+match_plain_text = _PLAIN_TEXT.fullmatch
+"""`is_plain_text` as a match or None, without a Python call: for loops over many."""
 
 
 def stored_text(raw: bytes) -> bytes:

@@ -92,25 +92,23 @@ class JobRecord:
 
     @classmethod
     def from_hash(cls, stream_id: str, h: dict[bytes, bytes]) -> JobRecord:
-        def opt_float(name: bytes) -> float | None:
-            return float(h[name]) if h.get(name) else None
-
-        def opt_json(name: bytes) -> Any:
-            return orjson.loads(h[name]) if h.get(name) else None
-
+        # Positional, and no helper calls: every job's claim reads one.
+        get, loads = h.get, orjson.loads
+        started, finished = get(b"started_at"), get(b"finished_at")
+        request, render, output = get(b"request"), get(b"render"), get(b"output")
         return cls(
-            id=stream_id,
-            status=Status(h[b"status"].decode()),
-            surface=h[b"surface"].decode(),
-            model=h[b"model"].decode(),
-            created_at=float(h[b"created_at"]),
-            started_at=opt_float(b"started_at"),
-            finished_at=opt_float(b"finished_at"),
-            request=opt_json(b"request") or {},
-            render=opt_json(b"render") or {},
-            output=opt_json(b"output"),
-            cancel_requested=h.get(b"cancel") == b"1",
-            owner=h.get(b"owner", b"").decode(),
+            stream_id,
+            Status(h[b"status"].decode()),
+            h[b"surface"].decode(),
+            h[b"model"].decode(),
+            float(h[b"created_at"]),
+            float(started) if started else None,
+            float(finished) if finished else None,
+            (loads(request) if request else None) or {},
+            (loads(render) if render else None) or {},
+            loads(output) if output else None,
+            get(b"cancel") == b"1",
+            get(b"owner", b"").decode(),
         )
 
 

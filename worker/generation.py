@@ -454,7 +454,7 @@ class GenerationRun(JobRun):
         plain = not looping and guard is None  # a text delta needs nothing but writing
         async with contextlib.aclosing(stream) as events:
             async for event in events:
-                if cancelled.is_set():
+                if cancelled.raised:  # an attribute: this runs for every event
                     raise asyncio.CancelledError  # see `cancel_and_wait`
                 if plain and type(event) is ev.TextDelta and writer.queued:
                     # Nearly every event: what the general path below does with it.

@@ -39,25 +39,25 @@ class CancelFlag:
     """A run's cancel flag, set once (a cancel, a lost lease, the abandoned-stream policy):
     its run is told at once, without a task of its own waiting on it."""
 
-    __slots__ = ("_callback", "_set")
+    __slots__ = ("_callback", "raised")
 
     def __init__(self) -> None:
-        self._set = False
+        self.raised = False  # read it, do not write it: `set` raises the flag
         self._callback: Callable[[], object] | None = None
 
     def set(self) -> None:
-        if not self._set:
-            self._set = True
+        if not self.raised:
+            self.raised = True
             if self._callback is not None:
                 self._callback()
 
     def is_set(self) -> bool:
-        return self._set
+        return self.raised
 
     def on_set(self, callback: Callable[[], object] | None) -> None:
         """Call `callback` when the flag is set (now, if it is); None stops it."""
         self._callback = callback
-        if callback is not None and self._set:
+        if callback is not None and self.raised:
             callback()
 
 
