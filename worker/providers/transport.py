@@ -41,7 +41,7 @@ class _Connection(asyncio.Protocol):
         self.error: Exception | None = None
         self.body: deque[bytes] = deque()
         self.head_size = 0
-        self._wake = asyncio.Event()
+        self._waiter: asyncio.Future[None] | None = None  # the exchange waiting for news
 
     # -- httptools callbacks --------------------------------------------------------------
 
@@ -60,17 +60,17 @@ class _Connection(asyncio.Protocol):
             self.headers = []
             return
         self.head_done = True
-        self._wake.set()
+        self._wake()
 
     def on_body(self, data: bytes) -> None:
         self.body.append(data)
-        self._wake.set()
+        self._wake()
 
     def on_message_complete(self) -> None:
         if self.head_done:
             self.complete = True
             self.keep_alive = self._parser.should_keep_alive()  # known only now
-            self._wake.set()
+            self._wake()
 
     # -- asyncio.Protocol -----------------------------------------------------------------
 
@@ -91,12 +91,17 @@ class _Connection(asyncio.Protocol):
             self.complete = True  # a body that ends when the connection does
         elif not self.complete and self.error is None:
             self.error = httpx.RemoteProtocolError("the server closed the connection mid-response")
-        self._wake.set()
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def _fail(self, error: Exception) -> None:
         self.error = error
         self.close()
-        self._wake.set()
+        self._wake()
 
     def close(self) -> None:
         self.closed = True
@@ -116,13 +121,26 @@ class _Connection(asyncio.Protocol):
         )
 
     async def wait(self, read_timeout: float | None) -> None:
-        self._wake.clear()
+        """Until the connection has news (the caller looks at what): bytes, its end, an
+        error. A future and a timer, not an event under `asyncio.timeout`: this runs for
+        every network read."""
+        loop = asyncio.get_running_loop()
+        waiter = self._waiter = loop.create_future()
+        timer = None if read_timeout is None else loop.call_later(read_timeout, _expire, waiter)
         try:
-            async with asyncio.timeout(read_timeout):
-                await self._wake.wait()
+            await waiter
         except TimeoutError:
             self.close()
             raise httpx.ReadTimeout("the upstream sent nothing within the read timeout") from None
+        finally:
+            self._waiter = None
+            if timer is not None:
+                timer.cancel()
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
 
 
 class FastTransport(httpx.AsyncBaseTransport):
