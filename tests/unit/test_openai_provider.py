@@ -22,7 +22,7 @@ from tests.unit.upstream_fakes import (
     sse_upstream,
 )
 from worker.providers.http import parse_retry_after
-from worker.providers.openai import OpenAIProvider, build_body
+from worker.providers.openai import OpenAIProvider, _ChunkMapper, build_body
 
 KEY_ENV = "SPOOL_UNIT_TEST_OPENAI_KEY"
 BASE_URL = "http://upstream.test/v1"
@@ -602,3 +602,56 @@ def test_build_body_minimal() -> None:
 )
 def test_parse_retry_after(value: str | None, expected: float | None) -> None:
     assert parse_retry_after(value) == expected
+
+
+TEXT = {"index": 0, "delta": {"content": " tok"}, "finish_reason": None}
+
+
+@pytest.mark.parametrize(
+    "chunk",
+    [
+        {"choices": [TEXT]},
+        {"id": "c", "object": "chat.completion.chunk", "choices": [TEXT], "usage": None},
+        {"choices": [TEXT], "error": None},
+        {"choices": [{"delta": {"content": " tok"}}]},  # no index, no finish_reason
+        {"choices": [{**TEXT, "delta": {"content": ""}}]},
+        {"choices": [{**TEXT, "delta": {"content": None}}]},
+        {"choices": [{**TEXT, "delta": {"role": "assistant", "content": ""}}]},
+        {"choices": [{**TEXT, "delta": {"role": "assistant", "content": "hi"}}]},
+        {"choices": [{**TEXT, "delta": {"reasoning_content": "think"}}]},
+        {"choices": [{**TEXT, "delta": {"content": 7}}]},
+        {"choices": [{**TEXT, "finish_reason": "stop"}]},
+        {"choices": [{**TEXT, "finish_reason": "length", "delta": {}}]},
+        {"choices": [{**TEXT, "index": 1}]},
+        {"choices": [{**TEXT, "logprobs": {"content": [{"token": " tok", "logprob": -0.1}]}}]},
+        {"choices": [TEXT], "usage": {"prompt_tokens": 3, "completion_tokens": 1}},
+        {"choices": [TEXT, {**TEXT, "index": 1}]},
+        {"choices": ["not a choice"]},
+        {"choices": [{**TEXT, "delta": "not a delta"}]},
+        {"choices": []},
+        {"choices": None},
+    ],
+)
+def test_a_text_chunk_maps_the_same_by_the_short_way(chunk: dict[str, Any]) -> None:
+    """`_ChunkMapper.map` takes a short way for plain text chunks: whatever the chunk, it
+    gives what the general mapping gives, and leaves the mapper as that leaves it."""
+    short, general = _ChunkMapper(), _ChunkMapper()
+    try:
+        expected: Any = general._map(chunk)
+    except (TypeError, AttributeError, ValueError) as exc:
+        with pytest.raises(type(exc)):
+            short.map(chunk)
+        return
+    assert short.map(chunk) == expected
+    assert (short.finish_reason, short.usage) == (general.finish_reason, general.usage)
+
+
+def test_a_plain_text_chunk_takes_the_short_way() -> None:
+    mapper = _ChunkMapper()
+
+    def general(chunk: dict[str, Any]) -> list[ev.Event]:
+        raise AssertionError("the general mapping was used")
+
+    mapper._map = general  # type: ignore[method-assign]
+    chunk = {"id": "c", "choices": [TEXT], "usage": None}
+    assert mapper.map(chunk) == [ev.TextDelta(text=" tok")]

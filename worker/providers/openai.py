@@ -200,6 +200,31 @@ class _ChunkMapper:
         self.usage: ev.Usage | None = None
 
     def map(self, chunk: dict[str, Any]) -> list[ev.Event]:
+        # Nearly every chunk: one choice whose delta is text alone, and nothing else to
+        # note. What `_map` makes of it, with fewer lookups (this runs for every token).
+        choices = chunk.get("choices")
+        if (
+            type(choices) is list
+            and len(choices) == 1
+            and not chunk.get("error")
+            and chunk.get("usage") is None
+        ):
+            choice = choices[0]
+            if type(choice) is dict:
+                delta = choice.get("delta")
+                if (
+                    type(delta) is dict
+                    and len(delta) == 1
+                    and choice.get("finish_reason") is None
+                    and not choice.get("logprobs")
+                    and choice.get("index", 0) == 0
+                ):
+                    content = delta.get("content")
+                    if type(content) is str and content:
+                        return [ev.text_delta(content)]
+        return self._map(chunk)
+
+    def _map(self, chunk: dict[str, Any]) -> list[ev.Event]:
         if chunk.get("error"):
             error = chunk["error"]
             message = error.get("message") if isinstance(error, dict) else str(error)
