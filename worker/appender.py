@@ -60,9 +60,9 @@ class StreamWriter:
         first = self.queued == 0
         self.pending += events
         self.queued += len(events)
-        self._settled.clear()
-        if not self.scheduled:
+        if not self.scheduled:  # (settled exactly while not scheduled)
             self.scheduled = True
+            self._settled.clear()
             self.appender._ready(self)
         # The stream's first events go out before the run reads on (an upstream's first
         # read may hold its whole answer): the first token is never held back.
@@ -74,9 +74,9 @@ class StreamWriter:
             raise self.error
         self.pending.append(event)
         self.queued += 1
-        self._settled.clear()
         if not self.scheduled:
             self.scheduled = True
+            self._settled.clear()
             self.appender._ready(self)
         return len(self.pending) > MAX_PENDING
 

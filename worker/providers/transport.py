@@ -64,7 +64,8 @@ class _Connection(asyncio.Protocol):
 
     def on_body(self, data: bytes) -> None:
         self.body.append(data)
-        self._wake()
+        if self._waiter is not None:  # (`_wake`, inline: this runs for every HTTP chunk)
+            self._wake()
 
     def on_message_complete(self) -> None:
         if self.head_done:
