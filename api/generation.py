@@ -366,7 +366,8 @@ async def serve_generation(
                 tail.close()
             raise
         if tail is not None and tail.reader is not None and listeners:
-            # This process's hub was listening as the job was stored: it hears it all.
+            # Redis counted a listener on the new stream's channel as the job was stored:
+            # this process's hub, the only one that knows the id yet. It hears it all.
             tail.reader.heard_from_start()
     if detach and tail is None:
         response: Response = JSONBody(

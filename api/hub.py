@@ -152,7 +152,8 @@ class Reader:
         """Its stream was created while the hub listened to it (Redis counted the
         subscription as the record was made): every entry comes on the channel, so the
         read it would make once subscribed finds nothing, and is not made. Unless
-        something since it opened (a reconnect, a gap, a move) already asked for a read."""
+        something since it opened (a reconnect, a gap, a move, a read of its own) already
+        asked for a read, or made one."""
         if self.fresh:
             self.catch_up = False
 
@@ -267,10 +268,13 @@ class StreamHub:
                     raise reader.error
                 if reader.gone or (reader.drained and drainable):
                     return
-                if reader.catch_up and reader.continued():
-                    reader.catch_up = False  # what the hub handed over continues it: no read
-                if reader.catch_up and reader.sub.confirmed and not reader.stalled:
+                if reader.catch_up and reader.fresh and reader.continued():
+                    # What the hub handed over continues it: no read. (Only before anything
+                    # said it may have missed entries: after a reconnect, say, the entries
+                    # it holds may end where the ones it missed begin.)
                     reader.catch_up = False
+                if reader.catch_up and reader.sub.confirmed and not reader.stalled:
+                    reader.catch_up = reader.fresh = False
                     try:
                         page = await store.read(
                             stream_id, reader.after, block_ms=None, count=CATCH_UP_PAGE
@@ -443,7 +447,8 @@ class StreamHub:
                     continue  # its readers left meanwhile
                 name = self._node_of(sub.channel)
                 if name is None:
-                    continue  # the map is not known yet: a later look routes it
+                    self._unrouted.add(sub.channel)  # the map is not known yet: the next
+                    continue  # tick's look routes it
                 if sub.link is None or name != sub.link.name:
                     if sub.link is not None:
                         sub.link.forget(sub.channel)

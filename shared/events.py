@@ -230,11 +230,11 @@ def decode(raw: bytes | str) -> Event:
 
 _PLAIN_TEXT_HEAD = b'{"type":"text","text":"'
 _PLAIN_TEXT_TAIL = b'"}'
-_NEEDS_ESCAPE = rb'"\\\x00-\x1f'  # what a JSON string cannot hold as it is
+_NEEDS_ESCAPE_CHARS = rb'"\\\x00-\x1f'  # what a JSON string cannot hold as it is
 _HEAD_LEN, _TAIL_LEN = len(_PLAIN_TEXT_HEAD), len(_PLAIN_TEXT_TAIL)
 # A plain text delta whole, in one match (cheaper than testing its parts one by one).
 _PLAIN_TEXT = re.compile(
-    re.escape(_PLAIN_TEXT_HEAD) + b"[^" + _NEEDS_ESCAPE + b"]*" + re.escape(_PLAIN_TEXT_TAIL)
+    re.escape(_PLAIN_TEXT_HEAD) + b"[^" + _NEEDS_ESCAPE_CHARS + b"]*" + re.escape(_PLAIN_TEXT_TAIL)
 )
 
 

@@ -304,6 +304,7 @@ class StreamStore:
         args: list[Any] = [
             stream_id, surface, model, *encoded, self.pending_ttl_s, owner, self.retention_s
         ]  # fmt: skip
+        args += [keys.live_channel(stream_id), self._count_listeners]
         return await self._create_record(stream_id, args, then)
 
     async def _create_record(
@@ -314,7 +315,6 @@ class StreamStore:
     ) -> int:
         # EVAL, not EVALSHA: a script cache lost to a restart cannot fail the first command.
         source = scripts.source("create_job")
-        args = [*args, keys.live_channel(stream_id), self._count_listeners]
         if self.redis is self.control:
             # One Redis: the record, the index and the enqueue share one round trip.
             def create_and_queue(pipe: lean.CommandSink) -> None:

@@ -281,6 +281,53 @@ async def test_a_reconnect_before_the_creation_answers_keeps_the_read(
     assert reads and reads[0] == "0-0"
 
 
+async def test_a_read_of_its_own_keeps_a_later_creation_answer_from_skipping_reads(
+    harness: Harness,
+) -> None:
+    sid = await harness.new_stream()
+    reads = count_reads(harness)
+    reader = (await connected(harness.hub)).open(sid, "0-0", 1)
+    following = asyncio.create_task(collect(harness.hub, reader))
+    async with asyncio.timeout(5):
+        while not reads:  # noqa: ASYNC110 (the hub offers nothing to wait on)
+            await asyncio.sleep(0.01)
+    assert not reader.fresh  # it read the stream once subscribed
+    reader.must_read()
+    reader.heard_from_start()  # an answer that comes too late to count
+    assert reader.catch_up
+    await harness.finish(sid, 0)
+    await asyncio.wait_for(following, 10)
+
+
+async def test_entries_held_from_before_a_reconnect_do_not_stand_for_a_read(
+    redis: Redis,
+) -> None:
+    """A reader that holds entries handed over before the hub's connection dropped still
+    reads the stream once it is back: what was published meanwhile reached nobody, and
+    comes after what it holds (without waiting for its idle look, `tick_s` away)."""
+    settings = SETTINGS.model_copy(update={"keepalive_interval_s": 60.0})
+    async with Harness(redis, settings) as harness:
+        sid = await harness.new_stream()
+        reader = (await connected(harness.hub)).open(sid, "0-0", 1)
+        await wait_confirmed(reader)
+        writer = harness.appender.writer(sid, "attempt", 0)
+        await writer.write(texts(3))
+        await writer.flush()
+        async with asyncio.timeout(5):
+            while len(reader.queue) < 3:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+        await redis.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+        await writer.write(texts(2, 3))  # published while the hub is not listening
+        await writer.flush()
+        await harness.finish(sid, writer.held)
+        async with asyncio.timeout(5):
+            while reader.fresh:  # noqa: ASYNC110 (the reconnect marks its readers)
+                await asyncio.sleep(0.01)
+        got = await asyncio.wait_for(collect(harness.hub, reader), 5)
+        assert text_of(got) == [f"t{i}" for i in range(5)]
+        assert isinstance(got[-1].event, ev.Finish)
+
+
 @pytest.mark.parametrize(
     "message",
     [

@@ -64,7 +64,7 @@ class _Connection(asyncio.Protocol):
 
     def on_body(self, data: bytes) -> None:
         self.body.append(data)
-        if self._waiter is not None:  # (`_wake`, inline: this runs for every HTTP chunk)
+        if self._waiter is not None:  # (only when an exchange waits: this runs per chunk)
             self._wake()
 
     def on_message_complete(self) -> None:
