@@ -51,15 +51,18 @@ async def app_and_worker(
                 await runtime.shutdown()
 
 
-def note_created(services: Services) -> asyncio.Queue[str]:
-    """The ids of the streams the API creates from now on, as each is created."""
+def note_created(services: Services, listeners: dict[str, int] | None = None) -> asyncio.Queue[str]:
+    """The ids of the streams the API creates from now on, as each is created (and in
+    `listeners`, how many listeners Redis counted on each one's channel then)."""
     created: asyncio.Queue[str] = asyncio.Queue()
     create = services.store.create
 
     async def noting_create(stream_id: str, **fields: Any) -> int:
-        listeners = await create(stream_id, **fields)
+        counted = await create(stream_id, **fields)
+        if listeners is not None:
+            listeners[stream_id] = counted
         created.put_nowait(stream_id)
-        return listeners
+        return counted
 
     services.store.create = noting_create  # type: ignore[method-assign]
     return created

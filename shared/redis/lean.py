@@ -19,7 +19,6 @@ from typing import Any, Protocol, cast
 from redis.asyncio import Redis, RedisCluster
 from redis.asyncio import client as redis_client
 from redis.asyncio.client import Pipeline
-from redis.asyncio.cluster import ClusterPipeline
 from redis.client import EMPTY_RESPONSE
 from redis.commands.core import AsyncScript
 from redis.exceptions import ExecAbortError, NoScriptError, ResponseError, WatchError
@@ -87,23 +86,6 @@ async def _replies(mux: Mux, commands: Sequence[Sequence[Any]]) -> list[Any]:
         await lease.disconnect()  # replies still due are dropped as they come
         raise
     return replies
-
-
-async def execute(pipe: Pipeline | ClusterPipeline) -> list[Any]:
-    """Run a non-transactional pipeline's commands: the short way when its client has one
-    (raw replies), else as `pipe.execute()` does (replies through redis-py's callbacks)."""
-    mux = mux_of(pipe)
-    if (
-        mux is None
-        or not isinstance(pipe, Pipeline)
-        or pipe.is_transaction
-        or pipe.explicit_transaction
-        or pipe.scripts
-    ):
-        return await pipe.execute()
-    commands = [args for args, _ in pipe.command_stack]
-    pipe.command_stack = []
-    return await send(mux, commands)
 
 
 class Script(AsyncScript):

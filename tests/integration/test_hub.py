@@ -86,16 +86,19 @@ async def collect(hub: StreamHub, reader: Reader) -> list[Entry]:
     return got
 
 
-def count_reads(harness: Harness) -> list[str]:
-    """The positions the readers read the stream after, from now on."""
+def count_reads(store: StreamStore, streams: list[str] | None = None) -> list[str]:
+    """The positions readers read streams after through `store`, from now on (and in
+    `streams`, the streams read)."""
     reads: list[str] = []
-    read = harness.store.read
+    read = store.read
 
     async def counting_read(stream_id: str, after: str, **kwargs: Any) -> list[Entry]:
         reads.append(after)
+        if streams is not None:
+            streams.append(stream_id)
         return await read(stream_id, after, **kwargs)
 
-    harness.store.read = counting_read  # type: ignore[method-assign]
+    store.read = counting_read  # type: ignore[method-assign]
     return reads
 
 
@@ -175,7 +178,7 @@ async def test_a_new_reader_handed_its_first_events_does_not_read_the_stream(
         while len(reader.queue) < 3:  # noqa: ASYNC110
             await asyncio.sleep(0.01)
     late = harness.hub.open(sid, "0-0", 1)  # its live entries will start at the 4th
-    reads = count_reads(harness)
+    reads = count_reads(harness.store)
     following = asyncio.create_task(collect(harness.hub, late))
     await writer.write(texts(2, 3))
     await writer.flush()
@@ -218,7 +221,7 @@ async def test_a_stream_created_while_the_hub_listens_is_never_read(harness: Har
     sid = uuid.uuid4().hex
     reader = (await connected(harness.hub)).open(sid, "0-0", 1)
     await wait_confirmed(reader)
-    reads = count_reads(harness)
+    reads = count_reads(harness.store)
     assert await create_and_claim(harness, sid) == 1
     reader.heard_from_start()
     following = asyncio.create_task(collect(harness.hub, reader))
@@ -242,7 +245,7 @@ async def test_a_stream_created_before_the_hub_listens_is_read(harness: Harness)
     writer = harness.appender.writer(sid, "attempt", 0)
     await writer.write(texts(3))
     await writer.flush()
-    reads = count_reads(harness)
+    reads = count_reads(harness.store)
     reader = harness.hub.open(sid, "0-0", 1)
     following = asyncio.create_task(collect(harness.hub, reader))
     await wait_confirmed(reader)
@@ -273,7 +276,7 @@ async def test_a_reconnect_before_the_creation_answers_keeps_the_read(
     async with asyncio.timeout(5):
         while reader.fresh:  # noqa: ASYNC110 (the link's reconnect marks its readers)
             await asyncio.sleep(0.01)
-    reads = count_reads(harness)
+    reads = count_reads(harness.store)
     reader.heard_from_start()  # too late to count: the reader reads what it missed
     following = asyncio.create_task(collect(harness.hub, reader))
     await harness.finish(sid, writer.held)
@@ -285,7 +288,7 @@ async def test_a_read_of_its_own_keeps_a_later_creation_answer_from_skipping_rea
     harness: Harness,
 ) -> None:
     sid = await harness.new_stream()
-    reads = count_reads(harness)
+    reads = count_reads(harness.store)
     reader = (await connected(harness.hub)).open(sid, "0-0", 1)
     following = asyncio.create_task(collect(harness.hub, reader))
     async with asyncio.timeout(5):
@@ -348,7 +351,7 @@ async def test_a_live_message_not_in_the_format_makes_readers_read_the_stream(
     batches = harness.hub.follow(reader)
     first = await asyncio.wait_for(anext(batches), 5)
     assert first is not None and text_of(first) == ["t0", "t1"]
-    reads = count_reads(harness)
+    reads = count_reads(harness.store)
     # Written to the stream without its live message, then a message nobody can read.
     await harness.store.redis.xadd(
         keys.stream_key(sid), {"e": ev.encode(ev.TextDelta(text="t2")), "n": 3}

@@ -1,6 +1,8 @@
 """A new stream's SSE response is served from the live channel alone, on a real
-redis-server: the API's hub listened before the job was stored (Redis counted the
-subscription as the record was made), so its tail reads nothing back from the stream."""
+redis-server, when the API's hub listened before the job was stored (Redis counted the
+subscription as the record was made): its tail then reads nothing back from the stream.
+(The hub's subscription goes out before the job's creation, on another connection; Redis
+nearly always takes it first, and a stream whose creation it followed is read.)"""
 
 from __future__ import annotations
 
@@ -12,8 +14,8 @@ from redis.asyncio import Redis
 
 from shared.queue import GENERATE
 from shared.redis.embedded import EmbeddedRedis
-from shared.store import Entry
 from tests.in_process import app_and_worker, note_created
+from tests.integration.test_hub import count_reads
 
 
 def chunks(body: bytes) -> list[dict[str, Any]]:
@@ -26,25 +28,21 @@ async def test_a_new_streams_tail_reads_nothing_back(
     url = redis_server.url.replace("/0", "/1")
     models = {"fast": {"provider": "demo", "max_output_tokens": 12}}
     async with app_and_worker(url, models) as (http, services, runtime):
-        reads: list[str] = []
-        read = services.store.read
-
-        async def counted(stream_id: str, after: str, **kwargs: Any) -> list[Entry]:
-            reads.append(after)
-            return await read(stream_id, after, **kwargs)
-
-        services.store.read = counted  # type: ignore[method-assign]
-        created = note_created(services)
+        read: list[str] = []
+        count_reads(services.store, read)
+        listeners: dict[str, int] = {}
+        created = note_created(services, listeners)
         body = {
             "model": "fast",
             "messages": [{"role": "user", "content": "hi"}],
             "stream": True,
         }
-        for i in range(4):
+        for i in range(9):
             if i == 1:
                 # The first reader came as the hub made its connection, and read its
                 # stream once that was up, as after any reconnect.
-                reads.clear()
+                read.clear()
+                listeners.clear()
             posting = asyncio.create_task(http.post("/v1/chat/completions", json=body))
             stream_id = await asyncio.wait_for(created.get(), 10)
             runtime.taken(stream_id, GENERATE, (stream_id,))
@@ -56,4 +54,6 @@ async def test_a_new_streams_tail_reads_nothing_back(
             result = (await http.get(f"/v1/streams/{stream_id}/result")).json()
             assert text and text == result["output"]["choices"][0]["message"]["content"]
             assert got[-1]["choices"][0]["finish_reason"] == "stop"
-        assert reads == []
+        heard = {sid for sid, counted in listeners.items() if counted}
+        assert len(heard) >= len(listeners) // 2, listeners
+        assert set(read) == set(listeners) - heard  # exactly the streams not heard whole

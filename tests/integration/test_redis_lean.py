@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,28 +41,30 @@ def sent_commands(client: Redis) -> list[bytes]:
     return seen
 
 
-async def test_a_pipeline_runs_the_short_way_with_raw_replies(mux: Redis) -> None:
+def commands(*commands: tuple[object, ...]) -> Callable[[lean.CommandSink], None]:
+    def fill(pipe: lean.CommandSink) -> None:
+        for command in commands:
+            pipe.execute_command(*command)
+
+    return fill
+
+
+async def test_gathered_commands_run_the_short_way_with_raw_replies(mux: Redis) -> None:
     assert lean.mux_of(mux) is not None
-    async with mux.pipeline(transaction=False) as pipe:
-        pipe.set("a", "1")
-        pipe.incrby("n", 5)
-        pipe.zadd("z", {"m": 2})
-        pipe.get("a")
-        replies = await lean.execute(pipe)
+    seen = sent_commands(mux)
+    replies = await lean.pipelined(
+        mux, commands(("SET", "a", "1"), ("INCRBY", "n", 5), ("ZADD", "z", 2, "m"), ("GET", "a"))
+    )
     assert replies == [b"OK", 5, 1, b"1"]  # as Redis sent them: no callbacks
+    assert seen == []  # none through redis-py's client
     assert await mux.zscore("z", "m") == 2.0
-    async with mux.pipeline(transaction=False) as pipe:
-        pipe.get("a")
-        assert await pipe.execute() == [b"1"]  # the pipeline is usable afterwards
 
 
 async def test_an_error_reply_is_raised_after_every_reply_is_read(mux: Redis) -> None:
-    async with mux.pipeline(transaction=False) as pipe:
-        pipe.set("s", "x")
-        pipe.incrby("s", 1)  # not an integer
-        pipe.set("after", "written")
-        with pytest.raises(ResponseError, match="not an integer"):
-            await lean.execute(pipe)
+    with pytest.raises(ResponseError, match="not an integer"):
+        await lean.pipelined(
+            mux, commands(("SET", "s", "x"), ("INCRBY", "s", 1), ("SET", "after", "written"))
+        )
     # The commands after the error ran, and the connection is in step: the next reply is
     # the next command's.
     assert await mux.get("after") == b"written"
@@ -96,13 +99,6 @@ async def test_gathered_commands_run_in_one_round_trip_either_way(
     finally:
         if client is not mux:
             await client.aclose()
-
-
-async def test_transactions_keep_redis_pys_way(mux: Redis) -> None:
-    async with mux.pipeline(transaction=True) as pipe:
-        pipe.set("t", "1")
-        pipe.get("t")
-        assert await lean.execute(pipe) == [True, b"1"]  # callbacks applied: redis-py ran it
 
 
 async def test_a_script_runs_the_short_way_and_reloads_a_lost_cache(mux: Redis) -> None:
@@ -141,10 +137,8 @@ async def test_a_stalled_redis_times_the_short_way_out(tmp_path: Path) -> None:
         try:
             with pytest.raises(RedisTimeoutError):
                 await script(keys=["n"], args=[1])
-            async with client.pipeline(transaction=False) as pipe:
-                pipe.incrby("n", 1)
-                with pytest.raises(RedisTimeoutError, match="stalled"):
-                    await lean.execute(pipe)
+            with pytest.raises(RedisTimeoutError, match="stalled"):
+                await lean.pipelined(client, commands(("INCRBY", "n", 1)))
         finally:
             server.process.send_signal(signal.SIGCONT)
         await asyncio.sleep(0.2)  # the late reply is read and dropped in its turn
@@ -159,9 +153,8 @@ async def test_other_clients_keep_redis_pys_way(redis_server: EmbeddedRedis) -> 
     try:
         assert lean.mux_of(pooled) is None
         assert await lean.Script(pooled, INCR_SCRIPT)(keys=["f"], args=[4]) == 4
-        async with pooled.pipeline(transaction=False) as pipe:
-            pipe.set("a", "1")
-            assert await lean.execute(pipe) == [True]  # through redis-py's callbacks
+        # Through a redis-py pipeline, its reply callbacks applied.
+        assert await lean.pipelined(pooled, commands(("SET", "a", "1"))) == [True]
     finally:
         await pooled.aclose()
 
