@@ -63,6 +63,15 @@ class Harness:
         assert claim.outcome == "claimed"
         return stream_id
 
+    async def write_texts(self, stream_id: str, count: int, batch: int) -> None:
+        """Writes t0 … t<count - 1> to the stream, `batch` at a time, then ends it."""
+        writer = self.appender.writer(stream_id, "attempt", 0)
+        for i in range(0, count, batch):
+            await writer.write(texts(min(batch, count - i), i))
+            await asyncio.sleep(0)
+        await writer.flush()
+        await self.finish(stream_id, writer.held)
+
     async def finish(self, stream_id: str, held: int) -> None:
         await self.store.finish(
             stream_id,
@@ -106,6 +115,37 @@ def text_of(entries: list[Entry]) -> list[str]:
     return [e.event.text for e in entries if isinstance(e.event, ev.TextDelta)]
 
 
+async def wait_confirmed(reader: Reader) -> None:
+    async with asyncio.timeout(5):
+        while not reader.sub.confirmed:  # noqa: ASYNC110 (the hub offers nothing to wait on)
+            await asyncio.sleep(0.01)
+
+
+async def holding(reader: Reader, count: int) -> None:
+    """Until the hub has handed the reader `count` entries it has not taken yet."""
+    async with asyncio.timeout(5):
+        while len(reader.queue) < count:  # noqa: ASYNC110 (the hub offers nothing to wait on)
+            await asyncio.sleep(0.01)
+
+
+async def connected(hub: StreamHub) -> StreamHub:
+    """The hub once its connection is up (a reader opened before that reads its stream
+    once the connection is made, as after any reconnect)."""
+    first = hub.open(uuid.uuid4().hex, "0-0", 1)
+    await wait_confirmed(first)
+    first.close()
+    return hub
+
+
+async def create_and_claim(harness: Harness, sid: str) -> int:
+    """A stream made as the API makes one; returns the listeners Redis counted."""
+    listeners = await harness.store.create(
+        sid, surface="openai.chat", model="demo", request={}, render={}, owner="k"
+    )
+    assert (await harness.store.claim(sid, "attempt", "worker")).outcome == "claimed"
+    return listeners
+
+
 @pytest.fixture
 async def harness(redis: Redis) -> AsyncIterator[Harness]:
     async with Harness(redis) as h:
@@ -117,12 +157,7 @@ async def test_many_readers_of_one_stream_get_identical_events(harness: Harness)
     readers = [harness.hub.open(sid, "0-0", 1) for _ in range(50)]
     results = [asyncio.create_task(collect(harness.hub, r)) for r in readers]
     assert harness.hub.streams == 1  # fifty readers, one subscription
-    writer = harness.appender.writer(sid, "attempt", 0)
-    for i in range(0, 300, 7):
-        await writer.write(texts(7, i))
-        await asyncio.sleep(0)
-    await writer.flush()
-    await harness.finish(sid, writer.held)
+    await harness.write_texts(sid, 301, 7)
     got = await asyncio.wait_for(asyncio.gather(*results), 10)
     expected = [f"t{i}" for i in range(301)]
     for entries in got:
@@ -168,15 +203,11 @@ async def test_a_new_reader_handed_its_first_events_does_not_read_the_stream(
     A reader whose handed entries start past its position still reads what it missed."""
     sid = await harness.new_stream()
     reader = harness.hub.open(sid, "0-0", 1)
-    async with asyncio.timeout(5):
-        while not reader.sub.confirmed:  # noqa: ASYNC110 (the hub offers nothing to wait on)
-            await asyncio.sleep(0.01)
+    await wait_confirmed(reader)
     writer = harness.appender.writer(sid, "attempt", 0)
     await writer.write(texts(3))
     await writer.flush()
-    async with asyncio.timeout(5):
-        while len(reader.queue) < 3:  # noqa: ASYNC110
-            await asyncio.sleep(0.01)
+    await holding(reader, 3)
     late = harness.hub.open(sid, "0-0", 1)  # its live entries will start at the 4th
     reads = count_reads(harness.store)
     following = asyncio.create_task(collect(harness.hub, late))
@@ -190,30 +221,6 @@ async def test_a_new_reader_handed_its_first_events_does_not_read_the_stream(
     assert reads == ["0-0"]  # the late reader's, none of the first one's
 
 
-async def wait_confirmed(reader: Reader) -> None:
-    async with asyncio.timeout(5):
-        while not reader.sub.confirmed:  # noqa: ASYNC110 (the hub offers nothing to wait on)
-            await asyncio.sleep(0.01)
-
-
-async def connected(hub: StreamHub) -> StreamHub:
-    """The hub once its connection is up (a reader opened before that reads its stream
-    once the connection is made, as after any reconnect)."""
-    first = hub.open(uuid.uuid4().hex, "0-0", 1)
-    await wait_confirmed(first)
-    first.close()
-    return hub
-
-
-async def create_and_claim(harness: Harness, sid: str) -> int:
-    """A stream made as the API makes one; returns the listeners Redis counted."""
-    listeners = await harness.store.create(
-        sid, surface="openai.chat", model="demo", request={}, render={}, owner="k"
-    )
-    assert (await harness.store.claim(sid, "attempt", "worker")).outcome == "claimed"
-    return listeners
-
-
 async def test_a_stream_created_while_the_hub_listens_is_never_read(harness: Harness) -> None:
     """The API opens a new stream's reader before it stores the job: when Redis counts
     the hub's subscription as the record is made, every event comes on the channel, and
@@ -225,12 +232,7 @@ async def test_a_stream_created_while_the_hub_listens_is_never_read(harness: Har
     assert await create_and_claim(harness, sid) == 1
     reader.heard_from_start()
     following = asyncio.create_task(collect(harness.hub, reader))
-    writer = harness.appender.writer(sid, "attempt", 0)
-    for i in range(0, 40, 4):
-        await writer.write(texts(4, i))
-        await asyncio.sleep(0)
-    await writer.flush()
-    await harness.finish(sid, writer.held)
+    await harness.write_texts(sid, 40, 4)
     got = await asyncio.wait_for(following, 10)
     assert text_of(got) == [f"t{i}" for i in range(40)]
     assert [e.seq for e in got] == list(range(1, 42))
@@ -316,9 +318,7 @@ async def test_entries_held_from_before_a_reconnect_do_not_stand_for_a_read(
         writer = harness.appender.writer(sid, "attempt", 0)
         await writer.write(texts(3))
         await writer.flush()
-        async with asyncio.timeout(5):
-            while len(reader.queue) < 3:  # noqa: ASYNC110
-                await asyncio.sleep(0.01)
+        await holding(reader, 3)
         await redis.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
         await writer.write(texts(2, 3))  # published while the hub is not listening
         await writer.flush()
