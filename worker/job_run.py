@@ -42,7 +42,7 @@ class CancelFlag:
     __slots__ = ("_callback", "raised")
 
     def __init__(self) -> None:
-        self.raised = False  # read it, do not write it: `set` raises the flag
+        self.raised = False  # whether it is set: read it, do not write it (`set` does)
         self._callback: Callable[[], object] | None = None
 
     def set(self) -> None:
@@ -50,9 +50,6 @@ class CancelFlag:
             self.raised = True
             if self._callback is not None:
                 self._callback()
-
-    def is_set(self) -> bool:
-        return self.raised
 
     def on_set(self, callback: Callable[[], object] | None) -> None:
         """Call `callback` when the flag is set (now, if it is); None stops it."""
@@ -206,7 +203,7 @@ class JobRun:
             # Cut while an attempt was under way: the upstream had the prompt.
             self.transcript.prompt_sent = self.attempting
             await cancel_and_wait(pump)
-            if self.cancelled.is_set():
+            if self.cancelled.raised:
                 finish = ev.Finish(reason="cancelled", usage=self.transcript.usage)
                 return await self.finish(Status.CANCELLED, finish)
             error = ev.Error(code=self.timeout_code, message=f"the {self.noun} took too long")
